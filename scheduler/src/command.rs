@@ -1,0 +1,125 @@
+//! Commands (what the Raft log carries), their outputs, and the effects apply asks the node for.
+
+use crate::json::Json;
+use crate::spec::{Builtin, Spec};
+use crate::state::{TaskRef, WorkflowId};
+use serde::{Deserialize, Serialize};
+
+/// One replicated state change. The leader stamps the time (`at_ms`) into the entry; apply
+/// never reads a clock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// A node (re)starts: its epoch is bumped and attempts it held are requeued as attempt + 1.
+    RegisterNode(NodeInfo),
+    Submit(Box<Submission>),
+    /// Placements chosen by the leader; apply re-checks each one.
+    Assign(Vec<Assignment>),
+    /// Attempts a node has started.
+    Started(Vec<AttemptRef>),
+    /// Attempts a node has finished.
+    Finished(Vec<Report>),
+    Cancel(WorkflowId),
+    Pause(WorkflowId),
+    Resume(WorkflowId),
+    /// Retry a failed, cancelled or timed-out workflow from where it failed.
+    Retry(WorkflowId),
+    TimeoutWorkflow(WorkflowId),
+    /// Re-run a dead-lettered task.
+    Redrive(u64),
+    /// The owner's instance actor records what it has seen (`seq` only grows).
+    Checkpoint { wf: WorkflowId, seq: u64, owner: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node: String,
+    pub slots: u32,
+    pub queue: u32,
+    pub cpu_milli: u64,
+    pub memory_bytes: u64,
+    pub gpus: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Submission {
+    pub spec: Spec,
+    /// Param overrides (names must be declared in the spec).
+    pub params: Vec<(String, Json)>,
+    pub idempotency_key: Option<String>,
+    /// Digest of the spec and params, compared when an idempotency key is reused.
+    pub digest: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub task: TaskRef,
+    pub attempt: u32,
+    pub node: String,
+    pub epoch: u64,
+}
+
+/// The fencing token of an attempt: `(task, attempt, epoch)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRef {
+    pub task: TaskRef,
+    pub attempt: u32,
+    pub epoch: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub at: AttemptRef,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Succeeded { output: Option<Json> },
+    Failed { error: String },
+}
+
+/// What applying a command answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Output {
+    Done,
+    Submitted { id: WorkflowId, created: bool },
+    /// The command was refused; the text says why and what to do.
+    Rejected(String),
+    /// For batches: how many items were accepted and how many refused (stale or invalid).
+    Counted { accepted: u32, refused: u32 },
+}
+
+/// What the node has to do after an apply. Not replicated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Start an attempt (only the node named in it acts).
+    Run(Box<RunSpec>),
+    /// Stop an attempt that is no longer wanted (cancel, timeout, workflow failed).
+    Kill { task: TaskRef, attempt: u32, node: String },
+    Created(WorkflowId),
+    Changed(WorkflowId),
+    Finished(WorkflowId),
+}
+
+/// Everything a runner needs to execute one attempt, templates already rendered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSpec {
+    pub task: TaskRef,
+    pub attempt: u32,
+    pub epoch: u64,
+    pub node: String,
+    pub workflow: String,
+    pub step_id: String,
+    pub item: Option<Json>,
+    pub iteration: u32,
+    pub launch: Launch,
+    pub timeout_ms: Option<u64>,
+    /// Log files, relative to the node's data dir (`.out`, `.err` and `.json` are appended).
+    pub log_stem: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Launch {
+    Process { argv: Vec<String>, env: Vec<(String, String)> },
+    Builtin { handler: Builtin, with: Json },
+}

@@ -1,0 +1,96 @@
+//! Conditions (`when`, `loop.until`) in CEL, evaluated deterministically inside apply.
+//!
+//! The parser runs under `catch_unwind`: user input must never take the node down, whatever a
+//! parser version does with odd input.
+
+use cel_interpreter::{Context, Program, Value as Cel};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+/// Compiles an expression; the error says what is wrong with it.
+pub fn compile(expr: &str) -> Result<Program, String> {
+    if expr.len() > 4096 {
+        return Err("expression longer than 4096 characters".into());
+    }
+    match catch_unwind(AssertUnwindSafe(|| Program::compile(expr))) {
+        Ok(Ok(p)) => Ok(p),
+        Ok(Err(e)) => Err(format!("invalid CEL expression {expr:?}: {e}")),
+        Err(_) => Err(format!("invalid CEL expression {expr:?}: the parser gave up")),
+    }
+}
+
+/// Checks an expression at submit time: it parses and names only `allowed` variables.
+pub fn check(expr: &str, allowed: &[&str]) -> Result<(), String> {
+    let program = compile(expr)?;
+    for var in program.references().variables() {
+        if !allowed.contains(&var) {
+            return Err(format!(
+                "`{var}` is not defined in this expression; use {}",
+                allowed.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Evaluates a boolean expression with the given variables (JSON values).
+pub fn eval_bool(expr: &str, vars: &[(&str, &Value)]) -> Result<bool, String> {
+    let program = compile(expr)?;
+    let mut ctx = Context::default();
+    for (name, value) in vars {
+        ctx.add_variable_from_value(*name, to_cel(value));
+    }
+    match catch_unwind(AssertUnwindSafe(|| program.execute(&ctx))) {
+        Ok(Ok(Cel::Bool(b))) => Ok(b),
+        Ok(Ok(other)) => Err(format!(
+            "condition {expr:?} gave {other:?}, not true or false"
+        )),
+        Ok(Err(e)) => Err(format!("condition {expr:?} failed: {e}")),
+        Err(_) => Err(format!("condition {expr:?} failed: the evaluator gave up")),
+    }
+}
+
+/// JSON → CEL, with every integer as `Int` so `steps.x.succeeded > 0` compares like with like.
+fn to_cel(v: &Value) -> Cel {
+    match v {
+        Value::Null => Cel::Null,
+        Value::Bool(b) => Cel::Bool(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Cel::Int(i),
+            None => Cel::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => Cel::String(Arc::new(s.clone())),
+        Value::Array(a) => Cel::List(Arc::new(a.iter().map(to_cel).collect())),
+        Value::Object(m) => {
+            let map: HashMap<String, Cel> = m.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect();
+            Cel::Map(map.into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn evaluates_over_steps_and_outputs() {
+        let steps = json!({"classify": {"status": "succeeded", "output": {"class": "invoice"}, "succeeded": 1}});
+        assert!(eval_bool("steps.classify.output.class == 'invoice'", &[("steps", &steps)]).unwrap());
+        assert!(eval_bool("steps.classify.succeeded > 0", &[("steps", &steps)]).unwrap());
+        let out = json!({"quality": 0.85});
+        assert!(eval_bool("output.quality >= 0.8", &[("output", &out)]).unwrap());
+        assert!(eval_bool("steps.classify.output.nope == 1", &[("steps", &steps)]).is_err());
+        assert!(eval_bool("1 + 1", &[]).unwrap_err().contains("not true or false"));
+    }
+
+    #[test]
+    fn bad_expressions_are_errors_not_panics() {
+        for bad in ["steps.x ==", "((", "'unterminated", "a.b.c(", "}{", ""] {
+            assert!(compile(bad).is_err() || check(bad, &["steps"]).is_err(), "{bad}");
+        }
+        assert!(check("params.x > 1", &["steps"]).unwrap_err().contains("`params` is not defined"));
+    }
+}

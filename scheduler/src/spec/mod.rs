@@ -1,0 +1,138 @@
+//! Workflow specs: the file format (`raw`), its validation (`compile`) and templating.
+//!
+//! Read in this order: `raw.rs` (what users write), `compile.rs` (what it means and every rule
+//! that rejects a spec), `template.rs` (`{{ params.x }}` substitution), `error.rs`.
+
+mod compile;
+mod error;
+pub mod raw;
+mod template;
+
+pub use compile::{compile, load_file, load_str, parse_json, parse_toml, resolve_lines, spec_digest};
+pub use error::{SpecError, line_col, locate_toml};
+pub use template::{TemplateVars, render};
+
+use crate::json::Json;
+use serde::{Deserialize, Serialize};
+
+/// Largest output a task may write to `$TROUPE_OUTPUT`.
+pub const OUTPUT_BYTES_MAX: usize = 64 * 1024;
+/// Most items one map step may have.
+pub const MAP_ITEMS_MAX: u32 = 10_000_000;
+/// Default number of attempts of a step (1 = no retry).
+pub const DEFAULT_ATTEMPTS: u32 = 1;
+
+/// A validated workflow spec, as stored in the replicated state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Spec {
+    pub name: String,
+    pub description: String,
+    pub timeout_ms: Option<u64>,
+    /// Declared params with their defaults (JSON), in name order.
+    pub params: Vec<(String, Json)>,
+    pub steps: Vec<StepSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepSpec {
+    pub id: String,
+    /// Indexes into `Spec::steps`.
+    pub needs: Vec<u16>,
+    pub action: Action,
+    pub env: Vec<(String, String)>,
+    pub resources: Resources,
+    pub retry: RetryPolicy,
+    pub timeout_ms: Option<u64>,
+    pub map: Option<MapSource>,
+    /// Most items in flight at once (the lazy expansion window).
+    pub parallelism: u32,
+    pub when: Option<String>,
+    pub optional: bool,
+    pub repeat: Option<LoopSpec>,
+    pub on_failure: OnFailure,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Action {
+    /// An argv (never a shell string); `{{ }}` templates are rendered when the attempt is placed.
+    Run(Vec<String>),
+    Builtin { handler: Builtin, with: Json },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Builtin {
+    Noop,
+    Sleep,
+    Fail,
+    Echo,
+}
+
+impl Builtin {
+    pub fn name(self) -> &'static str {
+        match self {
+            Builtin::Noop => "noop",
+            Builtin::Sleep => "sleep",
+            Builtin::Fail => "fail",
+            Builtin::Echo => "echo",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpu_milli: u32,
+    pub memory_bytes: u64,
+    pub gpu: u32,
+    pub gpu_memory_bytes: u64,
+    pub gpu_model: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Total attempts before the task is failed (1 = no retry).
+    pub attempts: u32,
+    pub exponential: bool,
+    pub initial_ms: u64,
+    pub max_ms: u64,
+    pub jitter: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: DEFAULT_ATTEMPTS,
+            exponential: true,
+            initial_ms: 500,
+            max_ms: 30_000,
+            jitter: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MapSource {
+    Items(Vec<Json>),
+    Range { start: i64, end: i64 },
+    /// `steps.<id>.output[.field…]` of an upstream step, which must be a JSON array.
+    Upstream { step: u16, path: Vec<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoopSpec {
+    pub until: String,
+    pub max_iterations: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OnFailure {
+    /// The step fails (and so does the workflow, unless the step is optional).
+    Fail,
+    /// The failed task goes to the dead-letter queue; the step goes on.
+    DeadLetter,
+}
+
+impl Spec {
+    pub fn step_index(&self, id: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.id == id)
+    }
+}

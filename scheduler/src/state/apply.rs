@@ -1,0 +1,350 @@
+//! Apply: one committed command changes the state, the same way on every server.
+
+use super::model::*;
+use crate::command::*;
+use crate::spec::OUTPUT_BYTES_MAX;
+
+impl State {
+    /// Applies one committed command. `at_ms` is the leader's timestamp from the entry.
+    pub fn apply(&mut self, at_ms: u64, cmd: Command) -> Output {
+        let at = at_ms.max(self.sched.stats.last_at_ms);
+        self.sched.stats.last_at_ms = at;
+        self.sched.stats.commands += 1;
+        match cmd {
+            Command::RegisterNode(info) => self.register_node(info, at),
+            Command::Submit(sub) => self.submit(*sub, at),
+            Command::Assign(list) => self.assign(list, at),
+            Command::Started(list) => self.started(list, at),
+            Command::Finished(list) => self.finished(list, at),
+            Command::Cancel(id) => self.with_wf(id, |s, wf| {
+                if wf.status.is_terminal() {
+                    return Output::Rejected(format!("{} already finished ({})", wf.name(), wf.status.name()));
+                }
+                s.teardown(wf, at, WfStatus::Cancelled, "cancelled by request".into());
+                Output::Done
+            }),
+            Command::Pause(id) => self.with_wf(id, |s, wf| s.pause(wf, true, at)),
+            Command::Resume(id) => self.with_wf(id, |s, wf| s.pause(wf, false, at)),
+            Command::Retry(id) => self.with_wf(id, |s, wf| s.retry(wf, at)),
+            Command::TimeoutWorkflow(id) => self.with_wf(id, |s, wf| match wf.deadline_ms {
+                Some(d) if !wf.status.is_terminal() && d <= at => {
+                    let limit = crate::units::format_ms(wf.spec.timeout_ms.unwrap_or_default());
+                    s.teardown(wf, at, WfStatus::TimedOut, format!("workflow timeout of {limit} reached"));
+                    Output::Done
+                }
+                _ => Output::Rejected("not due".into()),
+            }),
+            Command::Redrive(dlq) => self.redrive(dlq, at),
+            Command::Checkpoint { wf, seq, owner } => self.with_wf(wf, |_, w| {
+                if w.checkpoint.as_ref().is_some_and(|c| c.seq >= seq) {
+                    return Output::Rejected(format!("checkpoint {seq} is not newer than the last one"));
+                }
+                let steps = w
+                    .steps
+                    .iter()
+                    .zip(&w.spec.steps)
+                    .filter(|(r, _)| r.status.is_terminal())
+                    .map(|(r, s)| (s.id.clone(), r.status.name().to_string()))
+                    .collect();
+                w.checkpoint = Some(Checkpoint { seq, at_ms: at, owner, steps });
+                Output::Done
+            }),
+        }
+    }
+
+    /// Drains the effects of the commands applied so far.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.sched.effects)
+    }
+
+    fn with_wf(&mut self, id: WorkflowId, f: impl FnOnce(&mut Sched, &mut Workflow) -> Output) -> Output {
+        match self.workflows.get_mut(&id) {
+            Some(wf) => {
+                let out = f(&mut self.sched, wf);
+                self.sched.effects.push(Effect::Changed(id));
+                out
+            }
+            None => Output::Rejected(format!("no workflow {}", wf_name(id))),
+        }
+    }
+
+    fn register_node(&mut self, info: NodeInfo, at: u64) -> Output {
+        let epoch = self.sched.nodes.get(&info.node).map(|n| n.epoch + 1).unwrap_or(1);
+        self.sched.nodes.insert(
+            info.node.clone(),
+            Node {
+                id: info.node.clone(),
+                epoch,
+                status: NodeStatus::Up,
+                slots: info.slots.max(1),
+                queue: info.queue,
+                assigned: 0,
+                cpu_milli: info.cpu_milli,
+                memory_bytes: info.memory_bytes,
+                gpus: info.gpus,
+            },
+        );
+        // Attempts the node held in an earlier epoch are lost: run them again as attempt + 1.
+        for wf in self.workflows.values_mut().filter(|w| !w.status.is_terminal()) {
+            let mut lost = 0;
+            for (i, run) in wf.steps.iter_mut().enumerate() {
+                for (item, task) in run.tasks.iter_mut() {
+                    let held = matches!(&task.state,
+                        TaskState::Assigned { node, .. } | TaskState::Running { node, .. } if *node == info.node);
+                    if held {
+                        task.attempt += 1;
+                        task.state = TaskState::Queued;
+                        lost += 1;
+                        if !wf.paused {
+                            self.sched.queue.insert(TaskRef { wf: wf.id, step: i as u16, item: *item });
+                        }
+                    }
+                }
+            }
+            if lost > 0 {
+                wf.log(at, format!("node {} restarted (epoch {epoch}): {lost} attempt(s) requeued as attempt + 1", info.node));
+                self.sched.effects.push(Effect::Changed(wf.id));
+            }
+        }
+        Output::Done
+    }
+
+    fn submit(&mut self, sub: Submission, at: u64) -> Output {
+        if let Some(key) = &sub.idempotency_key {
+            if let Some(&(id, digest)) = self.idempotency.get(key) {
+                return if digest == sub.digest {
+                    Output::Submitted { id, created: false }
+                } else {
+                    Output::Rejected(format!(
+                        "idempotency key {key:?} was already used for {} with a different spec or params; use a new key",
+                        wf_name(id)
+                    ))
+                };
+            }
+        }
+        let mut params = sub.spec.params.clone();
+        for (name, value) in sub.params {
+            match params.iter_mut().find(|(n, _)| *n == name) {
+                Some(slot) => slot.1 = value,
+                None => return Output::Rejected(format!("unknown param {name:?}: declare it in [params]")),
+            }
+        }
+        self.next_workflow += 1;
+        let id = self.next_workflow;
+        let deadline_ms = sub.spec.timeout_ms.map(|t| at + t);
+        let steps = sub.spec.steps.iter().map(|_| StepRun::new()).collect();
+        let mut wf = Workflow {
+            id,
+            params,
+            idempotency_key: sub.idempotency_key.clone(),
+            status: WfStatus::Running,
+            paused: false,
+            reason: None,
+            submitted_ms: at,
+            finished_ms: None,
+            deadline_ms,
+            steps,
+            checkpoint: None,
+            history: Vec::new(),
+            history_dropped: 0,
+            spec: sub.spec,
+        };
+        wf.log(at, "submitted");
+        if let Some(d) = deadline_ms {
+            self.sched.deadlines.insert((d, id));
+        }
+        if let Some(key) = sub.idempotency_key {
+            self.idempotency.insert(key, (id, sub.digest));
+        }
+        self.sched.effects.push(Effect::Created(id));
+        self.sched.advance(&mut wf, at);
+        self.workflows.insert(id, wf);
+        Output::Submitted { id, created: true }
+    }
+
+    fn assign(&mut self, list: Vec<Assignment>, at: u64) -> Output {
+        let (mut accepted, mut refused) = (0, 0);
+        for a in list {
+            if self.assign_one(&a, at) {
+                accepted += 1;
+            } else {
+                refused += 1;
+                self.sched.stats.rejected_assignments += 1;
+            }
+        }
+        Output::Counted { accepted, refused }
+    }
+
+    fn assign_one(&mut self, a: &Assignment, at: u64) -> bool {
+        let s = &mut self.sched;
+        let Some(node) = s.nodes.get(&a.node) else { return false };
+        if node.status != NodeStatus::Up || node.epoch != a.epoch || node.assigned >= node.slots + node.queue {
+            return false;
+        }
+        let Some(wf) = self.workflows.get_mut(&a.task.wf) else { return false };
+        if wf.status.is_terminal() || wf.paused {
+            return false;
+        }
+        let Some(run) = wf.steps.get_mut(a.task.step as usize) else { return false };
+        let Some(task) = run.tasks.get_mut(&a.task.item) else { return false };
+        let ready = match task.state {
+            TaskState::Queued => true,
+            TaskState::Waiting { due_ms } => due_ms <= at,
+            _ => false,
+        };
+        if task.attempt != a.attempt || !ready {
+            return false;
+        }
+        let old = std::mem::replace(&mut task.state, TaskState::Assigned { node: a.node.clone(), epoch: a.epoch, at_ms: at });
+        run.max_attempt = run.max_attempt.max(a.attempt);
+        let placeholder = Task { attempt: a.attempt, failures: 0, state: old, last_error: None };
+        s.unlink(a.task, &placeholder);
+        if let Some(n) = s.nodes.get_mut(&a.node) {
+            n.assigned += 1;
+        }
+        match Sched::run_spec(wf, a.task, a.attempt, &a.node, a.epoch) {
+            Ok(spec) => s.effects.push(Effect::Run(Box::new(spec))),
+            Err(e) => s.task_failed(wf, a.task, format!("cannot render the step: {e}"), at),
+        }
+        true
+    }
+
+    fn started(&mut self, list: Vec<AttemptRef>, at: u64) -> Output {
+        let (mut accepted, mut refused) = (0, 0);
+        for r in list {
+            match self.live_task(&r) {
+                Some(task) => {
+                    if let TaskState::Assigned { node, epoch, .. } = &task.state {
+                        task.state = TaskState::Running { node: node.clone(), epoch: *epoch, since_ms: at };
+                    }
+                    accepted += 1;
+                }
+                None => refused += 1,
+            }
+        }
+        Output::Counted { accepted, refused }
+    }
+
+    /// The task an attempt report is about, if the report is current (fencing: task, attempt, epoch).
+    fn live_task(&mut self, r: &AttemptRef) -> Option<&mut Task> {
+        let wf = self.workflows.get_mut(&r.task.wf)?;
+        let task = wf.steps.get_mut(r.task.step as usize)?.tasks.get_mut(&r.task.item)?;
+        let epoch = match &task.state {
+            TaskState::Assigned { epoch, .. } | TaskState::Running { epoch, .. } => *epoch,
+            _ => return None,
+        };
+        (task.attempt == r.attempt && epoch == r.epoch).then_some(task)
+    }
+
+    fn finished(&mut self, list: Vec<Report>, at: u64) -> Output {
+        let (mut accepted, mut refused) = (0, 0);
+        for rep in list {
+            if self.live_task(&rep.at).is_none() {
+                refused += 1;
+                self.sched.stats.stale_reports += 1;
+                continue;
+            }
+            accepted += 1;
+            let Some(wf) = self.workflows.get_mut(&rep.at.task.wf) else { continue };
+            match rep.outcome {
+                Outcome::Succeeded { output } => match output {
+                    Some(o) if o.len() > OUTPUT_BYTES_MAX => {
+                        let e = format!("output is {} bytes; the limit is {OUTPUT_BYTES_MAX} (output_bytes_max)", o.len());
+                        self.sched.task_failed(wf, rep.at.task, e, at)
+                    }
+                    output => self.sched.task_succeeded(wf, rep.at.task, output, at),
+                },
+                Outcome::Failed { error } => self.sched.task_failed(wf, rep.at.task, error, at),
+            }
+        }
+        Output::Counted { accepted, refused }
+    }
+
+    fn redrive(&mut self, id: u64, at: u64) -> Output {
+        let Some(entry) = self.sched.dlq.get(&id).cloned() else {
+            return Output::Rejected(format!("no dead letter {id}"));
+        };
+        let Some(wf) = self.workflows.get_mut(&entry.task.wf) else {
+            return Output::Rejected(format!("{} no longer exists", wf_name(entry.task.wf)));
+        };
+        if matches!(wf.status, WfStatus::Failed | WfStatus::Cancelled | WfStatus::TimedOut) {
+            return Output::Rejected(format!(
+                "{} is {}; retry the workflow instead (troupe retry {})",
+                wf.name(), wf.status.name(), wf.name()
+            ));
+        }
+        self.sched.dlq.remove(&id);
+        let i = entry.task.step as usize;
+        let run = &mut wf.steps[i];
+        run.dead_lettered = run.dead_lettered.saturating_sub(1);
+        run.tasks.insert(entry.task.item, Task { attempt: entry.attempt + 1, failures: 0, state: TaskState::Queued, last_error: None });
+        run.status = StepStatus::Running;
+        run.finished_ms = None;
+        if wf.status.is_terminal() {
+            wf.status = WfStatus::Running;
+            wf.finished_ms = None;
+            wf.reason = None;
+        }
+        if !wf.paused {
+            self.sched.queue.insert(entry.task);
+        }
+        wf.log(at, format!("dead letter {id} redriven: step {} item {} runs again as attempt {}", entry.step_id, entry.task.item, entry.attempt + 1));
+        self.sched.effects.push(Effect::Changed(wf.id));
+        Output::Done
+    }
+}
+
+impl Sched {
+    fn pause(&mut self, wf: &mut Workflow, pause: bool, at: u64) -> Output {
+        if wf.status.is_terminal() {
+            return Output::Rejected(format!("{} already finished ({})", wf.name(), wf.status.name()));
+        }
+        if wf.paused == pause {
+            return Output::Rejected(format!("{} is already {}", wf.name(), if pause { "paused" } else { "running" }));
+        }
+        wf.paused = pause;
+        for (i, run) in wf.steps.iter().enumerate() {
+            for (item, task) in &run.tasks {
+                let r = TaskRef { wf: wf.id, step: i as u16, item: *item };
+                match (&task.state, pause) {
+                    (TaskState::Queued, true) => { self.queue.remove(&r); }
+                    (TaskState::Queued, false) => { self.queue.insert(r); }
+                    (TaskState::Waiting { due_ms }, true) => { self.delayed.remove(&(*due_ms, r)); }
+                    (TaskState::Waiting { due_ms }, false) => { self.delayed.insert((*due_ms, r)); }
+                    _ => {}
+                }
+            }
+        }
+        wf.log(at, if pause { "paused: no new attempts start; running ones finish" } else { "resumed" });
+        Output::Done
+    }
+
+    fn retry(&mut self, wf: &mut Workflow, at: u64) -> Output {
+        if !matches!(wf.status, WfStatus::Failed | WfStatus::Cancelled | WfStatus::TimedOut) {
+            return Output::Rejected(format!("{} is {}; only failed, cancelled or timed-out workflows can be retried", wf.name(), wf.status.name()));
+        }
+        let mut reset = Vec::new();
+        for (run, spec) in wf.steps.iter_mut().zip(&wf.spec.steps) {
+            if matches!(run.status, StepStatus::Failed | StepStatus::Cancelled | StepStatus::Pending) {
+                run.status = StepStatus::Pending;
+                run.error = None;
+                run.next_item = 0;
+                run.failed = 0;
+                run.finished_ms = None;
+                run.attempt_floor = run.max_attempt;
+                reset.push(spec.id.clone());
+            }
+        }
+        wf.status = WfStatus::Running;
+        wf.reason = None;
+        wf.finished_ms = None;
+        wf.paused = false;
+        wf.deadline_ms = wf.spec.timeout_ms.map(|t| at + t);
+        if let Some(d) = wf.deadline_ms {
+            self.deadlines.insert((d, wf.id));
+        }
+        wf.log(at, format!("retry from failure: steps {} run again; finished items are kept", reset.join(", ")));
+        self.advance(wf, at);
+        Output::Done
+    }
+}

@@ -1,0 +1,7 @@
+//! The replicated state machine: model, apply (commands) and the DAG rules.
+
+mod apply;
+mod dag;
+mod model;
+
+pub use model::*;

@@ -1,0 +1,131 @@
+//! A deterministic driver for the core: planner + apply + a fake executor, no runtime.
+#![allow(dead_code)]
+
+use troupe_scheduler::spec::{self, Builtin};
+use troupe_scheduler::*;
+
+pub struct Sim {
+    pub state: State,
+    pub planner: Planner,
+    pub now: u64,
+    pub running: Vec<RunSpec>,
+    pub killed: Vec<(TaskRef, u32)>,
+    pub ran: Vec<(TaskRef, u32)>,
+}
+
+impl Sim {
+    pub fn new(slots: u32) -> Self {
+        let mut s = Sim { state: State::default(), planner: Planner::new(), now: 1_000, running: vec![], killed: vec![], ran: vec![] };
+        s.apply(Command::RegisterNode(NodeInfo { node: "n1".into(), slots, queue: slots, cpu_milli: 2000, memory_bytes: 1 << 30, gpus: 0 }));
+        s
+    }
+
+    pub fn apply(&mut self, cmd: Command) -> Output {
+        let out = self.state.apply(self.now, cmd);
+        for e in self.state.take_effects() {
+            match e {
+                Effect::Run(r) => {
+                    self.ran.push((r.task, r.attempt));
+                    self.running.push(*r)
+                }
+                Effect::Kill { task, attempt, .. } => {
+                    self.killed.push((task, attempt));
+                    self.running.retain(|r| !(r.task == task && r.attempt == attempt));
+                }
+                _ => {}
+            }
+        }
+        self.check_invariants();
+        out
+    }
+
+    pub fn submit_toml(&mut self, text: &str) -> u64 {
+        self.submit_key(text, None).expect("submitted")
+    }
+
+    pub fn submit_key(&mut self, text: &str, key: Option<&str>) -> Result<u64, String> {
+        let raw = spec::parse_toml(text, Some("test.toml")).map_err(|e| e.to_string())?;
+        let compiled = spec::compile(&raw).map_err(|e| e.to_string())?;
+        let digest = spec::spec_digest(&raw, &Default::default());
+        let sub = Submission { spec: compiled, params: vec![], idempotency_key: key.map(Into::into), digest };
+        match self.apply(Command::Submit(Box::new(sub))) {
+            Output::Submitted { id, .. } => Ok(id),
+            other => Err(format!("{other:?}")),
+        }
+    }
+
+    /// Plans and applies until nothing new is placed.
+    pub fn place(&mut self) {
+        for _ in 0..100 {
+            let cmds = self.planner.plan(&self.state, self.now);
+            if cmds.is_empty() {
+                return;
+            }
+            for c in cmds {
+                self.apply(c);
+            }
+        }
+    }
+
+    /// Finishes every running attempt with what `f` says.
+    pub fn finish_all(&mut self, f: &dyn Fn(&RunSpec) -> Outcome) {
+        let running = std::mem::take(&mut self.running);
+        let epoch = self.state.sched.nodes["n1"].epoch;
+        let reports = running
+            .iter()
+            .map(|r| Report { at: AttemptRef { task: r.task, attempt: r.attempt, epoch }, outcome: f(r) })
+            .collect();
+        self.apply(Command::Finished(reports));
+    }
+
+    /// Runs the workflow to the end with `f` as the executor, advancing time for retries.
+    pub fn run(&mut self, f: &dyn Fn(&RunSpec) -> Outcome) {
+        for _ in 0..10_000 {
+            self.place();
+            if self.running.is_empty() {
+                if self.state.sched.delayed.is_empty() {
+                    return;
+                }
+                self.now = self.state.sched.delayed.iter().next().unwrap().0;
+                continue;
+            }
+            self.finish_all(f);
+        }
+        panic!("did not settle");
+    }
+
+    pub fn wf(&self, id: u64) -> &state::Workflow {
+        &self.state.workflows[&id]
+    }
+
+    pub fn check_invariants(&self) {
+        for n in self.state.sched.nodes.values() {
+            assert!(n.assigned <= n.slots + n.queue, "node {} over capacity: {} > {}", n.id, n.assigned, n.slots + n.queue);
+            let live: u32 = self
+                .state
+                .workflows
+                .values()
+                .flat_map(|w| w.steps.iter().flat_map(|s| s.tasks.values()))
+                .filter(|t| matches!(&t.state, state::TaskState::Assigned { node, .. } | state::TaskState::Running { node, .. } if *node == n.id))
+                .count() as u32;
+            assert_eq!(live, n.assigned, "node {} count drifted", n.id);
+        }
+    }
+}
+
+/// The builtin semantics, for tests: noop/echo succeed, fail fails its first `attempts` attempts.
+pub fn builtin(r: &RunSpec) -> Outcome {
+    match &r.launch {
+        Launch::Builtin { handler: Builtin::Fail, with } => {
+            let n = with.value().get("attempts").and_then(|v| v.as_u64()).unwrap_or(u64::MAX);
+            if (r.attempt as u64) <= n {
+                Outcome::Failed { error: "fail handler".into() }
+            } else {
+                Outcome::Succeeded { output: None }
+            }
+        }
+        Launch::Builtin { handler: Builtin::Echo, with } if !with.is_null() => Outcome::Succeeded { output: Some(with.clone()) },
+        Launch::Builtin { handler: Builtin::Echo, .. } => Outcome::Succeeded { output: r.item.clone() },
+        _ => Outcome::Succeeded { output: None },
+    }
+}
