@@ -1,1 +1,125 @@
-fn main() {}
+//! `troupe` — the one binary: the embedded node (`troupe dev`), the CLI for its API, and the
+//! benchmark (`troupe bench`).
+
+mod bench;
+mod client;
+mod commands;
+mod progress;
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "troupe", version, about = "Troupe: a self-healing scheduler for AI workflows")]
+struct Cli {
+    /// API of the node to talk to.
+    #[arg(long, global = true, env = "TROUPE_API", default_value = "http://127.0.0.1:7070")]
+    api: String,
+    /// Print JSON instead of text (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the embedded single node (server + worker) with its data in a local folder.
+    Dev(DevArgs),
+    /// Submit a workflow spec (TOML).
+    Submit {
+        file: PathBuf,
+        /// Override a declared param: --param shards=10 (JSON values are parsed, the rest are strings).
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// Submitting again with the same key returns the same workflow.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Follow progress until the workflow finishes.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List workflows, or show one.
+    Status {
+        id: Option<String>,
+        /// Only workflows in this status (running, succeeded, degraded, failed, cancelled, timed_out).
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Print a task's log (stdout by default).
+    Logs {
+        id: String,
+        #[arg(long)]
+        step: String,
+        #[arg(long)]
+        item: Option<u32>,
+        #[arg(long)]
+        attempt: Option<u32>,
+        #[arg(long)]
+        stderr: bool,
+    },
+    /// Cancel a workflow: running attempts are stopped.
+    Cancel { id: String },
+    /// Pause a workflow: no new attempts start; running ones finish.
+    Pause { id: String },
+    /// Resume a paused workflow.
+    Resume { id: String },
+    /// Retry a failed, cancelled or timed-out workflow from where it failed.
+    Retry { id: String },
+    /// The dead-letter queue: list entries, or redrive one.
+    Dlq {
+        #[command(subcommand)]
+        cmd: Option<DlqCmd>,
+    },
+    /// Measure Troupe on this machine (starts its own nodes; prints figures).
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum DlqCmd {
+    List,
+    Redrive { id: u64 },
+}
+
+#[derive(clap::Args)]
+pub struct DevArgs {
+    /// Data folder (Raft log, snapshots, task logs).
+    #[arg(long, default_value = ".troupe/dev")]
+    data: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Attempts run at once.
+    #[arg(long, default_value_t = 256)]
+    slots: u32,
+    /// Attempts held queued beyond the slots.
+    #[arg(long)]
+    queue: Option<u32>,
+    /// Do not fsync the Raft log (throwaway runs only: a crash can lose acknowledged work).
+    #[arg(long)]
+    no_fsync: bool,
+    /// Seconds between SIGTERM and SIGKILL when an attempt is stopped.
+    #[arg(long, default_value_t = 5)]
+    kill_grace_s: u64,
+    /// Submit this spec once the node is up, show its progress, and exit when it finishes.
+    #[arg(long, value_name = "FILE")]
+    run: Option<PathBuf>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Dev(args) => commands::dev(args),
+        Cmd::Bench(args) => bench::run(args),
+        other => commands::client_command(&cli.api, cli.json, other),
+    };
+    if let Err(e) = result {
+        match e.downcast_ref::<commands::Exit>() {
+            Some(commands::Exit(code)) => std::process::exit(*code),
+            None => {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+        }
+    }
+}

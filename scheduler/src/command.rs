@@ -59,7 +59,7 @@ pub struct Assignment {
 }
 
 /// The fencing token of an attempt: `(task, attempt, epoch)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AttemptRef {
     pub task: TaskRef,
     pub attempt: u32,

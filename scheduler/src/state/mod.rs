@@ -4,4 +4,5 @@ mod apply;
 mod dag;
 mod model;
 
+pub use dag::{backoff_ms, step_output};
 pub use model::*;

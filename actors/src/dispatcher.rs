@@ -1,0 +1,195 @@
+//! Dispatcher: this node's bounded runner queue.
+//!
+//! It receives the attempts the leader placed here (one cast per applied batch), hands them to
+//! idle TaskRunners, and batches `Started` / `Finished` reports into proposals (group commit:
+//! one proposal per flush, not one per task). On start it registers the node, which bumps the
+//! node's epoch and requeues whatever an earlier incarnation of this node was running.
+
+use crate::machine::Machine;
+use crate::runner::RunnerMsg;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use troupe_raft_log::EngineHandle;
+use troupe_scheduler::{AttemptRef, Command, NodeInfo, Outcome, Report, RunSpec, TaskRef};
+
+/// Reports are flushed after this delay, or at once when this many are buffered.
+const FLUSH_AFTER: Duration = Duration::from_millis(1);
+const FLUSH_AT: usize = 512;
+
+pub enum DispatchMsg {
+    Run(Vec<RunSpec>),
+    Kill(Vec<(TaskRef, u32)>),
+    Done { runner: usize, report: Report },
+    RunnerUp { runner: usize, actor: ActorRef<RunnerMsg> },
+    Flush,
+    Stats(RpcReplyPort<DispatchStats>),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DispatchStats {
+    pub queued: usize,
+    pub busy: usize,
+    pub runners: usize,
+    pub epoch: u64,
+    pub reports_pending: usize,
+}
+
+pub struct DispatchArgs {
+    pub engine: EngineHandle<Machine>,
+    pub node: NodeInfo,
+    /// Set to this incarnation's epoch once registered (the engine hook reads it).
+    pub live_epoch: Arc<AtomicU64>,
+}
+
+pub struct Dispatcher;
+
+pub struct DispatchState {
+    engine: EngineHandle<Machine>,
+    epoch: u64,
+    queue: VecDeque<RunSpec>,
+    runners: Vec<Option<ActorRef<RunnerMsg>>>,
+    busy: Vec<Option<AttemptRef>>,
+    idle: Vec<usize>,
+    started: Vec<AttemptRef>,
+    finished: Vec<Report>,
+    flush_armed: bool,
+}
+
+impl Actor for Dispatcher {
+    type Msg = DispatchMsg;
+    type State = DispatchState;
+    type Arguments = DispatchArgs;
+
+    async fn pre_start(&self, _me: ActorRef<DispatchMsg>, args: DispatchArgs) -> Result<DispatchState, ActorProcessingErr> {
+        let node = args.node.node.clone();
+        let rx = args.engine.propose(vec![Command::RegisterNode(args.node)])?;
+        tokio::time::timeout(Duration::from_secs(30), rx)
+            .await
+            .map_err(|_| "registering the node did not commit within 30s")???;
+        let epoch = args.engine.state().read().map_err(|_| "state lock poisoned")?.state.sched.nodes[&node].epoch;
+        args.live_epoch.store(epoch, Ordering::Release);
+        tracing::info!(%node, epoch, "node registered");
+        Ok(DispatchState {
+            engine: args.engine,
+            epoch,
+            queue: VecDeque::new(),
+            runners: Vec::new(),
+            busy: Vec::new(),
+            idle: Vec::new(),
+            started: Vec::new(),
+            finished: Vec::new(),
+            flush_armed: false,
+        })
+    }
+
+    async fn handle(&self, me: ActorRef<DispatchMsg>, msg: DispatchMsg, st: &mut DispatchState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            DispatchMsg::Run(specs) => {
+                st.queue.extend(specs.into_iter().filter(|s| s.epoch == st.epoch));
+                st.pump();
+            }
+            DispatchMsg::Kill(kills) => {
+                for (task, attempt) in kills {
+                    st.queue.retain(|s| !(s.task == task && s.attempt == attempt));
+                    for (i, b) in st.busy.iter().enumerate() {
+                        if b.is_some_and(|a| a.task == task && a.attempt == attempt) {
+                            if let Some(r) = &st.runners[i] {
+                                let _ = r.cast(RunnerMsg::Kill(task, attempt));
+                            }
+                        }
+                    }
+                }
+            }
+            DispatchMsg::Done { runner, report } => {
+                if st.busy.get(runner).copied().flatten() == Some(report.at) {
+                    st.busy[runner] = None;
+                    st.idle.push(runner);
+                }
+                st.finished.push(report);
+                st.pump();
+            }
+            DispatchMsg::RunnerUp { runner, actor } => {
+                if st.runners.len() <= runner {
+                    st.runners.resize(runner + 1, None);
+                    st.busy.resize(runner + 1, None);
+                }
+                if let Some(lost) = st.busy[runner].take() {
+                    tracing::warn!(runner, ?lost, "runner restarted while running an attempt");
+                    let outcome = Outcome::Failed { error: "the task runner crashed while running this attempt".into() };
+                    st.finished.push(Report { at: lost, outcome });
+                }
+                st.idle.retain(|&i| i != runner);
+                st.runners[runner] = Some(actor);
+                st.idle.push(runner);
+                st.pump();
+            }
+            DispatchMsg::Flush => {
+                st.flush_armed = false;
+                st.flush();
+            }
+            DispatchMsg::Stats(reply) => {
+                let _ = reply.send(DispatchStats {
+                    queued: st.queue.len(),
+                    busy: st.busy.iter().filter(|b| b.is_some()).count(),
+                    runners: st.runners.iter().filter(|r| r.is_some()).count(),
+                    epoch: st.epoch,
+                    reports_pending: st.finished.len(),
+                });
+            }
+        }
+        if st.finished.len() >= FLUSH_AT {
+            st.flush();
+        }
+        if !st.flush_armed && !(st.finished.is_empty() && st.started.is_empty()) {
+            st.flush_armed = true;
+            me.send_after(FLUSH_AFTER, || DispatchMsg::Flush);
+        }
+        Ok(())
+    }
+}
+
+impl DispatchState {
+    fn pump(&mut self) {
+        while !self.queue.is_empty() {
+            let Some(i) = self.idle.pop() else { return };
+            let Some(runner) = self.runners[i].clone() else { continue };
+            let spec = self.queue.pop_front().expect("queue is not empty");
+            let at = AttemptRef { task: spec.task, attempt: spec.attempt, epoch: spec.epoch };
+            if runner.cast(RunnerMsg::Run(Box::new(spec))).is_err() {
+                // The runner is gone; its RunnerUp will come back when it restarts.
+                self.runners[i] = None;
+                self.finished.push(Report { at, outcome: Outcome::Failed { error: "task runner unavailable".into() } });
+                continue;
+            }
+            self.busy[i] = Some(at);
+            self.started.push(at);
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.finished.is_empty() && self.started.is_empty() {
+            return;
+        }
+        let finished = std::mem::take(&mut self.finished);
+        let mut started = std::mem::take(&mut self.started);
+        // A start is worth recording only if the attempt has not already finished.
+        let done: HashSet<AttemptRef> = finished.iter().map(|f| f.at).collect();
+        started.retain(|s| !done.contains(s));
+        let mut cmds = Vec::with_capacity(2);
+        if !started.is_empty() {
+            cmds.push(Command::Started(started.clone()));
+        }
+        if !finished.is_empty() {
+            cmds.push(Command::Finished(finished.clone()));
+        }
+        if let Err(e) = self.engine.propose_nowait(cmds) {
+            // Busy: keep the reports and try again at the next flush.
+            tracing::debug!(%e, "reports not proposed yet");
+            self.finished = finished;
+            self.started = started;
+        }
+    }
+}

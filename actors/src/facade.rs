@@ -1,0 +1,75 @@
+//! RaftFacade: the actor face of the Raft engine (which runs on its own OS thread).
+//!
+//! It opens the durable log in `pre_start` (replaying it into the state machine) and closes it
+//! when it stops. If it fails, the engine is dropped (which stops its thread and releases the
+//! data dir) and the root supervisor restarts it together with everything started after it.
+
+use crate::machine::{EffectSink, Machine, hook};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+use troupe_raft_log::{Engine, EngineConfig, EngineHandle, EngineStatus};
+
+pub const RAFT_NAME: &str = "troupe.raft";
+
+pub enum FacadeMsg {
+    /// The engine handle and the shared state (readers take the read lock).
+    Handle(RpcReplyPort<(EngineHandle<Machine>, Arc<RwLock<Machine>>)>),
+    Status(RpcReplyPort<EngineStatus>),
+    /// Fault injection for supervision tests.
+    InjectPanic,
+}
+
+pub struct RaftFacade;
+
+pub struct FacadeArgs {
+    pub config: EngineConfig,
+    pub node: String,
+    pub live_epoch: Arc<AtomicU64>,
+    pub sink: Box<dyn Fn() -> Box<dyn EffectSink> + Send + Sync>,
+}
+
+pub struct FacadeState {
+    engine: Option<Engine<Machine>>,
+}
+
+impl Actor for RaftFacade {
+    type Msg = FacadeMsg;
+    type State = FacadeState;
+    type Arguments = Arc<FacadeArgs>;
+
+    async fn pre_start(&self, _me: ActorRef<FacadeMsg>, args: Arc<FacadeArgs>) -> Result<FacadeState, ActorProcessingErr> {
+        args.live_epoch.store(0, std::sync::atomic::Ordering::Release);
+        let open_args = args.clone();
+        let engine = tokio::task::spawn_blocking(move || {
+            let a = open_args;
+            let h = hook(a.node.clone(), a.live_epoch.clone(), (a.sink)());
+            Engine::open(a.config.clone(), Machine::default(), h)
+        })
+        .await??;
+        let st = engine.handle().status();
+        tracing::info!(applied = st.applied, term = st.term, "raft log open");
+        Ok(FacadeState { engine: Some(engine) })
+    }
+
+    async fn post_stop(&self, _me: ActorRef<FacadeMsg>, st: &mut FacadeState) -> Result<(), ActorProcessingErr> {
+        if let Some(engine) = st.engine.take() {
+            tokio::task::spawn_blocking(move || engine.shutdown()).await?;
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, _me: ActorRef<FacadeMsg>, msg: FacadeMsg, st: &mut FacadeState) -> Result<(), ActorProcessingErr> {
+        let engine = st.engine.as_ref().ok_or("the raft engine is closed")?;
+        match msg {
+            FacadeMsg::Handle(reply) => {
+                let _ = reply.send((engine.handle(), engine.state()));
+            }
+            FacadeMsg::Status(reply) => {
+                let _ = reply.send(engine.handle().status());
+            }
+            FacadeMsg::InjectPanic => panic!("injected panic in the raft facade"),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,66 @@
+//! Delivers applied effects to this node's actors, found by registered name (a restarted actor
+//! has a new id, its name stays). Casts only: the engine thread never waits on an actor.
+
+use crate::dispatcher::DispatchMsg;
+use crate::instance::{InstanceArgs, InstanceMsg, WorkflowInstance, instance_name};
+use crate::machine::EffectSink;
+use crate::supervisor::{ChildSpec, Restart, SupervisorMsg};
+use ractor::{Actor, ActorRef, registry};
+use troupe_scheduler::{RunSpec, TaskRef, WorkflowId};
+
+pub const DISPATCHER_NAME: &str = "troupe.dispatcher";
+pub const INSTANCES_NAME: &str = "troupe.instances";
+
+pub struct ActorSink {
+    /// Everything an instance needs but its id (engine handle, state, node).
+    pub instance: Box<dyn Fn(WorkflowId) -> Option<InstanceArgs> + Send>,
+}
+
+fn dispatcher() -> Option<ActorRef<DispatchMsg>> {
+    registry::where_is(DISPATCHER_NAME).map(ActorRef::from)
+}
+
+/// The child spec of one workflow's instance (transient: it stops when the workflow finishes).
+pub fn instance_spec(args: InstanceArgs) -> ChildSpec {
+    let name = instance_name(args.id);
+    ChildSpec::new(name.clone(), Restart::Transient, move |sup| {
+        let (name, args) = (name.clone(), args.clone());
+        async move { WorkflowInstance::spawn_linked(Some(name), WorkflowInstance, args, sup).await.map(|(a, _)| a.get_cell()) }
+    })
+}
+
+impl EffectSink for ActorSink {
+    fn run(&mut self, specs: Vec<RunSpec>) {
+        match dispatcher() {
+            Some(d) => {
+                let _ = d.cast(DispatchMsg::Run(specs));
+            }
+            // The dispatcher restarts by re-registering the node, which requeues these attempts.
+            None => tracing::warn!(n = specs.len(), "no dispatcher: attempts wait for the node to re-register"),
+        }
+    }
+
+    fn kill(&mut self, kills: Vec<(TaskRef, u32)>) {
+        if let Some(d) = dispatcher() {
+            let _ = d.cast(DispatchMsg::Kill(kills));
+        }
+    }
+
+    fn workflows(&mut self, created: Vec<WorkflowId>, changed: Vec<WorkflowId>, finished: Vec<WorkflowId>) {
+        if let Some(sup) = registry::where_is(INSTANCES_NAME).map(ActorRef::<SupervisorMsg>::from) {
+            for id in created {
+                if let Some(args) = (self.instance)(id) {
+                    let (tx, _rx) = tokio::sync::oneshot::channel();
+                    let _ = sup.cast(SupervisorMsg::StartChild(instance_spec(args), tx.into()));
+                }
+            }
+        }
+        for (ids, finished) in [(changed, false), (finished, true)] {
+            for id in ids {
+                if let Some(a) = registry::where_is(instance_name(id)).map(ActorRef::<InstanceMsg>::from) {
+                    let _ = a.cast(if finished { InstanceMsg::Finished } else { InstanceMsg::Changed });
+                }
+            }
+        }
+    }
+}

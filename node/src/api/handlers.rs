@@ -1,0 +1,252 @@
+//! Route handlers.
+
+use super::{ApiError, AppState, BODY_BYTES_MAX};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use troupe_actors::instance::{InstanceMsg, instance_name};
+use troupe_scheduler::spec::{self, SpecError};
+use troupe_scheduler::state::{WorkflowId, parse_wf, wf_name};
+use troupe_scheduler::{Command, Output, Submission, views};
+
+pub fn router(app: AppState) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/workflows", post(submit).get(list))
+        .route("/v1/workflows/{id}", get(detail))
+        .route("/v1/workflows/{id}/{action}", post(control))
+        .route("/v1/workflows/{id}/steps/{step}/output", get(output))
+        .route("/v1/workflows/{id}/logs", get(logs))
+        .route("/v1/dlq", get(dlq))
+        .route("/v1/dlq/{id}/redrive", post(redrive))
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .with_state(app)
+}
+
+type Res = Result<(StatusCode, Json<Value>), ApiError>;
+
+fn ok(v: Value) -> Res {
+    Ok((StatusCode::OK, Json(v)))
+}
+
+fn wf_id(text: &str) -> Result<WorkflowId, ApiError> {
+    parse_wf(text).ok_or_else(|| ApiError::bad(format!("{text:?} is not a workflow id (like wf-12)")))
+}
+
+async fn propose(app: &AppState, cmd: Command) -> Result<Output, ApiError> {
+    let rx = app.engine.propose(vec![cmd])?;
+    let outs = tokio::time::timeout(Duration::from_secs(30), rx)
+        .await
+        .map_err(|_| ApiError(StatusCode::GATEWAY_TIMEOUT, "not committed within 30s; the outcome is unknown: check with GET".into()))?
+        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "the raft engine stopped".into()))??;
+    outs.into_iter().next().ok_or_else(|| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "no output".into()))
+}
+
+async fn health(State(app): State<AppState>) -> Res {
+    let st = app.engine.status();
+    let workflows = app.state.read().map(|m| m.state.workflows.len()).unwrap_or(0);
+    ok(json!({
+        "status": "ok",
+        "node": app.node,
+        "leader": st.is_leader,
+        "term": st.term,
+        "applied": st.applied,
+        "commit": st.commit,
+        "snapshot_index": st.snapshot_index,
+        "workflows": workflows,
+        "uptime_ms": app.started.elapsed().as_millis() as u64,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitBody {
+    /// The spec in its JSON form (the same model as the TOML file).
+    spec: Option<Value>,
+    /// Or the TOML text itself.
+    spec_toml: Option<String>,
+    #[serde(default)]
+    params: BTreeMap<String, Value>,
+    idempotency_key: Option<String>,
+}
+
+fn spec_error(e: SpecError) -> ApiError {
+    ApiError::bad(format!("invalid spec: {e}"))
+}
+
+async fn submit(State(app): State<AppState>, body: Result<Json<SubmitBody>, axum::extract::rejection::JsonRejection>) -> Res {
+    let Json(body) = body.map_err(|e| ApiError(e.status(), format!("bad request body: {}", e.body_text())))?;
+    let (raw, compiled) = match (body.spec, body.spec_toml) {
+        (Some(v), None) => {
+            let mut raw = spec::parse_json(v).map_err(spec_error)?;
+            spec::resolve_lines(&mut raw, std::path::Path::new(".")).map_err(spec_error)?;
+            let compiled = spec::compile(&raw).map_err(spec_error)?;
+            (raw, compiled)
+        }
+        (None, Some(text)) => spec::load_str(&text, Some("spec_toml"), std::path::Path::new(".")).map_err(spec_error)?,
+        _ => return Err(ApiError::bad("give exactly one of `spec` (JSON) or `spec_toml` (TOML text)")),
+    };
+    let declared: Vec<&str> = compiled.params.iter().map(|(n, _)| n.as_str()).collect();
+    for name in body.params.keys() {
+        if !declared.contains(&name.as_str()) {
+            return Err(ApiError::bad(format!(
+                "unknown param {name:?}; the spec declares: {}",
+                if declared.is_empty() { "none".into() } else { declared.join(", ") }
+            )));
+        }
+    }
+    if let Some(k) = &body.idempotency_key {
+        if k.is_empty() || k.len() > 256 {
+            return Err(ApiError::bad("idempotency_key must be 1-256 characters"));
+        }
+    }
+    let digest = spec::spec_digest(&raw, &body.params);
+    let params = body.params.iter().map(|(k, v)| (k.clone(), troupe_scheduler::Json::from_value(v))).collect();
+    let sub = Submission { spec: compiled, params, idempotency_key: body.idempotency_key, digest };
+    match propose(&app, Command::Submit(Box::new(sub))).await? {
+        Output::Submitted { id, created } => {
+            let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+            Ok((code, Json(json!({ "id": wf_name(id), "created": created }))))
+        }
+        Output::Rejected(m) if m.contains("idempotency key") => Err(ApiError(StatusCode::CONFLICT, m)),
+        Output::Rejected(m) => Err(ApiError::bad(m)),
+        other => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected output {other:?}"))),
+    }
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list(State(app): State<AppState>, Query(q): Query<ListQuery>) -> Res {
+    let m = app.state.read().map_err(|_| ApiError::bad("state lock poisoned"))?;
+    let items: Vec<_> = m
+        .state
+        .workflows
+        .values()
+        .rev()
+        .filter(|w| q.status.as_deref().is_none_or(|s| w.status.name() == s))
+        .take(q.limit.unwrap_or(100).min(10_000))
+        .map(views::summary)
+        .collect();
+    ok(json!({ "workflows": items }))
+}
+
+#[derive(Deserialize)]
+struct DetailQuery {
+    /// Wait up to this long (`"30s"`) for the workflow to finish.
+    wait: Option<String>,
+}
+
+async fn detail(State(app): State<AppState>, Path(id): Path<String>, Query(q): Query<DetailQuery>) -> Res {
+    let id = wf_id(&id)?;
+    if let Some(w) = q.wait {
+        let ms = troupe_scheduler::units::parse_duration_ms(&w).map_err(ApiError::bad)?;
+        wait_finished(&app, id, Duration::from_millis(ms.min(600_000))).await;
+    }
+    let m = app.state.read().map_err(|_| ApiError::bad("state lock poisoned"))?;
+    let wf = m.state.workflows.get(&id).ok_or_else(|| ApiError::not_found(format!("no workflow {}", wf_name(id))))?;
+    ok(serde_json::to_value(views::detail(wf)).unwrap_or_default())
+}
+
+fn is_finished(app: &AppState, id: WorkflowId) -> bool {
+    app.state.read().map(|m| m.state.workflows.get(&id).is_none_or(|w| w.status.is_terminal())).unwrap_or(true)
+}
+
+/// Waits through the workflow's instance actor; polls if it has none (yet).
+async fn wait_finished(app: &AppState, id: WorkflowId, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !is_finished(app, id) && tokio::time::Instant::now() < deadline {
+        let left = deadline - tokio::time::Instant::now();
+        match ractor::registry::where_is(instance_name(id)).map(ractor::ActorRef::<InstanceMsg>::from) {
+            Some(actor) => {
+                let _ = actor.call(InstanceMsg::Wait, Some(left.min(Duration::from_secs(5)))).await;
+            }
+            None => tokio::time::sleep(Duration::from_millis(10).min(left)).await,
+        }
+    }
+}
+
+async fn control(State(app): State<AppState>, Path((id, action)): Path<(String, String)>) -> Res {
+    let id = wf_id(&id)?;
+    let cmd = match action.as_str() {
+        "cancel" => Command::Cancel(id),
+        "pause" => Command::Pause(id),
+        "resume" => Command::Resume(id),
+        "retry" => Command::Retry(id),
+        other => return Err(ApiError::not_found(format!("unknown action {other:?}; use cancel, pause, resume or retry"))),
+    };
+    match propose(&app, cmd).await? {
+        Output::Rejected(m) if m.starts_with("no workflow") => Err(ApiError::not_found(m)),
+        Output::Rejected(m) => Err(ApiError(StatusCode::CONFLICT, m)),
+        _ => ok(json!({ "id": wf_name(id), "action": action, "ok": true })),
+    }
+}
+
+async fn output(State(app): State<AppState>, Path((id, step)): Path<(String, String)>) -> Res {
+    let id = wf_id(&id)?;
+    let m = app.state.read().map_err(|_| ApiError::bad("state lock poisoned"))?;
+    let wf = m.state.workflows.get(&id).ok_or_else(|| ApiError::not_found(format!("no workflow {}", wf_name(id))))?;
+    let i = wf.spec.step_index(&step).ok_or_else(|| ApiError::not_found(format!("{} has no step {step:?}", wf_name(id))))?;
+    ok(troupe_scheduler::state::step_output(wf, i))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    step: String,
+    item: Option<u32>,
+    attempt: Option<u32>,
+    stream: Option<String>,
+}
+
+async fn logs(State(app): State<AppState>, Path(id): Path<String>, Query(q): Query<LogQuery>) -> Result<String, ApiError> {
+    let id = wf_id(&id)?;
+    let item = q.item.unwrap_or(0);
+    let attempt = {
+        let m = app.state.read().map_err(|_| ApiError::bad("state lock poisoned"))?;
+        let wf = m.state.workflows.get(&id).ok_or_else(|| ApiError::not_found(format!("no workflow {}", wf_name(id))))?;
+        let i = wf.spec.step_index(&q.step).ok_or_else(|| ApiError::not_found(format!("{} has no step {:?}", wf_name(id), q.step)))?;
+        q.attempt.unwrap_or_else(|| {
+            let run = &wf.steps[i];
+            run.tasks.get(&item).map(|t| t.attempt).unwrap_or(run.max_attempt.max(1))
+        })
+    };
+    let ext = match q.stream.as_deref() {
+        None | Some("stdout") => "out",
+        Some("stderr") => "err",
+        Some(other) => return Err(ApiError::bad(format!("stream {other:?}: use stdout or stderr"))),
+    };
+    let r = troupe_scheduler::TaskRef { wf: id, step: 0, item };
+    let path = app.data_dir.join(r.log_stem(&q.step, attempt)).with_extension(ext);
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => {
+            let tail = &bytes[bytes.len().saturating_sub(1 << 20)..];
+            Ok(String::from_utf8_lossy(tail).into_owned())
+        }
+        Err(_) => Err(ApiError::not_found(format!(
+            "no {ext} log for {} step {} item {item} attempt {attempt} (builtin handlers write none)",
+            wf_name(id), q.step
+        ))),
+    }
+}
+
+async fn dlq(State(app): State<AppState>) -> Res {
+    let m = app.state.read().map_err(|_| ApiError::bad("state lock poisoned"))?;
+    let items: Vec<_> = m.state.sched.dlq.values().map(views::dead_letter).collect();
+    ok(json!({ "dead_letters": items }))
+}
+
+async fn redrive(State(app): State<AppState>, Path(id): Path<u64>) -> Res {
+    match propose(&app, Command::Redrive(id)).await? {
+        Output::Rejected(m) if m.starts_with("no dead letter") => Err(ApiError::not_found(m)),
+        Output::Rejected(m) => Err(ApiError(StatusCode::CONFLICT, m)),
+        _ => ok(json!({ "id": id, "redriven": true })),
+    }
+}

@@ -1,0 +1,59 @@
+//! The HTTP API (JSON): submit, get, list, cancel, pause, resume, retry, outputs, logs, DLQ,
+//! health. Reads come from the applied state (on a single voter this is linearizable: the
+//! leader applies before it answers); writes go through the Raft log and answer after commit.
+
+mod handlers;
+mod server;
+
+pub use server::{ApiArgs, ApiMsg, ApiServer};
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use troupe_actors::machine::Machine;
+use troupe_raft_log::{EngineHandle, ProposeError};
+
+/// Largest request body the API accepts (a spec with inline items); larger ones get 413.
+pub const BODY_BYTES_MAX: usize = 8 << 20;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: EngineHandle<Machine>,
+    pub state: Arc<RwLock<Machine>>,
+    pub data_dir: PathBuf,
+    pub node: String,
+    pub started: std::time::Instant,
+}
+
+/// An API error: a status and a message that says what to do.
+pub struct ApiError(pub StatusCode, pub String);
+
+impl ApiError {
+    pub fn bad(m: impl Into<String>) -> Self {
+        ApiError(StatusCode::BAD_REQUEST, m.into())
+    }
+    pub fn not_found(m: impl Into<String>) -> Self {
+        ApiError(StatusCode::NOT_FOUND, m.into())
+    }
+}
+
+impl From<ProposeError> for ApiError {
+    fn from(e: ProposeError) -> Self {
+        match e {
+            ProposeError::Busy => ApiError(StatusCode::TOO_MANY_REQUESTS, "the node is busy (admission queue full); retry after a second".into()),
+            other => ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("not committed: {other}")),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::TOO_MANY_REQUESTS {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}

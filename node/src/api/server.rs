@@ -1,0 +1,79 @@
+//! The API server as a supervised actor: it binds in `pre_start`, serves in a spawned task, and
+//! fails (so its supervisor restarts it) if the server stops on its own.
+
+use super::{AppState, handlers};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+pub enum ApiMsg {
+    /// The serving task ended with this error.
+    ServerDied(String),
+    /// Fault injection for supervision tests.
+    InjectPanic,
+}
+
+pub struct ApiServer;
+
+pub struct ApiArgs {
+    pub listen: SocketAddr,
+    pub app: AppState,
+    /// Where the bound address is published (port 0 picks one).
+    pub bound: Arc<Mutex<Option<SocketAddr>>>,
+}
+
+pub struct ApiState {
+    task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Actor for ApiServer {
+    type Msg = ApiMsg;
+    type State = ApiState;
+    type Arguments = ApiArgs;
+
+    async fn pre_start(&self, me: ActorRef<ApiMsg>, args: ApiArgs) -> Result<ApiState, ActorProcessingErr> {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e} (is another troupe running? use --listen)", args.listen))?;
+        let addr = listener.local_addr()?;
+        if let Ok(mut b) = args.bound.lock() {
+            *b = Some(addr);
+        }
+        let _ = std::fs::write(args.app.data_dir.join("api.addr"), addr.to_string());
+        tracing::info!(%addr, "api listening");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let router = handlers::router(args.app);
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, router).with_graceful_shutdown(async {
+                let _ = rx.await;
+            });
+            if let Err(e) = served.await {
+                let _ = me.cast(ApiMsg::ServerDied(e.to_string()));
+            }
+        });
+        Ok(ApiState { task, stop: Some(tx) })
+    }
+
+    async fn post_stop(&self, _me: ActorRef<ApiMsg>, st: &mut ApiState) -> Result<(), ActorProcessingErr> {
+        if let Some(stop) = st.stop.take() {
+            let _ = stop.send(());
+        }
+        st.task.abort();
+        Ok(())
+    }
+
+    async fn handle(&self, _me: ActorRef<ApiMsg>, msg: ApiMsg, _st: &mut ApiState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ApiMsg::ServerDied(e) => Err(format!("the api server stopped: {e}").into()),
+            ApiMsg::InjectPanic => panic!("injected panic in the api server"),
+        }
+    }
+}
+
+impl Drop for ApiState {
+    fn drop(&mut self) {
+        // A failed actor gets no post_stop: make sure the listener is released anyway.
+        self.task.abort();
+    }
+}

@@ -1,0 +1,62 @@
+//! Node configuration (flags of `troupe dev` / `troupe node`), with units in the names.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Raft log, snapshots, task logs, node id.
+    pub data_dir: PathBuf,
+    /// API address (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Attempts this node runs at once.
+    pub slots: u32,
+    /// Attempts it may hold queued beyond `slots`.
+    pub queue: u32,
+    /// fsync every Raft write before acknowledging (off only for throwaway runs).
+    pub fsync: bool,
+    /// Time between SIGTERM and SIGKILL when an attempt is stopped.
+    pub kill_grace: Duration,
+    /// Snapshot the state and compact the log every this many applied entries.
+    pub snapshot_every_entries: u64,
+    /// Stable node id; read from (or written to) `data_dir/node-id` when not given.
+    pub node_id: Option<String>,
+}
+
+impl NodeConfig {
+    pub fn dev(data_dir: impl Into<PathBuf>) -> Self {
+        NodeConfig {
+            data_dir: data_dir.into(),
+            listen: "127.0.0.1:7070".parse().expect("static address"),
+            slots: 256,
+            queue: 256,
+            fsync: true,
+            kill_grace: Duration::from_secs(5),
+            snapshot_every_entries: 1_000,
+            node_id: None,
+        }
+    }
+}
+
+/// The node's stable id: given, or kept in `data_dir/node-id` (created on first start).
+pub fn node_id(cfg: &NodeConfig) -> std::io::Result<String> {
+    if let Some(id) = &cfg.node_id {
+        return Ok(id.clone());
+    }
+    let path = cfg.data_dir.join("node-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return Ok(id.to_string());
+        }
+    }
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default() as u64
+        ^ ((std::process::id() as u64) << 32);
+    let id = format!("node-{:08x}", troupe_scheduler::json::mix(&[seed]) as u32);
+    std::fs::write(&path, &id)?;
+    Ok(id)
+}

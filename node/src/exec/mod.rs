@@ -1,0 +1,55 @@
+//! Executors: how a node runs an attempt — a process (argv) or a builtin handler.
+
+mod builtin;
+mod process;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+use troupe_actors::executor::{Executor, KillSignal};
+use troupe_scheduler::spec::OUTPUT_BYTES_MAX;
+use troupe_scheduler::{Json, Launch, Outcome, RunSpec};
+
+/// Runs processes under the node's data dir and the builtin handlers.
+pub struct LocalExecutor {
+    pub data_dir: PathBuf,
+    /// Time between SIGTERM and SIGKILL when an attempt is stopped.
+    pub kill_grace: Duration,
+}
+
+impl Executor for LocalExecutor {
+    fn run_inline(&self, spec: &RunSpec) -> Option<Outcome> {
+        match &spec.launch {
+            Launch::Builtin { handler, with } => builtin::inline(*handler, with, spec),
+            Launch::Process { .. } => None,
+        }
+    }
+
+    fn run(&self, spec: RunSpec, kill: KillSignal) -> Pin<Box<dyn Future<Output = Outcome> + Send>> {
+        let data_dir = self.data_dir.clone();
+        let grace = self.kill_grace;
+        Box::pin(async move {
+            match &spec.launch {
+                Launch::Builtin { with, .. } => builtin::sleep(with, spec.timeout_ms, kill).await,
+                Launch::Process { .. } => process::run(&data_dir, &spec, kill, grace).await,
+            }
+        })
+    }
+}
+
+/// Checks and wraps a task's JSON output (size limit, valid JSON).
+pub fn output_from_text(text: &[u8]) -> Outcome {
+    if text.len() > OUTPUT_BYTES_MAX {
+        return Outcome::Failed {
+            error: format!("output is {} bytes; the limit is {OUTPUT_BYTES_MAX} (output_bytes_max): write large results to a file and output its path", text.len()),
+        };
+    }
+    if text.iter().all(u8::is_ascii_whitespace) {
+        return Outcome::Succeeded { output: None };
+    }
+    match serde_json::from_slice::<serde_json::Value>(text) {
+        Ok(v) => Outcome::Succeeded { output: Some(Json::from_value(&v)) },
+        Err(e) => Outcome::Failed { error: format!("$TROUPE_OUTPUT is not valid JSON: {e}") },
+    }
+}

@@ -1,0 +1,184 @@
+//! The CLI commands.
+
+use crate::client::Client;
+use crate::{Cmd, DevArgs, DlqCmd};
+use anyhow::Context;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+use troupe_node::NodeConfig;
+
+/// Exit with this code (the message was already printed).
+#[derive(Debug)]
+pub struct Exit(pub i32);
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+impl std::error::Error for Exit {}
+
+pub fn dev(args: DevArgs) -> anyhow::Result<()> {
+    troupe_node::init_tracing();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async move {
+        let mut cfg = NodeConfig::dev(&args.data);
+        cfg.listen = args.listen;
+        cfg.slots = args.slots.max(1);
+        cfg.queue = args.queue.unwrap_or(cfg.slots);
+        cfg.fsync = !args.no_fsync;
+        cfg.kill_grace = Duration::from_secs(args.kill_grace_s);
+        let node = troupe_node::start(cfg).await?;
+        let api = format!("http://{}", node.addr);
+        eprintln!("troupe dev: node {} serving {api} (data in {})", node.node_id, args.data.display());
+        if let Some(file) = args.run {
+            let code = tokio::task::spawn_blocking(move || {
+                let client = Client::new(&api);
+                submit(&client, false, &file, &[], None, true)
+            })
+            .await?;
+            node.root.stop(Some("run finished".into()));
+            let _ = tokio::time::timeout(Duration::from_secs(10), node.join).await;
+            return code;
+        }
+        let mut join = node.join;
+        tokio::select! {
+            _ = shutdown_signal() => {
+                eprintln!("troupe dev: stopping");
+                node.root.stop(Some("signal".into()));
+                let _ = tokio::time::timeout(Duration::from_secs(10), &mut join).await;
+                Ok(())
+            }
+            _ = &mut join => anyhow::bail!("the node's root supervisor stopped (restart budget spent); see the log above"),
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+pub(crate) fn client_command(api: &str, as_json: bool, cmd: Cmd) -> anyhow::Result<()> {
+    let client = Client::new(api);
+    match cmd {
+        Cmd::Submit { file, params, idempotency_key, wait } => submit(&client, as_json, &file, &params, idempotency_key, wait),
+        Cmd::Status { id: Some(id), .. } => {
+            let v = client.get(&format!("/v1/workflows/{id}"))?;
+            if as_json {
+                print_json(&v);
+            } else {
+                crate::progress::print_detail(&v);
+            }
+            Ok(())
+        }
+        Cmd::Status { id: None, filter } => {
+            let q = filter.map(|f| format!("?status={f}")).unwrap_or_default();
+            let v = client.get(&format!("/v1/workflows{q}"))?;
+            if as_json {
+                print_json(&v);
+                return Ok(());
+            }
+            println!("{:<10} {:<24} {:<10} {:>7}  REASON", "ID", "NAME", "STATUS", "STEPS");
+            for w in v["workflows"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<10} {:<24} {:<10} {:>3}/{:<3}  {}",
+                    s(&w["id"]), s(&w["name"]), status_of(w), w["steps_finished"], w["steps"], w["reason"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        Cmd::Logs { id, step, item, attempt, stderr } => {
+            let mut q = format!("step={step}&stream={}", if stderr { "stderr" } else { "stdout" });
+            if let Some(i) = item {
+                q.push_str(&format!("&item={i}"));
+            }
+            if let Some(a) = attempt {
+                q.push_str(&format!("&attempt={a}"));
+            }
+            print!("{}", client.text(&format!("/v1/workflows/{id}/logs?{q}"))?);
+            Ok(())
+        }
+        Cmd::Cancel { id } => control(&client, as_json, &id, "cancel"),
+        Cmd::Pause { id } => control(&client, as_json, &id, "pause"),
+        Cmd::Resume { id } => control(&client, as_json, &id, "resume"),
+        Cmd::Retry { id } => control(&client, as_json, &id, "retry"),
+        Cmd::Dlq { cmd: Some(DlqCmd::Redrive { id }) } => {
+            let v = client.post(&format!("/v1/dlq/{id}/redrive"), &json!({}))?;
+            if as_json { print_json(&v) } else { println!("dead letter {id} redriven") }
+            Ok(())
+        }
+        Cmd::Dlq { cmd: None | Some(DlqCmd::List) } => {
+            let v = client.get("/v1/dlq")?;
+            if as_json {
+                print_json(&v);
+                return Ok(());
+            }
+            let list = v["dead_letters"].as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("the dead-letter queue is empty");
+            }
+            for d in list {
+                println!(
+                    "#{:<4} {} step {} item {} after {} attempt(s): {}\n      log: {}.err",
+                    d["id"], s(&d["workflow"]), s(&d["step"]), d["item"], d["attempts"], s(&d["last_error"]), s(&d["log"])
+                );
+            }
+            Ok(())
+        }
+        Cmd::Dev(_) | Cmd::Bench(_) => unreachable!("handled in main"),
+    }
+}
+
+fn s(v: &Value) -> String {
+    v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())
+}
+
+fn status_of(w: &Value) -> String {
+    let st = s(&w["status"]);
+    if w["paused"].as_bool() == Some(true) { format!("{st}*") } else { st }
+}
+
+pub fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn control(client: &Client, as_json: bool, id: &str, action: &str) -> anyhow::Result<()> {
+    let v = client.post(&format!("/v1/workflows/{id}/{action}"), &json!({}))?;
+    if as_json { print_json(&v) } else { println!("{id}: {action} ok") }
+    Ok(())
+}
+
+/// `NAME=VALUE`: JSON values are parsed (`10`, `true`, `[1,2]`), anything else is a string.
+fn parse_params(params: &[String]) -> anyhow::Result<BTreeMap<String, Value>> {
+    params
+        .iter()
+        .map(|p| {
+            let (k, v) = p.split_once('=').with_context(|| format!("--param {p:?}: write NAME=VALUE"))?;
+            let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
+            Ok((k.to_string(), value))
+        })
+        .collect()
+}
+
+pub fn submit(client: &Client, as_json: bool, file: &Path, params: &[String], key: Option<String>, wait: bool) -> anyhow::Result<()> {
+    // Validate here first: errors name this file and its lines.
+    let (raw, _) = troupe_scheduler::spec::load_file(file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let body = json!({ "spec": raw, "params": parse_params(params)?, "idempotency_key": key });
+    let v = client.post("/v1/workflows", &body)?;
+    let id = s(&v["id"]);
+    if !wait {
+        if as_json { print_json(&v) } else if v["created"] == json!(false) { println!("{id} (already submitted with this idempotency key)") } else { println!("{id}") }
+        return Ok(());
+    }
+    let detail = crate::progress::follow(client, &id, as_json)?;
+    match detail["status"].as_str() {
+        Some("succeeded") => Ok(()),
+        Some("degraded") => Ok(()),
+        _ => Err(Exit(2).into()),
+    }
+}

@@ -1,0 +1,126 @@
+//! Engine configuration ([`EngineConfig`]) and the raft-rs `Config` derived from it.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::RaftLogError;
+
+/// File name of the redb database inside [`EngineConfig::data_dir`].
+pub const DB_FILE_NAME: &str = "raft.redb";
+
+/// Raft id of this node. Single voter today; a multi-voter setup will give each node its own id.
+pub(crate) const NODE_ID: u64 = 1;
+
+/// Largest encoded entry payload we write; bigger proposals are rejected before they reach raft.
+/// The same value caps decoding, so a corrupt length prefix cannot make us allocate gigabytes.
+pub(crate) const MAX_ENTRY_BYTES: usize = 64 << 20;
+
+/// Wall clock in milliseconds since the Unix epoch.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// Configuration of an [`crate::Engine`]. Build it with [`EngineConfig::new`] and override fields.
+#[derive(Clone)]
+pub struct EngineConfig {
+    /// Directory of the log; the redb file is `data_dir/raft.redb`. Created if missing.
+    pub data_dir: PathBuf,
+    /// `true`: every persist is a redb `Durability::Immediate` commit (fsync).
+    /// `false`: `Durability::None` (tests and benchmarks only; a crash loses recent entries).
+    pub fsync: bool,
+    /// Raft tick in milliseconds (default 100). The hook also runs at least once per tick.
+    pub tick_ms: u64,
+    /// Take a snapshot and compact the log once `applied - last_snapshot >= this` (default 1000).
+    pub snapshot_every_entries: u64,
+    /// At most this many commands are packed into one raft entry (default 4096). A single
+    /// proposal is never split, so a bigger proposal gets an entry of its own.
+    pub max_entry_commands: usize,
+    /// Capacity of the bounded proposal queue (default 1024); full means `ProposeError::Busy`.
+    pub queue_capacity: usize,
+    /// Raft refuses new entries beyond this many uncommitted payload bytes (default 64 MiB);
+    /// waiters then get `ProposeError::Busy`, fire-and-forget commands are retried next cycle.
+    pub max_uncommitted_bytes: u64,
+    /// Wall clock in ms since the epoch. Only the leader reads it, to stamp entries.
+    pub clock: Clock,
+}
+
+impl EngineConfig {
+    /// Defaults: fsync on, 100 ms tick, snapshot every 1000 entries, 4096 commands per entry,
+    /// queue of 1024 proposals, 64 MiB uncommitted, `SystemTime` clock.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        EngineConfig {
+            data_dir: data_dir.into(),
+            fsync: true,
+            tick_ms: 100,
+            snapshot_every_entries: 1000,
+            max_entry_commands: 4096,
+            queue_capacity: 1024,
+            max_uncommitted_bytes: 64 << 20,
+            clock: Arc::new(system_clock_ms),
+        }
+    }
+
+    /// Path of the redb file.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join(DB_FILE_NAME)
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), RaftLogError> {
+        let bad = |what: &str| Err(RaftLogError::Config(format!("{what} must be at least 1")));
+        if self.tick_ms == 0 {
+            return bad("tick_ms");
+        }
+        if self.snapshot_every_entries == 0 {
+            return bad("snapshot_every_entries");
+        }
+        if self.max_entry_commands == 0 {
+            return bad("max_entry_commands");
+        }
+        if self.queue_capacity == 0 {
+            return bad("queue_capacity");
+        }
+        if self.max_uncommitted_bytes == 0 {
+            return bad("max_uncommitted_bytes");
+        }
+        Ok(())
+    }
+
+    /// The raft-rs configuration for this node; `applied` is the index of the restored snapshot.
+    pub(crate) fn raft_config(&self, applied: u64) -> raft::Config {
+        raft::Config {
+            id: NODE_ID,
+            election_tick: 10,
+            heartbeat_tick: 3,
+            applied,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            max_uncommitted_size: self.max_uncommitted_bytes,
+            // Bounds the memory of one Ready during a long replay; the loop drains the rest.
+            max_committed_size_per_ready: 16 << 20,
+            ..Default::default()
+        }
+    }
+}
+
+impl fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("data_dir", &self.data_dir)
+            .field("fsync", &self.fsync)
+            .field("tick_ms", &self.tick_ms)
+            .field("snapshot_every_entries", &self.snapshot_every_entries)
+            .field("max_entry_commands", &self.max_entry_commands)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("max_uncommitted_bytes", &self.max_uncommitted_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+fn system_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

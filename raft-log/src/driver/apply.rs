@@ -1,0 +1,166 @@
+//! Applying committed entries, installing and taking snapshots (part of the engine thread).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use protobuf::Message as PbMessage;
+use raft::Storage;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Snapshot, SnapshotMetadata};
+
+use super::{Answer, Driver, raft_err, read_lock, write_lock};
+use crate::StateMachine;
+use crate::envelope::{self, Envelope};
+use crate::error::RaftLogError;
+
+impl<M: StateMachine> Driver<M> {
+    /// A snapshot sent by the leader (never happens with a single voter).
+    pub(super) fn install_snapshot(&mut self, s: &Snapshot) -> Result<(), RaftLogError> {
+        let index = s.get_metadata().index;
+        write_lock(&self.state)
+            .restore(s.get_data())
+            .map_err(|detail| RaftLogError::Restore { index, detail })?;
+        self.applied = index;
+        tracing::info!(index, "installed a raft snapshot from the leader");
+        Ok(())
+    }
+
+    /// Applies committed entries under one write lock, then answers the waiters.
+    pub(super) fn apply(&mut self, entries: Vec<Entry>) -> Result<bool, RaftLogError> {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Ok(false);
+        };
+        let state = Arc::clone(&self.state);
+        let mut replies = Vec::new();
+        let mut commands = 0u64;
+        {
+            let mut machine = write_lock(&state);
+            for e in &entries {
+                match e.get_entry_type() {
+                    // An empty normal entry is a new leader's no-op: nothing to apply.
+                    EntryType::EntryNormal if e.get_data().is_empty() => {}
+                    EntryType::EntryNormal => {
+                        commands += self.apply_normal(&mut machine, e, &mut replies);
+                    }
+                    EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                        self.apply_conf_change(e)?;
+                    }
+                }
+                self.applied = e.index;
+            }
+        }
+        debug_assert_eq!(self.applied, last);
+        self.shared
+            .commands_applied
+            .fetch_add(commands, Ordering::Release);
+        // Publish first, so a caller that got its outputs sees a status that includes them.
+        self.publish();
+        for (reply, outputs) in replies {
+            let _ = reply.send(Ok(outputs));
+        }
+        Ok(true)
+    }
+
+    fn apply_normal(
+        &mut self,
+        machine: &mut M,
+        e: &Entry,
+        replies: &mut Vec<Answer<M::Output>>,
+    ) -> u64 {
+        let env: Envelope<M::Command> = match envelope::decode(e.get_data()) {
+            Ok(env) => env,
+            Err(error) => {
+                tracing::error!(index = e.index, %error, "skipping an undecodable raft entry (corrupt file or incompatible version)");
+                return 0;
+            }
+        };
+        let mine = env.origin == self.incarnation;
+        let mut count = 0u64;
+        for group in env.groups {
+            count += group.cmds.len() as u64;
+            let waiter = if mine && group.id != 0 {
+                self.pending.remove(&group.id)
+            } else {
+                None
+            };
+            match waiter {
+                Some(reply) => {
+                    let outputs = group
+                        .cmds
+                        .into_iter()
+                        .map(|cmd| machine.apply(env.at_ms, cmd))
+                        .collect();
+                    replies.push((reply, outputs));
+                }
+                None => {
+                    for cmd in group.cmds {
+                        machine.apply(env.at_ms, cmd);
+                    }
+                }
+            }
+        }
+        count
+    }
+
+    fn apply_conf_change(&mut self, e: &Entry) -> Result<(), RaftLogError> {
+        let result = if e.get_entry_type() == EntryType::EntryConfChange {
+            ConfChange::parse_from_bytes(e.get_data())
+                .map_err(|err| err.to_string())
+                .and_then(|cc| {
+                    self.node
+                        .apply_conf_change(&cc)
+                        .map_err(|err| err.to_string())
+                })
+        } else {
+            ConfChangeV2::parse_from_bytes(e.get_data())
+                .map_err(|err| err.to_string())
+                .and_then(|cc| {
+                    self.node
+                        .apply_conf_change(&cc)
+                        .map_err(|err| err.to_string())
+                })
+        };
+        match result {
+            Ok(cs) => {
+                tracing::info!(index = e.index, voters = ?cs.get_voters(), learners = ?cs.get_learners(), "applied a raft conf change");
+                self.node.mut_store().set_conf_state(cs)
+            }
+            Err(error) => {
+                tracing::error!(index = e.index, %error, "skipping an invalid raft conf change");
+                Ok(())
+            }
+        }
+    }
+
+    /// Snapshots the state machine at `applied` and compacts the log when due, or when raft
+    /// asked for a newer snapshot than the stored one.
+    pub(super) fn maybe_snapshot(&mut self) -> Result<(), RaftLogError> {
+        let store = self.node.store();
+        let snap_index = store.snapshot_metadata().index;
+        let wanted = store.take_snapshot_request();
+        let due = self.applied.saturating_sub(snap_index) >= self.cfg.snapshot_every_entries
+            || (wanted > snap_index && self.applied >= wanted);
+        if !due || self.applied <= snap_index {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let image = read_lock(&self.state).snapshot();
+        let meta = SnapshotMetadata {
+            index: self.applied,
+            term: store.term(self.applied).map_err(raft_err)?,
+            conf_state: Some(store.conf_state().clone()).into(),
+            ..Default::default()
+        };
+        let bytes = image.len();
+        self.node
+            .mut_store()
+            .save_snapshot(meta, &image, self.applied)?;
+        tracing::debug!(
+            index = self.applied,
+            bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "raft snapshot taken, log compacted"
+        );
+        Ok(())
+    }
+}
