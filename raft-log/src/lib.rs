@@ -29,12 +29,15 @@
 //!
 //! ## Read in this order
 //! 1. `lib.rs` (this file): [`StateMachine`], [`Hook`].
-//! 2. `config.rs`: [`EngineConfig`] and the raft-rs settings.
-//! 3. `engine.rs`: [`Engine`], [`EngineHandle`], [`EngineStatus`], the input queue.
-//! 4. `driver.rs`: the engine thread (batching, Ready loop, apply, hook, snapshots).
+//! 2. `config.rs`: [`EngineConfig`] and the raft-rs settings derived from it.
+//! 3. `engine.rs`: [`Engine`], [`EngineHandle`], [`EngineStatus`], the bounded input queue.
+//! 4. `driver.rs`: the engine thread (startup, batching, the Ready loop, the hook, shutdown);
+//!    `driver/apply.rs`: applying entries, conf changes, taking and installing snapshots.
 //! 5. `envelope.rs`: the entry payload format and packing.
-//! 6. `storage.rs`: the redb `raft::Storage`.
-//! 7. `error.rs`, `logger.rs` (slog -> tracing bridge).
+//! 6. `storage.rs`: the redb store and its write side; `storage/raft_impl.rs`: `raft::Storage`.
+//! 7. `error.rs`, `logger.rs` (slog -> tracing bridge, target `raft`).
+//!
+//! Tests: `driver/tests.rs`, `storage/tests.rs`, `tests/engine.rs` (public API end to end).
 
 mod config;
 mod driver;
@@ -50,8 +53,9 @@ pub use error::{ProposeError, RaftLogError};
 
 /// A deterministic state machine replicated by the log.
 pub trait StateMachine: Send + Sync + 'static {
-    /// One command; serialized with bincode (serde) into the raft entry. Append enum variants
-    /// only: the format is not self-describing.
+    /// One command; serialized with bincode (serde) into the raft entry. The format is not
+    /// self-describing: only append enum variants, and avoid `#[serde(untagged)]`,
+    /// `#[serde(flatten)]` and `skip_serializing_if` (bincode cannot decode them).
     type Command: serde::Serialize + serde::de::DeserializeOwned + Send + 'static;
     /// What applying a command returns to the proposer.
     type Output: Send + 'static;

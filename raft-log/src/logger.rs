@@ -57,3 +57,27 @@ impl slog::Serializer for KvText {
 pub(crate) fn raft_logger(raft_id: u64) -> slog::Logger {
     slog::Logger::root(TracingDrain, slog::o!("raft_id" => raft_id))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_values_are_rendered() {
+        let rs = slog::record_static!(Level::Info, "");
+        let args = format_args!("became leader");
+        let kvs = slog::b!("term" => 5, "who" => "n1");
+        let record = Record::new(&rs, &args, kvs);
+        let mut kv = KvText(String::new());
+        record.kv().serialize(&record, &mut kv).unwrap();
+        assert!(
+            kv.0.contains(" term=5") && kv.0.contains(" who=n1"),
+            "{}",
+            kv.0
+        );
+        // The drain itself must accept records with or without a subscriber.
+        let log = raft_logger(1);
+        slog::info!(log, "hello"; "k" => 1);
+        slog::crit!(log, "critical"; "k" => 2);
+    }
+}

@@ -484,3 +484,13 @@ fn throughput() {
         );
     }
 }
+
+#[test]
+fn handles_are_send_sync_and_clone() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    send_sync::<troupe_raft_log::EngineHandle<Kv>>();
+    send_sync::<Engine<Kv>>();
+    send_sync::<EngineConfig>();
+    fn clone<T: Clone>() {}
+    clone::<troupe_raft_log::EngineHandle<Kv>>();
+}

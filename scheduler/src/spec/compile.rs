@@ -204,6 +204,7 @@ fn compile_step(
         }
         needs.push(j as u16);
     }
+    let need_ids: Vec<&str> = s.needs.iter().map(String::as_str).collect();
     let map = s.map.as_ref().map(|m| compile_map(m, &needs, index)).transpose().map_err(|m| err("map", m))?;
     let is_map = map.is_some();
     let action = match (&s.run, &s.handler) {
@@ -217,7 +218,7 @@ fn compile_step(
                 return Err(err("with", "`with` applies to builtin handlers only".into()));
             }
             for a in argv {
-                template::check(a, params, is_map).map_err(|m| err("run", m))?;
+                template::check(a, params, is_map, &need_ids).map_err(|m| err("run", m))?;
             }
             Action::Run(argv.clone())
         }
@@ -231,7 +232,7 @@ fn compile_step(
             };
             let with = s.with.clone().unwrap_or(serde_json::Value::Null);
             check_with(handler, &with).map_err(|m| err("with", m))?;
-            check_json_templates(&with, params, is_map).map_err(|m| err("with", m))?;
+            check_json_templates(&with, params, is_map, &need_ids).map_err(|m| err("with", m))?;
             Action::Builtin { handler, with: Json::from_value(&with) }
         }
     };
@@ -243,7 +244,7 @@ fn compile_step(
         if k.starts_with("TROUPE_") {
             return Err(err("env", format!("{k} is reserved: Troupe sets TROUPE_* itself")));
         }
-        template::check(v, params, is_map).map_err(|m| err("env", m))?;
+        template::check(v, params, is_map, &need_ids).map_err(|m| err("env", m))?;
         env.push((k.clone(), v.clone()));
     }
     let resources = compile_resources(s.resources.as_ref().or(d.resources.as_ref())).map_err(|m| err("resources", m))?;
@@ -312,11 +313,11 @@ fn check_with(handler: Builtin, with: &serde_json::Value) -> Result<(), String> 
     }
 }
 
-fn check_json_templates(v: &serde_json::Value, params: &[(String, Json)], is_map: bool) -> Result<(), String> {
+fn check_json_templates(v: &serde_json::Value, params: &[(String, Json)], is_map: bool, needs: &[&str]) -> Result<(), String> {
     match v {
-        serde_json::Value::String(s) => template::check(s, params, is_map),
-        serde_json::Value::Array(a) => a.iter().try_for_each(|x| check_json_templates(x, params, is_map)),
-        serde_json::Value::Object(m) => m.values().try_for_each(|x| check_json_templates(x, params, is_map)),
+        serde_json::Value::String(s) => template::check(s, params, is_map, needs),
+        serde_json::Value::Array(a) => a.iter().try_for_each(|x| check_json_templates(x, params, is_map, needs)),
+        serde_json::Value::Object(m) => m.values().try_for_each(|x| check_json_templates(x, params, is_map, needs)),
         _ => Ok(()),
     }
 }

@@ -1,7 +1,8 @@
 //! `{{ path }}` templates in argv, env values and builtin arguments.
 //!
 //! A template names one value: `params.<name>`, `item`, `item.<field>…`, `workflow.id`,
-//! `workflow.name`, `step.id`, `iteration` or `attempt`. Strings render as they are, other
+//! `workflow.name`, `step.id`, `iteration`, `attempt` or `steps.<id>.output[.<field>…]` (the
+//! output of a step listed in `needs`; a map step's output is the array of its item outputs). Strings render as they are, other
 //! values as compact JSON. There is no expression language here on purpose: argv stays argv.
 
 use serde_json::Value;
@@ -15,6 +16,8 @@ pub struct TemplateVars<'a> {
     pub step_id: &'a str,
     pub iteration: u32,
     pub attempt: u32,
+    /// The `steps` value (computed only when a template names it).
+    pub steps: Option<&'a Value>,
 }
 
 /// The dotted paths used by a template, for validation.
@@ -87,6 +90,11 @@ fn lookup(path: &str, vars: &TemplateVars<'_>) -> Result<String, String> {
         ("workflow", ["id"]) => Ok(vars.workflow_id.to_string()),
         ("workflow", ["name"]) => Ok(vars.workflow_name.to_string()),
         ("step", ["id"]) => Ok(vars.step_id.to_string()),
+        ("steps", [id, "output", tail @ ..]) => {
+            let steps = vars.steps.ok_or_else(|| format!("`{{{{ {path} }}}}`: step outputs are not available here"))?;
+            let out = steps.get(*id).and_then(|s| s.get("output")).ok_or_else(|| format!("`{{{{ {path} }}}}`: no step `{id}`"))?;
+            descend(out, tail, path).map(|v| as_text(&v))
+        }
         ("iteration", []) => Ok(vars.iteration.to_string()),
         ("attempt", []) => Ok(vars.attempt.to_string()),
         _ => Err(format!(
@@ -109,7 +117,7 @@ fn descend(value: &Value, tail: &[&str], path: &str) -> Result<Value, String> {
 }
 
 /// Checks a template's references at submit time (params must exist; `item` only in map steps).
-pub fn check(template: &str, params: &[(String, crate::json::Json)], is_map: bool) -> Result<(), String> {
+pub fn check(template: &str, params: &[(String, crate::json::Json)], is_map: bool, needs: &[&str]) -> Result<(), String> {
     for path in references(template)? {
         let mut parts = path.split('.');
         match parts.next().unwrap_or_default() {
@@ -127,6 +135,14 @@ pub fn check(template: &str, params: &[(String, crate::json::Json)], is_map: boo
                 return Err(format!("`{{{{ {path} }}}}` is only defined in map steps (add `map = ...`)"));
             }
             "item" | "iteration" | "attempt" => {}
+            "steps" => {
+                let (id, field) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+                if field != "output" || !needs.contains(&id) {
+                    return Err(format!(
+                        "`{{{{ {path} }}}}`: write steps.<id>.output[.field], where <id> is listed in `needs`"
+                    ));
+                }
+            }
             "workflow" | "step" => {
                 let vars = TemplateVars {
                     params,
@@ -136,6 +152,7 @@ pub fn check(template: &str, params: &[(String, crate::json::Json)], is_map: boo
                     step_id: "",
                     iteration: 0,
                     attempt: 0,
+                    steps: None,
                 };
                 lookup(&path, &vars)?;
             }
@@ -166,6 +183,7 @@ mod tests {
             step_id: "score",
             iteration: 2,
             attempt: 1,
+            steps: None,
         };
         assert_eq!(render("--model={{ params.model }}", &vars).unwrap(), "--model=m.onnx");
         assert_eq!(render("{{params.n}}/{{ item.shard }}/{{item.k.1}}", &vars).unwrap(), "3/s-1/2");
@@ -178,10 +196,10 @@ mod tests {
     #[test]
     fn check_rejects_undeclared_params_and_item_outside_map() {
         let params = vec![("a".to_string(), Json("1".into()))];
-        assert!(check("{{ params.a }}", &params, false).is_ok());
-        assert!(check("{{ params.b }}", &params, false).unwrap_err().contains("not declared"));
-        assert!(check("{{ item }}", &params, false).unwrap_err().contains("map steps"));
-        assert!(check("{{ item }}", &params, true).is_ok());
-        assert!(check("{{ bogus }}", &params, true).is_err());
+        assert!(check("{{ params.a }}", &params, false, &[]).is_ok());
+        assert!(check("{{ params.b }}", &params, false, &[]).unwrap_err().contains("not declared"));
+        assert!(check("{{ item }}", &params, false, &[]).unwrap_err().contains("map steps"));
+        assert!(check("{{ item }}", &params, true, &[]).is_ok());
+        assert!(check("{{ bogus }}", &params, true, &[]).is_err());
     }
 }

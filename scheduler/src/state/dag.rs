@@ -322,6 +322,11 @@ impl Sched {
         };
         let item_value = item.as_ref().map(Json::value);
         let workflow = wf.name();
+        let names_steps = match &spec.action {
+            Action::Run(argv) => argv.iter().chain(spec.env.iter().map(|(_, v)| v)).any(|t| t.contains("steps.")),
+            Action::Builtin { with, .. } => with.0.contains("steps."),
+        };
+        let steps = names_steps.then(|| steps_value(wf));
         let vars = TemplateVars {
             params: &wf.params,
             item: item_value.as_ref(),
@@ -330,6 +335,7 @@ impl Sched {
             step_id: &spec.id,
             iteration: run.iteration,
             attempt,
+            steps: steps.as_ref(),
         };
         let launch = match &spec.action {
             Action::Run(argv) => Launch::Process {
