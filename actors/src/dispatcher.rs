@@ -26,6 +26,8 @@ pub enum DispatchMsg {
     RunnerUp { runner: usize, actor: ActorRef<RunnerMsg> },
     Flush,
     Stats(RpcReplyPort<DispatchStats>),
+    /// Fault injection for supervision tests: the dispatcher panics.
+    InjectPanic,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -130,6 +132,7 @@ impl Actor for Dispatcher {
                 st.flush_armed = false;
                 st.flush();
             }
+            DispatchMsg::InjectPanic => panic!("injected panic in the dispatcher"),
             DispatchMsg::Stats(reply) => {
                 let _ = reply.send(DispatchStats {
                     queued: st.queue.len(),

@@ -22,6 +22,8 @@ pub struct NodeConfig {
     pub snapshot_every_entries: u64,
     /// Stable node id; read from (or written to) `data_dir/node-id` when not given.
     pub node_id: Option<String>,
+    /// Serve `POST /v1/chaos/panic/{actor}` (supervision tests and chaos drills only).
+    pub fault_injection: bool,
 }
 
 impl NodeConfig {
@@ -35,6 +37,7 @@ impl NodeConfig {
             kill_grace: Duration::from_secs(5),
             snapshot_every_entries: 1_000,
             node_id: None,
+            fault_injection: false,
         }
     }
 }

@@ -100,12 +100,12 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
 
     let runners_spec = runners_spec(&cfg, node.clone(), live_epoch.clone(), executor);
 
-    let (listen, data_dir, api_node, api_bound) = (cfg.listen, cfg.data_dir.clone(), node.clone(), bound.clone());
+    let (listen, data_dir, api_node, api_bound, fault_injection) = (cfg.listen, cfg.data_dir.clone(), node.clone(), bound.clone(), cfg.fault_injection);
     let api_spec = ChildSpec::new(API_NAME, Restart::Permanent, move |sup: ActorCell| {
         let (data_dir, node, bound) = (data_dir.clone(), api_node.clone(), api_bound.clone());
         async move {
             let (engine, state) = raft().await?;
-            let app = AppState { engine, state, data_dir, node, started: std::time::Instant::now() };
+            let app = AppState { engine, state, data_dir, node, started: std::time::Instant::now(), fault_injection };
             ApiServer::spawn_linked(Some(API_NAME.into()), ApiServer, ApiArgs { listen, app, bound }, sup).await.map(|(a, _)| a.get_cell())
         }
     });

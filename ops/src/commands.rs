@@ -29,6 +29,7 @@ pub fn dev(args: DevArgs) -> anyhow::Result<()> {
         cfg.queue = args.queue.unwrap_or(cfg.slots);
         cfg.fsync = !args.no_fsync;
         cfg.kill_grace = Duration::from_secs(args.kill_grace_s);
+        cfg.fault_injection = args.fault_injection;
         let node = troupe_node::start(cfg).await?;
         let api = format!("http://{}", node.addr);
         eprintln!("troupe dev: node {} serving {api} (data in {})", node.node_id, args.data.display());

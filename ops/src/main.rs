@@ -101,6 +101,9 @@ pub struct DevArgs {
     /// Seconds between SIGTERM and SIGKILL when an attempt is stopped.
     #[arg(long, default_value_t = 5)]
     kill_grace_s: u64,
+    /// Serve POST /v1/chaos/panic/{actor} (supervision tests and chaos drills only).
+    #[arg(long)]
+    fault_injection: bool,
     /// Submit this spec once the node is up, show its progress, and exit when it finishes.
     #[arg(long, value_name = "FILE")]
     run: Option<PathBuf>,

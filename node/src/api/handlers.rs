@@ -24,6 +24,7 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/workflows/{id}/logs", get(logs))
         .route("/v1/dlq", get(dlq))
         .route("/v1/dlq/{id}/redrive", post(redrive))
+        .route("/v1/chaos/panic/{actor}", post(inject_panic))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(app)
 }
@@ -248,5 +249,32 @@ async fn redrive(State(app): State<AppState>, Path(id): Path<u64>) -> Res {
         Output::Rejected(m) if m.starts_with("no dead letter") => Err(ApiError::not_found(m)),
         Output::Rejected(m) => Err(ApiError(StatusCode::CONFLICT, m)),
         _ => ok(json!({ "id": id, "redriven": true })),
+    }
+}
+
+/// Fault injection (only with `--fault-injection`): make one actor panic, to watch its
+/// supervisor restart it. Targets: raft, api, dispatcher, runner-N, wf-N.
+async fn inject_panic(State(app): State<AppState>, Path(actor): Path<String>) -> Res {
+    use ractor::{ActorRef, registry};
+    if !app.fault_injection {
+        return Err(ApiError(StatusCode::FORBIDDEN, "fault injection is off; start the node with --fault-injection".into()));
+    }
+    let sent = match actor.as_str() {
+        "raft" => registry::where_is(troupe_actors::facade::RAFT_NAME)
+            .map(|c| ActorRef::<troupe_actors::facade::FacadeMsg>::from(c).cast(troupe_actors::facade::FacadeMsg::InjectPanic).is_ok()),
+        "api" => registry::where_is(crate::tree::API_NAME).map(|c| ActorRef::<super::ApiMsg>::from(c).cast(super::ApiMsg::InjectPanic).is_ok()),
+        "dispatcher" => registry::where_is(troupe_actors::sink::DISPATCHER_NAME).map(|c| {
+            ActorRef::<troupe_actors::dispatcher::DispatchMsg>::from(c).cast(troupe_actors::dispatcher::DispatchMsg::InjectPanic).is_ok()
+        }),
+        a if a.starts_with("runner-") => registry::where_is(format!("troupe.runner.{}", &a[7..]))
+            .map(|c| ActorRef::<troupe_actors::runner::RunnerMsg>::from(c).cast(troupe_actors::runner::RunnerMsg::InjectPanic).is_ok()),
+        a => match parse_wf(a) {
+            Some(id) => registry::where_is(instance_name(id)).map(|c| ActorRef::<InstanceMsg>::from(c).cast(InstanceMsg::InjectPanic).is_ok()),
+            None => return Err(ApiError::bad(format!("unknown actor {a:?}; use raft, api, dispatcher, runner-N or wf-N"))),
+        },
+    };
+    match sent {
+        Some(true) => ok(json!({ "actor": actor, "panic": "sent" })),
+        _ => Err(ApiError::not_found(format!("no running actor {actor:?}"))),
     }
 }

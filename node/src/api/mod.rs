@@ -25,6 +25,7 @@ pub struct AppState {
     pub data_dir: PathBuf,
     pub node: String,
     pub started: std::time::Instant,
+    pub fault_injection: bool,
 }
 
 /// An API error: a status and a message that says what to do.

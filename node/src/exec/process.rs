@@ -39,6 +39,7 @@ pub async fn run(data_dir: &Path, spec: &RunSpec, kill: KillSignal, grace: Durat
         .stdout(out)
         .stderr(err)
         .process_group(0);
+    die_with_the_node(&mut cmd);
     if let Some(item) = &spec.item {
         let text = match item.value() {
             serde_json::Value::String(s) => s,
@@ -62,6 +63,24 @@ pub async fn run(data_dir: &Path, spec: &RunSpec, kill: KillSignal, grace: Durat
     stop_group(&mut child, grace).await;
     Outcome::Failed { error: why_stopped }
 }
+
+/// The attempt's process gets SIGKILL if the node process dies (kill -9 included): a dead node's
+/// attempts are requeued elsewhere as attempt + 1, so the old ones must not go on (self-fencing).
+#[cfg(target_os = "linux")]
+fn die_with_the_node(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_the_node(_cmd: &mut Command) {}
 
 /// SIGTERM to the process group, then SIGKILL after `grace`.
 async fn stop_group(child: &mut Child, grace: Duration) {
