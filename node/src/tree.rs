@@ -4,7 +4,8 @@
 //! troupe.root (rest-for-one)
 //! ├── troupe.raft        RaftFacade: the durable Raft log + state machine
 //! ├── troupe.instances   Supervisor (one-for-one) → WorkflowInstance per running workflow
-//! ├── troupe.runners     Supervisor (rest-for-one) → Dispatcher, TaskRunner × slots
+//! ├── troupe.runners     Supervisor (rest-for-one) → Dispatcher,
+//! │                      troupe.slots Supervisor (one-for-one) → TaskRunner × slots
 //! └── troupe.api         ApiServer
 //! ```
 //!
@@ -34,6 +35,7 @@ use troupe_scheduler::NodeInfo;
 pub const ROOT_NAME: &str = "troupe.root";
 pub const RUNNERS_NAME: &str = "troupe.runners";
 pub const API_NAME: &str = "troupe.api";
+pub const SLOTS_NAME: &str = "troupe.slots";
 
 /// A started node.
 pub struct RunningNode {
@@ -154,10 +156,10 @@ fn runners_spec(cfg: &NodeConfig, node: String, live_epoch: Arc<AtomicU64>, exec
                 let args = DispatchArgs { engine: engine.clone(), node: info.clone(), live_epoch: live_epoch.clone() };
                 async move { Dispatcher::spawn_linked(Some(DISPATCHER_NAME.into()), Dispatcher, args, sup).await.map(|(a, _)| a.get_cell()) }
             });
-            let mut children = vec![dispatch];
+            let mut runners = Vec::with_capacity(slots);
             for index in 0..slots {
                 let executor = executor.clone();
-                children.push(ChildSpec::new(format!("troupe.runner.{index}"), Restart::Permanent, move |sup: ActorCell| {
+                runners.push(ChildSpec::new(format!("troupe.runner.{index}"), Restart::Permanent, move |sup: ActorCell| {
                     let executor = executor.clone();
                     async move {
                         let dispatcher = registry::where_is(DISPATCHER_NAME).map(ActorRef::from).ok_or_else(|| spawn_err("no dispatcher"))?;
@@ -166,6 +168,9 @@ fn runners_spec(cfg: &NodeConfig, node: String, live_epoch: Arc<AtomicU64>, exec
                     }
                 }));
             }
+            // A runner restarts alone; the dispatcher restarts with all runners (they report to it).
+            let slots_cfg = SupervisorConfig { strategy: Strategy::OneForOne, max_restarts: 10, period: Duration::from_secs(10), ..Default::default() };
+            let children = vec![dispatch, ChildSpec::supervisor(SLOTS_NAME, Restart::Permanent, slots_cfg, runners)];
             let cfg = SupervisorConfig { strategy: Strategy::RestForOne, max_restarts: 10, period: Duration::from_secs(10), ..Default::default() };
             Supervisor::spawn_linked(Some(RUNNERS_NAME.into()), Supervisor, (cfg, children), sup).await.map(|(a, _)| a.get_cell())
         }

@@ -33,9 +33,11 @@ impl Actor for ApiServer {
     type Arguments = ApiArgs;
 
     async fn pre_start(&self, me: ActorRef<ApiMsg>, args: ApiArgs) -> Result<ApiState, ActorProcessingErr> {
-        let listener = tokio::net::TcpListener::bind(args.listen)
+        // After a restart, keep the address clients already know (port 0 picked it the first time).
+        let listen = args.bound.lock().ok().and_then(|b| *b).unwrap_or(args.listen);
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .map_err(|e| format!("cannot listen on {}: {e} (is another troupe running? use --listen)", args.listen))?;
+            .map_err(|e| format!("cannot listen on {listen}: {e} (is another troupe running? use --listen)"))?;
         let addr = listener.local_addr()?;
         if let Ok(mut b) = args.bound.lock() {
             *b = Some(addr);
