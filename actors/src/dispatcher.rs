@@ -22,8 +22,14 @@ const FLUSH_AT: usize = 512;
 pub enum DispatchMsg {
     Run(Vec<RunSpec>),
     Kill(Vec<(TaskRef, u32)>),
-    Done { runner: usize, report: Report },
-    RunnerUp { runner: usize, actor: ActorRef<RunnerMsg> },
+    Done {
+        runner: usize,
+        report: Report,
+    },
+    RunnerUp {
+        runner: usize,
+        actor: ActorRef<RunnerMsg>,
+    },
     Flush,
     Stats(RpcReplyPort<DispatchStats>),
     /// Fault injection for supervision tests: the dispatcher panics.
@@ -65,13 +71,27 @@ impl Actor for Dispatcher {
     type State = DispatchState;
     type Arguments = DispatchArgs;
 
-    async fn pre_start(&self, _me: ActorRef<DispatchMsg>, args: DispatchArgs) -> Result<DispatchState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _me: ActorRef<DispatchMsg>,
+        args: DispatchArgs,
+    ) -> Result<DispatchState, ActorProcessingErr> {
         let node = args.node.node.clone();
-        let rx = args.engine.propose(vec![Command::RegisterNode(args.node)])?;
+        let rx = args
+            .engine
+            .propose(vec![Command::RegisterNode(args.node)])?;
         tokio::time::timeout(Duration::from_secs(30), rx)
             .await
             .map_err(|_| "registering the node did not commit within 30s")???;
-        let epoch = args.engine.state().read().map_err(|_| "state lock poisoned")?.state.sched.nodes[&node].epoch;
+        let epoch = args
+            .engine
+            .state()
+            .read()
+            .map_err(|_| "state lock poisoned")?
+            .state
+            .sched
+            .nodes[&node]
+            .epoch;
         args.live_epoch.store(epoch, Ordering::Release);
         tracing::info!(%node, epoch, "node registered");
         Ok(DispatchState {
@@ -87,20 +107,27 @@ impl Actor for Dispatcher {
         })
     }
 
-    async fn handle(&self, me: ActorRef<DispatchMsg>, msg: DispatchMsg, st: &mut DispatchState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        me: ActorRef<DispatchMsg>,
+        msg: DispatchMsg,
+        st: &mut DispatchState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             DispatchMsg::Run(specs) => {
-                st.queue.extend(specs.into_iter().filter(|s| s.epoch == st.epoch));
+                st.queue
+                    .extend(specs.into_iter().filter(|s| s.epoch == st.epoch));
                 st.pump();
             }
             DispatchMsg::Kill(kills) => {
                 for (task, attempt) in kills {
-                    st.queue.retain(|s| !(s.task == task && s.attempt == attempt));
+                    st.queue
+                        .retain(|s| !(s.task == task && s.attempt == attempt));
                     for (i, b) in st.busy.iter().enumerate() {
-                        if b.is_some_and(|a| a.task == task && a.attempt == attempt) {
-                            if let Some(r) = &st.runners[i] {
-                                let _ = r.cast(RunnerMsg::Kill(task, attempt));
-                            }
+                        let holds = b.is_some_and(|a| a.task == task && a.attempt == attempt);
+
+                        if let (true, Some(r)) = (holds, &st.runners[i]) {
+                            let _ = r.cast(RunnerMsg::Kill(task, attempt));
                         }
                     }
                 }
@@ -120,7 +147,9 @@ impl Actor for Dispatcher {
                 }
                 if let Some(lost) = st.busy[runner].take() {
                     tracing::warn!(runner, ?lost, "runner restarted while running an attempt");
-                    let outcome = Outcome::Failed { error: "the task runner crashed while running this attempt".into() };
+                    let outcome = Outcome::Failed {
+                        error: "the task runner crashed while running this attempt".into(),
+                    };
                     st.finished.push(Report { at: lost, outcome });
                 }
                 st.idle.retain(|&i| i != runner);
@@ -146,7 +175,8 @@ impl Actor for Dispatcher {
         if st.finished.len() >= FLUSH_AT {
             st.flush();
         }
-        if !st.flush_armed && !(st.finished.is_empty() && st.started.is_empty()) {
+        let pending = !st.finished.is_empty() || !st.started.is_empty();
+        if pending && !st.flush_armed {
             st.flush_armed = true;
             me.send_after(FLUSH_AFTER, || DispatchMsg::Flush);
         }
@@ -158,13 +188,24 @@ impl DispatchState {
     fn pump(&mut self) {
         while !self.queue.is_empty() {
             let Some(i) = self.idle.pop() else { return };
-            let Some(runner) = self.runners[i].clone() else { continue };
+            let Some(runner) = self.runners[i].clone() else {
+                continue;
+            };
             let spec = self.queue.pop_front().expect("queue is not empty");
-            let at = AttemptRef { task: spec.task, attempt: spec.attempt, epoch: spec.epoch };
+            let at = AttemptRef {
+                task: spec.task,
+                attempt: spec.attempt,
+                epoch: spec.epoch,
+            };
             if runner.cast(RunnerMsg::Run(Box::new(spec))).is_err() {
                 // The runner is gone; its RunnerUp will come back when it restarts.
                 self.runners[i] = None;
-                self.finished.push(Report { at, outcome: Outcome::Failed { error: "task runner unavailable".into() } });
+                self.finished.push(Report {
+                    at,
+                    outcome: Outcome::Failed {
+                        error: "task runner unavailable".into(),
+                    },
+                });
                 continue;
             }
             self.busy[i] = Some(at);

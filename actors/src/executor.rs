@@ -11,5 +11,6 @@ pub trait Executor: Send + Sync + 'static {
     /// Work that finishes at once (`noop`, `echo`, `fail`): its outcome, with no task spawned.
     fn run_inline(&self, spec: &RunSpec) -> Option<Outcome>;
     /// Everything else; resolves when the attempt ends or `kill` fires.
-    fn run(&self, spec: RunSpec, kill: KillSignal) -> Pin<Box<dyn Future<Output = Outcome> + Send>>;
+    fn run(&self, spec: RunSpec, kill: KillSignal)
+    -> Pin<Box<dyn Future<Output = Outcome> + Send>>;
 }

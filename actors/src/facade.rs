@@ -38,8 +38,13 @@ impl Actor for RaftFacade {
     type State = FacadeState;
     type Arguments = Arc<FacadeArgs>;
 
-    async fn pre_start(&self, _me: ActorRef<FacadeMsg>, args: Arc<FacadeArgs>) -> Result<FacadeState, ActorProcessingErr> {
-        args.live_epoch.store(0, std::sync::atomic::Ordering::Release);
+    async fn pre_start(
+        &self,
+        _me: ActorRef<FacadeMsg>,
+        args: Arc<FacadeArgs>,
+    ) -> Result<FacadeState, ActorProcessingErr> {
+        args.live_epoch
+            .store(0, std::sync::atomic::Ordering::Release);
         let open_args = args.clone();
         let engine = tokio::task::spawn_blocking(move || {
             let a = open_args;
@@ -49,17 +54,28 @@ impl Actor for RaftFacade {
         .await??;
         let st = engine.handle().status();
         tracing::info!(applied = st.applied, term = st.term, "raft log open");
-        Ok(FacadeState { engine: Some(engine) })
+        Ok(FacadeState {
+            engine: Some(engine),
+        })
     }
 
-    async fn post_stop(&self, _me: ActorRef<FacadeMsg>, st: &mut FacadeState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _me: ActorRef<FacadeMsg>,
+        st: &mut FacadeState,
+    ) -> Result<(), ActorProcessingErr> {
         if let Some(engine) = st.engine.take() {
             tokio::task::spawn_blocking(move || engine.shutdown()).await?;
         }
         Ok(())
     }
 
-    async fn handle(&self, _me: ActorRef<FacadeMsg>, msg: FacadeMsg, st: &mut FacadeState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _me: ActorRef<FacadeMsg>,
+        msg: FacadeMsg,
+        st: &mut FacadeState,
+    ) -> Result<(), ActorProcessingErr> {
         let engine = st.engine.as_ref().ok_or("the raft engine is closed")?;
         match msg {
             FacadeMsg::Handle(reply) => {

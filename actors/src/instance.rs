@@ -10,8 +10,8 @@ use crate::machine::Machine;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::sync::{Arc, RwLock};
 use troupe_raft_log::EngineHandle;
-use troupe_scheduler::state::{WorkflowId, wf_name};
 use troupe_scheduler::Command;
+use troupe_scheduler::state::{WorkflowId, wf_name};
 
 pub enum InstanceMsg {
     /// Something about the workflow was applied.
@@ -51,9 +51,14 @@ pub struct InstanceState {
 impl InstanceState {
     /// (steps finished, workflow finished), from the applied state.
     fn progress(&self) -> (usize, bool) {
-        let Ok(m) = self.args.state.read() else { return (0, false) };
+        let Ok(m) = self.args.state.read() else {
+            return (0, false);
+        };
         match m.state.workflows.get(&self.args.id) {
-            Some(wf) => (wf.steps.iter().filter(|s| s.status.is_terminal()).count(), wf.status.is_terminal()),
+            Some(wf) => (
+                wf.steps.iter().filter(|s| s.status.is_terminal()).count(),
+                wf.status.is_terminal(),
+            ),
             None => (0, true),
         }
     }
@@ -64,30 +69,56 @@ impl Actor for WorkflowInstance {
     type State = InstanceState;
     type Arguments = InstanceArgs;
 
-    async fn pre_start(&self, _me: ActorRef<InstanceMsg>, args: InstanceArgs) -> Result<InstanceState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _me: ActorRef<InstanceMsg>,
+        args: InstanceArgs,
+    ) -> Result<InstanceState, ActorProcessingErr> {
         // Rebuild from the last checkpoint: its sequence and the steps it had seen finished.
         let (seq, steps_seen) = {
             let m = args.state.read().map_err(|_| "state lock poisoned")?;
-            let cp = m.state.workflows.get(&args.id).and_then(|w| w.checkpoint.clone());
+            let cp = m
+                .state
+                .workflows
+                .get(&args.id)
+                .and_then(|w| w.checkpoint.clone());
             cp.map(|c| (c.seq, c.steps.len())).unwrap_or((0, 0))
         };
-        Ok(InstanceState { args, seq, steps_seen, waiters: Vec::new() })
+        Ok(InstanceState {
+            args,
+            seq,
+            steps_seen,
+            waiters: Vec::new(),
+        })
     }
 
-    async fn post_start(&self, me: ActorRef<InstanceMsg>, _st: &mut InstanceState) -> Result<(), ActorProcessingErr> {
+    async fn post_start(
+        &self,
+        me: ActorRef<InstanceMsg>,
+        _st: &mut InstanceState,
+    ) -> Result<(), ActorProcessingErr> {
         // Catch up with whatever was applied while no instance was running.
         me.cast(InstanceMsg::Changed)?;
         Ok(())
     }
 
-    async fn handle(&self, me: ActorRef<InstanceMsg>, msg: InstanceMsg, st: &mut InstanceState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        me: ActorRef<InstanceMsg>,
+        msg: InstanceMsg,
+        st: &mut InstanceState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             InstanceMsg::Changed | InstanceMsg::Finished => {
                 let (steps_done, finished) = st.progress();
                 if steps_done > st.steps_seen {
                     st.seq += 1;
                     st.steps_seen = steps_done;
-                    let cmd = Command::Checkpoint { wf: st.args.id, seq: st.seq, owner: st.args.node.clone() };
+                    let cmd = Command::Checkpoint {
+                        wf: st.args.id,
+                        seq: st.seq,
+                        owner: st.args.node.clone(),
+                    };
                     if let Err(e) = st.args.engine.propose_nowait(vec![cmd]) {
                         tracing::debug!(%e, "checkpoint not proposed; the next change retries");
                         st.seq -= 1;

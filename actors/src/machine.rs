@@ -36,7 +36,12 @@ impl StateMachine for Machine {
 pub trait EffectSink: Send + 'static {
     fn run(&mut self, specs: Vec<RunSpec>);
     fn kill(&mut self, kills: Vec<(TaskRef, u32)>);
-    fn workflows(&mut self, created: Vec<WorkflowId>, changed: Vec<WorkflowId>, finished: Vec<WorkflowId>);
+    fn workflows(
+        &mut self,
+        created: Vec<WorkflowId>,
+        changed: Vec<WorkflowId>,
+        finished: Vec<WorkflowId>,
+    );
 }
 
 /// The engine hook: route effects to this node's actors, then plan (leader only).
@@ -45,7 +50,11 @@ pub trait EffectSink: Send + 'static {
 /// entries replayed at start-up belong to an earlier epoch: they are dropped, because the
 /// registration requeues those attempts as attempt + 1 (running them again here would run them
 /// twice).
-pub fn hook(node: String, live_epoch: Arc<AtomicU64>, mut sink: Box<dyn EffectSink>) -> troupe_raft_log::Hook<Machine> {
+pub fn hook(
+    node: String,
+    live_epoch: Arc<AtomicU64>,
+    mut sink: Box<dyn EffectSink>,
+) -> troupe_raft_log::Hook<Machine> {
     let mut planner = Planner::new();
     Box::new(move |m: &mut Machine, now_ms: u64| {
         let effects = m.state.take_effects();
@@ -64,7 +73,11 @@ fn route(node: &str, epoch: u64, effects: Vec<Effect>, sink: &mut dyn EffectSink
     for e in effects {
         match e {
             Effect::Run(spec) if spec.node == node && spec.epoch == epoch => runs.push(*spec),
-            Effect::Kill { task, attempt, node: n } if n == node => kills.push((task, attempt)),
+            Effect::Kill {
+                task,
+                attempt,
+                node: n,
+            } if n == node => kills.push((task, attempt)),
             Effect::Created(id) => created.push(id),
             Effect::Changed(id) => {
                 changed.insert(id);

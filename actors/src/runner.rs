@@ -37,15 +37,34 @@ impl Actor for TaskRunner {
     type State = RunnerState;
     type Arguments = RunnerArgs;
 
-    async fn pre_start(&self, myself: ActorRef<RunnerMsg>, args: RunnerArgs) -> Result<RunnerState, ActorProcessingErr> {
-        args.dispatcher.cast(DispatchMsg::RunnerUp { runner: args.index, actor: myself })?;
-        Ok(RunnerState { args, current: None })
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RunnerMsg>,
+        args: RunnerArgs,
+    ) -> Result<RunnerState, ActorProcessingErr> {
+        args.dispatcher.cast(DispatchMsg::RunnerUp {
+            runner: args.index,
+            actor: myself,
+        })?;
+        Ok(RunnerState {
+            args,
+            current: None,
+        })
     }
 
-    async fn handle(&self, myself: ActorRef<RunnerMsg>, msg: RunnerMsg, st: &mut RunnerState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<RunnerMsg>,
+        msg: RunnerMsg,
+        st: &mut RunnerState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             RunnerMsg::Run(spec) => {
-                let at = AttemptRef { task: spec.task, attempt: spec.attempt, epoch: spec.epoch };
+                let at = AttemptRef {
+                    task: spec.task,
+                    attempt: spec.attempt,
+                    epoch: spec.epoch,
+                };
                 if let Some(outcome) = st.args.executor.run_inline(&spec) {
                     return report(st, at, outcome);
                 }
@@ -58,7 +77,11 @@ impl Actor for TaskRunner {
                 st.current = Some((at, tx));
             }
             RunnerMsg::Kill(task, attempt) => {
-                if st.current.as_ref().is_some_and(|(a, _)| a.task == task && a.attempt == attempt) {
+                if st
+                    .current
+                    .as_ref()
+                    .is_some_and(|(a, _)| a.task == task && a.attempt == attempt)
+                {
                     if let Some((_, kill)) = st.current.take() {
                         let _ = kill.send(());
                     }
@@ -79,6 +102,9 @@ impl Actor for TaskRunner {
 }
 
 fn report(st: &RunnerState, at: AttemptRef, outcome: Outcome) -> Result<(), ActorProcessingErr> {
-    st.args.dispatcher.cast(DispatchMsg::Done { runner: st.args.index, report: Report { at, outcome } })?;
+    st.args.dispatcher.cast(DispatchMsg::Done {
+        runner: st.args.index,
+        report: Report { at, outcome },
+    })?;
     Ok(())
 }

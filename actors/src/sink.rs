@@ -25,7 +25,11 @@ pub fn instance_spec(args: InstanceArgs) -> ChildSpec {
     let name = instance_name(args.id);
     ChildSpec::new(name.clone(), Restart::Transient, move |sup| {
         let (name, args) = (name.clone(), args.clone());
-        async move { WorkflowInstance::spawn_linked(Some(name), WorkflowInstance, args, sup).await.map(|(a, _)| a.get_cell()) }
+        async move {
+            WorkflowInstance::spawn_linked(Some(name), WorkflowInstance, args, sup)
+                .await
+                .map(|(a, _)| a.get_cell())
+        }
     })
 }
 
@@ -36,7 +40,10 @@ impl EffectSink for ActorSink {
                 let _ = d.cast(DispatchMsg::Run(specs));
             }
             // The dispatcher restarts by re-registering the node, which requeues these attempts.
-            None => tracing::warn!(n = specs.len(), "no dispatcher: attempts wait for the node to re-register"),
+            None => tracing::warn!(
+                n = specs.len(),
+                "no dispatcher: attempts wait for the node to re-register"
+            ),
         }
     }
 
@@ -46,7 +53,12 @@ impl EffectSink for ActorSink {
         }
     }
 
-    fn workflows(&mut self, created: Vec<WorkflowId>, changed: Vec<WorkflowId>, finished: Vec<WorkflowId>) {
+    fn workflows(
+        &mut self,
+        created: Vec<WorkflowId>,
+        changed: Vec<WorkflowId>,
+        finished: Vec<WorkflowId>,
+    ) {
         if let Some(sup) = registry::where_is(INSTANCES_NAME).map(ActorRef::<SupervisorMsg>::from) {
             for id in created {
                 if let Some(args) = (self.instance)(id) {
@@ -57,8 +69,14 @@ impl EffectSink for ActorSink {
         }
         for (ids, finished) in [(changed, false), (finished, true)] {
             for id in ids {
-                if let Some(a) = registry::where_is(instance_name(id)).map(ActorRef::<InstanceMsg>::from) {
-                    let _ = a.cast(if finished { InstanceMsg::Finished } else { InstanceMsg::Changed });
+                if let Some(a) =
+                    registry::where_is(instance_name(id)).map(ActorRef::<InstanceMsg>::from)
+                {
+                    let _ = a.cast(if finished {
+                        InstanceMsg::Finished
+                    } else {
+                        InstanceMsg::Changed
+                    });
                 }
             }
         }

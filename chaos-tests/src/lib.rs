@@ -17,7 +17,11 @@ pub fn troupe_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/troupe");
-    assert!(p.exists(), "{} is missing: run `cargo build -p troupe-ops` first (or set TROUPE_BIN)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build -p troupe-ops` first (or set TROUPE_BIN)",
+        p.display()
+    );
     p
 }
 
@@ -34,7 +38,11 @@ impl TestNode {
     pub fn start(dir: &Path, extra: &[&str]) -> TestNode {
         let _ = std::fs::remove_file(dir.join("api.addr"));
         std::fs::create_dir_all(dir).expect("data dir");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("node.log")).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("node.log"))
+            .expect("log file");
         let child = Command::new(troupe_bin())
             .args(["dev", "--listen", "127.0.0.1:0", "--data"])
             .arg(dir)
@@ -49,21 +57,34 @@ impl TestNode {
             .timeout_global(Some(Duration::from_secs(60)))
             .build()
             .into();
-        let mut node = TestNode { child: Some(child), dir: dir.to_path_buf(), api: String::new(), agent };
+        let mut node = TestNode {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            api: String::new(),
+            agent,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(addr) = std::fs::read_to_string(dir.join("api.addr")) {
-                if !addr.is_empty() {
-                    node.api = format!("http://{addr}");
-                    if node.get("/v1/health").0 == 200 {
-                        return node;
-                    }
+            if let Ok(addr) = std::fs::read_to_string(dir.join("api.addr"))
+                && !addr.is_empty()
+            {
+                node.api = format!("http://{addr}");
+                if node.get("/v1/health").0 == 200 {
+                    return node;
                 }
             }
-            if let Some(status) = node.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = node
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("troupe exited at start ({status}); log:\n{}", node.log());
             }
-            assert!(Instant::now() < deadline, "node did not start in 30s; log:\n{}", node.log());
+            assert!(
+                Instant::now() < deadline,
+                "node did not start in 30s; log:\n{}",
+                node.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -89,7 +110,10 @@ impl TestNode {
             Ok(mut r) => {
                 let status = r.status().as_u16();
                 let text = r.body_mut().read_to_string().unwrap_or_default();
-                (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+                (
+                    status,
+                    serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                )
             }
             Err(e) => (0, Value::String(e.to_string())),
         }
@@ -100,7 +124,11 @@ impl TestNode {
     }
 
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        Self::answer(self.agent.post(&format!("{}{path}", self.api)).send_json(body))
+        Self::answer(
+            self.agent
+                .post(&format!("{}{path}", self.api))
+                .send_json(body),
+        )
     }
 
     /// Submits TOML; panics unless it was accepted. Returns the workflow id.
@@ -118,19 +146,32 @@ impl TestNode {
             if code == 200 && v["status"] != "running" {
                 return v;
             }
-            assert!(Instant::now() < deadline, "{id} did not finish in {limit:?}: {v}\nlog:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "{id} did not finish in {limit:?}: {v}\nlog:\n{}",
+                self.log()
+            );
         }
     }
 
     /// Polls the workflow until `f` holds (bounded).
-    pub fn wait_until(&self, id: &str, limit: Duration, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_until(
+        &self,
+        id: &str,
+        limit: Duration,
+        what: &str,
+        f: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + limit;
         loop {
             let (_, v) = self.get(&format!("/v1/workflows/{id}"));
             if f(&v) {
                 return v;
             }
-            assert!(Instant::now() < deadline, "waited {limit:?} for {what}: {v}");
+            assert!(
+                Instant::now() < deadline,
+                "waited {limit:?} for {what}: {v}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -144,5 +185,8 @@ impl Drop for TestNode {
 
 /// The step of a workflow detail, by id.
 pub fn step<'a>(detail: &'a Value, id: &str) -> &'a Value {
-    detail["step_runs"].as_array().and_then(|a| a.iter().find(|s| s["id"] == id)).unwrap_or(&Value::Null)
+    detail["step_runs"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["id"] == id))
+        .unwrap_or(&Value::Null)
 }

@@ -5,7 +5,8 @@ use serde_json::json;
 use std::time::Duration;
 use troupe_chaos_tests::{TestNode, step};
 
-const GOOD: &str = "name = \"good\"\n[[step]]\nid = \"a\"\nhandler = \"echo\"\nwith = { ok = true }\n";
+const GOOD: &str =
+    "name = \"good\"\n[[step]]\nid = \"a\"\nhandler = \"echo\"\nwith = { ok = true }\n";
 
 fn node() -> (tempfile::TempDir, TestNode) {
     let tmp = tempfile::tempdir().unwrap();
@@ -14,7 +15,10 @@ fn node() -> (tempfile::TempDir, TestNode) {
 }
 
 fn workflow_count(node: &TestNode) -> usize {
-    node.get("/v1/workflows").1["workflows"].as_array().unwrap().len()
+    node.get("/v1/workflows").1["workflows"]
+        .as_array()
+        .unwrap()
+        .len()
 }
 
 #[test]
@@ -22,10 +26,22 @@ fn bad_specs_are_refused_with_the_field_and_nothing_else_is_lost() {
     let (_tmp, node) = node();
     let good = node.submit(GOOD);
     let cases = [
-        ("name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\nretires = 3\n", "unknown field `retires`"),
-        ("name = \"x\"\n[[step]]\nid = \"a\"\nneeds = [\"b\"]\nhandler = \"noop\"\n[[step]]\nid = \"b\"\nneeds = [\"a\"]\nhandler = \"noop\"\n", "cycle: a -> b -> a"),
-        ("name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\ntimeout = \"soon\"\n", "bad duration"),
-        ("name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\nmap = { items = [] }\n", "at least one item"),
+        (
+            "name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\nretires = 3\n",
+            "unknown field `retires`",
+        ),
+        (
+            "name = \"x\"\n[[step]]\nid = \"a\"\nneeds = [\"b\"]\nhandler = \"noop\"\n[[step]]\nid = \"b\"\nneeds = [\"a\"]\nhandler = \"noop\"\n",
+            "cycle: a -> b -> a",
+        ),
+        (
+            "name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\ntimeout = \"soon\"\n",
+            "bad duration",
+        ),
+        (
+            "name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\nmap = { items = [] }\n",
+            "at least one item",
+        ),
         ("name = [\n", "spec_toml:"),
     ];
     for (spec, want) in cases {
@@ -38,15 +54,36 @@ fn bad_specs_are_refused_with_the_field_and_nothing_else_is_lost() {
     // The JSON form points at the field too.
     let (code, v) = node.post("/v1/workflows", &json!({ "spec": { "name": "x", "step": [{ "id": "a", "handler": "noop", "needs": ["ghost"] }] } }));
     assert_eq!(code, 400);
-    assert!(v["error"].as_str().unwrap().contains("step \"a\".needs: unknown step \"ghost\""), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("step \"a\".needs: unknown step \"ghost\""),
+        "{v}"
+    );
     // Unknown params and malformed bodies.
-    let (code, v) = node.post("/v1/workflows", &json!({ "spec_toml": GOOD, "params": { "nope": 1 } }));
+    let (code, v) = node.post(
+        "/v1/workflows",
+        &json!({ "spec_toml": GOOD, "params": { "nope": 1 } }),
+    );
     assert_eq!(code, 400);
-    assert!(v["error"].as_str().unwrap().contains("unknown param \"nope\""), "{v}");
-    let (code, _) = node.post("/v1/workflows", &json!({ "spec_toml": GOOD, "surprise": 1 }));
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown param \"nope\""),
+        "{v}"
+    );
+    let (code, _) = node.post(
+        "/v1/workflows",
+        &json!({ "spec_toml": GOOD, "surprise": 1 }),
+    );
     assert_eq!(code, 422);
     assert_eq!(workflow_count(&node), 1, "no bad spec created anything");
-    assert_eq!(node.wait(&good, Duration::from_secs(20))["status"], "succeeded");
+    assert_eq!(
+        node.wait(&good, Duration::from_secs(20))["status"],
+        "succeeded"
+    );
 }
 
 #[test]
@@ -86,7 +123,10 @@ with = { still = "running" }
     assert_eq!(entry["workflow"], id.as_str());
     assert_eq!(entry["attempts"], 2);
     let err = entry["last_error"].as_str().unwrap();
-    assert!(err.contains("executable `/nonexistent/scorer` not found"), "{err}");
+    assert!(
+        err.contains("executable `/nonexistent/scorer` not found"),
+        "{err}"
+    );
     // Redrive: it runs again (and fails again, back into the queue).
     let (code, _) = node.post(&format!("/v1/dlq/{}/redrive", entry["id"]), &json!({}));
     assert_eq!(code, 200);
@@ -94,7 +134,10 @@ with = { still = "running" }
     assert_eq!(v["status"], "degraded");
     let (_, dlq) = node.get("/v1/dlq");
     assert_eq!(dlq["dead_letters"].as_array().unwrap().len(), 1);
-    assert_eq!(dlq["dead_letters"][0]["attempt"], 4, "redrive ran attempts 3 and 4");
+    assert_eq!(
+        dlq["dead_letters"][0]["attempt"], 4,
+        "redrive ran attempts 3 and 4"
+    );
     assert_eq!(node.get("/v1/health").0, 200);
 }
 
@@ -108,22 +151,43 @@ fn oversized_output_fails_the_attempt_with_a_clear_error() {
     let v = node.wait(&id, Duration::from_secs(20));
     assert_eq!(v["status"], "failed");
     let reason = v["reason"].as_str().unwrap();
-    assert!(reason.contains("output is 70002 bytes; the limit is 65536"), "{reason}");
-    assert_eq!(node.wait(&ok, Duration::from_secs(20))["status"], "succeeded");
+    assert!(
+        reason.contains("output is 70002 bytes; the limit is 65536"),
+        "{reason}"
+    );
+    assert_eq!(
+        node.wait(&ok, Duration::from_secs(20))["status"],
+        "succeeded"
+    );
 }
 
 #[test]
 fn idempotency_key_gives_one_workflow_and_refuses_a_different_spec() {
     let (_tmp, node) = node();
-    let (c1, a) = node.post("/v1/workflows", &json!({ "spec_toml": GOOD, "idempotency_key": "nightly-2026-11-22" }));
-    let (c2, b) = node.post("/v1/workflows", &json!({ "spec_toml": GOOD, "idempotency_key": "nightly-2026-11-22" }));
+    let (c1, a) = node.post(
+        "/v1/workflows",
+        &json!({ "spec_toml": GOOD, "idempotency_key": "nightly-2026-11-22" }),
+    );
+    let (c2, b) = node.post(
+        "/v1/workflows",
+        &json!({ "spec_toml": GOOD, "idempotency_key": "nightly-2026-11-22" }),
+    );
     assert_eq!((c1, c2), (201, 200));
     assert_eq!(a["id"], b["id"]);
     assert_eq!(b["created"], false);
     let other = GOOD.replace("good", "other");
-    let (c3, e) = node.post("/v1/workflows", &json!({ "spec_toml": other, "idempotency_key": "nightly-2026-11-22" }));
+    let (c3, e) = node.post(
+        "/v1/workflows",
+        &json!({ "spec_toml": other, "idempotency_key": "nightly-2026-11-22" }),
+    );
     assert_eq!(c3, 409, "{e}");
-    assert!(e["error"].as_str().unwrap().contains("already used for wf-1"), "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("already used for wf-1"),
+        "{e}"
+    );
     assert_eq!(workflow_count(&node), 1);
 }
 
@@ -132,23 +196,42 @@ fn lifecycle_cancel_pause_resume_retry_and_logs() {
     let (_tmp, node) = node();
     // pause / resume
     let id = node.submit("name = \"p\"\n[[step]]\nid = \"w\"\nhandler = \"sleep\"\nwith = { duration = \"30ms\" }\nmap = { range = [0, 40] }\nparallelism = 4\n");
-    assert_eq!(node.post(&format!("/v1/workflows/{id}/pause"), &json!({})).0, 200);
+    assert_eq!(
+        node.post(&format!("/v1/workflows/{id}/pause"), &json!({}))
+            .0,
+        200
+    );
     std::thread::sleep(Duration::from_millis(300));
     let v = node.get(&format!("/v1/workflows/{id}")).1;
     assert_eq!(v["paused"], true);
     let frozen = step(&v, "w")["succeeded"].as_u64().unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    let later = step(&node.get(&format!("/v1/workflows/{id}")).1, "w")["succeeded"].as_u64().unwrap();
+    let later = step(&node.get(&format!("/v1/workflows/{id}")).1, "w")["succeeded"]
+        .as_u64()
+        .unwrap();
     assert_eq!(frozen, later, "nothing new starts while paused");
     assert!(later < 40);
-    assert_eq!(node.post(&format!("/v1/workflows/{id}/resume"), &json!({})).0, 200);
-    assert_eq!(node.wait(&id, Duration::from_secs(20))["status"], "succeeded");
+    assert_eq!(
+        node.post(&format!("/v1/workflows/{id}/resume"), &json!({}))
+            .0,
+        200
+    );
+    assert_eq!(
+        node.wait(&id, Duration::from_secs(20))["status"],
+        "succeeded"
+    );
 
     // cancel stops the running process
     let id = node.submit("name = \"c\"\n[[step]]\nid = \"long\"\nrun = [\"sh\", \"-c\", \"echo started; sleep 30\"]\n");
-    node.wait_until(&id, Duration::from_secs(10), "running", |v| step(v, "long")["running"] == 1);
+    node.wait_until(&id, Duration::from_secs(10), "running", |v| {
+        step(v, "long")["running"] == 1
+    });
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(node.post(&format!("/v1/workflows/{id}/cancel"), &json!({})).0, 200);
+    assert_eq!(
+        node.post(&format!("/v1/workflows/{id}/cancel"), &json!({}))
+            .0,
+        200
+    );
     let v = node.wait(&id, Duration::from_secs(10));
     assert_eq!(v["status"], "cancelled");
     let (code, _) = node.post(&format!("/v1/workflows/{id}/cancel"), &json!({}));
@@ -166,12 +249,28 @@ fn lifecycle_cancel_pause_resume_retry_and_logs() {
     let id = node.submit(&spec);
     let v = node.wait(&id, Duration::from_secs(20));
     assert_eq!(v["status"], "failed");
-    assert!(v["reason"].as_str().unwrap().contains("exited with code 3: broken"), "{v}");
-    assert_eq!(node.post(&format!("/v1/workflows/{id}/retry"), &json!({})).0, 200);
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("exited with code 3: broken"),
+        "{v}"
+    );
+    assert_eq!(
+        node.post(&format!("/v1/workflows/{id}/retry"), &json!({}))
+            .0,
+        200
+    );
     let v = node.wait(&id, Duration::from_secs(20));
     assert_eq!(v["status"], "succeeded", "{v}");
-    assert_eq!(std::fs::read_to_string(&marks).unwrap(), "once\n", "the finished step did not run again");
-    let (_, err_log) = node.get(&format!("/v1/workflows/{id}/logs?step=flaky&attempt=1&stream=stderr"));
+    assert_eq!(
+        std::fs::read_to_string(&marks).unwrap(),
+        "once\n",
+        "the finished step did not run again"
+    );
+    let (_, err_log) = node.get(&format!(
+        "/v1/workflows/{id}/logs?step=flaky&attempt=1&stream=stderr"
+    ));
     assert_eq!(err_log.as_str().unwrap(), "broken\n");
 }
 
@@ -186,8 +285,18 @@ fn step_timeout_stops_the_whole_process_group() {
     let id = node.submit(&spec);
     let v = node.wait(&id, Duration::from_secs(20));
     assert_eq!(v["status"], "failed");
-    assert!(v["reason"].as_str().unwrap().contains("timed out after 500ms"), "{v}");
-    let child: u32 = std::fs::read_to_string(&pids).unwrap().trim().parse().unwrap();
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 500ms"),
+        "{v}"
+    );
+    let child: u32 = std::fs::read_to_string(&pids)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     // The background sleep was in the attempt's process group: it is gone too.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while std::path::Path::new(&format!("/proc/{child}")).exists() {
@@ -195,7 +304,10 @@ fn step_timeout_stops_the_whole_process_group() {
         if state.contains(") Z") {
             break; // a zombie waiting for its reaper is dead
         }
-        assert!(std::time::Instant::now() < deadline, "grandchild {child} survived the timeout");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "grandchild {child} survived the timeout"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -7,7 +7,11 @@ use std::time::Duration;
 use troupe_chaos_tests::{TestNode, step};
 
 fn lines(path: &std::path::Path) -> Vec<String> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -46,7 +50,10 @@ run = ["sh", "-c", "echo last $TROUPE_ATTEMPT >> {m}/last.log"]
         let s = step(v, "slow");
         s["succeeded"].as_u64() == Some(2) && s["running"].as_u64() == Some(6)
     });
-    let started_before = lines(&marks.join("slow.log")).iter().filter(|l| l.starts_with("start")).count();
+    let started_before = lines(&marks.join("slow.log"))
+        .iter()
+        .filter(|l| l.starts_with("start"))
+        .count();
     assert_eq!(started_before, 8);
     // A second workflow, acknowledged just before the crash.
     let acked = node.submit("name = \"acked\"\n[[step]]\nid = \"a\"\nhandler = \"sleep\"\nwith = { duration = \"50ms\" }\n");
@@ -58,7 +65,10 @@ run = ["sh", "-c", "echo last $TROUPE_ATTEMPT >> {m}/last.log"]
     let done = node.wait(&id, Duration::from_secs(60));
     assert_eq!(done["status"], "succeeded", "{done}");
     let acked_done = node.wait(&acked, Duration::from_secs(30));
-    assert_eq!(acked_done["status"], "succeeded", "the acknowledged workflow survived: {acked_done}");
+    assert_eq!(
+        acked_done["status"], "succeeded",
+        "the acknowledged workflow survived: {acked_done}"
+    );
 
     // "first" finished before the crash: it never ran again.
     let first = lines(&marks.join("first.log"));
@@ -66,23 +76,46 @@ run = ["sh", "-c", "echo last $TROUPE_ATTEMPT >> {m}/last.log"]
     assert!(first.iter().all(|l| l.ends_with(" 1")), "{first:?}");
     // "slow": items 0 and 1 had finished (attempt 1 only); items 2..8 were running and re-ran as attempt 2.
     let mut attempts: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    for l in lines(&marks.join("slow.log")).iter().filter(|l| l.starts_with("start")) {
+    for l in lines(&marks.join("slow.log"))
+        .iter()
+        .filter(|l| l.starts_with("start"))
+    {
         let mut p = l.split(' ').skip(1).map(|x| x.parse::<u32>().unwrap());
-        attempts.entry(p.next().unwrap()).or_default().push(p.next().unwrap());
+        attempts
+            .entry(p.next().unwrap())
+            .or_default()
+            .push(p.next().unwrap());
     }
     for item in 0..2 {
         assert_eq!(attempts[&item], vec![1], "finished item {item} re-ran");
     }
     for item in 2..8 {
-        assert_eq!(attempts[&item], vec![1, 2], "running item {item} must re-run as attempt 2");
+        assert_eq!(
+            attempts[&item],
+            vec![1, 2],
+            "running item {item} must re-run as attempt 2"
+        );
     }
     // The killed attempts died with the node: none of them finished, even after their sleep.
     std::thread::sleep(Duration::from_millis(2_500).saturating_sub(killed_at.elapsed()));
     let done_lines = lines(&marks.join("slow.log"));
     for item in 2..8 {
-        assert!(!done_lines.contains(&format!("done {item} 1")), "attempt 1 of item {item} outlived the node");
+        assert!(
+            !done_lines.contains(&format!("done {item} 1")),
+            "attempt 1 of item {item} outlived the node"
+        );
     }
     assert_eq!(lines(&marks.join("last.log")), vec!["last 1".to_string()]);
-    let history: Vec<String> = done["history"].as_array().unwrap().iter().map(|e| e["what"].as_str().unwrap_or("").to_string()).collect();
-    assert!(history.iter().any(|h| h.contains("requeued as attempt + 1")), "{history:?}");
+    let history: Vec<String> = done["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["what"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        history
+            .iter()
+            .any(|h| h.contains("requeued as attempt + 1")),
+        "{history:?}"
+    );
 }

@@ -6,7 +6,12 @@ use std::time::{Duration, Instant};
 use troupe_chaos_tests::{TestNode, step};
 
 fn history(v: &serde_json::Value) -> Vec<String> {
-    v["history"].as_array().unwrap().iter().map(|e| e["what"].as_str().unwrap_or("").to_string()).collect()
+    v["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["what"].as_str().unwrap_or("").to_string())
+        .collect()
 }
 
 fn wait_healthy(node: &TestNode) {
@@ -14,7 +19,11 @@ fn wait_healthy(node: &TestNode) {
     // The API restarts with the tree; wait for it to answer again.
     std::thread::sleep(Duration::from_millis(100));
     while node.get("/v1/health").0 != 200 {
-        assert!(Instant::now() < deadline, "the node did not come back:\n{}", node.log());
+        assert!(
+            Instant::now() < deadline,
+            "the node did not come back:\n{}",
+            node.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -22,31 +31,56 @@ fn wait_healthy(node: &TestNode) {
 #[test]
 fn crashed_runners_fail_their_attempt_which_is_retried() {
     let tmp = tempfile::tempdir().unwrap();
-    let node = TestNode::start(&tmp.path().join("d"), &["--fault-injection", "--slots", "2", "--kill-grace-s", "1"]);
+    let node = TestNode::start(
+        &tmp.path().join("d"),
+        &["--fault-injection", "--slots", "2", "--kill-grace-s", "1"],
+    );
     let id = node.submit(
         "name = \"r\"\n[[step]]\nid = \"w\"\nrun = [\"sh\", \"-c\", \"test $TROUPE_ATTEMPT -ge 2 || sleep 5\"]\nmap = { range = [0, 2] }\nretries = { attempts = 3, initial = \"10ms\" }\n",
     );
-    node.wait_until(&id, Duration::from_secs(10), "both running", |v| step(v, "w")["running"] == 2);
+    node.wait_until(&id, Duration::from_secs(10), "both running", |v| {
+        step(v, "w")["running"] == 2
+    });
     for r in ["runner-0", "runner-1"] {
-        assert_eq!(node.post(&format!("/v1/chaos/panic/{r}"), &json!({})).0, 200);
+        assert_eq!(
+            node.post(&format!("/v1/chaos/panic/{r}"), &json!({})).0,
+            200
+        );
     }
     let v = node.wait(&id, Duration::from_secs(20));
     assert_eq!(v["status"], "succeeded", "{v}");
     let h = history(&v);
-    assert_eq!(h.iter().filter(|l| l.contains("task runner crashed")).count(), 2, "{h:?}");
-    assert!(node.log().contains("injected panic in runner"), "the panic went to the log");
+    assert_eq!(
+        h.iter()
+            .filter(|l| l.contains("task runner crashed"))
+            .count(),
+        2,
+        "{h:?}"
+    );
+    assert!(
+        node.log().contains("injected panic in runner"),
+        "the panic went to the log"
+    );
 }
 
 #[test]
 fn instance_dispatcher_and_raft_restarts_keep_work_going() {
     let tmp = tempfile::tempdir().unwrap();
-    let node = TestNode::start(&tmp.path().join("d"), &["--fault-injection", "--kill-grace-s", "1"]);
+    let node = TestNode::start(
+        &tmp.path().join("d"),
+        &["--fault-injection", "--kill-grace-s", "1"],
+    );
     let id = node.submit(
         "name = \"s\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\n[[step]]\nid = \"b\"\nneeds = [\"a\"]\nhandler = \"sleep\"\nwith = { duration = \"400ms\" }\nmap = { range = [0, 3] }\n[[step]]\nid = \"c\"\nneeds = [\"b\"]\nhandler = \"noop\"\n",
     );
-    node.wait_until(&id, Duration::from_secs(10), "b running", |v| step(v, "b")["running"] == 3);
+    node.wait_until(&id, Duration::from_secs(10), "b running", |v| {
+        step(v, "b")["running"] == 3
+    });
     // The workflow's instance: one-for-one restart from its checkpoint.
-    assert_eq!(node.post(&format!("/v1/chaos/panic/{id}"), &json!({})).0, 200);
+    assert_eq!(
+        node.post(&format!("/v1/chaos/panic/{id}"), &json!({})).0,
+        200
+    );
     // The dispatcher: its runners restart with it (rest-for-one) and the node re-registers,
     // requeueing its attempts as attempt + 1.
     std::thread::sleep(Duration::from_millis(100));
@@ -54,8 +88,15 @@ fn instance_dispatcher_and_raft_restarts_keep_work_going() {
     let v = node.wait(&id, Duration::from_secs(20));
     assert_eq!(v["status"], "succeeded", "{v}");
     let h = history(&v);
-    assert!(h.iter().any(|l| l.contains("restarted (epoch 2)") && l.contains("3 attempt(s) requeued")), "{h:?}");
-    assert!(v["checkpoint"]["seq"].as_u64().unwrap() >= 1, "the instance checkpointed: {v}");
+    assert!(
+        h.iter()
+            .any(|l| l.contains("restarted (epoch 2)") && l.contains("3 attempt(s) requeued")),
+        "{h:?}"
+    );
+    assert!(
+        v["checkpoint"]["seq"].as_u64().unwrap() >= 1,
+        "the instance checkpointed: {v}"
+    );
 
     // The raft facade: everything after it restarts; the state is reopened from disk.
     assert_eq!(node.post("/v1/chaos/panic/raft", &json!({})).0, 200);
@@ -63,7 +104,10 @@ fn instance_dispatcher_and_raft_restarts_keep_work_going() {
     let again = node.get(&format!("/v1/workflows/{id}")).1;
     assert_eq!(again["status"], "succeeded", "state survived the restart");
     let id2 = node.submit("name = \"after\"\n[[step]]\nid = \"x\"\nhandler = \"noop\"\n");
-    assert_eq!(node.wait(&id2, Duration::from_secs(20))["status"], "succeeded");
+    assert_eq!(
+        node.wait(&id2, Duration::from_secs(20))["status"],
+        "succeeded"
+    );
 }
 
 #[test]
@@ -78,7 +122,10 @@ fn a_spent_restart_budget_escalates_and_the_node_exits() {
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         std::thread::sleep(Duration::from_millis(50));
-        while node.get("/v1/health").0 != 200 && std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        while node.get("/v1/health").0 != 200
+            && std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -88,11 +135,18 @@ fn a_spent_restart_budget_escalates_and_the_node_exits() {
         if stat.is_empty() || stat.contains(") Z") {
             break;
         }
-        assert!(Instant::now() < deadline, "the node kept running after its root gave up:\n{}", node.log());
+        assert!(
+            Instant::now() < deadline,
+            "the node kept running after its root gave up:\n{}",
+            node.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let log = node.log();
-    assert!(log.contains("failed 6 times") && log.contains("giving up"), "{log}");
+    assert!(
+        log.contains("failed 6 times") && log.contains("giving up"),
+        "{log}"
+    );
     assert!(log.contains("restart budget spent"), "{log}");
     node.kill9();
 }

@@ -16,8 +16,12 @@ pub use tree::{RunningNode, start};
 /// Logs to stderr through `tracing` (`RUST_LOG` filters), and routes panics to it too.
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,raft=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,raft=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
     std::panic::set_hook(Box::new(|info| {
         tracing::error!(panic = %info, "panic (the supervisor decides what restarts)");
     }));

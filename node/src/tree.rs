@@ -28,7 +28,9 @@ use troupe_actors::instance::InstanceArgs;
 use troupe_actors::machine::{EffectSink, Machine};
 use troupe_actors::runner::{RunnerArgs, TaskRunner};
 use troupe_actors::sink::{ActorSink, DISPATCHER_NAME, INSTANCES_NAME, instance_spec};
-use troupe_actors::supervisor::{ChildSpec, Restart, Strategy, Supervisor, SupervisorConfig, SupervisorMsg};
+use troupe_actors::supervisor::{
+    ChildSpec, Restart, Strategy, Supervisor, SupervisorConfig, SupervisorMsg,
+};
 use troupe_raft_log::{EngineConfig, EngineHandle};
 use troupe_scheduler::NodeInfo;
 
@@ -51,18 +53,24 @@ fn spawn_err(e: impl std::fmt::Display) -> SpawnErr {
 
 /// The engine handle and state from the Raft facade.
 async fn raft() -> Result<(EngineHandle<Machine>, Arc<RwLock<Machine>>), SpawnErr> {
-    let facade = registry::where_is(RAFT_NAME).map(ActorRef::<FacadeMsg>::from).ok_or_else(|| spawn_err("the raft facade is not running"))?;
+    let facade = registry::where_is(RAFT_NAME)
+        .map(ActorRef::<FacadeMsg>::from)
+        .ok_or_else(|| spawn_err("the raft facade is not running"))?;
     call_t!(facade, FacadeMsg::Handle, 10_000).map_err(spawn_err)
 }
 
 /// Starts the tree; returns once every actor is up and the API listens.
 pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
     let node = node_id(&cfg).context("cannot read or write the node id")?;
     let live_epoch = Arc::new(AtomicU64::new(0));
     let slot: HandleSlot = Arc::new(Mutex::new(None));
     let bound = Arc::new(Mutex::new(None));
-    let executor: Arc<dyn Executor> = Arc::new(LocalExecutor { data_dir: cfg.data_dir.clone(), kill_grace: cfg.kill_grace });
+    let executor: Arc<dyn Executor> = Arc::new(LocalExecutor {
+        data_dir: cfg.data_dir.clone(),
+        kill_grace: cfg.kill_grace,
+    });
 
     let mut engine_cfg = EngineConfig::new(&cfg.data_dir);
     engine_cfg.fsync = cfg.fsync;
@@ -75,50 +83,113 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     });
     let raft_spec = ChildSpec::new(RAFT_NAME, Restart::Permanent, move |sup: ActorCell| {
         let args = facade_args.clone();
-        async move { RaftFacade::spawn_linked(Some(RAFT_NAME.into()), RaftFacade, args, sup).await.map(|(a, _)| a.get_cell()) }
-    });
-
-    let (inst_node, inst_slot) = (node.clone(), slot.clone());
-    let instances_spec = ChildSpec::new(INSTANCES_NAME, Restart::Permanent, move |sup: ActorCell| {
-        let (node, slot) = (inst_node.clone(), inst_slot.clone());
         async move {
-            let (engine, state) = raft().await?;
-            if let Ok(mut s) = slot.lock() {
-                *s = Some((engine.clone(), state.clone()));
-            }
-            // Rebuild: one instance per workflow that is still running.
-            let running: Vec<u64> = {
-                let m = state.read().map_err(spawn_err)?;
-                m.state.workflows.values().filter(|w| !w.status.is_terminal()).map(|w| w.id).collect()
-            };
-            let children = running
-                .into_iter()
-                .map(|id| instance_spec(InstanceArgs { id, node: node.clone(), engine: engine.clone(), state: state.clone() }))
-                .collect();
-            let cfg = SupervisorConfig { strategy: Strategy::OneForOne, max_restarts: 5, period: Duration::from_secs(10), ..Default::default() };
-            Supervisor::spawn_linked(Some(INSTANCES_NAME.into()), Supervisor, (cfg, children), sup).await.map(|(a, _)| a.get_cell())
+            RaftFacade::spawn_linked(Some(RAFT_NAME.into()), RaftFacade, args, sup)
+                .await
+                .map(|(a, _)| a.get_cell())
         }
     });
 
+    let (inst_node, inst_slot) = (node.clone(), slot.clone());
+    let instances_spec =
+        ChildSpec::new(INSTANCES_NAME, Restart::Permanent, move |sup: ActorCell| {
+            let (node, slot) = (inst_node.clone(), inst_slot.clone());
+            async move {
+                let (engine, state) = raft().await?;
+                if let Ok(mut s) = slot.lock() {
+                    *s = Some((engine.clone(), state.clone()));
+                }
+                // Rebuild: one instance per workflow that is still running.
+                let running: Vec<u64> = {
+                    let m = state.read().map_err(spawn_err)?;
+                    m.state
+                        .workflows
+                        .values()
+                        .filter(|w| !w.status.is_terminal())
+                        .map(|w| w.id)
+                        .collect()
+                };
+                let children = running
+                    .into_iter()
+                    .map(|id| {
+                        instance_spec(InstanceArgs {
+                            id,
+                            node: node.clone(),
+                            engine: engine.clone(),
+                            state: state.clone(),
+                        })
+                    })
+                    .collect();
+                let cfg = SupervisorConfig {
+                    strategy: Strategy::OneForOne,
+                    max_restarts: 5,
+                    period: Duration::from_secs(10),
+                    ..Default::default()
+                };
+                Supervisor::spawn_linked(
+                    Some(INSTANCES_NAME.into()),
+                    Supervisor,
+                    (cfg, children),
+                    sup,
+                )
+                .await
+                .map(|(a, _)| a.get_cell())
+            }
+        });
+
     let runners_spec = runners_spec(&cfg, node.clone(), live_epoch.clone(), executor);
 
-    let (listen, data_dir, api_node, api_bound, fault_injection) = (cfg.listen, cfg.data_dir.clone(), node.clone(), bound.clone(), cfg.fault_injection);
+    let (listen, data_dir, api_node, api_bound, fault_injection) = (
+        cfg.listen,
+        cfg.data_dir.clone(),
+        node.clone(),
+        bound.clone(),
+        cfg.fault_injection,
+    );
     let api_spec = ChildSpec::new(API_NAME, Restart::Permanent, move |sup: ActorCell| {
         let (data_dir, node, bound) = (data_dir.clone(), api_node.clone(), api_bound.clone());
         async move {
             let (engine, state) = raft().await?;
-            let app = AppState { engine, state, data_dir, node, started: std::time::Instant::now(), fault_injection };
-            ApiServer::spawn_linked(Some(API_NAME.into()), ApiServer, ApiArgs { listen, app, bound }, sup).await.map(|(a, _)| a.get_cell())
+            let app = AppState {
+                engine,
+                state,
+                data_dir,
+                node,
+                started: std::time::Instant::now(),
+                fault_injection,
+            };
+            ApiServer::spawn_linked(
+                Some(API_NAME.into()),
+                ApiServer,
+                ApiArgs { listen, app, bound },
+                sup,
+            )
+            .await
+            .map(|(a, _)| a.get_cell())
         }
     });
 
-    let root_cfg = SupervisorConfig { strategy: Strategy::RestForOne, max_restarts: 5, period: Duration::from_secs(30), ..Default::default() };
+    let root_cfg = SupervisorConfig {
+        strategy: Strategy::RestForOne,
+        max_restarts: 5,
+        period: Duration::from_secs(30),
+        ..Default::default()
+    };
     let children = vec![raft_spec, instances_spec, runners_spec, api_spec];
     let (root, join) = Supervisor::spawn(Some(ROOT_NAME.into()), Supervisor, (root_cfg, children))
         .await
         .map_err(|e| anyhow::anyhow!("the node did not start: {e}"))?;
-    let addr = bound.lock().ok().and_then(|b| *b).context("the api did not report its address")?;
-    Ok(RunningNode { root, join, addr, node_id: node })
+    let addr = bound
+        .lock()
+        .ok()
+        .and_then(|b| *b)
+        .context("the api did not report its address")?;
+    Ok(RunningNode {
+        root,
+        join,
+        addr,
+        node_id: node,
+    })
 }
 
 /// The engine handle and state, published by the instance supervisor's start so the engine
@@ -131,18 +202,30 @@ fn sink_factory(node: String, slot: HandleSlot) -> impl Fn() -> Box<dyn EffectSi
         Box::new(ActorSink {
             instance: Box::new(move |id| {
                 let (engine, state) = slot.lock().ok()?.clone()?;
-                Some(InstanceArgs { id, node: node.clone(), engine, state })
+                Some(InstanceArgs {
+                    id,
+                    node: node.clone(),
+                    engine,
+                    state,
+                })
             }),
         }) as Box<dyn EffectSink>
     }
 }
 
-fn runners_spec(cfg: &NodeConfig, node: String, live_epoch: Arc<AtomicU64>, executor: Arc<dyn Executor>) -> ChildSpec {
+fn runners_spec(
+    cfg: &NodeConfig,
+    node: String,
+    live_epoch: Arc<AtomicU64>,
+    executor: Arc<dyn Executor>,
+) -> ChildSpec {
     let info = NodeInfo {
         node,
         slots: cfg.slots,
         queue: cfg.queue,
-        cpu_milli: std::thread::available_parallelism().map(|n| n.get() as u64 * 1000).unwrap_or(1000),
+        cpu_milli: std::thread::available_parallelism()
+            .map(|n| n.get() as u64 * 1000)
+            .unwrap_or(1000),
         memory_bytes: 0,
         gpus: 0,
     };
@@ -152,27 +235,76 @@ fn runners_spec(cfg: &NodeConfig, node: String, live_epoch: Arc<AtomicU64>, exec
         async move {
             let (engine, state) = raft().await?;
             drop(state);
-            let dispatch = ChildSpec::new(DISPATCHER_NAME, Restart::Permanent, move |sup: ActorCell| {
-                let args = DispatchArgs { engine: engine.clone(), node: info.clone(), live_epoch: live_epoch.clone() };
-                async move { Dispatcher::spawn_linked(Some(DISPATCHER_NAME.into()), Dispatcher, args, sup).await.map(|(a, _)| a.get_cell()) }
-            });
+            let dispatch = ChildSpec::new(
+                DISPATCHER_NAME,
+                Restart::Permanent,
+                move |sup: ActorCell| {
+                    let args = DispatchArgs {
+                        engine: engine.clone(),
+                        node: info.clone(),
+                        live_epoch: live_epoch.clone(),
+                    };
+                    async move {
+                        Dispatcher::spawn_linked(
+                            Some(DISPATCHER_NAME.into()),
+                            Dispatcher,
+                            args,
+                            sup,
+                        )
+                        .await
+                        .map(|(a, _)| a.get_cell())
+                    }
+                },
+            );
             let mut runners = Vec::with_capacity(slots);
             for index in 0..slots {
                 let executor = executor.clone();
-                runners.push(ChildSpec::new(format!("troupe.runner.{index}"), Restart::Permanent, move |sup: ActorCell| {
-                    let executor = executor.clone();
-                    async move {
-                        let dispatcher = registry::where_is(DISPATCHER_NAME).map(ActorRef::from).ok_or_else(|| spawn_err("no dispatcher"))?;
-                        let args = RunnerArgs { index, executor, dispatcher };
-                        TaskRunner::spawn_linked(Some(format!("troupe.runner.{index}")), TaskRunner, args, sup).await.map(|(a, _)| a.get_cell())
-                    }
-                }));
+                runners.push(ChildSpec::new(
+                    format!("troupe.runner.{index}"),
+                    Restart::Permanent,
+                    move |sup: ActorCell| {
+                        let executor = executor.clone();
+                        async move {
+                            let dispatcher = registry::where_is(DISPATCHER_NAME)
+                                .map(ActorRef::from)
+                                .ok_or_else(|| spawn_err("no dispatcher"))?;
+                            let args = RunnerArgs {
+                                index,
+                                executor,
+                                dispatcher,
+                            };
+                            TaskRunner::spawn_linked(
+                                Some(format!("troupe.runner.{index}")),
+                                TaskRunner,
+                                args,
+                                sup,
+                            )
+                            .await
+                            .map(|(a, _)| a.get_cell())
+                        }
+                    },
+                ));
             }
             // A runner restarts alone; the dispatcher restarts with all runners (they report to it).
-            let slots_cfg = SupervisorConfig { strategy: Strategy::OneForOne, max_restarts: 10, period: Duration::from_secs(10), ..Default::default() };
-            let children = vec![dispatch, ChildSpec::supervisor(SLOTS_NAME, Restart::Permanent, slots_cfg, runners)];
-            let cfg = SupervisorConfig { strategy: Strategy::RestForOne, max_restarts: 10, period: Duration::from_secs(10), ..Default::default() };
-            Supervisor::spawn_linked(Some(RUNNERS_NAME.into()), Supervisor, (cfg, children), sup).await.map(|(a, _)| a.get_cell())
+            let slots_cfg = SupervisorConfig {
+                strategy: Strategy::OneForOne,
+                max_restarts: 10,
+                period: Duration::from_secs(10),
+                ..Default::default()
+            };
+            let children = vec![
+                dispatch,
+                ChildSpec::supervisor(SLOTS_NAME, Restart::Permanent, slots_cfg, runners),
+            ];
+            let cfg = SupervisorConfig {
+                strategy: Strategy::RestForOne,
+                max_restarts: 10,
+                period: Duration::from_secs(10),
+                ..Default::default()
+            };
+            Supervisor::spawn_linked(Some(RUNNERS_NAME.into()), Supervisor, (cfg, children), sup)
+                .await
+                .map(|(a, _)| a.get_cell())
         }
     })
 }

@@ -37,38 +37,60 @@ impl Node {
         std::fs::create_dir_all(&dir)?;
         let exe = std::env::current_exe()?;
         let mut cmd = Command::new(exe);
-        cmd.args(["dev", "--listen", "127.0.0.1:0", "--data"]).arg(&dir).args(extra);
+        cmd.args(["dev", "--listen", "127.0.0.1:0", "--data"])
+            .arg(&dir)
+            .args(extra);
         if !fsync {
             cmd.arg("--no-fsync");
         }
-        cmd.env("RUST_LOG", "warn").stdout(Stdio::null()).stderr(std::fs::File::create(dir.join("node.log"))?);
+        cmd.env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("node.log"))?);
         let t0 = Instant::now();
         let child = cmd.spawn().context("cannot start troupe dev")?;
         let addr_file = dir.join("api.addr");
         let deadline = Instant::now() + Duration::from_secs(30);
         let addr = loop {
-            if let Ok(a) = std::fs::read_to_string(&addr_file) {
-                if !a.is_empty() {
-                    break a;
-                }
+            if let Ok(a) = std::fs::read_to_string(&addr_file)
+                && !a.is_empty()
+            {
+                break a;
             }
             if Instant::now() > deadline {
-                bail!("the node did not start within 30s; see {}", dir.join("node.log").display());
+                bail!(
+                    "the node did not start within 30s; see {}",
+                    dir.join("node.log").display()
+                );
             }
             std::thread::sleep(Duration::from_millis(1));
         };
-        Ok((Node { child, client: Client::new(&format!("http://{addr}")), dir }, t0))
+        Ok((
+            Node {
+                child,
+                client: Client::new(&format!("http://{addr}")),
+                dir,
+            },
+            t0,
+        ))
     }
 
     fn rss_kb(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|n| n.parse().ok()).unwrap_or(0)
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Submits and waits; returns the seconds from the request to the finished workflow.
     fn run(&self, spec: &str) -> anyhow::Result<f64> {
         let t = Instant::now();
-        let v = self.client.post("/v1/workflows", &json!({ "spec_toml": spec }))?;
+        let v = self
+            .client
+            .post("/v1/workflows", &json!({ "spec_toml": spec }))?;
         let id = v["id"].as_str().context("no id")?.to_string();
         loop {
             let d = self.client.get(&format!("/v1/workflows/{id}?wait=60s"))?;
@@ -118,9 +140,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown cpu".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     format!("{cores} cores, {cpu}")
 }
 
@@ -128,12 +156,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let want = |n: &str| args.only.is_empty() || args.only.iter().any(|o| o == n);
     let fsync = !args.no_fsync;
     let runs = args.runs.max(1);
-    println!("troupe bench — {} — fsync {} — medians of {runs}", machine(), if fsync { "on" } else { "OFF" });
+    println!(
+        "troupe bench — {} — fsync {} — medians of {runs}",
+        machine(),
+        if fsync { "on" } else { "OFF" }
+    );
     println!("{:<58} {:>12} {:>12}  runs", "workload", "median", "figure");
     let report = |name: &str, values: Vec<f64>, unit: &str, figure: &dyn Fn(f64) -> String| {
         let all: Vec<String> = values.iter().map(|v| format!("{v:.3}")).collect();
         let m = median(values);
-        println!("{name:<58} {:>10.3}{unit} {:>12}  [{}]", m, figure(m), all.join(", "));
+        println!(
+            "{name:<58} {:>10.3}{unit} {:>12}  [{}]",
+            m,
+            figure(m),
+            all.join(", ")
+        );
     };
     if want("noop") {
         let mut v = Vec::new();
@@ -141,7 +178,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             let (node, _) = Node::start(&[], fsync)?;
             v.push(node.run(NOOP)?);
         }
-        report("20,000 no-op tasks in one map step, end to end", v, "s", &|s| format!("{:.0} tasks/s", 20_000.0 / s));
+        report(
+            "20,000 no-op tasks in one map step, end to end",
+            v,
+            "s",
+            &|s| format!("{:.0} tasks/s", 20_000.0 / s),
+        );
     }
     if want("dag") {
         let mut v = Vec::new();
@@ -149,7 +191,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             let (node, _) = Node::start(&[], fsync)?;
             v.push(node.run(DAG)?);
         }
-        report("3-stage DAG over 10,000 items (map -> transform -> reduce)", v, "s", &|s| format!("{:.0} tasks/s", 20_001.0 / s));
+        report(
+            "3-stage DAG over 10,000 items (map -> transform -> reduce)",
+            v,
+            "s",
+            &|s| format!("{:.0} tasks/s", 20_001.0 / s),
+        );
     }
     if want("sleep") {
         let mut v = Vec::new();
@@ -157,7 +204,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             let (node, _) = Node::start(&["--slots", "2"], fsync)?;
             v.push(node.run(SLEEP)?);
         }
-        report("1,000 tasks sleeping 10 ms, 2 slots (ideal 5.0 s)", v, "s", &|s| format!("{:.1}% over", (s / 5.0 - 1.0) * 100.0));
+        report(
+            "1,000 tasks sleeping 10 ms, 2 slots (ideal 5.0 s)",
+            v,
+            "s",
+            &|s| format!("{:.1}% over", (s / 5.0 - 1.0) * 100.0),
+        );
     }
     if want("start") {
         let mut v = Vec::new();
@@ -166,7 +218,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             node.run(ONE)?;
             v.push(t0.elapsed().as_secs_f64());
         }
-        report("start of `troupe dev` to first task result", v, "s", &|s| format!("{:.0} ms", s * 1000.0));
+        report("start of `troupe dev` to first task result", v, "s", &|s| {
+            format!("{:.0} ms", s * 1000.0)
+        });
     }
     if want("idle") {
         let mut v = Vec::new();
@@ -176,7 +230,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             std::thread::sleep(Duration::from_secs(3));
             v.push(node.rss_kb() as f64 / 1024.0);
         }
-        report("idle memory (RSS) of a node, 3 s after its first task", v, "MB", &|m| format!("{m:.1} MB"));
+        report(
+            "idle memory (RSS) of a node, 3 s after its first task",
+            v,
+            "MB",
+            &|m| format!("{m:.1} MB"),
+        );
     }
     Ok(())
 }

@@ -29,14 +29,21 @@ impl Client {
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(660)))
             .build();
-        Client { base: base.trim_end_matches('/').to_string(), agent: config.into() }
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            agent: config.into(),
+        }
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    fn finish(&self, what: &str, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyhow::Result<Value> {
+    fn finish(
+        &self,
+        what: &str,
+        r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> anyhow::Result<Value> {
         let mut r = r.with_context(|| format!("cannot reach the troupe API at {} ({what}); is `troupe dev` running? (--api / TROUPE_API)", self.base))?;
         let status = r.status().as_u16();
         let text = r.body_mut().read_to_string().unwrap_or_default();
@@ -44,7 +51,11 @@ impl Client {
         if (200..300).contains(&status) {
             return Ok(value);
         }
-        let message = value.get("error").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| value.to_string());
+        let message = value
+            .get("error")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| value.to_string());
         Err(ApiError { status, message }.into())
     }
 
@@ -57,12 +68,20 @@ impl Client {
     }
 
     pub fn text(&self, path: &str) -> anyhow::Result<String> {
-        let mut r = self.agent.get(&self.url(path)).call().with_context(|| format!("cannot reach the troupe API at {}", self.base))?;
+        let mut r = self
+            .agent
+            .get(&self.url(path))
+            .call()
+            .with_context(|| format!("cannot reach the troupe API at {}", self.base))?;
         let status = r.status().as_u16();
         let text = r.body_mut().read_to_string().unwrap_or_default();
         if !(200..300).contains(&status) {
             let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-            let message = v.get("error").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| v.to_string());
+            let message = v
+                .get("error")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string());
             bail!(ApiError { status, message });
         }
         Ok(text)

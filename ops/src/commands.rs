@@ -21,7 +21,10 @@ impl std::error::Error for Exit {}
 
 pub fn dev(args: DevArgs) -> anyhow::Result<()> {
     troupe_node::init_tracing();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let mut cfg = NodeConfig::dev(&args.data);
         cfg.listen = args.listen;
@@ -67,7 +70,12 @@ async fn shutdown_signal() {
 pub(crate) fn client_command(api: &str, as_json: bool, cmd: Cmd) -> anyhow::Result<()> {
     let client = Client::new(api);
     match cmd {
-        Cmd::Submit { file, params, idempotency_key, wait } => submit(&client, as_json, &file, &params, idempotency_key, wait),
+        Cmd::Submit {
+            file,
+            params,
+            idempotency_key,
+            wait,
+        } => submit(&client, as_json, &file, &params, idempotency_key, wait),
         Cmd::Status { id: Some(id), .. } => {
             let v = client.get(&format!("/v1/workflows/{id}"))?;
             if as_json {
@@ -84,17 +92,34 @@ pub(crate) fn client_command(api: &str, as_json: bool, cmd: Cmd) -> anyhow::Resu
                 print_json(&v);
                 return Ok(());
             }
-            println!("{:<10} {:<24} {:<10} {:>7}  REASON", "ID", "NAME", "STATUS", "STEPS");
+            println!(
+                "{:<10} {:<24} {:<10} {:>7}  REASON",
+                "ID", "NAME", "STATUS", "STEPS"
+            );
             for w in v["workflows"].as_array().into_iter().flatten() {
                 println!(
                     "{:<10} {:<24} {:<10} {:>3}/{:<3}  {}",
-                    s(&w["id"]), s(&w["name"]), status_of(w), w["steps_finished"], w["steps"], w["reason"].as_str().unwrap_or("")
+                    s(&w["id"]),
+                    s(&w["name"]),
+                    status_of(w),
+                    w["steps_finished"],
+                    w["steps"],
+                    w["reason"].as_str().unwrap_or("")
                 );
             }
             Ok(())
         }
-        Cmd::Logs { id, step, item, attempt, stderr } => {
-            let mut q = format!("step={step}&stream={}", if stderr { "stderr" } else { "stdout" });
+        Cmd::Logs {
+            id,
+            step,
+            item,
+            attempt,
+            stderr,
+        } => {
+            let mut q = format!(
+                "step={step}&stream={}",
+                if stderr { "stderr" } else { "stdout" }
+            );
             if let Some(i) = item {
                 q.push_str(&format!("&item={i}"));
             }
@@ -108,12 +133,20 @@ pub(crate) fn client_command(api: &str, as_json: bool, cmd: Cmd) -> anyhow::Resu
         Cmd::Pause { id } => control(&client, as_json, &id, "pause"),
         Cmd::Resume { id } => control(&client, as_json, &id, "resume"),
         Cmd::Retry { id } => control(&client, as_json, &id, "retry"),
-        Cmd::Dlq { cmd: Some(DlqCmd::Redrive { id }) } => {
+        Cmd::Dlq {
+            cmd: Some(DlqCmd::Redrive { id }),
+        } => {
             let v = client.post(&format!("/v1/dlq/{id}/redrive"), &json!({}))?;
-            if as_json { print_json(&v) } else { println!("dead letter {id} redriven") }
+            if as_json {
+                print_json(&v)
+            } else {
+                println!("dead letter {id} redriven")
+            }
             Ok(())
         }
-        Cmd::Dlq { cmd: None | Some(DlqCmd::List) } => {
+        Cmd::Dlq {
+            cmd: None | Some(DlqCmd::List),
+        } => {
             let v = client.get("/v1/dlq")?;
             if as_json {
                 print_json(&v);
@@ -126,7 +159,13 @@ pub(crate) fn client_command(api: &str, as_json: bool, cmd: Cmd) -> anyhow::Resu
             for d in list {
                 println!(
                     "#{:<4} {} step {} item {} after {} attempt(s): {}\n      log: {}.err",
-                    d["id"], s(&d["workflow"]), s(&d["step"]), d["item"], d["attempts"], s(&d["last_error"]), s(&d["log"])
+                    d["id"],
+                    s(&d["workflow"]),
+                    s(&d["step"]),
+                    d["item"],
+                    d["attempts"],
+                    s(&d["last_error"]),
+                    s(&d["log"])
                 );
             }
             Ok(())
@@ -136,12 +175,18 @@ pub(crate) fn client_command(api: &str, as_json: bool, cmd: Cmd) -> anyhow::Resu
 }
 
 fn s(v: &Value) -> String {
-    v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())
+    v.as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| v.to_string())
 }
 
 fn status_of(w: &Value) -> String {
     let st = s(&w["status"]);
-    if w["paused"].as_bool() == Some(true) { format!("{st}*") } else { st }
+    if w["paused"].as_bool() == Some(true) {
+        format!("{st}*")
+    } else {
+        st
+    }
 }
 
 pub fn print_json(v: &Value) {
@@ -150,7 +195,11 @@ pub fn print_json(v: &Value) {
 
 fn control(client: &Client, as_json: bool, id: &str, action: &str) -> anyhow::Result<()> {
     let v = client.post(&format!("/v1/workflows/{id}/{action}"), &json!({}))?;
-    if as_json { print_json(&v) } else { println!("{id}: {action} ok") }
+    if as_json {
+        print_json(&v)
+    } else {
+        println!("{id}: {action} ok")
+    }
     Ok(())
 }
 
@@ -159,21 +208,36 @@ fn parse_params(params: &[String]) -> anyhow::Result<BTreeMap<String, Value>> {
     params
         .iter()
         .map(|p| {
-            let (k, v) = p.split_once('=').with_context(|| format!("--param {p:?}: write NAME=VALUE"))?;
+            let (k, v) = p
+                .split_once('=')
+                .with_context(|| format!("--param {p:?}: write NAME=VALUE"))?;
             let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
             Ok((k.to_string(), value))
         })
         .collect()
 }
 
-pub fn submit(client: &Client, as_json: bool, file: &Path, params: &[String], key: Option<String>, wait: bool) -> anyhow::Result<()> {
+pub fn submit(
+    client: &Client,
+    as_json: bool,
+    file: &Path,
+    params: &[String],
+    key: Option<String>,
+    wait: bool,
+) -> anyhow::Result<()> {
     // Validate here first: errors name this file and its lines.
     let (raw, _) = troupe_scheduler::spec::load_file(file).map_err(|e| anyhow::anyhow!("{e}"))?;
     let body = json!({ "spec": raw, "params": parse_params(params)?, "idempotency_key": key });
     let v = client.post("/v1/workflows", &body)?;
     let id = s(&v["id"]);
     if !wait {
-        if as_json { print_json(&v) } else if v["created"] == json!(false) { println!("{id} (already submitted with this idempotency key)") } else { println!("{id}") }
+        if as_json {
+            print_json(&v)
+        } else if v["created"] == json!(false) {
+            println!("{id} (already submitted with this idempotency key)")
+        } else {
+            println!("{id}")
+        }
         return Ok(());
     }
     let detail = crate::progress::follow(client, &id, as_json)?;

@@ -11,10 +11,19 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "troupe", version, about = "Troupe: a self-healing scheduler for AI workflows")]
+#[command(
+    name = "troupe",
+    version,
+    about = "Troupe: a self-healing scheduler for AI workflows"
+)]
 struct Cli {
     /// API of the node to talk to.
-    #[arg(long, global = true, env = "TROUPE_API", default_value = "http://127.0.0.1:7070")]
+    #[arg(
+        long,
+        global = true,
+        env = "TROUPE_API",
+        default_value = "http://127.0.0.1:7070"
+    )]
     api: String,
     /// Print JSON instead of text (for scripts).
     #[arg(long, global = true)]

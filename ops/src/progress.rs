@@ -7,7 +7,11 @@ use std::time::Duration;
 
 /// Polls the workflow until it finishes, drawing a bar per step; returns the final detail.
 pub fn follow(client: &Client, id: &str, as_json: bool) -> anyhow::Result<Value> {
-    let multi = MultiProgress::with_draw_target(if as_json { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() });
+    let multi = MultiProgress::with_draw_target(if as_json {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    });
     let style = ProgressStyle::with_template("{prefix:>16} [{bar:30}] {pos:>6}/{len:<6} {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
@@ -21,7 +25,9 @@ pub fn follow(client: &Client, id: &str, as_json: bool) -> anyhow::Result<Value>
                 b.set_prefix(st["id"].as_str().unwrap_or("?").to_string());
                 bars.push(b);
             }
-            let done = st["succeeded"].as_u64().unwrap_or(0) + st["failed"].as_u64().unwrap_or(0) + st["dead_lettered"].as_u64().unwrap_or(0);
+            let done = st["succeeded"].as_u64().unwrap_or(0)
+                + st["failed"].as_u64().unwrap_or(0)
+                + st["dead_lettered"].as_u64().unwrap_or(0);
             bars[i].set_length(st["items"].as_u64().unwrap_or(0).max(done));
             bars[i].set_position(done);
             let mut msg = st["status"].as_str().unwrap_or("").to_string();
@@ -47,10 +53,18 @@ pub fn follow(client: &Client, id: &str, as_json: bool) -> anyhow::Result<Value>
 
 pub fn print_detail(v: &Value) {
     let took = match (v["submitted_ms"].as_u64(), v["finished_ms"].as_u64()) {
-        (Some(a), Some(b)) => format!(" in {}", troupe_scheduler::units::format_ms(b.saturating_sub(a))),
+        (Some(a), Some(b)) => format!(
+            " in {}",
+            troupe_scheduler::units::format_ms(b.saturating_sub(a))
+        ),
         _ => String::new(),
     };
-    println!("{} {}: {}{took}", v["id"].as_str().unwrap_or("?"), v["name"].as_str().unwrap_or(""), v["status"].as_str().unwrap_or("?"));
+    println!(
+        "{} {}: {}{took}",
+        v["id"].as_str().unwrap_or("?"),
+        v["name"].as_str().unwrap_or(""),
+        v["status"].as_str().unwrap_or("?")
+    );
     if let Some(r) = v["reason"].as_str() {
         println!("  reason: {r}");
     }
@@ -62,7 +76,12 @@ pub fn print_detail(v: &Value) {
             st["succeeded"],
             st["items"]
         );
-        for (k, label) in [("failed", "failed"), ("dead_lettered", "dead-lettered"), ("running", "running"), ("waiting_retry", "waiting to retry")] {
+        for (k, label) in [
+            ("failed", "failed"),
+            ("dead_lettered", "dead-lettered"),
+            ("running", "running"),
+            ("waiting_retry", "waiting to retry"),
+        ] {
             if st[k].as_u64().unwrap_or(0) > 0 {
                 line.push_str(&format!(", {} {label}", st[k]));
             }

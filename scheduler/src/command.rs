@@ -27,7 +27,11 @@ pub enum Command {
     /// Re-run a dead-lettered task.
     Redrive(u64),
     /// The owner's instance actor records what it has seen (`seq` only grows).
-    Checkpoint { wf: WorkflowId, seq: u64, owner: String },
+    Checkpoint {
+        wf: WorkflowId,
+        seq: u64,
+        owner: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,11 +86,17 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Output {
     Done,
-    Submitted { id: WorkflowId, created: bool },
+    Submitted {
+        id: WorkflowId,
+        created: bool,
+    },
     /// The command was refused; the text says why and what to do.
     Rejected(String),
     /// For batches: how many items were accepted and how many refused (stale or invalid).
-    Counted { accepted: u32, refused: u32 },
+    Counted {
+        accepted: u32,
+        refused: u32,
+    },
 }
 
 /// What the node has to do after an apply. Not replicated.
@@ -95,7 +105,11 @@ pub enum Effect {
     /// Start an attempt (only the node named in it acts).
     Run(Box<RunSpec>),
     /// Stop an attempt that is no longer wanted (cancel, timeout, workflow failed).
-    Kill { task: TaskRef, attempt: u32, node: String },
+    Kill {
+        task: TaskRef,
+        attempt: u32,
+        node: String,
+    },
     Created(WorkflowId),
     Changed(WorkflowId),
     Finished(WorkflowId),
@@ -120,6 +134,12 @@ pub struct RunSpec {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Launch {
-    Process { argv: Vec<String>, env: Vec<(String, String)> },
-    Builtin { handler: Builtin, with: Json },
+    Process {
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+    },
+    Builtin {
+        handler: Builtin,
+        with: Json,
+    },
 }

@@ -17,7 +17,9 @@ pub fn compile(expr: &str) -> Result<Program, String> {
     match catch_unwind(AssertUnwindSafe(|| Program::compile(expr))) {
         Ok(Ok(p)) => Ok(p),
         Ok(Err(e)) => Err(format!("invalid CEL expression {expr:?}: {e}")),
-        Err(_) => Err(format!("invalid CEL expression {expr:?}: the parser gave up")),
+        Err(_) => Err(format!(
+            "invalid CEL expression {expr:?}: the parser gave up"
+        )),
     }
 }
 
@@ -78,19 +80,36 @@ mod tests {
     #[test]
     fn evaluates_over_steps_and_outputs() {
         let steps = json!({"classify": {"status": "succeeded", "output": {"class": "invoice"}, "succeeded": 1}});
-        assert!(eval_bool("steps.classify.output.class == 'invoice'", &[("steps", &steps)]).unwrap());
+        assert!(
+            eval_bool(
+                "steps.classify.output.class == 'invoice'",
+                &[("steps", &steps)]
+            )
+            .unwrap()
+        );
         assert!(eval_bool("steps.classify.succeeded > 0", &[("steps", &steps)]).unwrap());
         let out = json!({"quality": 0.85});
         assert!(eval_bool("output.quality >= 0.8", &[("output", &out)]).unwrap());
         assert!(eval_bool("steps.classify.output.nope == 1", &[("steps", &steps)]).is_err());
-        assert!(eval_bool("1 + 1", &[]).unwrap_err().contains("not true or false"));
+        assert!(
+            eval_bool("1 + 1", &[])
+                .unwrap_err()
+                .contains("not true or false")
+        );
     }
 
     #[test]
     fn bad_expressions_are_errors_not_panics() {
         for bad in ["steps.x ==", "((", "'unterminated", "a.b.c(", "}{", ""] {
-            assert!(compile(bad).is_err() || check(bad, &["steps"]).is_err(), "{bad}");
+            assert!(
+                compile(bad).is_err() || check(bad, &["steps"]).is_err(),
+                "{bad}"
+            );
         }
-        assert!(check("params.x > 1", &["steps"]).unwrap_err().contains("`params` is not defined"));
+        assert!(
+            check("params.x > 1", &["steps"])
+                .unwrap_err()
+                .contains("`params` is not defined")
+        );
     }
 }

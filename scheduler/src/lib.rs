@@ -27,7 +27,10 @@ pub mod state;
 pub mod units;
 pub mod views;
 
-pub use command::{Assignment, AttemptRef, Command, Effect, Launch, NodeInfo, Outcome, Output, Report, RunSpec, Submission};
+pub use command::{
+    Assignment, AttemptRef, Command, Effect, Launch, NodeInfo, Outcome, Output, Report, RunSpec,
+    Submission,
+};
 pub use json::Json;
 pub use plan::Planner;
 pub use state::{State, TaskRef, WorkflowId};

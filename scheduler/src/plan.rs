@@ -60,10 +60,17 @@ impl Planner {
                 .get(&r.wf)
                 .and_then(|wf| wf.steps.get(r.step as usize))
                 .and_then(|run| run.tasks.get(&r.item))
-                .is_some_and(|t| t.attempt == *attempt && matches!(t.state, TaskState::Queued | TaskState::Waiting { .. }))
+                .is_some_and(|t| {
+                    t.attempt == *attempt
+                        && matches!(t.state, TaskState::Queued | TaskState::Waiting { .. })
+                })
         });
-        self.pending_timeouts
-            .retain(|wf| state.workflows.get(wf).is_some_and(|w| !w.status.is_terminal()));
+        self.pending_timeouts.retain(|wf| {
+            state
+                .workflows
+                .get(wf)
+                .is_some_and(|w| !w.status.is_terminal())
+        });
     }
 
     fn place(&mut self, state: &State, now_ms: u64) -> Vec<Assignment> {
@@ -73,7 +80,13 @@ impl Planner {
             .nodes
             .values()
             .filter(|n| n.status == NodeStatus::Up)
-            .map(|n| (n.id.clone(), n.epoch, (n.slots + n.queue) as i64 - n.assigned as i64))
+            .map(|n| {
+                (
+                    n.id.clone(),
+                    n.epoch,
+                    (n.slots + n.queue) as i64 - n.assigned as i64,
+                )
+            })
             .collect();
         for (_, node) in self.pending.values() {
             if let Some(c) = credits.iter_mut().find(|c| &c.0 == node) {
@@ -85,7 +98,12 @@ impl Planner {
         if free <= 0 {
             return out;
         }
-        let due = state.sched.delayed.iter().take_while(|(d, _)| *d <= now_ms).map(|(_, r)| r);
+        let due = state
+            .sched
+            .delayed
+            .iter()
+            .take_while(|(d, _)| *d <= now_ms)
+            .map(|(_, r)| r);
         for r in due.chain(state.sched.queue.iter()) {
             if free <= 0 || out.len() >= ASSIGN_BATCH_MAX {
                 break;
@@ -93,15 +111,26 @@ impl Planner {
             if self.pending.contains_key(r) {
                 continue;
             }
-            let Some(task) = state.workflows.get(&r.wf).and_then(|w| w.steps[r.step as usize].tasks.get(&r.item)) else {
+            let Some(task) = state
+                .workflows
+                .get(&r.wf)
+                .and_then(|w| w.steps[r.step as usize].tasks.get(&r.item))
+            else {
                 continue;
             };
             // Spread: the node with the most free credits (bin-packing by resources comes with placement).
-            let Some(best) = credits.iter_mut().filter(|c| c.2 > 0).max_by_key(|c| c.2) else { break };
+            let Some(best) = credits.iter_mut().filter(|c| c.2 > 0).max_by_key(|c| c.2) else {
+                break;
+            };
             best.2 -= 1;
             free -= 1;
             self.pending.insert(*r, (task.attempt, best.0.clone()));
-            out.push(Assignment { task: *r, attempt: task.attempt, node: best.0.clone(), epoch: best.1 });
+            out.push(Assignment {
+                task: *r,
+                attempt: task.attempt,
+                node: best.0.clone(),
+                epoch: best.1,
+            });
         }
         out
     }

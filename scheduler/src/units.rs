@@ -106,7 +106,11 @@ mod tests {
         assert_eq!(parse_duration_ms("10s").unwrap(), 10_000);
         assert_eq!(parse_duration_ms("1h30m").unwrap(), 5_400_000);
         assert_eq!(parse_duration_ms("1.5s").unwrap(), 1_500);
-        assert!(parse_duration_ms("10").unwrap_err().contains("missing unit"));
+        assert!(
+            parse_duration_ms("10")
+                .unwrap_err()
+                .contains("missing unit")
+        );
         assert!(parse_duration_ms("10 parsecs").is_err());
         assert!(parse_duration_ms("").is_err());
         assert!(parse_duration_ms("abc").is_err());

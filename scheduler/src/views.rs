@@ -82,7 +82,9 @@ pub fn detail(wf: &Workflow) -> WorkflowDetail {
         .iter()
         .zip(&wf.spec.steps)
         .map(|(run, spec)| {
-            let count = |f: fn(&TaskState) -> bool| run.tasks.values().filter(|t| f(&t.state)).count() as u32;
+            let count = |f: fn(&TaskState) -> bool| {
+                run.tasks.values().filter(|t| f(&t.state)).count() as u32
+            };
             StepView {
                 id: spec.id.clone(),
                 status: run.status.name().into(),
@@ -90,14 +92,21 @@ pub fn detail(wf: &Workflow) -> WorkflowDetail {
                 succeeded: run.succeeded,
                 failed: run.failed,
                 dead_lettered: run.dead_lettered,
-                running: count(|s| matches!(s, TaskState::Assigned { .. } | TaskState::Running { .. })),
-                queued: count(|s| matches!(s, TaskState::Queued)) + run.total.saturating_sub(run.next_item),
+                running: count(|s| {
+                    matches!(s, TaskState::Assigned { .. } | TaskState::Running { .. })
+                }),
+                queued: count(|s| matches!(s, TaskState::Queued))
+                    + run.total.saturating_sub(run.next_item),
                 waiting_retry: count(|s| matches!(s, TaskState::Waiting { .. })),
                 iteration: run.iteration,
                 error: run.error.clone(),
                 started_ms: run.started_ms,
                 finished_ms: run.finished_ms,
-                output: if spec.map.is_none() { run.outputs.get(&0).map(Json::value) } else { None },
+                output: if spec.map.is_none() {
+                    run.outputs.get(&0).map(Json::value)
+                } else {
+                    None
+                },
             }
         })
         .collect();
@@ -105,7 +114,11 @@ pub fn detail(wf: &Workflow) -> WorkflowDetail {
         summary: summary(wf),
         description: wf.spec.description.clone(),
         idempotency_key: wf.idempotency_key.clone(),
-        params: wf.params.iter().map(|(k, v)| (k.clone(), v.value())).collect(),
+        params: wf
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value()))
+            .collect(),
         deadline_ms: wf.deadline_ms,
         step_runs,
         checkpoint: wf.checkpoint.clone(),

@@ -35,7 +35,10 @@ fn dag_runs_to_the_end_with_lazy_windows() {
     assert_eq!(wf.status, WfStatus::Succeeded, "{:?}", wf.history);
     assert_eq!(wf.steps[0].succeeded, 50);
     assert_eq!(wf.steps[1].succeeded, 50);
-    assert_eq!(wf.steps[1].outputs[&7].value(), serde_json::json!({"v": "7"}));
+    assert_eq!(
+        wf.steps[1].outputs[&7].value(),
+        serde_json::json!({"v": "7"})
+    );
     assert_eq!(wf.steps[2].succeeded, 1);
     // every task ran exactly once
     assert_eq!(sim.ran.len(), 101);
@@ -44,31 +47,45 @@ fn dag_runs_to_the_end_with_lazy_windows() {
 #[test]
 fn retries_wait_for_backoff_then_succeed() {
     let mut sim = Sim::new(2);
-    let id = sim.submit_toml(r#"
+    let id = sim.submit_toml(
+        r#"
 name = "r"
 [[step]]
 id = "flaky"
 handler = "fail"
 with = { attempts = 2 }
 retries = { attempts = 3, initial = "1s", max = "10s", jitter = false }
-"#);
+"#,
+    );
     sim.place();
     sim.finish_all(&builtin);
     let task = &sim.wf(id).steps[0].tasks[&0];
-    assert_eq!(task.state, TaskState::Waiting { due_ms: sim.now + 1_000 });
+    assert_eq!(
+        task.state,
+        TaskState::Waiting {
+            due_ms: sim.now + 1_000
+        }
+    );
     assert_eq!(task.attempt, 2);
     sim.place();
-    assert!(sim.running.is_empty(), "must not place before the backoff passes");
+    assert!(
+        sim.running.is_empty(),
+        "must not place before the backoff passes"
+    );
     sim.run(&builtin);
     let wf = sim.wf(id);
     assert_eq!(wf.status, WfStatus::Succeeded);
-    assert_eq!(sim.ran.iter().map(|r| r.1).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        sim.ran.iter().map(|r| r.1).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
 }
 
 #[test]
 fn exhausted_retries_fail_the_workflow_and_cancel_the_rest() {
     let mut sim = Sim::new(4);
-    let id = sim.submit_toml(r#"
+    let id = sim.submit_toml(
+        r#"
 name = "f"
 [[step]]
 id = "a"
@@ -82,12 +99,23 @@ with = { duration = "1h" }
 id = "after"
 needs = ["a"]
 handler = "noop"
-"#);
+"#,
+    );
     sim.place();
     // fail "a" twice; "slow" keeps running
-    let fail_a = |r: &RunSpec| if r.step_id == "a" { Outcome::Failed { error: "boom".into() } } else { unreachable!() };
+    let fail_a = |r: &RunSpec| {
+        if r.step_id == "a" {
+            Outcome::Failed {
+                error: "boom".into(),
+            }
+        } else {
+            unreachable!()
+        }
+    };
     for _ in 0..2 {
-        let (a, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut sim.running).into_iter().partition(|r| r.step_id == "a");
+        let (a, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut sim.running)
+            .into_iter()
+            .partition(|r| r.step_id == "a");
         sim.running = a;
         sim.finish_all(&fail_a);
         sim.running.extend(rest);
@@ -96,7 +124,11 @@ handler = "noop"
     }
     let wf = sim.wf(id);
     assert_eq!(wf.status, WfStatus::Failed);
-    assert!(wf.reason.as_deref().unwrap().contains("step \"a\" failed"), "{:?}", wf.reason);
+    assert!(
+        wf.reason.as_deref().unwrap().contains("step \"a\" failed"),
+        "{:?}",
+        wf.reason
+    );
     assert_eq!(wf.steps[2].status, StepStatus::Cancelled);
     assert_eq!(sim.killed.len(), 1, "the running sleep is stopped");
     assert_eq!(sim.state.sched.nodes["n1"].assigned, 0);
@@ -105,16 +137,20 @@ handler = "noop"
 #[test]
 fn dead_letter_keeps_the_step_going_and_redrive_reruns() {
     let mut sim = Sim::new(4);
-    let id = sim.submit_toml(r#"
+    let id = sim.submit_toml(
+        r#"
 name = "d"
 [[step]]
 id = "score"
 handler = "echo"
 map = { items = [1, 2, 3] }
 on_failure = "dead-letter"
-"#);
+"#,
+    );
     let fail_two = |r: &RunSpec| match r.item.as_ref().map(|i| i.0.as_str()) {
-        Some("2") => Outcome::Failed { error: "bad item".into() },
+        Some("2") => Outcome::Failed {
+            error: "bad item".into(),
+        },
         _ => Outcome::Succeeded { output: None },
     };
     sim.run(&fail_two);
@@ -137,7 +173,8 @@ on_failure = "dead-letter"
 #[test]
 fn optional_failure_degrades_and_branches_follow_conditions() {
     let mut sim = Sim::new(4);
-    let id = sim.submit_toml(r#"
+    let id = sim.submit_toml(
+        r#"
 name = "doc"
 [[step]]
 id = "classify"
@@ -162,27 +199,41 @@ handler = "fail"
 id = "report"
 needs = ["invoice", "receipt", "enrich"]
 handler = "noop"
-"#);
+"#,
+    );
     sim.run(&builtin);
     let wf = sim.wf(id);
     let st: Vec<_> = wf.steps.iter().map(|s| s.status).collect();
-    assert_eq!(st, vec![StepStatus::Succeeded, StepStatus::Succeeded, StepStatus::Skipped, StepStatus::Failed, StepStatus::Succeeded]);
+    assert_eq!(
+        st,
+        vec![
+            StepStatus::Succeeded,
+            StepStatus::Succeeded,
+            StepStatus::Skipped,
+            StepStatus::Failed,
+            StepStatus::Succeeded
+        ]
+    );
     assert_eq!(wf.status, WfStatus::Degraded);
 }
 
 #[test]
 fn refinement_loop_repeats_until_the_condition_holds() {
     let mut sim = Sim::new(1);
-    let id = sim.submit_toml(r#"
+    let id = sim.submit_toml(
+        r#"
 name = "loop"
 [[step]]
 id = "refine"
 handler = "echo"
 loop = { until = "output.quality >= 0.8", max_iterations = 5 }
-"#);
+"#,
+    );
     let by_iteration = |r: &RunSpec| {
         let q = [0.0, 0.3, 0.6, 0.9, 1.0][r.iteration as usize];
-        Outcome::Succeeded { output: Some(Json(format!("{{\"quality\": {q}}}"))) }
+        Outcome::Succeeded {
+            output: Some(Json(format!("{{\"quality\": {q}}}"))),
+        }
     };
     sim.run(&by_iteration);
     let wf = sim.wf(id);
@@ -199,11 +250,31 @@ fn stale_reports_are_refused_and_restart_requeues_as_next_attempt() {
     let old = sim.running.clone();
     assert_eq!(old.len(), 1);
     // the node restarts: its epoch moves on and the attempt is requeued as attempt 2
-    sim.apply(Command::RegisterNode(NodeInfo { node: "n1".into(), slots: 2, queue: 2, cpu_milli: 1, memory_bytes: 1, gpus: 0 }));
+    sim.apply(Command::RegisterNode(NodeInfo {
+        node: "n1".into(),
+        slots: 2,
+        queue: 2,
+        cpu_milli: 1,
+        memory_bytes: 1,
+        gpus: 0,
+    }));
     assert_eq!(sim.wf(id).steps[0].tasks[&0].attempt, 2);
     // the old attempt's late result is fenced off
-    let late = Report { at: AttemptRef { task: old[0].task, attempt: 1, epoch: 1 }, outcome: Outcome::Succeeded { output: None } };
-    assert_eq!(sim.apply(Command::Finished(vec![late])), Output::Counted { accepted: 0, refused: 1 });
+    let late = Report {
+        at: AttemptRef {
+            task: old[0].task,
+            attempt: 1,
+            epoch: 1,
+        },
+        outcome: Outcome::Succeeded { output: None },
+    };
+    assert_eq!(
+        sim.apply(Command::Finished(vec![late])),
+        Output::Counted {
+            accepted: 0,
+            refused: 1
+        }
+    );
     sim.running.clear();
     sim.run(&builtin);
     assert_eq!(sim.wf(id).status, WfStatus::Succeeded);
@@ -225,7 +296,8 @@ fn idempotency_key_returns_the_same_workflow_or_refuses_a_different_spec() {
 #[test]
 fn cancel_pause_resume_and_retry_from_failure() {
     let mut sim = Sim::new(2);
-    let id = sim.submit_toml(r#"
+    let id = sim.submit_toml(
+        r#"
 name = "m"
 [[step]]
 id = "work"
@@ -237,7 +309,8 @@ id = "last"
 needs = ["work"]
 handler = "fail"
 with = { attempts = 1 }
-"#);
+"#,
+    );
     assert_eq!(sim.apply(Command::Pause(id)), Output::Done);
     sim.place();
     assert!(sim.running.is_empty(), "paused: nothing starts");
@@ -254,12 +327,17 @@ with = { attempts = 1 }
     assert_eq!(sim.ran.len(), ran_before + 1);
     assert_eq!(sim.ran.last().unwrap().1, 2);
     // cancel
-    let id2 = sim.submit_toml("name = \"c\"\n[[step]]\nid = \"a\"\nhandler = \"sleep\"\nwith = { duration = \"1h\" }\n");
+    let id2 = sim.submit_toml(
+        "name = \"c\"\n[[step]]\nid = \"a\"\nhandler = \"sleep\"\nwith = { duration = \"1h\" }\n",
+    );
     sim.place();
     assert_eq!(sim.apply(Command::Cancel(id2)), Output::Done);
     assert_eq!(sim.wf(id2).status, WfStatus::Cancelled);
     assert_eq!(sim.killed.len(), 1);
-    assert!(matches!(sim.apply(Command::Cancel(id2)), Output::Rejected(_)));
+    assert!(matches!(
+        sim.apply(Command::Cancel(id2)),
+        Output::Rejected(_)
+    ));
 }
 
 #[test]
@@ -282,14 +360,16 @@ fn snapshot_roundtrip_is_identical() {
     sim.submit_toml(DAG);
     sim.place();
     let bytes = bincode::serde::encode_to_vec(&sim.state, bincode::config::standard()).unwrap();
-    let (back, _): (State, usize) = bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
+    let (back, _): (State, usize) =
+        bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
     assert_eq!(back, sim.state);
 }
 
 #[test]
 fn map_over_a_non_array_fails_the_step_clearly() {
     let mut sim = Sim::new(1);
-    let id = sim.submit_toml(r#"
+    let id = sim.submit_toml(
+        r#"
 name = "o"
 [[step]]
 id = "list"
@@ -300,20 +380,33 @@ id = "each"
 needs = ["list"]
 handler = "noop"
 map = { over = "steps.list.output" }
-"#);
+"#,
+    );
     sim.run(&builtin);
     let wf = sim.wf(id);
     assert_eq!(wf.status, WfStatus::Failed);
-    assert!(wf.steps[1].error.as_deref().unwrap().contains("is an object, not a JSON array"));
+    assert!(
+        wf.steps[1]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("is an object, not a JSON array")
+    );
 }
 
 #[test]
 fn oversized_output_fails_the_attempt() {
     let mut sim = Sim::new(1);
     let id = sim.submit_toml("name = \"o\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\n");
-    let big = |_: &RunSpec| Outcome::Succeeded { output: Some(Json(format!("\"{}\"", "x".repeat(70_000)))) };
+    let big = |_: &RunSpec| Outcome::Succeeded {
+        output: Some(Json(format!("\"{}\"", "x".repeat(70_000)))),
+    };
     sim.run(&big);
     let wf = sim.wf(id);
     assert_eq!(wf.status, WfStatus::Failed);
-    assert!(wf.reason.as_deref().unwrap().contains("the limit is 65536"), "{:?}", wf.reason);
+    assert!(
+        wf.reason.as_deref().unwrap().contains("the limit is 65536"),
+        "{:?}",
+        wf.reason
+    );
 }

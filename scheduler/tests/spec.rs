@@ -18,32 +18,54 @@ fn unknown_field_points_at_the_line() {
 
 #[test]
 fn bad_duration_and_size_point_at_the_field() {
-    let e = error_of("name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\ntimeout = \"10 parsecs\"\n");
+    let e = error_of(
+        "name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\ntimeout = \"10 parsecs\"\n",
+    );
     assert!(e.starts_with("wf.toml:5:"), "{e}");
-    assert!(e.contains("step \"a\".timeout") && e.contains("bad duration"), "{e}");
-    let e = error_of("name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\n\nresources = { memory = \"lots\" }\n");
+    assert!(
+        e.contains("step \"a\".timeout") && e.contains("bad duration"),
+        "{e}"
+    );
+    let e = error_of(
+        "name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\n\nresources = { memory = \"lots\" }\n",
+    );
     assert!(e.starts_with("wf.toml:6:"), "{e}");
     assert!(e.contains("resources") && e.contains("bad size"), "{e}");
 }
 
 #[test]
 fn unknown_and_cyclic_needs() {
-    let e = error_of("name = \"x\"\n[[step]]\nid = \"a\"\nneeds = [\"ghost\"]\nhandler = \"noop\"\n");
-    assert!(e.starts_with("wf.toml:4:") && e.contains("unknown step \"ghost\""), "{e}");
+    let e =
+        error_of("name = \"x\"\n[[step]]\nid = \"a\"\nneeds = [\"ghost\"]\nhandler = \"noop\"\n");
+    assert!(
+        e.starts_with("wf.toml:4:") && e.contains("unknown step \"ghost\""),
+        "{e}"
+    );
     let e = error_of(
         "name = \"x\"\n[[step]]\nid = \"a\"\nneeds = [\"c\"]\nhandler = \"noop\"\n[[step]]\nid = \"b\"\nneeds = [\"a\"]\nhandler = \"noop\"\n[[step]]\nid = \"c\"\nneeds = [\"b\"]\nhandler = \"noop\"\n",
     );
-    assert!(e.contains("cycle:") && e.contains("a -> c -> b -> a"), "{e}");
+    assert!(
+        e.contains("cycle:") && e.contains("a -> c -> b -> a"),
+        "{e}"
+    );
     assert!(e.starts_with("wf.toml:4:"), "{e}");
 }
 
 #[test]
 fn empty_maps_and_bad_map_sources() {
-    let e = error_of("name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\nmap = { items = [] }\n");
-    assert!(e.starts_with("wf.toml:5:") && e.contains("at least one item"), "{e}");
-    let e = error_of("name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\nmap = { range = [5, 5] }\n");
+    let e =
+        error_of("name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\nmap = { items = [] }\n");
+    assert!(
+        e.starts_with("wf.toml:5:") && e.contains("at least one item"),
+        "{e}"
+    );
+    let e = error_of(
+        "name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\nmap = { range = [5, 5] }\n",
+    );
     assert!(e.contains("empty"), "{e}");
-    let e = error_of("name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\n[[step]]\nid = \"b\"\nhandler = \"noop\"\nmap = { over = \"steps.a.output\" }\n");
+    let e = error_of(
+        "name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\n[[step]]\nid = \"b\"\nhandler = \"noop\"\nmap = { over = \"steps.a.output\" }\n",
+    );
     assert!(e.contains("must also be listed in `needs`"), "{e}");
 }
 
@@ -51,19 +73,58 @@ fn empty_maps_and_bad_map_sources() {
 fn other_rules() {
     let cases = [
         ("name = \"x\"\n", "at least one [[step]]"),
-        ("name = \"x\"\n[[step]]\nid = \"a\"\n", "needs `run = [argv...]`"),
-        ("name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"teleport\"\n", "unknown handler"),
-        ("name = \"x\"\n[[step]]\nid = \"a\"\nrun = [\"echo\", \"{{ params.nope }}\"]\n", "not declared in [params]"),
-        ("name = \"x\"\n[[step]]\nid = \"a\"\nrun = [\"echo\", \"{{ item }}\"]\n", "only defined in map steps"),
-        ("name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\nwhen = \"steps.b ==\"\n", "invalid CEL"),
-        ("name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\nretries = { attempts = 0 }\n", "attempts = 0"),
-        ("name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\n", "duplicate step id"),
-        ("name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\nparallelism = 4\n", "map steps only"),
-        ("name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\non_failure = \"ignore\"\n", "dead-letter"),
-        ("name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"sleep\"\n", "sleep needs"),
-        ("name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\nloop = { until = \"output.ok\", max_iterations = 0 }\n", "max_iterations"),
-        ("name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\nresources = { gpu_memory = \"8GiB\" }\n", "need gpu >= 1"),
-        ("name = \"x\"\n[[step]]\nid = \"a b\"\nhandler = \"noop\"\n", "letters, digits"),
+        (
+            "name = \"x\"\n[[step]]\nid = \"a\"\n",
+            "needs `run = [argv...]`",
+        ),
+        (
+            "name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"teleport\"\n",
+            "unknown handler",
+        ),
+        (
+            "name = \"x\"\n[[step]]\nid = \"a\"\nrun = [\"echo\", \"{{ params.nope }}\"]\n",
+            "not declared in [params]",
+        ),
+        (
+            "name = \"x\"\n[[step]]\nid = \"a\"\nrun = [\"echo\", \"{{ item }}\"]\n",
+            "only defined in map steps",
+        ),
+        (
+            "name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\nwhen = \"steps.b ==\"\n",
+            "invalid CEL",
+        ),
+        (
+            "name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\nretries = { attempts = 0 }\n",
+            "attempts = 0",
+        ),
+        (
+            "name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\n",
+            "duplicate step id",
+        ),
+        (
+            "name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\nparallelism = 4\n",
+            "map steps only",
+        ),
+        (
+            "name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\non_failure = \"ignore\"\n",
+            "dead-letter",
+        ),
+        (
+            "name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"sleep\"\n",
+            "sleep needs",
+        ),
+        (
+            "name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\nloop = { until = \"output.ok\", max_iterations = 0 }\n",
+            "max_iterations",
+        ),
+        (
+            "name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\nresources = { gpu_memory = \"8GiB\" }\n",
+            "need gpu >= 1",
+        ),
+        (
+            "name = \"x\"\n[[step]]\nid = \"a b\"\nhandler = \"noop\"\n",
+            "letters, digits",
+        ),
     ];
     for (text, want) in cases {
         let e = error_of(text);

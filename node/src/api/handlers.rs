@@ -36,21 +36,38 @@ fn ok(v: Value) -> Res {
 }
 
 fn wf_id(text: &str) -> Result<WorkflowId, ApiError> {
-    parse_wf(text).ok_or_else(|| ApiError::bad(format!("{text:?} is not a workflow id (like wf-12)")))
+    parse_wf(text)
+        .ok_or_else(|| ApiError::bad(format!("{text:?} is not a workflow id (like wf-12)")))
 }
 
 async fn propose(app: &AppState, cmd: Command) -> Result<Output, ApiError> {
     let rx = app.engine.propose(vec![cmd])?;
     let outs = tokio::time::timeout(Duration::from_secs(30), rx)
         .await
-        .map_err(|_| ApiError(StatusCode::GATEWAY_TIMEOUT, "not committed within 30s; the outcome is unknown: check with GET".into()))?
-        .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "the raft engine stopped".into()))??;
-    outs.into_iter().next().ok_or_else(|| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "no output".into()))
+        .map_err(|_| {
+            ApiError(
+                StatusCode::GATEWAY_TIMEOUT,
+                "not committed within 30s; the outcome is unknown: check with GET".into(),
+            )
+        })?
+        .map_err(|_| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the raft engine stopped".into(),
+            )
+        })??;
+    outs.into_iter()
+        .next()
+        .ok_or_else(|| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "no output".into()))
 }
 
 async fn health(State(app): State<AppState>) -> Res {
     let st = app.engine.status();
-    let workflows = app.state.read().map(|m| m.state.workflows.len()).unwrap_or(0);
+    let workflows = app
+        .state
+        .read()
+        .map(|m| m.state.workflows.len())
+        .unwrap_or(0);
     ok(json!({
         "status": "ok",
         "node": app.node,
@@ -80,8 +97,12 @@ fn spec_error(e: SpecError) -> ApiError {
     ApiError::bad(format!("invalid spec: {e}"))
 }
 
-async fn submit(State(app): State<AppState>, body: Result<Json<SubmitBody>, axum::extract::rejection::JsonRejection>) -> Res {
-    let Json(body) = body.map_err(|e| ApiError(e.status(), format!("bad request body: {}", e.body_text())))?;
+async fn submit(
+    State(app): State<AppState>,
+    body: Result<Json<SubmitBody>, axum::extract::rejection::JsonRejection>,
+) -> Res {
+    let Json(body) =
+        body.map_err(|e| ApiError(e.status(), format!("bad request body: {}", e.body_text())))?;
     let (raw, compiled) = match (body.spec, body.spec_toml) {
         (Some(v), None) => {
             let mut raw = spec::parse_json(v).map_err(spec_error)?;
@@ -89,34 +110,63 @@ async fn submit(State(app): State<AppState>, body: Result<Json<SubmitBody>, axum
             let compiled = spec::compile(&raw).map_err(spec_error)?;
             (raw, compiled)
         }
-        (None, Some(text)) => spec::load_str(&text, Some("spec_toml"), std::path::Path::new(".")).map_err(spec_error)?,
-        _ => return Err(ApiError::bad("give exactly one of `spec` (JSON) or `spec_toml` (TOML text)")),
+        (None, Some(text)) => spec::load_str(&text, Some("spec_toml"), std::path::Path::new("."))
+            .map_err(spec_error)?,
+        _ => {
+            return Err(ApiError::bad(
+                "give exactly one of `spec` (JSON) or `spec_toml` (TOML text)",
+            ));
+        }
     };
     let declared: Vec<&str> = compiled.params.iter().map(|(n, _)| n.as_str()).collect();
     for name in body.params.keys() {
         if !declared.contains(&name.as_str()) {
             return Err(ApiError::bad(format!(
                 "unknown param {name:?}; the spec declares: {}",
-                if declared.is_empty() { "none".into() } else { declared.join(", ") }
+                if declared.is_empty() {
+                    "none".into()
+                } else {
+                    declared.join(", ")
+                }
             )));
         }
     }
-    if let Some(k) = &body.idempotency_key {
-        if k.is_empty() || k.len() > 256 {
-            return Err(ApiError::bad("idempotency_key must be 1-256 characters"));
-        }
+    if body
+        .idempotency_key
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.len() > 256)
+    {
+        return Err(ApiError::bad("idempotency_key must be 1-256 characters"));
     }
     let digest = spec::spec_digest(&raw, &body.params);
-    let params = body.params.iter().map(|(k, v)| (k.clone(), troupe_scheduler::Json::from_value(v))).collect();
-    let sub = Submission { spec: compiled, params, idempotency_key: body.idempotency_key, digest };
+    let params = body
+        .params
+        .iter()
+        .map(|(k, v)| (k.clone(), troupe_scheduler::Json::from_value(v)))
+        .collect();
+    let sub = Submission {
+        spec: compiled,
+        params,
+        idempotency_key: body.idempotency_key,
+        digest,
+    };
     match propose(&app, Command::Submit(Box::new(sub))).await? {
         Output::Submitted { id, created } => {
-            let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
             Ok((code, Json(json!({ "id": wf_name(id), "created": created }))))
         }
-        Output::Rejected(m) if m.contains("idempotency key") => Err(ApiError(StatusCode::CONFLICT, m)),
+        Output::Rejected(m) if m.contains("idempotency key") => {
+            Err(ApiError(StatusCode::CONFLICT, m))
+        }
         Output::Rejected(m) => Err(ApiError::bad(m)),
-        other => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected output {other:?}"))),
+        other => Err(ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected output {other:?}"),
+        )),
     }
 }
 
@@ -127,7 +177,10 @@ struct ListQuery {
 }
 
 async fn list(State(app): State<AppState>, Query(q): Query<ListQuery>) -> Res {
-    let m = app.state.read().map_err(|_| ApiError::bad("state lock poisoned"))?;
+    let m = app
+        .state
+        .read()
+        .map_err(|_| ApiError::bad("state lock poisoned"))?;
     let items: Vec<_> = m
         .state
         .workflows
@@ -146,19 +199,38 @@ struct DetailQuery {
     wait: Option<String>,
 }
 
-async fn detail(State(app): State<AppState>, Path(id): Path<String>, Query(q): Query<DetailQuery>) -> Res {
+async fn detail(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<DetailQuery>,
+) -> Res {
     let id = wf_id(&id)?;
     if let Some(w) = q.wait {
         let ms = troupe_scheduler::units::parse_duration_ms(&w).map_err(ApiError::bad)?;
         wait_finished(&app, id, Duration::from_millis(ms.min(600_000))).await;
     }
-    let m = app.state.read().map_err(|_| ApiError::bad("state lock poisoned"))?;
-    let wf = m.state.workflows.get(&id).ok_or_else(|| ApiError::not_found(format!("no workflow {}", wf_name(id))))?;
+    let m = app
+        .state
+        .read()
+        .map_err(|_| ApiError::bad("state lock poisoned"))?;
+    let wf = m
+        .state
+        .workflows
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(format!("no workflow {}", wf_name(id))))?;
     ok(serde_json::to_value(views::detail(wf)).unwrap_or_default())
 }
 
 fn is_finished(app: &AppState, id: WorkflowId) -> bool {
-    app.state.read().map(|m| m.state.workflows.get(&id).is_none_or(|w| w.status.is_terminal())).unwrap_or(true)
+    app.state
+        .read()
+        .map(|m| {
+            m.state
+                .workflows
+                .get(&id)
+                .is_none_or(|w| w.status.is_terminal())
+        })
+        .unwrap_or(true)
 }
 
 /// Waits through the workflow's instance actor; polls if it has none (yet).
@@ -166,9 +238,13 @@ async fn wait_finished(app: &AppState, id: WorkflowId, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     while !is_finished(app, id) && tokio::time::Instant::now() < deadline {
         let left = deadline - tokio::time::Instant::now();
-        match ractor::registry::where_is(instance_name(id)).map(ractor::ActorRef::<InstanceMsg>::from) {
+        match ractor::registry::where_is(instance_name(id))
+            .map(ractor::ActorRef::<InstanceMsg>::from)
+        {
             Some(actor) => {
-                let _ = actor.call(InstanceMsg::Wait, Some(left.min(Duration::from_secs(5)))).await;
+                let _ = actor
+                    .call(InstanceMsg::Wait, Some(left.min(Duration::from_secs(5))))
+                    .await;
             }
             None => tokio::time::sleep(Duration::from_millis(10).min(left)).await,
         }
@@ -182,7 +258,11 @@ async fn control(State(app): State<AppState>, Path((id, action)): Path<(String, 
         "pause" => Command::Pause(id),
         "resume" => Command::Resume(id),
         "retry" => Command::Retry(id),
-        other => return Err(ApiError::not_found(format!("unknown action {other:?}; use cancel, pause, resume or retry"))),
+        other => {
+            return Err(ApiError::not_found(format!(
+                "unknown action {other:?}; use cancel, pause, resume or retry"
+            )));
+        }
     };
     match propose(&app, cmd).await? {
         Output::Rejected(m) if m.starts_with("no workflow") => Err(ApiError::not_found(m)),
@@ -193,9 +273,19 @@ async fn control(State(app): State<AppState>, Path((id, action)): Path<(String, 
 
 async fn output(State(app): State<AppState>, Path((id, step)): Path<(String, String)>) -> Res {
     let id = wf_id(&id)?;
-    let m = app.state.read().map_err(|_| ApiError::bad("state lock poisoned"))?;
-    let wf = m.state.workflows.get(&id).ok_or_else(|| ApiError::not_found(format!("no workflow {}", wf_name(id))))?;
-    let i = wf.spec.step_index(&step).ok_or_else(|| ApiError::not_found(format!("{} has no step {step:?}", wf_name(id))))?;
+    let m = app
+        .state
+        .read()
+        .map_err(|_| ApiError::bad("state lock poisoned"))?;
+    let wf = m
+        .state
+        .workflows
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(format!("no workflow {}", wf_name(id))))?;
+    let i = wf
+        .spec
+        .step_index(&step)
+        .ok_or_else(|| ApiError::not_found(format!("{} has no step {step:?}", wf_name(id))))?;
     ok(troupe_scheduler::state::step_output(wf, i))
 }
 
@@ -207,25 +297,52 @@ struct LogQuery {
     stream: Option<String>,
 }
 
-async fn logs(State(app): State<AppState>, Path(id): Path<String>, Query(q): Query<LogQuery>) -> Result<String, ApiError> {
+async fn logs(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<String, ApiError> {
     let id = wf_id(&id)?;
     let item = q.item.unwrap_or(0);
     let attempt = {
-        let m = app.state.read().map_err(|_| ApiError::bad("state lock poisoned"))?;
-        let wf = m.state.workflows.get(&id).ok_or_else(|| ApiError::not_found(format!("no workflow {}", wf_name(id))))?;
-        let i = wf.spec.step_index(&q.step).ok_or_else(|| ApiError::not_found(format!("{} has no step {:?}", wf_name(id), q.step)))?;
+        let m = app
+            .state
+            .read()
+            .map_err(|_| ApiError::bad("state lock poisoned"))?;
+        let wf = m
+            .state
+            .workflows
+            .get(&id)
+            .ok_or_else(|| ApiError::not_found(format!("no workflow {}", wf_name(id))))?;
+        let i = wf.spec.step_index(&q.step).ok_or_else(|| {
+            ApiError::not_found(format!("{} has no step {:?}", wf_name(id), q.step))
+        })?;
         q.attempt.unwrap_or_else(|| {
             let run = &wf.steps[i];
-            run.tasks.get(&item).map(|t| t.attempt).unwrap_or(run.max_attempt.max(1))
+            run.tasks
+                .get(&item)
+                .map(|t| t.attempt)
+                .unwrap_or(run.max_attempt.max(1))
         })
     };
     let ext = match q.stream.as_deref() {
         None | Some("stdout") => "out",
         Some("stderr") => "err",
-        Some(other) => return Err(ApiError::bad(format!("stream {other:?}: use stdout or stderr"))),
+        Some(other) => {
+            return Err(ApiError::bad(format!(
+                "stream {other:?}: use stdout or stderr"
+            )));
+        }
     };
-    let r = troupe_scheduler::TaskRef { wf: id, step: 0, item };
-    let path = app.data_dir.join(r.log_stem(&q.step, attempt)).with_extension(ext);
+    let r = troupe_scheduler::TaskRef {
+        wf: id,
+        step: 0,
+        item,
+    };
+    let path = app
+        .data_dir
+        .join(r.log_stem(&q.step, attempt))
+        .with_extension(ext);
     match tokio::fs::read(&path).await {
         Ok(bytes) => {
             let tail = &bytes[bytes.len().saturating_sub(1 << 20)..];
@@ -233,13 +350,17 @@ async fn logs(State(app): State<AppState>, Path(id): Path<String>, Query(q): Que
         }
         Err(_) => Err(ApiError::not_found(format!(
             "no {ext} log for {} step {} item {item} attempt {attempt} (builtin handlers write none)",
-            wf_name(id), q.step
+            wf_name(id),
+            q.step
         ))),
     }
 }
 
 async fn dlq(State(app): State<AppState>) -> Res {
-    let m = app.state.read().map_err(|_| ApiError::bad("state lock poisoned"))?;
+    let m = app
+        .state
+        .read()
+        .map_err(|_| ApiError::bad("state lock poisoned"))?;
     let items: Vec<_> = m.state.sched.dlq.values().map(views::dead_letter).collect();
     ok(json!({ "dead_letters": items }))
 }
@@ -257,20 +378,44 @@ async fn redrive(State(app): State<AppState>, Path(id): Path<u64>) -> Res {
 async fn inject_panic(State(app): State<AppState>, Path(actor): Path<String>) -> Res {
     use ractor::{ActorRef, registry};
     if !app.fault_injection {
-        return Err(ApiError(StatusCode::FORBIDDEN, "fault injection is off; start the node with --fault-injection".into()));
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "fault injection is off; start the node with --fault-injection".into(),
+        ));
     }
     let sent = match actor.as_str() {
-        "raft" => registry::where_is(troupe_actors::facade::RAFT_NAME)
-            .map(|c| ActorRef::<troupe_actors::facade::FacadeMsg>::from(c).cast(troupe_actors::facade::FacadeMsg::InjectPanic).is_ok()),
-        "api" => registry::where_is(crate::tree::API_NAME).map(|c| ActorRef::<super::ApiMsg>::from(c).cast(super::ApiMsg::InjectPanic).is_ok()),
+        "raft" => registry::where_is(troupe_actors::facade::RAFT_NAME).map(|c| {
+            ActorRef::<troupe_actors::facade::FacadeMsg>::from(c)
+                .cast(troupe_actors::facade::FacadeMsg::InjectPanic)
+                .is_ok()
+        }),
+        "api" => registry::where_is(crate::tree::API_NAME).map(|c| {
+            ActorRef::<super::ApiMsg>::from(c)
+                .cast(super::ApiMsg::InjectPanic)
+                .is_ok()
+        }),
         "dispatcher" => registry::where_is(troupe_actors::sink::DISPATCHER_NAME).map(|c| {
-            ActorRef::<troupe_actors::dispatcher::DispatchMsg>::from(c).cast(troupe_actors::dispatcher::DispatchMsg::InjectPanic).is_ok()
+            ActorRef::<troupe_actors::dispatcher::DispatchMsg>::from(c)
+                .cast(troupe_actors::dispatcher::DispatchMsg::InjectPanic)
+                .is_ok()
         }),
         a if a.starts_with("runner-") => registry::where_is(format!("troupe.runner.{}", &a[7..]))
-            .map(|c| ActorRef::<troupe_actors::runner::RunnerMsg>::from(c).cast(troupe_actors::runner::RunnerMsg::InjectPanic).is_ok()),
+            .map(|c| {
+                ActorRef::<troupe_actors::runner::RunnerMsg>::from(c)
+                    .cast(troupe_actors::runner::RunnerMsg::InjectPanic)
+                    .is_ok()
+            }),
         a => match parse_wf(a) {
-            Some(id) => registry::where_is(instance_name(id)).map(|c| ActorRef::<InstanceMsg>::from(c).cast(InstanceMsg::InjectPanic).is_ok()),
-            None => return Err(ApiError::bad(format!("unknown actor {a:?}; use raft, api, dispatcher, runner-N or wf-N"))),
+            Some(id) => registry::where_is(instance_name(id)).map(|c| {
+                ActorRef::<InstanceMsg>::from(c)
+                    .cast(InstanceMsg::InjectPanic)
+                    .is_ok()
+            }),
+            None => {
+                return Err(ApiError::bad(format!(
+                    "unknown actor {a:?}; use raft, api, dispatcher, runner-N or wf-N"
+                )));
+            }
         },
     };
     match sent {

@@ -43,8 +43,14 @@ impl ApiError {
 impl From<ProposeError> for ApiError {
     fn from(e: ProposeError) -> Self {
         match e {
-            ProposeError::Busy => ApiError(StatusCode::TOO_MANY_REQUESTS, "the node is busy (admission queue full); retry after a second".into()),
-            other => ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("not committed: {other}")),
+            ProposeError::Busy => ApiError(
+                StatusCode::TOO_MANY_REQUESTS,
+                "the node is busy (admission queue full); retry after a second".into(),
+            ),
+            other => ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not committed: {other}"),
+            ),
         }
     }
 }
@@ -53,7 +59,8 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut r = (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response();
         if self.0 == StatusCode::TOO_MANY_REQUESTS {
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         r
     }

@@ -32,12 +32,21 @@ impl Actor for ApiServer {
     type State = ApiState;
     type Arguments = ApiArgs;
 
-    async fn pre_start(&self, me: ActorRef<ApiMsg>, args: ApiArgs) -> Result<ApiState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        me: ActorRef<ApiMsg>,
+        args: ApiArgs,
+    ) -> Result<ApiState, ActorProcessingErr> {
         // After a restart, keep the address clients already know (port 0 picked it the first time).
-        let listen = args.bound.lock().ok().and_then(|b| *b).unwrap_or(args.listen);
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|e| format!("cannot listen on {listen}: {e} (is another troupe running? use --listen)"))?;
+        let listen = args
+            .bound
+            .lock()
+            .ok()
+            .and_then(|b| *b)
+            .unwrap_or(args.listen);
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+            format!("cannot listen on {listen}: {e} (is another troupe running? use --listen)")
+        })?;
         let addr = listener.local_addr()?;
         if let Ok(mut b) = args.bound.lock() {
             *b = Some(addr);
@@ -54,10 +63,17 @@ impl Actor for ApiServer {
                 let _ = me.cast(ApiMsg::ServerDied(e.to_string()));
             }
         });
-        Ok(ApiState { task, stop: Some(tx) })
+        Ok(ApiState {
+            task,
+            stop: Some(tx),
+        })
     }
 
-    async fn post_stop(&self, _me: ActorRef<ApiMsg>, st: &mut ApiState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _me: ActorRef<ApiMsg>,
+        st: &mut ApiState,
+    ) -> Result<(), ActorProcessingErr> {
         if let Some(stop) = st.stop.take() {
             let _ = stop.send(());
         }
@@ -65,7 +81,12 @@ impl Actor for ApiServer {
         Ok(())
     }
 
-    async fn handle(&self, _me: ActorRef<ApiMsg>, msg: ApiMsg, _st: &mut ApiState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _me: ActorRef<ApiMsg>,
+        msg: ApiMsg,
+        _st: &mut ApiState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             ApiMsg::ServerDied(e) => Err(format!("the api server stopped: {e}").into()),
             ApiMsg::InjectPanic => panic!("injected panic in the api server"),

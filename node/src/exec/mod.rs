@@ -26,7 +26,11 @@ impl Executor for LocalExecutor {
         }
     }
 
-    fn run(&self, spec: RunSpec, kill: KillSignal) -> Pin<Box<dyn Future<Output = Outcome> + Send>> {
+    fn run(
+        &self,
+        spec: RunSpec,
+        kill: KillSignal,
+    ) -> Pin<Box<dyn Future<Output = Outcome> + Send>> {
         let data_dir = self.data_dir.clone();
         let grace = self.kill_grace;
         Box::pin(async move {
@@ -42,14 +46,21 @@ impl Executor for LocalExecutor {
 pub fn output_from_text(text: &[u8]) -> Outcome {
     if text.len() > OUTPUT_BYTES_MAX {
         return Outcome::Failed {
-            error: format!("output is {} bytes; the limit is {OUTPUT_BYTES_MAX} (output_bytes_max): write large results to a file and output its path", text.len()),
+            error: format!(
+                "output is {} bytes; the limit is {OUTPUT_BYTES_MAX} (output_bytes_max): write large results to a file and output its path",
+                text.len()
+            ),
         };
     }
     if text.iter().all(u8::is_ascii_whitespace) {
         return Outcome::Succeeded { output: None };
     }
     match serde_json::from_slice::<serde_json::Value>(text) {
-        Ok(v) => Outcome::Succeeded { output: Some(Json::from_value(&v)) },
-        Err(e) => Outcome::Failed { error: format!("$TROUPE_OUTPUT is not valid JSON: {e}") },
+        Ok(v) => Outcome::Succeeded {
+            output: Some(Json::from_value(&v)),
+        },
+        Err(e) => Outcome::Failed {
+            error: format!("$TROUPE_OUTPUT is not valid JSON: {e}"),
+        },
     }
 }

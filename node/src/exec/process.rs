@@ -13,25 +13,41 @@ use troupe_scheduler::{Launch, Outcome, RunSpec};
 
 pub async fn run(data_dir: &Path, spec: &RunSpec, kill: KillSignal, grace: Duration) -> Outcome {
     let Launch::Process { argv, env } = &spec.launch else {
-        return Outcome::Failed { error: "not a process".into() };
+        return Outcome::Failed {
+            error: "not a process".into(),
+        };
     };
     let stem = data_dir.join(&spec.log_stem);
-    let (out_path, err_path, json_path) = (stem.with_extension("out"), stem.with_extension("err"), stem.with_extension("json"));
+    let (out_path, err_path, json_path) = (
+        stem.with_extension("out"),
+        stem.with_extension("err"),
+        stem.with_extension("json"),
+    );
     let files = (|| -> std::io::Result<_> {
         std::fs::create_dir_all(stem.parent().unwrap_or(data_dir))?;
         let _ = std::fs::remove_file(&json_path);
-        Ok((std::fs::File::create(&out_path)?, std::fs::File::create(&err_path)?))
+        Ok((
+            std::fs::File::create(&out_path)?,
+            std::fs::File::create(&err_path)?,
+        ))
     })();
     let (out, err) = match files {
         Ok(f) => f,
-        Err(e) => return Outcome::Failed { error: format!("cannot create log files under {}: {e}", stem.display()) },
+        Err(e) => {
+            return Outcome::Failed {
+                error: format!("cannot create log files under {}: {e}", stem.display()),
+            };
+        }
     };
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("TROUPE_WORKFLOW_ID", &spec.workflow)
         .env("TROUPE_STEP", &spec.step_id)
-        .env("TROUPE_TASK_ID", format!("{}/{}/{}", spec.workflow, spec.step_id, spec.task.item))
+        .env(
+            "TROUPE_TASK_ID",
+            format!("{}/{}/{}", spec.workflow, spec.step_id, spec.task.item),
+        )
         .env("TROUPE_ATTEMPT", spec.attempt.to_string())
         .env("TROUPE_ITERATION", spec.iteration.to_string())
         .env("TROUPE_OUTPUT", &json_path)
@@ -50,11 +66,23 @@ pub async fn run(data_dir: &Path, spec: &RunSpec, kill: KillSignal, grace: Durat
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Outcome::Failed { error: format!("executable `{}` not found (is it installed and on PATH?)", argv[0]) };
+            return Outcome::Failed {
+                error: format!(
+                    "executable `{}` not found (is it installed and on PATH?)",
+                    argv[0]
+                ),
+            };
         }
-        Err(e) => return Outcome::Failed { error: format!("cannot start `{}`: {e}", argv[0]) },
+        Err(e) => {
+            return Outcome::Failed {
+                error: format!("cannot start `{}`: {e}", argv[0]),
+            };
+        }
     };
-    let limit = spec.timeout_ms.map(Duration::from_millis).unwrap_or(Duration::MAX);
+    let limit = spec
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::MAX);
     let why_stopped = tokio::select! {
         status = child.wait() => return finished(status, &err_path, &json_path).await,
         _ = tokio::time::sleep(limit) => format!("timed out after {}", format_ms(limit.as_millis() as u64)),
@@ -101,27 +129,47 @@ fn signal_group(pid: u32, sig: libc::c_int) {
     }
 }
 
-async fn finished(status: std::io::Result<ExitStatus>, err_path: &Path, json_path: &Path) -> Outcome {
+async fn finished(
+    status: std::io::Result<ExitStatus>,
+    err_path: &Path,
+    json_path: &Path,
+) -> Outcome {
     let status = match status {
         Ok(s) => s,
-        Err(e) => return Outcome::Failed { error: format!("waiting for the process failed: {e}") },
+        Err(e) => {
+            return Outcome::Failed {
+                error: format!("waiting for the process failed: {e}"),
+            };
+        }
     };
     if !status.success() {
         let how = match status.code() {
             Some(code) => format!("exited with code {code}"),
-            None => format!("killed by signal {}", std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)),
+            None => format!(
+                "killed by signal {}",
+                std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
+            ),
         };
-        let tail = last_line(err_path).map(|l| format!(": {l}")).unwrap_or_default();
-        return Outcome::Failed { error: format!("{how}{tail}") };
+        let tail = last_line(err_path)
+            .map(|l| format!(": {l}"))
+            .unwrap_or_default();
+        return Outcome::Failed {
+            error: format!("{how}{tail}"),
+        };
     }
     match tokio::fs::metadata(json_path).await {
         Err(_) => Outcome::Succeeded { output: None },
         Ok(m) if m.len() > OUTPUT_BYTES_MAX as u64 => Outcome::Failed {
-            error: format!("output is {} bytes; the limit is {OUTPUT_BYTES_MAX} (output_bytes_max): write large results to a file and output its path", m.len()),
+            error: format!(
+                "output is {} bytes; the limit is {OUTPUT_BYTES_MAX} (output_bytes_max): write large results to a file and output its path",
+                m.len()
+            ),
         },
         Ok(_) => match tokio::fs::read(json_path).await {
             Ok(bytes) => output_from_text(&bytes),
-            Err(e) => Outcome::Failed { error: format!("cannot read $TROUPE_OUTPUT: {e}") },
+            Err(e) => Outcome::Failed {
+                error: format!("cannot read $TROUPE_OUTPUT: {e}"),
+            },
         },
     }
 }
@@ -130,6 +178,11 @@ async fn finished(status: std::io::Result<ExitStatus>, err_path: &Path, json_pat
 fn last_line(path: &Path) -> Option<String> {
     let text = std::fs::read(path).ok()?;
     let tail = &text[text.len().saturating_sub(4096)..];
-    let line = String::from_utf8_lossy(tail).lines().rev().find(|l| !l.trim().is_empty())?.trim().to_string();
+    let line = String::from_utf8_lossy(tail)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())?
+        .trim()
+        .to_string();
     Some(line.chars().take(300).collect())
 }

@@ -26,7 +26,9 @@ impl Origin<'_> {
             None => key.to_string(),
         };
         let top = key.split('.').next().unwrap_or(key);
-        let line = self.toml.and_then(|src| locate_toml(src, step.map(|s| s.0), top));
+        let line = self
+            .toml
+            .and_then(|src| locate_toml(src, step.map(|s| s.0), top));
         SpecError {
             file: self.file.map(str::to_string),
             line,
@@ -72,7 +74,10 @@ pub fn load_file(path: &Path) -> Result<(RawSpec, Spec), SpecError> {
 /// Parses and validates TOML text; errors point at `file`'s lines; `lines` files are read from `base`.
 pub fn load_str(text: &str, file: Option<&str>, base: &Path) -> Result<(RawSpec, Spec), SpecError> {
     let mut raw = parse_toml(text, file)?;
-    let origin = Origin { file, toml: Some(text) };
+    let origin = Origin {
+        file,
+        toml: Some(text),
+    };
     resolve_lines_at(&mut raw, base, &origin)?;
     let spec = compile_at(&raw, &origin)?;
     Ok((raw, spec))
@@ -80,16 +85,31 @@ pub fn load_str(text: &str, file: Option<&str>, base: &Path) -> Result<(RawSpec,
 
 /// Replaces every `map.lines = "file"` by the file's non-empty lines (as strings).
 pub fn resolve_lines(raw: &mut RawSpec, base: &Path) -> Result<(), SpecError> {
-    resolve_lines_at(raw, base, &Origin { file: None, toml: None })
+    resolve_lines_at(
+        raw,
+        base,
+        &Origin {
+            file: None,
+            toml: None,
+        },
+    )
 }
 
 fn resolve_lines_at(raw: &mut RawSpec, base: &Path, origin: &Origin) -> Result<(), SpecError> {
     for (i, step) in raw.steps.iter_mut().enumerate() {
-        let Some(map) = step.map.as_mut() else { continue };
-        let Some(file) = map.lines.take() else { continue };
+        let Some(map) = step.map.as_mut() else {
+            continue;
+        };
+        let Some(file) = map.lines.take() else {
+            continue;
+        };
         let path = base.join(&file);
         let text = std::fs::read_to_string(&path).map_err(|e| {
-            origin.err(Some((i, &step.id)), "map.lines", format!("cannot read {}: {e}", path.display()))
+            origin.err(
+                Some((i, &step.id)),
+                "map.lines",
+                format!("cannot read {}: {e}", path.display()),
+            )
         })?;
         let items: Vec<serde_json::Value> = text
             .lines()
@@ -101,7 +121,10 @@ fn resolve_lines_at(raw: &mut RawSpec, base: &Path, origin: &Origin) -> Result<(
             return Err(origin.err(
                 Some((i, &step.id)),
                 "map.lines",
-                format!("{} has no non-empty lines: a map needs at least one item", path.display()),
+                format!(
+                    "{} has no non-empty lines: a map needs at least one item",
+                    path.display()
+                ),
             ));
         }
         map.items = Some(items);
@@ -111,7 +134,13 @@ fn resolve_lines_at(raw: &mut RawSpec, base: &Path, origin: &Origin) -> Result<(
 
 /// Validates a parsed spec.
 pub fn compile(raw: &RawSpec) -> Result<Spec, SpecError> {
-    compile_at(raw, &Origin { file: None, toml: None })
+    compile_at(
+        raw,
+        &Origin {
+            file: None,
+            toml: None,
+        },
+    )
 }
 
 /// A stable digest of a spec and its params (idempotency keys compare these).
@@ -123,7 +152,8 @@ pub fn spec_digest(raw: &RawSpec, params: &BTreeMap<String, serde_json::Value>) 
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 fn compile_at(raw: &RawSpec, o: &Origin) -> Result<Spec, SpecError> {
@@ -141,18 +171,29 @@ fn compile_at(raw: &RawSpec, o: &Origin) -> Result<Spec, SpecError> {
     let mut params = Vec::new();
     for (name, value) in &raw.params {
         if !valid_name(name) {
-            return Err(o.err(None, "params", format!("param name {name:?} must be letters, digits, - or _")));
+            return Err(o.err(
+                None,
+                "params",
+                format!("param name {name:?} must be letters, digits, - or _"),
+            ));
         }
         params.push((name.clone(), Json::from_value(value)));
     }
     let mut index: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, s) in raw.steps.iter().enumerate() {
         if !valid_name(&s.id) {
-            return Err(o.err(Some((i, &s.id)), "id", format!(
-                "step id {:?} must be 1-64 letters, digits, - or _", s.id)));
+            return Err(o.err(
+                Some((i, &s.id)),
+                "id",
+                format!("step id {:?} must be 1-64 letters, digits, - or _", s.id),
+            ));
         }
         if index.insert(&s.id, i).is_some() {
-            return Err(o.err(Some((i, &s.id)), "id", format!("duplicate step id \"{}\"", s.id)));
+            return Err(o.err(
+                Some((i, &s.id)),
+                "id",
+                format!("duplicate step id \"{}\"", s.id),
+            ));
         }
     }
     if raw.steps.len() > u16::MAX as usize {
@@ -193,8 +234,13 @@ fn compile_step(
     let mut needs = Vec::new();
     for n in &s.needs {
         let Some(&j) = index.get(n.as_str()) else {
-            return Err(err("needs", format!("unknown step \"{n}\" (steps: {})",
-                index.keys().copied().collect::<Vec<_>>().join(", "))));
+            return Err(err(
+                "needs",
+                format!(
+                    "unknown step \"{n}\" (steps: {})",
+                    index.keys().copied().collect::<Vec<_>>().join(", ")
+                ),
+            ));
         };
         if j == i {
             return Err(err("needs", format!("step \"{n}\" cannot need itself")));
@@ -205,17 +251,35 @@ fn compile_step(
         needs.push(j as u16);
     }
     let need_ids: Vec<&str> = s.needs.iter().map(String::as_str).collect();
-    let map = s.map.as_ref().map(|m| compile_map(m, &needs, index)).transpose().map_err(|m| err("map", m))?;
+    let map = s
+        .map
+        .as_ref()
+        .map(|m| compile_map(m, &needs, index))
+        .transpose()
+        .map_err(|m| err("map", m))?;
     let is_map = map.is_some();
     let action = match (&s.run, &s.handler) {
-        (Some(_), Some(_)) => return Err(err("run", "give either `run` or `handler`, not both".into())),
-        (None, None) => return Err(err("run", "a step needs `run = [argv...]` or `handler = \"noop|sleep|fail|echo\"`".into())),
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "run",
+                "give either `run` or `handler`, not both".into(),
+            ));
+        }
+        (None, None) => {
+            return Err(err(
+                "run",
+                "a step needs `run = [argv...]` or `handler = \"noop|sleep|fail|echo\"`".into(),
+            ));
+        }
         (Some(argv), None) => {
             if argv.is_empty() || argv[0].trim().is_empty() {
                 return Err(err("run", "argv must start with a program name".into()));
             }
             if s.with.is_some() {
-                return Err(err("with", "`with` applies to builtin handlers only".into()));
+                return Err(err(
+                    "with",
+                    "`with` applies to builtin handlers only".into(),
+                ));
             }
             for a in argv {
                 template::check(a, params, is_map, &need_ids).map_err(|m| err("run", m))?;
@@ -228,12 +292,22 @@ fn compile_step(
                 "sleep" => Builtin::Sleep,
                 "fail" => Builtin::Fail,
                 "echo" => Builtin::Echo,
-                other => return Err(err("handler", format!("unknown handler \"{other}\"; builtins are noop, sleep, fail, echo"))),
+                other => {
+                    return Err(err(
+                        "handler",
+                        format!(
+                            "unknown handler \"{other}\"; builtins are noop, sleep, fail, echo"
+                        ),
+                    ));
+                }
             };
             let with = s.with.clone().unwrap_or(serde_json::Value::Null);
             check_with(handler, &with).map_err(|m| err("with", m))?;
             check_json_templates(&with, params, is_map, &need_ids).map_err(|m| err("with", m))?;
-            Action::Builtin { handler, with: Json::from_value(&with) }
+            Action::Builtin {
+                handler,
+                with: Json::from_value(&with),
+            }
         }
     };
     let mut env = Vec::new();
@@ -242,18 +316,33 @@ fn compile_step(
             return Err(err("env", format!("bad variable name {k:?}")));
         }
         if k.starts_with("TROUPE_") {
-            return Err(err("env", format!("{k} is reserved: Troupe sets TROUPE_* itself")));
+            return Err(err(
+                "env",
+                format!("{k} is reserved: Troupe sets TROUPE_* itself"),
+            ));
         }
         template::check(v, params, is_map, &need_ids).map_err(|m| err("env", m))?;
         env.push((k.clone(), v.clone()));
     }
-    let resources = compile_resources(s.resources.as_ref().or(d.resources.as_ref())).map_err(|m| err("resources", m))?;
-    let retry = compile_retries(s.retries.as_ref().or(d.retries.as_ref())).map_err(|m| err("retries", m))?;
-    let timeout_ms = s.timeout.as_deref().or(d.timeout.as_deref())
-        .map(positive_duration).transpose().map_err(|m| err("timeout", m))?;
+    let resources = compile_resources(s.resources.as_ref().or(d.resources.as_ref()))
+        .map_err(|m| err("resources", m))?;
+    let retry = compile_retries(s.retries.as_ref().or(d.retries.as_ref()))
+        .map_err(|m| err("retries", m))?;
+    let timeout_ms = s
+        .timeout
+        .as_deref()
+        .or(d.timeout.as_deref())
+        .map(positive_duration)
+        .transpose()
+        .map_err(|m| err("timeout", m))?;
     let parallelism = match (s.parallelism, is_map) {
         (Some(0), _) => return Err(err("parallelism", "must be at least 1".into())),
-        (Some(_), false) => return Err(err("parallelism", "applies to map steps only (add `map = ...`)".into())),
+        (Some(_), false) => {
+            return Err(err(
+                "parallelism",
+                "applies to map steps only (add `map = ...`)".into(),
+            ));
+        }
         (Some(p), true) => p,
         (None, _) => 4096,
     };
@@ -264,19 +353,34 @@ fn compile_step(
         None => None,
         Some(l) => {
             if is_map {
-                return Err(err("loop", "a step cannot both `map` and `loop`; put the loop in its own step".into()));
+                return Err(err(
+                    "loop",
+                    "a step cannot both `map` and `loop`; put the loop in its own step".into(),
+                ));
             }
             if l.max_iterations == 0 || l.max_iterations > 1000 {
-                return Err(err("loop", "max_iterations must be between 1 and 1000".into()));
+                return Err(err(
+                    "loop",
+                    "max_iterations must be between 1 and 1000".into(),
+                ));
             }
-            cond::check(&l.until, &["output", "iteration", "steps", "params"]).map_err(|m| err("loop", m))?;
-            Some(LoopSpec { until: l.until.clone(), max_iterations: l.max_iterations })
+            cond::check(&l.until, &["output", "iteration", "steps", "params"])
+                .map_err(|m| err("loop", m))?;
+            Some(LoopSpec {
+                until: l.until.clone(),
+                max_iterations: l.max_iterations,
+            })
         }
     };
     let on_failure = match s.on_failure.as_deref().or(d.on_failure.as_deref()) {
         None | Some("fail") => OnFailure::Fail,
         Some("dead-letter") => OnFailure::DeadLetter,
-        Some(other) => return Err(err("on_failure", format!("unknown value \"{other}\"; use \"fail\" or \"dead-letter\""))),
+        Some(other) => {
+            return Err(err(
+                "on_failure",
+                format!("unknown value \"{other}\"; use \"fail\" or \"dead-letter\""),
+            ));
+        }
     };
     Ok(StepSpec {
         id: s.id.clone(),
@@ -307,23 +411,44 @@ fn check_with(handler: Builtin, with: &serde_json::Value) -> Result<(), String> 
         Builtin::Fail => match get("attempts") {
             None => Ok(()),
             Some(v) if v.as_u64().is_some() => Ok(()),
-            Some(_) => Err("`attempts` (how many attempts fail before one succeeds) must be a whole number".into()),
+            Some(_) => Err(
+                "`attempts` (how many attempts fail before one succeeds) must be a whole number"
+                    .into(),
+            ),
         },
         Builtin::Noop | Builtin::Echo => Ok(()),
     }
 }
 
-fn check_json_templates(v: &serde_json::Value, params: &[(String, Json)], is_map: bool, needs: &[&str]) -> Result<(), String> {
+fn check_json_templates(
+    v: &serde_json::Value,
+    params: &[(String, Json)],
+    is_map: bool,
+    needs: &[&str],
+) -> Result<(), String> {
     match v {
         serde_json::Value::String(s) => template::check(s, params, is_map, needs),
-        serde_json::Value::Array(a) => a.iter().try_for_each(|x| check_json_templates(x, params, is_map, needs)),
-        serde_json::Value::Object(m) => m.values().try_for_each(|x| check_json_templates(x, params, is_map, needs)),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .try_for_each(|x| check_json_templates(x, params, is_map, needs)),
+        serde_json::Value::Object(m) => m
+            .values()
+            .try_for_each(|x| check_json_templates(x, params, is_map, needs)),
         _ => Ok(()),
     }
 }
 
-fn compile_map(m: &RawMap, needs: &[u16], index: &BTreeMap<&str, usize>) -> Result<MapSource, String> {
-    let given = [m.items.is_some(), m.range.is_some(), m.lines.is_some(), m.over.is_some()];
+fn compile_map(
+    m: &RawMap,
+    needs: &[u16],
+    index: &BTreeMap<&str, usize>,
+) -> Result<MapSource, String> {
+    let given = [
+        m.items.is_some(),
+        m.range.is_some(),
+        m.lines.is_some(),
+        m.over.is_some(),
+    ];
     match given.iter().filter(|g| **g).count() {
         0 => return Err("give one of `items`, `range`, `lines` or `over`".into()),
         1 => {}
@@ -336,49 +461,84 @@ fn compile_map(m: &RawMap, needs: &[u16], index: &BTreeMap<&str, usize>) -> Resu
         if items.len() > MAP_ITEMS_MAX as usize {
             return Err(format!("{} items; at most {MAP_ITEMS_MAX}", items.len()));
         }
-        return Ok(MapSource::Items(items.iter().map(Json::from_value).collect()));
+        return Ok(MapSource::Items(
+            items.iter().map(Json::from_value).collect(),
+        ));
     }
     if let Some(r) = &m.range {
         let [start, end] = r.as_slice() else {
             return Err("`range` is [start, end) with two integers".into());
         };
         if end <= start {
-            return Err(format!("range [{start}, {end}) is empty: a map needs at least one item"));
+            return Err(format!(
+                "range [{start}, {end}) is empty: a map needs at least one item"
+            ));
         }
         if (end - start) as u64 > MAP_ITEMS_MAX as u64 {
-            return Err(format!("range has {} items; at most {MAP_ITEMS_MAX}", end - start));
+            return Err(format!(
+                "range has {} items; at most {MAP_ITEMS_MAX}",
+                end - start
+            ));
         }
-        return Ok(MapSource::Range { start: *start, end: *end });
+        return Ok(MapSource::Range {
+            start: *start,
+            end: *end,
+        });
     }
     if m.lines.is_some() {
-        return Err("`lines` must be read when the spec is loaded (submit it with `troupe submit FILE`)".into());
+        return Err(
+            "`lines` must be read when the spec is loaded (submit it with `troupe submit FILE`)"
+                .into(),
+        );
     }
     let over = m.over.as_deref().unwrap_or_default();
     let mut parts = over.split('.');
-    let (Some("steps"), Some(id), Some("output")) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(format!("`over` must look like \"steps.<id>.output\" or \"steps.<id>.output.<field>\", not {over:?}"));
+    let (Some("steps"), Some(id), Some("output")) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(format!(
+            "`over` must look like \"steps.<id>.output\" or \"steps.<id>.output.<field>\", not {over:?}"
+        ));
     };
     let Some(&j) = index.get(id) else {
         return Err(format!("`over` names unknown step \"{id}\""));
     };
     if !needs.contains(&(j as u16)) {
-        return Err(format!("`over` reads step \"{id}\", which must also be listed in `needs`"));
+        return Err(format!(
+            "`over` reads step \"{id}\", which must also be listed in `needs`"
+        ));
     }
-    Ok(MapSource::Upstream { step: j as u16, path: parts.map(str::to_string).collect() })
+    Ok(MapSource::Upstream {
+        step: j as u16,
+        path: parts.map(str::to_string).collect(),
+    })
 }
 
 fn compile_resources(r: Option<&super::raw::RawResources>) -> Result<Resources, String> {
-    let Some(r) = r else { return Ok(Resources::default()) };
+    let Some(r) = r else {
+        return Ok(Resources::default());
+    };
     let cpu = r.cpu.unwrap_or(0.0);
     if !(0.0..=1024.0).contains(&cpu) || cpu.is_nan() {
-        return Err(format!("cpu = {cpu}: give a number of cores between 0 and 1024"));
+        return Err(format!(
+            "cpu = {cpu}: give a number of cores between 0 and 1024"
+        ));
     }
-    let memory_bytes = r.memory.as_deref().map(parse_size_bytes).transpose()?.unwrap_or(0);
+    let memory_bytes = r
+        .memory
+        .as_deref()
+        .map(parse_size_bytes)
+        .transpose()?
+        .unwrap_or(0);
     let gpu = r.gpu.unwrap_or(0);
     if gpu > 64 {
         return Err(format!("gpu = {gpu}: at most 64 GPUs per task"));
     }
-    let gpu_memory_bytes = r.gpu_memory.as_deref().map(parse_size_bytes).transpose()?.unwrap_or(0);
+    let gpu_memory_bytes = r
+        .gpu_memory
+        .as_deref()
+        .map(parse_size_bytes)
+        .transpose()?
+        .unwrap_or(0);
     if gpu == 0 && (gpu_memory_bytes > 0 || r.gpu_model.is_some()) {
         return Err("gpu_memory and gpu_model need gpu >= 1".into());
     }
@@ -403,7 +563,11 @@ fn compile_retries(r: Option<&RawRetries>) -> Result<RetryPolicy, String> {
     match r.backoff.as_deref() {
         None | Some("exponential") => p.exponential = true,
         Some("fixed") => p.exponential = false,
-        Some(other) => return Err(format!("backoff = \"{other}\": use \"exponential\" or \"fixed\"")),
+        Some(other) => {
+            return Err(format!(
+                "backoff = \"{other}\": use \"exponential\" or \"fixed\""
+            ));
+        }
     }
     if let Some(i) = &r.initial {
         p.initial_ms = parse_duration_ms(i)?;
@@ -412,7 +576,10 @@ fn compile_retries(r: Option<&RawRetries>) -> Result<RetryPolicy, String> {
         p.max_ms = parse_duration_ms(m)?;
     }
     if p.initial_ms > p.max_ms {
-        return Err(format!("initial ({}ms) is larger than max ({}ms)", p.initial_ms, p.max_ms));
+        return Err(format!(
+            "initial ({}ms) is larger than max ({}ms)",
+            p.initial_ms, p.max_ms
+        ));
     }
     p.jitter = r.jitter.unwrap_or(true);
     Ok(p)
@@ -442,11 +609,24 @@ fn check_acyclic(steps: &[StepSpec], o: &Origin) -> Result<(), SpecError> {
     let mut path = vec![start];
     let mut at = start;
     loop {
-        let next = steps[at].needs.iter().map(|&x| x as usize).find(|x| !done.contains(x)).unwrap_or(start);
+        let next = steps[at]
+            .needs
+            .iter()
+            .map(|&x| x as usize)
+            .find(|x| !done.contains(x))
+            .unwrap_or(start);
         if let Some(pos) = path.iter().position(|&p| p == next) {
-            let cycle: Vec<&str> = path[pos..].iter().chain(std::iter::once(&next)).map(|&k| steps[k].id.as_str()).collect();
+            let cycle: Vec<&str> = path[pos..]
+                .iter()
+                .chain(std::iter::once(&next))
+                .map(|&k| steps[k].id.as_str())
+                .collect();
             let first = path[pos];
-            return Err(o.err(Some((first, &steps[first].id)), "needs", format!("cycle: {}", cycle.join(" -> "))));
+            return Err(o.err(
+                Some((first, &steps[first].id)),
+                "needs",
+                format!("cycle: {}", cycle.join(" -> ")),
+            ));
         }
         path.push(next);
         at = next;

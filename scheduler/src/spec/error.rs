@@ -78,11 +78,9 @@ pub fn locate_toml(source: &str, index: Option<usize>, key: &str) -> Option<usiz
         }
         let here = current == index && (index.is_some() || !in_other_table);
         if here && !in_other_table {
-            if let Some(rest) = line.strip_prefix(key) {
-                let rest = rest.trim_start();
-                if rest.starts_with('=') || rest.starts_with('.') {
-                    return Some(n + 1);
-                }
+            let after = line.strip_prefix(key).map(str::trim_start);
+            if after.is_some_and(|r| r.starts_with('=') || r.starts_with('.')) {
+                return Some(n + 1);
             }
         }
     }

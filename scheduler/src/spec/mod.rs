@@ -8,7 +8,9 @@ mod error;
 pub mod raw;
 mod template;
 
-pub use compile::{compile, load_file, load_str, parse_json, parse_toml, resolve_lines, spec_digest};
+pub use compile::{
+    compile, load_file, load_str, parse_json, parse_toml, resolve_lines, spec_digest,
+};
 pub use error::{SpecError, line_col, locate_toml};
 pub use template::{TemplateVars, render};
 
@@ -56,7 +58,10 @@ pub struct StepSpec {
 pub enum Action {
     /// An argv (never a shell string); `{{ }}` templates are rendered when the attempt is placed.
     Run(Vec<String>),
-    Builtin { handler: Builtin, with: Json },
+    Builtin {
+        handler: Builtin,
+        with: Json,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,9 +117,15 @@ impl Default for RetryPolicy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MapSource {
     Items(Vec<Json>),
-    Range { start: i64, end: i64 },
+    Range {
+        start: i64,
+        end: i64,
+    },
     /// `steps.<id>.output[.field…]` of an upstream step, which must be a JSON array.
-    Upstream { step: u16, path: Vec<String> },
+    Upstream {
+        step: u16,
+        path: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

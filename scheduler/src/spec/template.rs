@@ -91,8 +91,13 @@ fn lookup(path: &str, vars: &TemplateVars<'_>) -> Result<String, String> {
         ("workflow", ["name"]) => Ok(vars.workflow_name.to_string()),
         ("step", ["id"]) => Ok(vars.step_id.to_string()),
         ("steps", [id, "output", tail @ ..]) => {
-            let steps = vars.steps.ok_or_else(|| format!("`{{{{ {path} }}}}`: step outputs are not available here"))?;
-            let out = steps.get(*id).and_then(|s| s.get("output")).ok_or_else(|| format!("`{{{{ {path} }}}}`: no step `{id}`"))?;
+            let steps = vars.steps.ok_or_else(|| {
+                format!("`{{{{ {path} }}}}`: step outputs are not available here")
+            })?;
+            let out = steps
+                .get(*id)
+                .and_then(|s| s.get("output"))
+                .ok_or_else(|| format!("`{{{{ {path} }}}}`: no step `{id}`"))?;
             descend(out, tail, path).map(|v| as_text(&v))
         }
         ("iteration", []) => Ok(vars.iteration.to_string()),
@@ -117,7 +122,12 @@ fn descend(value: &Value, tail: &[&str], path: &str) -> Result<Value, String> {
 }
 
 /// Checks a template's references at submit time (params must exist; `item` only in map steps).
-pub fn check(template: &str, params: &[(String, crate::json::Json)], is_map: bool, needs: &[&str]) -> Result<(), String> {
+pub fn check(
+    template: &str,
+    params: &[(String, crate::json::Json)],
+    is_map: bool,
+    needs: &[&str],
+) -> Result<(), String> {
     for path in references(template)? {
         let mut parts = path.split('.');
         match parts.next().unwrap_or_default() {
@@ -127,16 +137,25 @@ pub fn check(template: &str, params: &[(String, crate::json::Json)], is_map: boo
                     let declared: Vec<&str> = params.iter().map(|(n, _)| n.as_str()).collect();
                     return Err(format!(
                         "`{{{{ {path} }}}}` names param `{name}`, which is not declared in [params] (declared: {})",
-                        if declared.is_empty() { "none".to_string() } else { declared.join(", ") }
+                        if declared.is_empty() {
+                            "none".to_string()
+                        } else {
+                            declared.join(", ")
+                        }
                     ));
                 }
             }
             "item" if !is_map => {
-                return Err(format!("`{{{{ {path} }}}}` is only defined in map steps (add `map = ...`)"));
+                return Err(format!(
+                    "`{{{{ {path} }}}}` is only defined in map steps (add `map = ...`)"
+                ));
             }
             "item" | "iteration" | "attempt" => {}
             "steps" => {
-                let (id, field) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+                let (id, field) = (
+                    parts.next().unwrap_or_default(),
+                    parts.next().unwrap_or_default(),
+                );
                 if field != "output" || !needs.contains(&id) {
                     return Err(format!(
                         "`{{{{ {path} }}}}`: write steps.<id>.output[.field], where <id> is listed in `needs`"
@@ -173,7 +192,10 @@ mod tests {
 
     #[test]
     fn renders_params_items_and_ids() {
-        let params = vec![("model".to_string(), Json("\"m.onnx\"".into())), ("n".to_string(), Json("3".into()))];
+        let params = vec![
+            ("model".to_string(), Json("\"m.onnx\"".into())),
+            ("n".to_string(), Json("3".into())),
+        ];
         let item = serde_json::json!({"shard": "s-1", "k": [1, 2]});
         let vars = TemplateVars {
             params: &params,
@@ -185,11 +207,28 @@ mod tests {
             attempt: 1,
             steps: None,
         };
-        assert_eq!(render("--model={{ params.model }}", &vars).unwrap(), "--model=m.onnx");
-        assert_eq!(render("{{params.n}}/{{ item.shard }}/{{item.k.1}}", &vars).unwrap(), "3/s-1/2");
-        assert_eq!(render("{{ workflow.id }}-{{ iteration }}", &vars).unwrap(), "wf-7-2");
-        assert!(render("{{ params.nope }}", &vars).unwrap_err().contains("unknown param"));
-        assert!(render("{{ item.missing }}", &vars).unwrap_err().contains("no field"));
+        assert_eq!(
+            render("--model={{ params.model }}", &vars).unwrap(),
+            "--model=m.onnx"
+        );
+        assert_eq!(
+            render("{{params.n}}/{{ item.shard }}/{{item.k.1}}", &vars).unwrap(),
+            "3/s-1/2"
+        );
+        assert_eq!(
+            render("{{ workflow.id }}-{{ iteration }}", &vars).unwrap(),
+            "wf-7-2"
+        );
+        assert!(
+            render("{{ params.nope }}", &vars)
+                .unwrap_err()
+                .contains("unknown param")
+        );
+        assert!(
+            render("{{ item.missing }}", &vars)
+                .unwrap_err()
+                .contains("no field")
+        );
         assert!(render("{{ item", &vars).is_err());
     }
 
@@ -197,8 +236,16 @@ mod tests {
     fn check_rejects_undeclared_params_and_item_outside_map() {
         let params = vec![("a".to_string(), Json("1".into()))];
         assert!(check("{{ params.a }}", &params, false, &[]).is_ok());
-        assert!(check("{{ params.b }}", &params, false, &[]).unwrap_err().contains("not declared"));
-        assert!(check("{{ item }}", &params, false, &[]).unwrap_err().contains("map steps"));
+        assert!(
+            check("{{ params.b }}", &params, false, &[])
+                .unwrap_err()
+                .contains("not declared")
+        );
+        assert!(
+            check("{{ item }}", &params, false, &[])
+                .unwrap_err()
+                .contains("map steps")
+        );
         assert!(check("{{ item }}", &params, true, &[]).is_ok());
         assert!(check("{{ bogus }}", &params, true, &[]).is_err());
     }

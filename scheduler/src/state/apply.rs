@@ -18,7 +18,11 @@ impl State {
             Command::Finished(list) => self.finished(list, at),
             Command::Cancel(id) => self.with_wf(id, |s, wf| {
                 if wf.status.is_terminal() {
-                    return Output::Rejected(format!("{} already finished ({})", wf.name(), wf.status.name()));
+                    return Output::Rejected(format!(
+                        "{} already finished ({})",
+                        wf.name(),
+                        wf.status.name()
+                    ));
                 }
                 s.teardown(wf, at, WfStatus::Cancelled, "cancelled by request".into());
                 Output::Done
@@ -29,7 +33,12 @@ impl State {
             Command::TimeoutWorkflow(id) => self.with_wf(id, |s, wf| match wf.deadline_ms {
                 Some(d) if !wf.status.is_terminal() && d <= at => {
                     let limit = crate::units::format_ms(wf.spec.timeout_ms.unwrap_or_default());
-                    s.teardown(wf, at, WfStatus::TimedOut, format!("workflow timeout of {limit} reached"));
+                    s.teardown(
+                        wf,
+                        at,
+                        WfStatus::TimedOut,
+                        format!("workflow timeout of {limit} reached"),
+                    );
                     Output::Done
                 }
                 _ => Output::Rejected("not due".into()),
@@ -37,7 +46,9 @@ impl State {
             Command::Redrive(dlq) => self.redrive(dlq, at),
             Command::Checkpoint { wf, seq, owner } => self.with_wf(wf, |_, w| {
                 if w.checkpoint.as_ref().is_some_and(|c| c.seq >= seq) {
-                    return Output::Rejected(format!("checkpoint {seq} is not newer than the last one"));
+                    return Output::Rejected(format!(
+                        "checkpoint {seq} is not newer than the last one"
+                    ));
                 }
                 let steps = w
                     .steps
@@ -46,7 +57,12 @@ impl State {
                     .filter(|(r, _)| r.status.is_terminal())
                     .map(|(r, s)| (s.id.clone(), r.status.name().to_string()))
                     .collect();
-                w.checkpoint = Some(Checkpoint { seq, at_ms: at, owner, steps });
+                w.checkpoint = Some(Checkpoint {
+                    seq,
+                    at_ms: at,
+                    owner,
+                    steps,
+                });
                 Output::Done
             }),
         }
@@ -57,7 +73,11 @@ impl State {
         std::mem::take(&mut self.sched.effects)
     }
 
-    fn with_wf(&mut self, id: WorkflowId, f: impl FnOnce(&mut Sched, &mut Workflow) -> Output) -> Output {
+    fn with_wf(
+        &mut self,
+        id: WorkflowId,
+        f: impl FnOnce(&mut Sched, &mut Workflow) -> Output,
+    ) -> Output {
         match self.workflows.get_mut(&id) {
             Some(wf) => {
                 let out = f(&mut self.sched, wf);
@@ -69,7 +89,12 @@ impl State {
     }
 
     fn register_node(&mut self, info: NodeInfo, at: u64) -> Output {
-        let epoch = self.sched.nodes.get(&info.node).map(|n| n.epoch + 1).unwrap_or(1);
+        let epoch = self
+            .sched
+            .nodes
+            .get(&info.node)
+            .map(|n| n.epoch + 1)
+            .unwrap_or(1);
         self.sched.nodes.insert(
             info.node.clone(),
             Node {
@@ -85,7 +110,11 @@ impl State {
             },
         );
         // Attempts the node held in an earlier epoch are lost: run them again as attempt + 1.
-        for wf in self.workflows.values_mut().filter(|w| !w.status.is_terminal()) {
+        for wf in self
+            .workflows
+            .values_mut()
+            .filter(|w| !w.status.is_terminal())
+        {
             let mut lost = 0;
             for (i, run) in wf.steps.iter_mut().enumerate() {
                 for (item, task) in run.tasks.iter_mut() {
@@ -96,7 +125,11 @@ impl State {
                         task.state = TaskState::Queued;
                         lost += 1;
                         if !wf.paused {
-                            self.sched.queue.insert(TaskRef { wf: wf.id, step: i as u16, item: *item });
+                            self.sched.queue.insert(TaskRef {
+                                wf: wf.id,
+                                step: i as u16,
+                                item: *item,
+                            });
                         }
                     }
                 }
@@ -110,23 +143,29 @@ impl State {
     }
 
     fn submit(&mut self, sub: Submission, at: u64) -> Output {
-        if let Some(key) = &sub.idempotency_key {
-            if let Some(&(id, digest)) = self.idempotency.get(key) {
-                return if digest == sub.digest {
-                    Output::Submitted { id, created: false }
-                } else {
-                    Output::Rejected(format!(
-                        "idempotency key {key:?} was already used for {} with a different spec or params; use a new key",
-                        wf_name(id)
-                    ))
-                };
-            }
+        let known = sub
+            .idempotency_key
+            .as_ref()
+            .and_then(|k| self.idempotency.get(k).map(|e| (k, *e)));
+        if let Some((key, (id, digest))) = known {
+            return if digest == sub.digest {
+                Output::Submitted { id, created: false }
+            } else {
+                Output::Rejected(format!(
+                    "idempotency key {key:?} was already used for {} with a different spec or params; use a new key",
+                    wf_name(id)
+                ))
+            };
         }
         let mut params = sub.spec.params.clone();
         for (name, value) in sub.params {
             match params.iter_mut().find(|(n, _)| *n == name) {
                 Some(slot) => slot.1 = value,
-                None => return Output::Rejected(format!("unknown param {name:?}: declare it in [params]")),
+                None => {
+                    return Output::Rejected(format!(
+                        "unknown param {name:?}: declare it in [params]"
+                    ));
+                }
             }
         }
         self.next_workflow += 1;
@@ -177,16 +216,27 @@ impl State {
 
     fn assign_one(&mut self, a: &Assignment, at: u64) -> bool {
         let s = &mut self.sched;
-        let Some(node) = s.nodes.get(&a.node) else { return false };
-        if node.status != NodeStatus::Up || node.epoch != a.epoch || node.assigned >= node.slots + node.queue {
+        let Some(node) = s.nodes.get(&a.node) else {
+            return false;
+        };
+        if node.status != NodeStatus::Up
+            || node.epoch != a.epoch
+            || node.assigned >= node.slots + node.queue
+        {
             return false;
         }
-        let Some(wf) = self.workflows.get_mut(&a.task.wf) else { return false };
+        let Some(wf) = self.workflows.get_mut(&a.task.wf) else {
+            return false;
+        };
         if wf.status.is_terminal() || wf.paused {
             return false;
         }
-        let Some(run) = wf.steps.get_mut(a.task.step as usize) else { return false };
-        let Some(task) = run.tasks.get_mut(&a.task.item) else { return false };
+        let Some(run) = wf.steps.get_mut(a.task.step as usize) else {
+            return false;
+        };
+        let Some(task) = run.tasks.get_mut(&a.task.item) else {
+            return false;
+        };
         let ready = match task.state {
             TaskState::Queued => true,
             TaskState::Waiting { due_ms } => due_ms <= at,
@@ -195,9 +245,21 @@ impl State {
         if task.attempt != a.attempt || !ready {
             return false;
         }
-        let old = std::mem::replace(&mut task.state, TaskState::Assigned { node: a.node.clone(), epoch: a.epoch, at_ms: at });
+        let old = std::mem::replace(
+            &mut task.state,
+            TaskState::Assigned {
+                node: a.node.clone(),
+                epoch: a.epoch,
+                at_ms: at,
+            },
+        );
         run.max_attempt = run.max_attempt.max(a.attempt);
-        let placeholder = Task { attempt: a.attempt, failures: 0, state: old, last_error: None };
+        let placeholder = Task {
+            attempt: a.attempt,
+            failures: 0,
+            state: old,
+            last_error: None,
+        };
         s.unlink(a.task, &placeholder);
         if let Some(n) = s.nodes.get_mut(&a.node) {
             n.assigned += 1;
@@ -215,7 +277,11 @@ impl State {
             match self.live_task(&r) {
                 Some(task) => {
                     if let TaskState::Assigned { node, epoch, .. } = &task.state {
-                        task.state = TaskState::Running { node: node.clone(), epoch: *epoch, since_ms: at };
+                        task.state = TaskState::Running {
+                            node: node.clone(),
+                            epoch: *epoch,
+                            since_ms: at,
+                        };
                     }
                     accepted += 1;
                 }
@@ -228,7 +294,11 @@ impl State {
     /// The task an attempt report is about, if the report is current (fencing: task, attempt, epoch).
     fn live_task(&mut self, r: &AttemptRef) -> Option<&mut Task> {
         let wf = self.workflows.get_mut(&r.task.wf)?;
-        let task = wf.steps.get_mut(r.task.step as usize)?.tasks.get_mut(&r.task.item)?;
+        let task = wf
+            .steps
+            .get_mut(r.task.step as usize)?
+            .tasks
+            .get_mut(&r.task.item)?;
         let epoch = match &task.state {
             TaskState::Assigned { epoch, .. } | TaskState::Running { epoch, .. } => *epoch,
             _ => return None,
@@ -245,11 +315,16 @@ impl State {
                 continue;
             }
             accepted += 1;
-            let Some(wf) = self.workflows.get_mut(&rep.at.task.wf) else { continue };
+            let Some(wf) = self.workflows.get_mut(&rep.at.task.wf) else {
+                continue;
+            };
             match rep.outcome {
                 Outcome::Succeeded { output } => match output {
                     Some(o) if o.len() > OUTPUT_BYTES_MAX => {
-                        let e = format!("output is {} bytes; the limit is {OUTPUT_BYTES_MAX} (output_bytes_max)", o.len());
+                        let e = format!(
+                            "output is {} bytes; the limit is {OUTPUT_BYTES_MAX} (output_bytes_max)",
+                            o.len()
+                        );
                         self.sched.task_failed(wf, rep.at.task, e, at)
                     }
                     output => self.sched.task_succeeded(wf, rep.at.task, output, at),
@@ -267,17 +342,30 @@ impl State {
         let Some(wf) = self.workflows.get_mut(&entry.task.wf) else {
             return Output::Rejected(format!("{} no longer exists", wf_name(entry.task.wf)));
         };
-        if matches!(wf.status, WfStatus::Failed | WfStatus::Cancelled | WfStatus::TimedOut) {
+        if matches!(
+            wf.status,
+            WfStatus::Failed | WfStatus::Cancelled | WfStatus::TimedOut
+        ) {
             return Output::Rejected(format!(
                 "{} is {}; retry the workflow instead (troupe retry {})",
-                wf.name(), wf.status.name(), wf.name()
+                wf.name(),
+                wf.status.name(),
+                wf.name()
             ));
         }
         self.sched.dlq.remove(&id);
         let i = entry.task.step as usize;
         let run = &mut wf.steps[i];
         run.dead_lettered = run.dead_lettered.saturating_sub(1);
-        run.tasks.insert(entry.task.item, Task { attempt: entry.attempt + 1, failures: 0, state: TaskState::Queued, last_error: None });
+        run.tasks.insert(
+            entry.task.item,
+            Task {
+                attempt: entry.attempt + 1,
+                failures: 0,
+                state: TaskState::Queued,
+                last_error: None,
+            },
+        );
         run.status = StepStatus::Running;
         run.finished_ms = None;
         if wf.status.is_terminal() {
@@ -288,7 +376,15 @@ impl State {
         if !wf.paused {
             self.sched.queue.insert(entry.task);
         }
-        wf.log(at, format!("dead letter {id} redriven: step {} item {} runs again as attempt {}", entry.step_id, entry.task.item, entry.attempt + 1));
+        wf.log(
+            at,
+            format!(
+                "dead letter {id} redriven: step {} item {} runs again as attempt {}",
+                entry.step_id,
+                entry.task.item,
+                entry.attempt + 1
+            ),
+        );
         self.sched.effects.push(Effect::Changed(wf.id));
         Output::Done
     }
@@ -297,35 +393,72 @@ impl State {
 impl Sched {
     fn pause(&mut self, wf: &mut Workflow, pause: bool, at: u64) -> Output {
         if wf.status.is_terminal() {
-            return Output::Rejected(format!("{} already finished ({})", wf.name(), wf.status.name()));
+            return Output::Rejected(format!(
+                "{} already finished ({})",
+                wf.name(),
+                wf.status.name()
+            ));
         }
         if wf.paused == pause {
-            return Output::Rejected(format!("{} is already {}", wf.name(), if pause { "paused" } else { "running" }));
+            return Output::Rejected(format!(
+                "{} is already {}",
+                wf.name(),
+                if pause { "paused" } else { "running" }
+            ));
         }
         wf.paused = pause;
         for (i, run) in wf.steps.iter().enumerate() {
             for (item, task) in &run.tasks {
-                let r = TaskRef { wf: wf.id, step: i as u16, item: *item };
+                let r = TaskRef {
+                    wf: wf.id,
+                    step: i as u16,
+                    item: *item,
+                };
                 match (&task.state, pause) {
-                    (TaskState::Queued, true) => { self.queue.remove(&r); }
-                    (TaskState::Queued, false) => { self.queue.insert(r); }
-                    (TaskState::Waiting { due_ms }, true) => { self.delayed.remove(&(*due_ms, r)); }
-                    (TaskState::Waiting { due_ms }, false) => { self.delayed.insert((*due_ms, r)); }
+                    (TaskState::Queued, true) => {
+                        self.queue.remove(&r);
+                    }
+                    (TaskState::Queued, false) => {
+                        self.queue.insert(r);
+                    }
+                    (TaskState::Waiting { due_ms }, true) => {
+                        self.delayed.remove(&(*due_ms, r));
+                    }
+                    (TaskState::Waiting { due_ms }, false) => {
+                        self.delayed.insert((*due_ms, r));
+                    }
                     _ => {}
                 }
             }
         }
-        wf.log(at, if pause { "paused: no new attempts start; running ones finish" } else { "resumed" });
+        wf.log(
+            at,
+            if pause {
+                "paused: no new attempts start; running ones finish"
+            } else {
+                "resumed"
+            },
+        );
         Output::Done
     }
 
     fn retry(&mut self, wf: &mut Workflow, at: u64) -> Output {
-        if !matches!(wf.status, WfStatus::Failed | WfStatus::Cancelled | WfStatus::TimedOut) {
-            return Output::Rejected(format!("{} is {}; only failed, cancelled or timed-out workflows can be retried", wf.name(), wf.status.name()));
+        if !matches!(
+            wf.status,
+            WfStatus::Failed | WfStatus::Cancelled | WfStatus::TimedOut
+        ) {
+            return Output::Rejected(format!(
+                "{} is {}; only failed, cancelled or timed-out workflows can be retried",
+                wf.name(),
+                wf.status.name()
+            ));
         }
         let mut reset = Vec::new();
         for (run, spec) in wf.steps.iter_mut().zip(&wf.spec.steps) {
-            if matches!(run.status, StepStatus::Failed | StepStatus::Cancelled | StepStatus::Pending) {
+            if matches!(
+                run.status,
+                StepStatus::Failed | StepStatus::Cancelled | StepStatus::Pending
+            ) {
                 run.status = StepStatus::Pending;
                 run.error = None;
                 run.next_item = 0;
@@ -343,7 +476,13 @@ impl Sched {
         if let Some(d) = wf.deadline_ms {
             self.deadlines.insert((d, wf.id));
         }
-        wf.log(at, format!("retry from failure: steps {} run again; finished items are kept", reset.join(", ")));
+        wf.log(
+            at,
+            format!(
+                "retry from failure: steps {} run again; finished items are kept",
+                reset.join(", ")
+            ),
+        );
         self.advance(wf, at);
         Output::Done
     }

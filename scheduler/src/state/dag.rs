@@ -22,7 +22,10 @@ impl Sched {
                     continue;
                 }
                 let needs = wf.spec.steps[i].needs.clone();
-                if !needs.iter().all(|&n| wf.steps[n as usize].status.is_terminal()) {
+                if !needs
+                    .iter()
+                    .all(|&n| wf.steps[n as usize].status.is_terminal())
+                {
                     continue;
                 }
                 changed = true;
@@ -32,7 +35,13 @@ impl Sched {
                         || (s.status == StepStatus::Failed && !wf.spec.steps[n as usize].optional)
                 });
                 if blocked {
-                    self.end_step(wf, i, StepStatus::Cancelled, at, Some("an upstream step failed".into()));
+                    self.end_step(
+                        wf,
+                        i,
+                        StepStatus::Cancelled,
+                        at,
+                        Some("an upstream step failed".into()),
+                    );
                     continue;
                 }
                 match wf.spec.steps[i].when.clone() {
@@ -62,7 +71,9 @@ impl Sched {
         let (items, total) = match &spec.map {
             None => (Items::Single, 1u32),
             Some(MapSource::Items(v)) => (Items::List(v.clone()), v.len() as u32),
-            Some(MapSource::Range { start, end }) => (Items::Range { start: *start }, (end - start) as u32),
+            Some(MapSource::Range { start, end }) => {
+                (Items::Range { start: *start }, (end - start) as u32)
+            }
             Some(MapSource::Upstream { step, path }) => {
                 let source = step_output(wf, *step as usize);
                 let mut v = &source;
@@ -70,7 +81,10 @@ impl Sched {
                     v = v.get(k.as_str()).unwrap_or(&Value::Null);
                 }
                 match v {
-                    Value::Array(a) => (Items::List(a.iter().map(Json::from_value).collect()), a.len() as u32),
+                    Value::Array(a) => (
+                        Items::List(a.iter().map(Json::from_value).collect()),
+                        a.len() as u32,
+                    ),
                     other => {
                         let up = &wf.spec.steps[*step as usize].id;
                         let kind = match other {
@@ -79,7 +93,14 @@ impl Sched {
                             Value::String(_) => "a string",
                             _ => "not an array",
                         };
-                        self.fail_step(wf, i, at, format!("map.over: the output of step \"{up}\" is {kind}, not a JSON array"));
+                        self.fail_step(
+                            wf,
+                            i,
+                            at,
+                            format!(
+                                "map.over: the output of step \"{up}\" is {kind}, not a JSON array"
+                            ),
+                        );
                         return;
                     }
                 }
@@ -91,7 +112,15 @@ impl Sched {
         run.status = StepStatus::Running;
         run.started_ms = Some(at);
         run.iteration = 1;
-        wf.log(at, format!("step {} started ({} item{})", spec.id, total, if total == 1 { "" } else { "s" }));
+        wf.log(
+            at,
+            format!(
+                "step {} started ({} item{})",
+                spec.id,
+                total,
+                if total == 1 { "" } else { "s" }
+            ),
+        );
         self.fill_window(wf, i);
         self.maybe_complete(wf, i, at);
     }
@@ -106,10 +135,19 @@ impl Sched {
             if run.done.contains(item) {
                 continue;
             }
-            let task = Task { attempt: run.attempt_floor + 1, failures: 0, state: TaskState::Queued, last_error: None };
+            let task = Task {
+                attempt: run.attempt_floor + 1,
+                failures: 0,
+                state: TaskState::Queued,
+                last_error: None,
+            };
             run.tasks.insert(item, task);
             if !wf.paused {
-                self.queue.insert(TaskRef { wf: wf.id, step: i as u16, item });
+                self.queue.insert(TaskRef {
+                    wf: wf.id,
+                    step: i as u16,
+                    item,
+                });
             }
         }
     }
@@ -123,7 +161,14 @@ impl Sched {
         }
     }
 
-    pub(crate) fn end_step(&mut self, wf: &mut Workflow, i: usize, status: StepStatus, at: u64, why: Option<String>) {
+    pub(crate) fn end_step(
+        &mut self,
+        wf: &mut Workflow,
+        i: usize,
+        status: StepStatus,
+        at: u64,
+        why: Option<String>,
+    ) {
         self.drop_tasks(wf, i);
         let id = wf.spec.steps[i].id.clone();
         let run = &mut wf.steps[i];
@@ -148,12 +193,23 @@ impl Sched {
             self.advance(wf, at);
         } else {
             let id = wf.spec.steps[i].id.clone();
-            self.teardown(wf, at, WfStatus::Failed, format!("step \"{id}\" failed: {error}"));
+            self.teardown(
+                wf,
+                at,
+                WfStatus::Failed,
+                format!("step \"{id}\" failed: {error}"),
+            );
         }
     }
 
     /// Ends a workflow early: stops its live attempts and cancels unfinished steps.
-    pub(crate) fn teardown(&mut self, wf: &mut Workflow, at: u64, status: WfStatus, reason: String) {
+    pub(crate) fn teardown(
+        &mut self,
+        wf: &mut Workflow,
+        at: u64,
+        status: WfStatus,
+        reason: String,
+    ) {
         for i in 0..wf.steps.len() {
             if !wf.steps[i].status.is_terminal() {
                 self.end_step(wf, i, StepStatus::Cancelled, at, None);
@@ -169,10 +225,18 @@ impl Sched {
     fn drop_tasks(&mut self, wf: &mut Workflow, i: usize) {
         let tasks = std::mem::take(&mut wf.steps[i].tasks);
         for (item, task) in tasks {
-            let r = TaskRef { wf: wf.id, step: i as u16, item };
+            let r = TaskRef {
+                wf: wf.id,
+                step: i as u16,
+                item,
+            };
             self.unlink(r, &task);
             if let TaskState::Assigned { node, .. } | TaskState::Running { node, .. } = task.state {
-                self.effects.push(Effect::Kill { task: r, attempt: task.attempt, node });
+                self.effects.push(Effect::Kill {
+                    task: r,
+                    attempt: task.attempt,
+                    node,
+                });
             }
         }
     }
@@ -198,11 +262,17 @@ impl Sched {
         if wf.status.is_terminal() || !wf.steps.iter().all(|s| s.status.is_terminal()) {
             return;
         }
-        let degraded = wf.steps.iter().zip(&wf.spec.steps).any(|(r, s)| {
-            r.dead_lettered > 0 || (r.status == StepStatus::Failed && s.optional)
-        });
-        wf.status = if degraded { WfStatus::Degraded } else { WfStatus::Succeeded };
-        wf.reason = degraded.then(|| "an optional step failed or tasks went to the dead-letter queue".to_string());
+        let degraded =
+            wf.steps.iter().zip(&wf.spec.steps).any(|(r, s)| {
+                r.dead_lettered > 0 || (r.status == StepStatus::Failed && s.optional)
+            });
+        wf.status = if degraded {
+            WfStatus::Degraded
+        } else {
+            WfStatus::Succeeded
+        };
+        wf.reason = degraded
+            .then(|| "an optional step failed or tasks went to the dead-letter queue".to_string());
         self.close(wf, at);
         wf.log(at, format!("workflow {}", wf.status.name()));
     }
@@ -216,25 +286,47 @@ impl Sched {
     }
 
     /// An attempt succeeded.
-    pub(crate) fn task_succeeded(&mut self, wf: &mut Workflow, r: TaskRef, output: Option<Json>, at: u64) {
+    pub(crate) fn task_succeeded(
+        &mut self,
+        wf: &mut Workflow,
+        r: TaskRef,
+        output: Option<Json>,
+        at: u64,
+    ) {
         let i = r.step as usize;
-        let Some(task) = wf.steps[i].tasks.remove(&r.item) else { return };
+        let Some(task) = wf.steps[i].tasks.remove(&r.item) else {
+            return;
+        };
         self.unlink(r, &task);
         self.stats.tasks_succeeded += 1;
         if let Some(out) = output.filter(|o| !o.is_null()) {
             wf.steps[i].outputs.insert(r.item, out);
         }
         if let Some(l) = wf.spec.steps[i].repeat.clone() {
-            let out = wf.steps[i].outputs.get(&r.item).map(Json::value).unwrap_or(Value::Null);
+            let out = wf.steps[i]
+                .outputs
+                .get(&r.item)
+                .map(Json::value)
+                .unwrap_or(Value::Null);
             let iteration = wf.steps[i].iteration;
             let (it, steps, params) = (json!(iteration), steps_value(wf), params_value(wf));
-            let vars = [("output", &out), ("iteration", &it), ("steps", &steps), ("params", &params)];
+            let vars = [
+                ("output", &out),
+                ("iteration", &it),
+                ("steps", &steps),
+                ("params", &params),
+            ];
             match cond::eval_bool(&l.until, &vars) {
                 Err(e) => return self.fail_step(wf, i, at, format!("loop.until: {e}")),
                 Ok(false) if iteration < l.max_iterations => {
                     let run = &mut wf.steps[i];
                     run.iteration += 1;
-                    let next = Task { attempt: task.attempt + 1, failures: 0, state: TaskState::Queued, last_error: None };
+                    let next = Task {
+                        attempt: task.attempt + 1,
+                        failures: 0,
+                        state: TaskState::Queued,
+                        last_error: None,
+                    };
                     run.tasks.insert(r.item, next);
                     if !wf.paused {
                         self.queue.insert(r);
@@ -264,15 +356,30 @@ impl Sched {
         let i = r.step as usize;
         let policy = wf.spec.steps[i].retry.clone();
         let on_failure = wf.spec.steps[i].on_failure;
-        let Some(mut task) = wf.steps[i].tasks.remove(&r.item) else { return };
+        let Some(mut task) = wf.steps[i].tasks.remove(&r.item) else {
+            return;
+        };
         self.unlink(r, &task);
         self.stats.tasks_failed += 1;
         task.failures += 1;
         task.last_error = Some(error.clone());
         let id = wf.spec.steps[i].id.clone();
         if task.failures < policy.attempts {
-            let due = at + backoff_ms(&policy, task.failures, &[r.wf, r.step as u64, r.item as u64, task.attempt as u64]);
-            wf.log(at, format!("step {id} item {} attempt {} failed: {error}; retry at +{}ms", r.item, task.attempt, due - at));
+            let due = at
+                + backoff_ms(
+                    &policy,
+                    task.failures,
+                    &[r.wf, r.step as u64, r.item as u64, task.attempt as u64],
+                );
+            wf.log(
+                at,
+                format!(
+                    "step {id} item {} attempt {} failed: {error}; retry at +{}ms",
+                    r.item,
+                    task.attempt,
+                    due - at
+                ),
+            );
             task.attempt += 1;
             task.state = TaskState::Waiting { due_ms: due };
             if !wf.paused {
@@ -297,21 +404,42 @@ impl Sched {
                 };
                 self.dlq.insert(entry.id, entry);
                 wf.steps[i].dead_lettered += 1;
-                wf.log(at, format!("step {id} item {} dead-lettered after {attempts} attempt(s): {error}", r.item));
+                wf.log(
+                    at,
+                    format!(
+                        "step {id} item {} dead-lettered after {attempts} attempt(s): {error}",
+                        r.item
+                    ),
+                );
                 self.effects.push(Effect::Changed(wf.id));
                 self.fill_window(wf, i);
                 self.maybe_complete(wf, i, at);
             }
             OnFailure::Fail => {
                 wf.steps[i].failed += 1;
-                let what = if wf.spec.steps[i].map.is_some() { format!("item {} ", r.item) } else { String::new() };
-                self.fail_step(wf, i, at, format!("{what}failed after {attempts} attempt(s): {error}"));
+                let what = if wf.spec.steps[i].map.is_some() {
+                    format!("item {} ", r.item)
+                } else {
+                    String::new()
+                };
+                self.fail_step(
+                    wf,
+                    i,
+                    at,
+                    format!("{what}failed after {attempts} attempt(s): {error}"),
+                );
             }
         }
     }
 
     /// Builds the runner's view of an assigned attempt (templates rendered now, deterministically).
-    pub(crate) fn run_spec(wf: &Workflow, r: TaskRef, attempt: u32, node: &str, epoch: u64) -> Result<RunSpec, String> {
+    pub(crate) fn run_spec(
+        wf: &Workflow,
+        r: TaskRef,
+        attempt: u32,
+        node: &str,
+        epoch: u64,
+    ) -> Result<RunSpec, String> {
         let i = r.step as usize;
         let spec = &wf.spec.steps[i];
         let run = &wf.steps[i];
@@ -323,7 +451,10 @@ impl Sched {
         let item_value = item.as_ref().map(Json::value);
         let workflow = wf.name();
         let names_steps = match &spec.action {
-            Action::Run(argv) => argv.iter().chain(spec.env.iter().map(|(_, v)| v)).any(|t| t.contains("steps.")),
+            Action::Run(argv) => argv
+                .iter()
+                .chain(spec.env.iter().map(|(_, v)| v))
+                .any(|t| t.contains("steps.")),
             Action::Builtin { with, .. } => with.0.contains("steps."),
         };
         let steps = names_steps.then(|| steps_value(wf));
@@ -339,14 +470,20 @@ impl Sched {
         };
         let launch = match &spec.action {
             Action::Run(argv) => Launch::Process {
-                argv: argv.iter().map(|a| render(a, &vars)).collect::<Result<_, _>>()?,
+                argv: argv
+                    .iter()
+                    .map(|a| render(a, &vars))
+                    .collect::<Result<_, _>>()?,
                 env: spec
                     .env
                     .iter()
                     .map(|(k, v)| render(v, &vars).map(|v| (k.clone(), v)))
                     .collect::<Result<_, _>>()?,
             },
-            Action::Builtin { handler, with } => Launch::Builtin { handler: *handler, with: Json::from_value(&render_json(&with.value(), &vars)?) },
+            Action::Builtin { handler, with } => Launch::Builtin {
+                handler: *handler,
+                with: Json::from_value(&render_json(&with.value(), &vars)?),
+            },
         };
         Ok(RunSpec {
             task: r,
@@ -367,9 +504,15 @@ impl Sched {
 fn render_json(v: &Value, vars: &TemplateVars<'_>) -> Result<Value, String> {
     Ok(match v {
         Value::String(s) => Value::String(render(s, vars)?),
-        Value::Array(a) => Value::Array(a.iter().map(|x| render_json(x, vars)).collect::<Result<_, _>>()?),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|x| render_json(x, vars))
+                .collect::<Result<_, _>>()?,
+        ),
         Value::Object(m) => Value::Object(
-            m.iter().map(|(k, x)| render_json(x, vars).map(|x| (k.clone(), x))).collect::<Result<_, _>>()?,
+            m.iter()
+                .map(|(k, x)| render_json(x, vars).map(|x| (k.clone(), x)))
+                .collect::<Result<_, _>>()?,
         ),
         other => other.clone(),
     })
@@ -379,7 +522,8 @@ fn render_json(v: &Value, vars: &TemplateVars<'_>) -> Result<Value, String> {
 /// "equal jitter" derived from the task's identity (deterministic, so every server agrees).
 pub fn backoff_ms(p: &RetryPolicy, failures: u32, seed: &[u64]) -> u64 {
     let base = if p.exponential {
-        p.initial_ms.saturating_mul(1u64 << (failures.saturating_sub(1)).min(30))
+        p.initial_ms
+            .saturating_mul(1u64 << (failures.saturating_sub(1)).min(30))
     } else {
         p.initial_ms
     }
@@ -397,7 +541,11 @@ pub fn step_output(wf: &Workflow, i: usize) -> Value {
     if wf.spec.steps[i].map.is_none() {
         return run.outputs.get(&0).map(Json::value).unwrap_or(Value::Null);
     }
-    Value::Array((0..run.total).map(|k| run.outputs.get(&k).map(Json::value).unwrap_or(Value::Null)).collect())
+    Value::Array(
+        (0..run.total)
+            .map(|k| run.outputs.get(&k).map(Json::value).unwrap_or(Value::Null))
+            .collect(),
+    )
 }
 
 /// The `steps` variable of conditions.
@@ -421,5 +569,10 @@ pub fn steps_value(wf: &Workflow) -> Value {
 }
 
 pub fn params_value(wf: &Workflow) -> Value {
-    Value::Object(wf.params.iter().map(|(k, v)| (k.clone(), v.value())).collect())
+    Value::Object(
+        wf.params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value()))
+            .collect(),
+    )
 }

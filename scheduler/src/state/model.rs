@@ -30,7 +30,13 @@ pub struct TaskRef {
 impl TaskRef {
     /// Log files of an attempt, relative to the node's data dir.
     pub fn log_stem(&self, step_id: &str, attempt: u32) -> String {
-        format!("logs/{}/{}/{}/attempt-{}", wf_name(self.wf), step_id, self.item, attempt)
+        format!(
+            "logs/{}/{}/{}/attempt-{}",
+            wf_name(self.wf),
+            step_id,
+            self.item,
+            attempt
+        )
     }
 }
 
@@ -94,9 +100,17 @@ pub enum TaskState {
     /// Waiting for its retry backoff to pass.
     Waiting { due_ms: u64 },
     /// Placed on a node; the node may not have started it yet.
-    Assigned { node: String, epoch: u64, at_ms: u64 },
+    Assigned {
+        node: String,
+        epoch: u64,
+        at_ms: u64,
+    },
     /// The node reported that it started.
-    Running { node: String, epoch: u64, since_ms: u64 },
+    Running {
+        node: String,
+        epoch: u64,
+        since_ms: u64,
+    },
 }
 
 /// A task that is not finished. Finished tasks leave the map (their results stay in the step).
@@ -240,7 +254,10 @@ impl Workflow {
             self.history.remove(0);
             self.history_dropped += 1;
         }
-        self.history.push(Event { at_ms, what: what.into() });
+        self.history.push(Event {
+            at_ms,
+            what: what.into(),
+        });
     }
     pub fn name(&self) -> String {
         wf_name(self.id)

@@ -15,8 +15,22 @@ pub struct Sim {
 
 impl Sim {
     pub fn new(slots: u32) -> Self {
-        let mut s = Sim { state: State::default(), planner: Planner::new(), now: 1_000, running: vec![], killed: vec![], ran: vec![] };
-        s.apply(Command::RegisterNode(NodeInfo { node: "n1".into(), slots, queue: slots, cpu_milli: 2000, memory_bytes: 1 << 30, gpus: 0 }));
+        let mut s = Sim {
+            state: State::default(),
+            planner: Planner::new(),
+            now: 1_000,
+            running: vec![],
+            killed: vec![],
+            ran: vec![],
+        };
+        s.apply(Command::RegisterNode(NodeInfo {
+            node: "n1".into(),
+            slots,
+            queue: slots,
+            cpu_milli: 2000,
+            memory_bytes: 1 << 30,
+            gpus: 0,
+        }));
         s
     }
 
@@ -30,7 +44,8 @@ impl Sim {
                 }
                 Effect::Kill { task, attempt, .. } => {
                     self.killed.push((task, attempt));
-                    self.running.retain(|r| !(r.task == task && r.attempt == attempt));
+                    self.running
+                        .retain(|r| !(r.task == task && r.attempt == attempt));
                 }
                 _ => {}
             }
@@ -47,7 +62,12 @@ impl Sim {
         let raw = spec::parse_toml(text, Some("test.toml")).map_err(|e| e.to_string())?;
         let compiled = spec::compile(&raw).map_err(|e| e.to_string())?;
         let digest = spec::spec_digest(&raw, &Default::default());
-        let sub = Submission { spec: compiled, params: vec![], idempotency_key: key.map(Into::into), digest };
+        let sub = Submission {
+            spec: compiled,
+            params: vec![],
+            idempotency_key: key.map(Into::into),
+            digest,
+        };
         match self.apply(Command::Submit(Box::new(sub))) {
             Output::Submitted { id, .. } => Ok(id),
             other => Err(format!("{other:?}")),
@@ -73,7 +93,14 @@ impl Sim {
         let epoch = self.state.sched.nodes["n1"].epoch;
         let reports = running
             .iter()
-            .map(|r| Report { at: AttemptRef { task: r.task, attempt: r.attempt, epoch }, outcome: f(r) })
+            .map(|r| Report {
+                at: AttemptRef {
+                    task: r.task,
+                    attempt: r.attempt,
+                    epoch,
+                },
+                outcome: f(r),
+            })
             .collect();
         self.apply(Command::Finished(reports));
     }
@@ -100,7 +127,13 @@ impl Sim {
 
     pub fn check_invariants(&self) {
         for n in self.state.sched.nodes.values() {
-            assert!(n.assigned <= n.slots + n.queue, "node {} over capacity: {} > {}", n.id, n.assigned, n.slots + n.queue);
+            assert!(
+                n.assigned <= n.slots + n.queue,
+                "node {} over capacity: {} > {}",
+                n.id,
+                n.assigned,
+                n.slots + n.queue
+            );
             let live: u32 = self
                 .state
                 .workflows
@@ -116,16 +149,35 @@ impl Sim {
 /// The builtin semantics, for tests: noop/echo succeed, fail fails its first `attempts` attempts.
 pub fn builtin(r: &RunSpec) -> Outcome {
     match &r.launch {
-        Launch::Builtin { handler: Builtin::Fail, with } => {
-            let n = with.value().get("attempts").and_then(|v| v.as_u64()).unwrap_or(u64::MAX);
+        Launch::Builtin {
+            handler: Builtin::Fail,
+            with,
+        } => {
+            let n = with
+                .value()
+                .get("attempts")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(u64::MAX);
             if (r.attempt as u64) <= n {
-                Outcome::Failed { error: "fail handler".into() }
+                Outcome::Failed {
+                    error: "fail handler".into(),
+                }
             } else {
                 Outcome::Succeeded { output: None }
             }
         }
-        Launch::Builtin { handler: Builtin::Echo, with } if !with.is_null() => Outcome::Succeeded { output: Some(with.clone()) },
-        Launch::Builtin { handler: Builtin::Echo, .. } => Outcome::Succeeded { output: r.item.clone() },
+        Launch::Builtin {
+            handler: Builtin::Echo,
+            with,
+        } if !with.is_null() => Outcome::Succeeded {
+            output: Some(with.clone()),
+        },
+        Launch::Builtin {
+            handler: Builtin::Echo,
+            ..
+        } => Outcome::Succeeded {
+            output: r.item.clone(),
+        },
         _ => Outcome::Succeeded { output: None },
     }
 }
