@@ -373,13 +373,8 @@ async fn backoff_delays_restarts_and_doubles() {
     for expected in [Duration::from_millis(150), Duration::from_millis(300)] {
         let crashed_at = Instant::now();
         send("backoff-a", WorkerMsg::Panic);
-        // Absent (waiting for the restart) right after the failure...
-        wait_children(&sup, "pending restart", |c| c[0].id.is_none()).await;
-        assert!(
-            crashed_at.elapsed() < expected,
-            "restart wait observed too late"
-        );
-        // ...and back once the backoff has passed.
+        // Back only once the backoff has passed (while waiting it is listed with no id; that
+        // window is not polled here, a loaded 2-core machine could miss it).
         current = wait_all_replaced(&sup, &current, &[0]).await;
         let waited = crashed_at.elapsed();
         assert!(
