@@ -43,7 +43,7 @@ needs = ["slow"]
 run = ["sh", "-c", "echo last $TROUPE_ATTEMPT >> {m}/last.log"]
 "#
     );
-    let mut node = TestNode::start(&data, &["--kill-grace-s", "1"]);
+    let mut node = TestNode::start(&data, &["--kill-grace-s", "1", "--snapshot-every", "5"]);
     let id = node.submit(&spec);
     // Wait until "slow" has items 0 and 1 done and the long ones running.
     node.wait_until(&id, Duration::from_secs(30), "slow items running", |v| {
@@ -60,7 +60,7 @@ run = ["sh", "-c", "echo last $TROUPE_ATTEMPT >> {m}/last.log"]
 
     node.kill9();
     let killed_at = std::time::Instant::now();
-    let node = TestNode::start(&data, &["--kill-grace-s", "1"]);
+    let node = TestNode::start(&data, &["--kill-grace-s", "1", "--snapshot-every", "5"]);
 
     let done = node.wait(&id, Duration::from_secs(60));
     assert_eq!(done["status"], "succeeded", "{done}");
@@ -106,6 +106,9 @@ run = ["sh", "-c", "echo last $TROUPE_ATTEMPT >> {m}/last.log"]
         );
     }
     assert_eq!(lines(&marks.join("last.log")), vec!["last 1".to_string()]);
+    // Recovery went through a snapshot plus the log after it (not a full replay).
+    let (_, health) = node.get("/v1/health");
+    assert!(health["snapshot_index"].as_u64().unwrap() > 1, "{health}");
     let history: Vec<String> = done["history"]
         .as_array()
         .unwrap()

@@ -27,7 +27,9 @@ pub fn dev(args: DevArgs) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         let mut cfg = NodeConfig::dev(&args.data);
-        cfg.listen = args.listen;
+        let default = if args.run.is_some() { "127.0.0.1:0" } else { "127.0.0.1:7070" };
+        cfg.listen = args.listen.unwrap_or_else(|| default.parse().expect("static address"));
+        cfg.snapshot_every_entries = args.snapshot_every.max(1);
         cfg.slots = args.slots.max(1);
         cfg.queue = args.queue.unwrap_or(cfg.slots);
         cfg.fsync = !args.no_fsync;

@@ -96,8 +96,9 @@ pub struct DevArgs {
     /// Data folder (Raft log, snapshots, task logs).
     #[arg(long, default_value = ".troupe/dev")]
     data: PathBuf,
-    #[arg(long, default_value = "127.0.0.1:7070")]
-    listen: SocketAddr,
+    /// API address [default: 127.0.0.1:7070; with --run, a free port].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// Attempts run at once.
     #[arg(long, default_value_t = 256)]
     slots: u32,
@@ -113,6 +114,9 @@ pub struct DevArgs {
     /// Serve POST /v1/chaos/panic/{actor} (supervision tests and chaos drills only).
     #[arg(long)]
     fault_injection: bool,
+    /// Snapshot the state and compact the Raft log every this many applied entries.
+    #[arg(long, default_value_t = 1000, hide = true)]
+    snapshot_every: u64,
     /// Submit this spec once the node is up, show its progress, and exit when it finishes.
     #[arg(long, value_name = "FILE")]
     run: Option<PathBuf>,

@@ -5,7 +5,6 @@
 
 use cel_interpreter::{Context, Program, Value as Cel};
 use serde_json::Value;
-use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
@@ -66,7 +65,10 @@ fn to_cel(v: &Value) -> Cel {
         Value::String(s) => Cel::String(Arc::new(s.clone())),
         Value::Array(a) => Cel::List(Arc::new(a.iter().map(to_cel).collect())),
         Value::Object(m) => {
-            let map: HashMap<String, Cel> = m.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect();
+            // CEL's own map type is a HashMap; it is only looked up, never iterated into state.
+            #[allow(clippy::disallowed_types)]
+            let map: std::collections::HashMap<String, Cel> =
+                m.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect();
             Cel::Map(map.into())
         }
     }

@@ -70,7 +70,7 @@ impl Sched {
         let spec = &wf.spec.steps[i];
         let (items, total) = match &spec.map {
             None => (Items::Single, 1u32),
-            Some(MapSource::Items(v)) => (Items::List(v.clone()), v.len() as u32),
+            Some(MapSource::Items(v)) => (Items::Inline, v.len() as u32),
             Some(MapSource::Range { start, end }) => {
                 (Items::Range { start: *start }, (end - start) as u32)
             }
@@ -447,6 +447,10 @@ impl Sched {
             Items::Single => None,
             Items::Range { start } => Some(Json((start + r.item as i64).to_string())),
             Items::List(v) => v.get(r.item as usize).cloned(),
+            Items::Inline => match &spec.map {
+                Some(MapSource::Items(v)) => v.get(r.item as usize).cloned(),
+                _ => None,
+            },
         };
         let item_value = item.as_ref().map(Json::value);
         let workflow = wf.name();

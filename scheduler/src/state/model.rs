@@ -128,7 +128,12 @@ pub struct Task {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Items {
     Single,
-    Range { start: i64 },
+    Range {
+        start: i64,
+    },
+    /// The spec's inline `items` (not copied).
+    Inline,
+    /// An upstream step's output array, fixed when the step started.
     List(Vec<Json>),
 }
 
