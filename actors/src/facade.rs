@@ -26,6 +26,7 @@ pub struct FacadeArgs {
     pub config: EngineConfig,
     pub node: String,
     pub live_epoch: Arc<AtomicU64>,
+    pub strategy: troupe_scheduler::placement::Strategy,
     pub sink: Box<dyn Fn() -> Box<dyn EffectSink> + Send + Sync>,
 }
 
@@ -48,7 +49,7 @@ impl Actor for RaftFacade {
         let open_args = args.clone();
         let engine = tokio::task::spawn_blocking(move || {
             let a = open_args;
-            let h = hook(a.node.clone(), a.live_epoch.clone(), (a.sink)());
+            let h = hook(a.node.clone(), a.live_epoch.clone(), a.strategy, (a.sink)());
             Engine::open(a.config.clone(), Machine::default(), h)
         })
         .await??;

@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use troupe_raft_log::StateMachine;
+use troupe_scheduler::placement::Strategy;
 use troupe_scheduler::{Command, Effect, Output, Planner, RunSpec, State, TaskRef, WorkflowId};
 
 /// `troupe_scheduler::State` behind the Raft log's `StateMachine` trait.
@@ -53,9 +54,10 @@ pub trait EffectSink: Send + 'static {
 pub fn hook(
     node: String,
     live_epoch: Arc<AtomicU64>,
+    strategy: Strategy,
     mut sink: Box<dyn EffectSink>,
 ) -> troupe_raft_log::Hook<Machine> {
-    let mut planner = Planner::new();
+    let mut planner = Planner::with_strategy(strategy);
     Box::new(move |m: &mut Machine, now_ms: u64| {
         let effects = m.state.take_effects();
         let epoch = live_epoch.load(Ordering::Acquire);

@@ -1,8 +1,10 @@
 //! Node configuration (flags of `troupe dev` / `troupe node`), with units in the names.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use troupe_scheduler::placement::{Gpu, Reserve, Strategy};
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -24,6 +26,16 @@ pub struct NodeConfig {
     pub node_id: Option<String>,
     /// Serve `POST /v1/chaos/panic/{actor}` (supervision tests and chaos drills only).
     pub fault_injection: bool,
+    /// Made-up GPUs instead of NVML (tests and demos only; see `capacity::parse_simulated`).
+    pub simulate_gpus: Option<Vec<Gpu>>,
+    /// Capacity kept back from scheduling.
+    pub reserve: Reserve,
+    /// Labels steps can require (`node_labels = { zone = "a" }`).
+    pub labels: BTreeMap<String, String>,
+    /// How the planner scores feasible nodes.
+    pub strategy: Strategy,
+    /// How often capacity is read again (GPUs appearing or vanishing, cgroup limits moving).
+    pub capacity_refresh: Duration,
 }
 
 impl NodeConfig {
@@ -38,6 +50,11 @@ impl NodeConfig {
             snapshot_every_entries: 1_000,
             node_id: None,
             fault_injection: false,
+            simulate_gpus: None,
+            reserve: Reserve::default(),
+            labels: BTreeMap::new(),
+            strategy: Strategy::BinPack,
+            capacity_refresh: Duration::from_secs(5),
         }
     }
 }

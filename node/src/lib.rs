@@ -6,8 +6,10 @@
 //! Read in this order: `tree.rs` (what runs where), `exec/process.rs`, `api/handlers.rs`.
 
 pub mod api;
+pub mod capacity;
 pub mod config;
 pub mod exec;
+pub mod monitor;
 pub mod tree;
 
 pub use config::NodeConfig;

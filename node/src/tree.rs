@@ -6,6 +6,7 @@
 //! ├── troupe.instances   Supervisor (one-for-one) → WorkflowInstance per running workflow
 //! ├── troupe.runners     Supervisor (rest-for-one) → Dispatcher,
 //! │                      troupe.slots Supervisor (one-for-one) → TaskRunner × slots
+//! ├── troupe.monitor     ResourceMonitor: re-reads CPU / memory / NVML GPUs, commits changes
 //! └── troupe.api         ApiServer
 //! ```
 //!
@@ -15,6 +16,7 @@
 use crate::api::{ApiArgs, ApiServer, AppState};
 use crate::config::{NodeConfig, node_id};
 use crate::exec::LocalExecutor;
+use crate::monitor::{MonitorArgs, ResourceMonitor};
 use anyhow::Context;
 use ractor::{Actor, ActorCell, ActorRef, SpawnErr, call_t, registry};
 use std::net::SocketAddr;
@@ -38,6 +40,7 @@ pub const ROOT_NAME: &str = "troupe.root";
 pub const RUNNERS_NAME: &str = "troupe.runners";
 pub const API_NAME: &str = "troupe.api";
 pub const SLOTS_NAME: &str = "troupe.slots";
+pub const MONITOR_NAME: &str = "troupe.monitor";
 
 /// A started node.
 pub struct RunningNode {
@@ -60,9 +63,12 @@ async fn raft() -> Result<(EngineHandle<Machine>, Arc<RwLock<Machine>>), SpawnEr
 }
 
 /// Starts the tree; returns once every actor is up and the API listens.
-pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
+pub async fn start(mut cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    // Absolute, so task paths ($TROUPE_OUTPUT, logs) hold whatever directory a task changes to.
+    cfg.data_dir = std::fs::canonicalize(&cfg.data_dir)
+        .with_context(|| format!("cannot resolve {}", cfg.data_dir.display()))?;
     let node = node_id(&cfg).context("cannot read or write the node id")?;
     let live_epoch = Arc::new(AtomicU64::new(0));
     let slot: HandleSlot = Arc::new(Mutex::new(None));
@@ -79,6 +85,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         config: engine_cfg,
         node: node.clone(),
         live_epoch: live_epoch.clone(),
+        strategy: cfg.strategy,
         sink: Box::new(sink_factory(node.clone(), slot.clone())),
     });
     let raft_spec = ChildSpec::new(RAFT_NAME, Restart::Permanent, move |sup: ActorCell| {
@@ -169,13 +176,40 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         }
     });
 
+    let (mon_node, mon_sim, every) = (
+        node.clone(),
+        cfg.simulate_gpus.clone(),
+        cfg.capacity_refresh,
+    );
+    let monitor_spec = ChildSpec::new(MONITOR_NAME, Restart::Permanent, move |sup: ActorCell| {
+        let (node, simulated) = (mon_node.clone(), mon_sim.clone());
+        async move {
+            let (engine, _) = raft().await?;
+            let args = MonitorArgs {
+                node,
+                engine,
+                simulated,
+                every,
+            };
+            ResourceMonitor::spawn_linked(Some(MONITOR_NAME.into()), ResourceMonitor, args, sup)
+                .await
+                .map(|(a, _)| a.get_cell())
+        }
+    });
+
     let root_cfg = SupervisorConfig {
         strategy: Strategy::RestForOne,
         max_restarts: 5,
         period: Duration::from_secs(30),
         ..Default::default()
     };
-    let children = vec![raft_spec, instances_spec, runners_spec, api_spec];
+    let children = vec![
+        raft_spec,
+        instances_spec,
+        runners_spec,
+        monitor_spec,
+        api_spec,
+    ];
     let (root, join) = Supervisor::spawn(Some(ROOT_NAME.into()), Supervisor, (root_cfg, children))
         .await
         .map_err(|e| anyhow::anyhow!("the node did not start: {e}"))?;
@@ -223,16 +257,25 @@ fn runners_spec(
         node,
         slots: cfg.slots,
         queue: cfg.queue,
-        cpu_milli: std::thread::available_parallelism()
-            .map(|n| n.get() as u64 * 1000)
-            .unwrap_or(1000),
-        memory_bytes: 0,
-        gpus: 0,
+        capacity: Default::default(), // read at each (re)start of the dispatcher
+        reserved: cfg.reserve.clone(),
+        labels: cfg.labels.clone(),
     };
+    let simulated = cfg.simulate_gpus.clone();
     let slots = cfg.slots as usize;
     ChildSpec::new(RUNNERS_NAME, Restart::Permanent, move |sup: ActorCell| {
-        let (info, live_epoch, executor) = (info.clone(), live_epoch.clone(), executor.clone());
+        let (mut info, live_epoch, executor, simulated) = (
+            info.clone(),
+            live_epoch.clone(),
+            executor.clone(),
+            simulated.clone(),
+        );
         async move {
+            info.capacity = tokio::task::spawn_blocking(move || {
+                crate::capacity::discover(simulated.as_deref())
+            })
+            .await
+            .map_err(spawn_err)?;
             let (engine, state) = raft().await?;
             drop(state);
             let dispatch = ChildSpec::new(

@@ -35,6 +35,23 @@ pub fn dev(args: DevArgs) -> anyhow::Result<()> {
         cfg.fsync = !args.no_fsync;
         cfg.kill_grace = Duration::from_secs(args.kill_grace_s);
         cfg.fault_injection = args.fault_injection;
+        cfg.simulate_gpus = args.simulate_gpus.as_deref().map(troupe_node::capacity::parse_simulated).transpose().map_err(|e| anyhow::anyhow!("--simulate-gpus: {e}"))?;
+        if cfg.simulate_gpus.is_some() {
+            eprintln!("troupe dev: SIMULATING GPUs ({}); NVML is not asked", args.simulate_gpus.as_deref().unwrap_or(""));
+        }
+        cfg.reserve.cpu_milli = (args.reserve_cpu.max(0.0) * 1000.0) as u64;
+        if let Some(m) = &args.reserve_memory {
+            cfg.reserve.memory_bytes = troupe_scheduler::units::parse_size_bytes(m).map_err(|e| anyhow::anyhow!("--reserve-memory: {e}"))?;
+        }
+        for l in &args.labels {
+            let (k, v) = l.split_once('=').with_context(|| format!("--label {l:?}: write KEY=VALUE"))?;
+            cfg.labels.insert(k.to_string(), v.to_string());
+        }
+        cfg.strategy = match args.strategy.as_str() {
+            "binpack" => troupe_scheduler::placement::Strategy::BinPack,
+            "spread" => troupe_scheduler::placement::Strategy::Spread,
+            other => anyhow::bail!("--strategy {other:?}: use binpack or spread"),
+        };
         let node = troupe_node::start(cfg).await?;
         let api = format!("http://{}", node.addr);
         eprintln!("troupe dev: node {} serving {api} (data in {})", node.node_id, args.data.display());
@@ -169,6 +186,69 @@ pub(crate) fn client_command(api: &str, as_json: bool, cmd: Cmd) -> anyhow::Resu
                     s(&d["last_error"]),
                     s(&d["log"])
                 );
+            }
+            Ok(())
+        }
+        Cmd::Nodes => {
+            let v = client.get("/v1/nodes")?;
+            if as_json {
+                print_json(&v);
+                return Ok(());
+            }
+            for n in v["nodes"].as_array().into_iter().flatten() {
+                let gib = |b: &Value| b.as_u64().unwrap_or(0) as f64 / (1u64 << 30) as f64;
+                let cores = |c: &Value| c.as_u64().unwrap_or(0) as f64 / 1000.0;
+                println!(
+                    "{}  {}  epoch {}  attempts {}/{}  cpu {:.1}/{:.1} (reserved {:.1})  memory {:.1}/{:.1} GiB (reserved {:.1})",
+                    s(&n["id"]),
+                    s(&n["status"]),
+                    n["epoch"],
+                    n["attempts"],
+                    n["slots"].as_u64().unwrap_or(0) + n["queue"].as_u64().unwrap_or(0),
+                    cores(&n["cpu_milli"]["allocated"]),
+                    cores(&n["cpu_milli"]["capacity"]),
+                    cores(&n["cpu_milli"]["reserved"]),
+                    gib(&n["memory_bytes"]["allocated"]),
+                    gib(&n["memory_bytes"]["capacity"]),
+                    gib(&n["memory_bytes"]["reserved"]),
+                );
+                if let Some(l) = n["labels"].as_object().filter(|l| !l.is_empty()) {
+                    println!(
+                        "  labels: {}",
+                        l.iter()
+                            .map(|(k, v)| format!("{k}={}", s(v)))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+                for g in n["gpus"].as_array().into_iter().flatten() {
+                    println!(
+                        "  gpu {} {} {} {:.0} GiB{}",
+                        g["index"],
+                        s(&g["uuid"]),
+                        s(&g["model"]),
+                        gib(&g["memory_bytes"]),
+                        if g["in_use"] == json!(true) {
+                            "  in use"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+            Ok(())
+        }
+        Cmd::Drain { node, undo } => {
+            let v = client.post(
+                &format!("/v1/nodes/{node}/drain"),
+                &json!({ "draining": !undo }),
+            )?;
+            if as_json {
+                print_json(&v)
+            } else if undo {
+                println!("{node}: back in service")
+            } else {
+                println!("{node}: draining (no new work; running attempts finish)")
             }
             Ok(())
         }

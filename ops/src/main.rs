@@ -76,6 +76,14 @@ enum Cmd {
     Resume { id: String },
     /// Retry a failed, cancelled or timed-out workflow from where it failed.
     Retry { id: String },
+    /// Nodes with their capacity, allocation, GPUs and state.
+    Nodes,
+    /// Drain a node: it takes no new work; running attempts finish (`--undo` returns it to service).
+    Drain {
+        node: String,
+        #[arg(long)]
+        undo: bool,
+    },
     /// The dead-letter queue: list entries, or redrive one.
     Dlq {
         #[command(subcommand)]
@@ -114,6 +122,22 @@ pub struct DevArgs {
     /// Serve POST /v1/chaos/panic/{actor} (supervision tests and chaos drills only).
     #[arg(long)]
     fault_injection: bool,
+    /// SIMULATION for tests and demos: advertise made-up GPUs instead of asking NVML
+    /// (e.g. `2xH100:80GiB` or `H100:80GiB,A10G:24GiB`; their UUIDs start with SIM-).
+    #[arg(long, value_name = "GPUS")]
+    simulate_gpus: Option<String>,
+    /// CPU cores kept back from scheduling (e.g. 0.5).
+    #[arg(long, default_value_t = 0.0)]
+    reserve_cpu: f64,
+    /// Memory kept back from scheduling (e.g. 2GiB).
+    #[arg(long)]
+    reserve_memory: Option<String>,
+    /// A node label steps can require with node_labels (repeatable): --label zone=eu.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// How to choose among feasible nodes: binpack (default) or spread.
+    #[arg(long, default_value = "binpack")]
+    strategy: String,
     /// Snapshot the state and compact the Raft log every this many applied entries.
     #[arg(long, default_value_t = 1000, hide = true)]
     snapshot_every: u64,

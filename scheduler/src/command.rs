@@ -1,9 +1,11 @@
 //! Commands (what the Raft log carries), their outputs, and the effects apply asks the node for.
 
 use crate::json::Json;
+use crate::placement::{Capacity, Reserve};
 use crate::spec::{Builtin, Spec};
 use crate::state::{TaskRef, WorkflowId};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// One replicated state change. The leader stamps the time (`at_ms`) into the entry; apply
 /// never reads a clock.
@@ -11,6 +13,16 @@ use serde::{Deserialize, Serialize};
 pub enum Command {
     /// A node (re)starts: its epoch is bumped and attempts it held are requeued as attempt + 1.
     RegisterNode(NodeInfo),
+    /// A node's advertised capacity changed (a GPU appeared or vanished, memory limits moved).
+    UpdateCapacity {
+        node: String,
+        capacity: Capacity,
+    },
+    /// An operator drains a node (no new work) or returns it to service.
+    SetDraining {
+        node: String,
+        draining: bool,
+    },
     Submit(Box<Submission>),
     /// Placements chosen by the leader; apply re-checks each one.
     Assign(Vec<Assignment>),
@@ -39,9 +51,9 @@ pub struct NodeInfo {
     pub node: String,
     pub slots: u32,
     pub queue: u32,
-    pub cpu_milli: u64,
-    pub memory_bytes: u64,
-    pub gpus: u32,
+    pub capacity: Capacity,
+    pub reserved: Reserve,
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -60,6 +72,8 @@ pub struct Assignment {
     pub attempt: u32,
     pub node: String,
     pub epoch: u64,
+    /// GPUs (by UUID) given to the attempt.
+    pub gpus: Vec<String>,
 }
 
 /// The fencing token of an attempt: `(task, attempt, epoch)`.
@@ -128,6 +142,8 @@ pub struct RunSpec {
     pub iteration: u32,
     pub launch: Launch,
     pub timeout_ms: Option<u64>,
+    /// GPUs (by UUID) the attempt may use: the runner sets `CUDA_VISIBLE_DEVICES`.
+    pub gpus: Vec<String>,
     /// Log files, relative to the node's data dir (`.out`, `.err` and `.json` are appended).
     pub log_stem: String,
 }

@@ -10,7 +10,7 @@
 //! 1. [`spec`] — what users write and every rule that rejects it.
 //! 2. [`command`] — the commands the Raft log carries, their outputs and effects.
 //! 3. [`state`] — the state model (`model.rs`), apply (`apply.rs`), the DAG rules (`dag.rs`).
-//! 4. [`plan`] — the leader's planner (placements, timeouts).
+//! 4. [`placement`] — feasibility and scoring; [`plan`] — the leader's planner.
 //! 5. [`views`] — what the API shows.
 //!
 //! Invariants (asserted by tests):
@@ -21,6 +21,7 @@
 pub mod command;
 pub mod cond;
 pub mod json;
+pub mod placement;
 pub mod plan;
 pub mod spec;
 pub mod state;

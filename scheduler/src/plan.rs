@@ -6,7 +6,8 @@
 //! not propose the same placement twice.
 
 use crate::command::{Assignment, Command};
-use crate::state::{NodeStatus, State, TaskRef, TaskState, WorkflowId};
+use crate::placement::{Placer, Strategy};
+use crate::state::{State, TaskRef, TaskState, WorkflowId};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Most placements in one plan (one Raft entry stays small).
@@ -14,14 +15,22 @@ pub const ASSIGN_BATCH_MAX: usize = 4096;
 
 #[derive(Debug, Default)]
 pub struct Planner {
-    /// Proposed placements not yet seen applied: task → (attempt, node).
-    pending: BTreeMap<TaskRef, (u32, String)>,
+    /// Proposed placements not yet seen applied: task → (attempt, node, gpus).
+    pending: BTreeMap<TaskRef, (u32, String, Vec<String>)>,
     pending_timeouts: BTreeSet<WorkflowId>,
+    strategy: Strategy,
 }
 
 impl Planner {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    pub fn with_strategy(strategy: Strategy) -> Self {
+        Planner {
+            strategy,
+            ..Self::default()
+        }
     }
 
     /// Placements proposed and not yet applied.
@@ -54,7 +63,7 @@ impl Planner {
     }
 
     fn prune(&mut self, state: &State) {
-        self.pending.retain(|r, (attempt, _)| {
+        self.pending.retain(|r, (attempt, _, _)| {
             state
                 .workflows
                 .get(&r.wf)
@@ -74,30 +83,13 @@ impl Planner {
     }
 
     fn place(&mut self, state: &State, now_ms: u64) -> Vec<Assignment> {
-        // Free credits per node: slots + queue minus live attempts minus our own proposals.
-        let mut credits: Vec<(String, u64, i64)> = state
-            .sched
-            .nodes
-            .values()
-            .filter(|n| n.status == NodeStatus::Up)
-            .map(|n| {
-                (
-                    n.id.clone(),
-                    n.epoch,
-                    (n.slots + n.queue) as i64 - n.assigned as i64,
-                )
-            })
-            .collect();
-        for (_, node) in self.pending.values() {
-            if let Some(c) = credits.iter_mut().find(|c| &c.0 == node) {
-                c.2 -= 1;
+        let mut placer = Placer::new(state.sched.nodes.values(), self.strategy);
+        for (r, (_, node, gpus)) in &self.pending {
+            if let Some(req) = resources(state, r) {
+                placer.hold(node, req, gpus);
             }
         }
-        let mut free: i64 = credits.iter().map(|c| c.2.max(0)).sum();
         let mut out = Vec::new();
-        if free <= 0 {
-            return out;
-        }
         let due = state
             .sched
             .delayed
@@ -105,7 +97,7 @@ impl Planner {
             .take_while(|(d, _)| *d <= now_ms)
             .map(|(_, r)| r);
         for r in due.chain(state.sched.queue.iter()) {
-            if free <= 0 || out.len() >= ASSIGN_BATCH_MAX {
+            if out.len() >= ASSIGN_BATCH_MAX {
                 break;
             }
             if self.pending.contains_key(r) {
@@ -118,20 +110,32 @@ impl Planner {
             else {
                 continue;
             };
-            // Spread: the node with the most free credits (bin-packing by resources comes with placement).
-            let Some(best) = credits.iter_mut().filter(|c| c.2 > 0).max_by_key(|c| c.2) else {
-                break;
+            let Some(req) = resources(state, r) else {
+                continue;
             };
-            best.2 -= 1;
-            free -= 1;
-            self.pending.insert(*r, (task.attempt, best.0.clone()));
+            // A task that fits nowhere now waits in the queue (it fits somewhere once work finishes:
+            // submit refused requests no node could ever run).
+            let Some((node, epoch, gpus)) = placer.choose(req) else {
+                continue;
+            };
+            self.pending
+                .insert(*r, (task.attempt, node.clone(), gpus.clone()));
             out.push(Assignment {
                 task: *r,
                 attempt: task.attempt,
-                node: best.0.clone(),
-                epoch: best.1,
+                node,
+                epoch,
+                gpus,
             });
         }
         out
     }
+}
+
+fn resources<'a>(state: &'a State, r: &TaskRef) -> Option<&'a crate::spec::Resources> {
+    state
+        .workflows
+        .get(&r.wf)
+        .and_then(|w| w.spec.steps.get(r.step as usize))
+        .map(|s| &s.resources)
 }

@@ -250,14 +250,13 @@ fn stale_reports_are_refused_and_restart_requeues_as_next_attempt() {
     let old = sim.running.clone();
     assert_eq!(old.len(), 1);
     // the node restarts: its epoch moves on and the attempt is requeued as attempt 2
-    sim.apply(Command::RegisterNode(NodeInfo {
-        node: "n1".into(),
-        slots: 2,
-        queue: 2,
-        cpu_milli: 1,
-        memory_bytes: 1,
-        gpus: 0,
-    }));
+    sim.apply(Command::RegisterNode(node_info(
+        "n1",
+        2,
+        64_000,
+        256 << 30,
+        vec![],
+    )));
     assert_eq!(sim.wf(id).steps[0].tasks[&0].attempt, 2);
     // the old attempt's late result is fenced off
     let late = Report {

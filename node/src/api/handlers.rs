@@ -22,6 +22,8 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/workflows/{id}/{action}", post(control))
         .route("/v1/workflows/{id}/steps/{step}/output", get(output))
         .route("/v1/workflows/{id}/logs", get(logs))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/nodes/{id}/drain", post(drain))
         .route("/v1/dlq", get(dlq))
         .route("/v1/dlq/{id}/redrive", post(redrive))
         .route("/v1/chaos/panic/{actor}", post(inject_panic))
@@ -421,5 +423,69 @@ async fn inject_panic(State(app): State<AppState>, Path(actor): Path<String>) ->
     match sent {
         Some(true) => ok(json!({ "actor": actor, "panic": "sent" })),
         _ => Err(ApiError::not_found(format!("no running actor {actor:?}"))),
+    }
+}
+
+async fn nodes(State(app): State<AppState>) -> Res {
+    let m = app
+        .state
+        .read()
+        .map_err(|_| ApiError::bad("state lock poisoned"))?;
+    let list: Vec<Value> = m
+        .state
+        .sched
+        .nodes
+        .values()
+        .map(|n| {
+            json!({
+                "id": n.id,
+                "status": format!("{:?}", n.status).to_lowercase(),
+                "epoch": n.epoch,
+                "slots": n.slots,
+                "queue": n.queue,
+                "attempts": n.assigned,
+                "labels": n.labels,
+                "cpu_milli": { "capacity": n.capacity.cpu_milli, "reserved": n.reserved.cpu_milli, "allocated": n.used.cpu_milli },
+                "memory_bytes": { "capacity": n.capacity.memory_bytes, "reserved": n.reserved.memory_bytes, "allocated": n.used.memory_bytes },
+                "gpus": n.capacity.gpus.iter().map(|g| json!({
+                    "index": g.index, "uuid": g.uuid, "model": g.model, "memory_bytes": g.memory_bytes,
+                    "in_use": n.used.gpus.contains(&g.uuid),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    ok(json!({ "nodes": list }))
+}
+
+#[derive(Deserialize, Default)]
+struct DrainBody {
+    /// `false` returns a drained node to service.
+    #[serde(default = "yes")]
+    draining: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Drain: the node takes no new work; running attempts finish.
+async fn drain(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Option<Json<DrainBody>>,
+) -> Res {
+    let draining = body.map(|b| b.0.draining).unwrap_or(true);
+    match propose(
+        &app,
+        Command::SetDraining {
+            node: id.clone(),
+            draining,
+        },
+    )
+    .await?
+    {
+        Output::Rejected(m) if m.starts_with("no node") => Err(ApiError::not_found(m)),
+        Output::Rejected(m) => Err(ApiError(StatusCode::CONFLICT, m)),
+        _ => ok(json!({ "node": id, "draining": draining })),
     }
 }

@@ -56,6 +56,9 @@ pub async fn run(data_dir: &Path, spec: &RunSpec, kill: KillSignal, grace: Durat
         .stderr(err)
         .process_group(0);
     die_with_the_node(&mut cmd);
+    // Only the GPUs placed on this attempt are visible to it (none if it asked for none).
+    cmd.env("CUDA_VISIBLE_DEVICES", spec.gpus.join(","));
+    cmd.env("TROUPE_GPUS", spec.gpus.join(","));
     if let Some(item) = &spec.item {
         let text = match item.value() {
             serde_json::Value::String(s) => s,

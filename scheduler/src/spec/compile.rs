@@ -548,6 +548,11 @@ fn compile_resources(r: Option<&super::raw::RawResources>) -> Result<Resources, 
         gpu,
         gpu_memory_bytes,
         gpu_model: r.gpu_model.clone(),
+        labels: r
+            .node_labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     })
 }
 

@@ -88,8 +88,48 @@ pub struct Resources {
     pub cpu_milli: u32,
     pub memory_bytes: u64,
     pub gpu: u32,
+    /// Memory each GPU must have.
     pub gpu_memory_bytes: u64,
+    /// A substring of the GPU's model name (`"H100"` matches `"NVIDIA H100 80GB HBM3"`).
     pub gpu_model: Option<String>,
+    /// Node labels the step needs (`node_labels = { zone = "a" }`).
+    pub labels: Vec<(String, String)>,
+}
+
+impl Resources {
+    /// True when the step asks for nothing (it only needs a free slot).
+    pub fn is_empty(&self) -> bool {
+        self.cpu_milli == 0 && self.memory_bytes == 0 && self.gpu == 0 && self.labels.is_empty()
+    }
+
+    /// `2 cpu, 8GiB memory, 1 GPU (H100, 40GiB)` — for messages.
+    pub fn describe(&self) -> String {
+        use crate::units::format_size;
+        let mut parts = Vec::new();
+        if self.cpu_milli > 0 {
+            parts.push(format!("{} cpu", self.cpu_milli as f64 / 1000.0));
+        }
+        if self.memory_bytes > 0 {
+            parts.push(format!("{} memory", format_size(self.memory_bytes)));
+        }
+        if self.gpu > 0 {
+            let mut g = format!("{} GPU{}", self.gpu, if self.gpu == 1 { "" } else { "s" });
+            let detail: Vec<String> = self
+                .gpu_model
+                .iter()
+                .cloned()
+                .chain((self.gpu_memory_bytes > 0).then(|| format_size(self.gpu_memory_bytes)))
+                .collect();
+            if !detail.is_empty() {
+                g.push_str(&format!(" ({})", detail.join(", ")));
+            }
+            parts.push(g);
+        }
+        for (k, v) in &self.labels {
+            parts.push(format!("label {k}={v}"));
+        }
+        parts.join(", ")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -12,6 +12,25 @@ impl State {
         self.sched.stats.commands += 1;
         match cmd {
             Command::RegisterNode(info) => self.register_node(info, at),
+            Command::UpdateCapacity { node, capacity } => match self.sched.nodes.get_mut(&node) {
+                Some(n) => {
+                    n.capacity = capacity;
+                    Output::Done
+                }
+                None => Output::Rejected(format!("no node {node}")),
+            },
+            Command::SetDraining { node, draining } => match self.sched.nodes.get_mut(&node) {
+                Some(n) if n.status != NodeStatus::Down => {
+                    n.status = if draining {
+                        NodeStatus::Draining
+                    } else {
+                        NodeStatus::Up
+                    };
+                    Output::Done
+                }
+                Some(_) => Output::Rejected(format!("node {node} is down")),
+                None => Output::Rejected(format!("no node {node}")),
+            },
             Command::Submit(sub) => self.submit(*sub, at),
             Command::Assign(list) => self.assign(list, at),
             Command::Started(list) => self.started(list, at),
@@ -104,9 +123,10 @@ impl State {
                 slots: info.slots.max(1),
                 queue: info.queue,
                 assigned: 0,
-                cpu_milli: info.cpu_milli,
-                memory_bytes: info.memory_bytes,
-                gpus: info.gpus,
+                capacity: info.capacity,
+                reserved: info.reserved,
+                labels: info.labels,
+                used: Default::default(),
             },
         );
         // Attempts the node held in an earlier epoch are lost: run them again as attempt + 1.
@@ -118,8 +138,10 @@ impl State {
             let mut lost = 0;
             for (i, run) in wf.steps.iter_mut().enumerate() {
                 for (item, task) in run.tasks.iter_mut() {
-                    let held = matches!(&task.state,
-                        TaskState::Assigned { node, .. } | TaskState::Running { node, .. } if *node == info.node);
+                    let held = task
+                        .state
+                        .placement()
+                        .is_some_and(|(node, _)| node == info.node);
                     if held {
                         task.attempt += 1;
                         task.state = TaskState::Queued;
@@ -156,6 +178,13 @@ impl State {
                     wf_name(id)
                 ))
             };
+        }
+        for step in &sub.spec.steps {
+            if let Some(why) =
+                crate::placement::unschedulable(&step.id, &step.resources, &self.sched.nodes)
+            {
+                return Output::Rejected(why);
+            }
         }
         let mut params = sub.spec.params.clone();
         for (name, value) in sub.params {
@@ -219,10 +248,7 @@ impl State {
         let Some(node) = s.nodes.get(&a.node) else {
             return false;
         };
-        if node.status != NodeStatus::Up
-            || node.epoch != a.epoch
-            || node.assigned >= node.slots + node.queue
-        {
+        if node.epoch != a.epoch || node.credits() == 0 {
             return false;
         }
         let Some(wf) = self.workflows.get_mut(&a.task.wf) else {
@@ -245,12 +271,28 @@ impl State {
         if task.attempt != a.attempt || !ready {
             return false;
         }
+        // Re-check the fit against committed state: a plan made on a stale view is refused here.
+        let req = &wf.spec.steps[a.task.step as usize].resources;
+        let fits = crate::placement::fit(node, req, &Default::default()).is_ok()
+            && a.gpus.len() == req.gpu as usize
+            && a.gpus.iter().all(|g| {
+                !node.used.gpus.contains(g)
+                    && node
+                        .capacity
+                        .gpus
+                        .iter()
+                        .any(|x| &x.uuid == g && x.memory_bytes >= req.gpu_memory_bytes)
+            });
+        if !fits {
+            return false;
+        }
         let old = std::mem::replace(
             &mut task.state,
             TaskState::Assigned {
                 node: a.node.clone(),
                 epoch: a.epoch,
                 at_ms: at,
+                gpus: a.gpus.clone(),
             },
         );
         run.max_attempt = run.max_attempt.max(a.attempt);
@@ -260,11 +302,22 @@ impl State {
             state: old,
             last_error: None,
         };
-        s.unlink(a.task, &placeholder);
+        s.unlink(a.task, &placeholder, req);
         if let Some(n) = s.nodes.get_mut(&a.node) {
             n.assigned += 1;
+            n.used.cpu_milli += req.cpu_milli as u64;
+            n.used.memory_bytes += req.memory_bytes;
+            n.used.gpus.extend(a.gpus.iter().cloned());
+            // G6: never over a node's advertised capacity, whatever the planner proposed.
+            assert!(
+                n.used.cpu_milli <= n.allocatable_cpu()
+                    && n.used.memory_bytes <= n.allocatable_memory(),
+                "node {} over-committed after assigning {:?}",
+                n.id,
+                a.task
+            );
         }
-        match Sched::run_spec(wf, a.task, a.attempt, &a.node, a.epoch) {
+        match Sched::run_spec(wf, a.task, a.attempt, &a.node, a.epoch, &a.gpus) {
             Ok(spec) => s.effects.push(Effect::Run(Box::new(spec))),
             Err(e) => s.task_failed(wf, a.task, format!("cannot render the step: {e}"), at),
         }
@@ -276,11 +329,16 @@ impl State {
         for r in list {
             match self.live_task(&r) {
                 Some(task) => {
-                    if let TaskState::Assigned { node, epoch, .. } = &task.state {
+                    if let TaskState::Assigned {
+                        node, epoch, gpus, ..
+                    } = &task.state
+                    {
+                        let (node, epoch, gpus) = (node.clone(), *epoch, gpus.clone());
                         task.state = TaskState::Running {
-                            node: node.clone(),
-                            epoch: *epoch,
+                            node,
+                            epoch,
                             since_ms: at,
+                            gpus,
                         };
                     }
                     accepted += 1;

@@ -230,8 +230,9 @@ impl Sched {
                 step: i as u16,
                 item,
             };
-            self.unlink(r, &task);
-            if let TaskState::Assigned { node, .. } | TaskState::Running { node, .. } = task.state {
+            self.unlink(r, &task, &wf.spec.steps[i].resources);
+            if let Some((node, _)) = task.state.placement() {
+                let node = node.to_string();
                 self.effects.push(Effect::Kill {
                     task: r,
                     attempt: task.attempt,
@@ -241,8 +242,9 @@ impl Sched {
         }
     }
 
-    /// Takes a task out of the queue, the delay set or its node's count, whichever holds it.
-    pub(crate) fn unlink(&mut self, r: TaskRef, task: &Task) {
+    /// Takes a task out of the queue, the delay set or its node (credit, CPU, memory, GPUs),
+    /// whichever holds it.
+    pub(crate) fn unlink(&mut self, r: TaskRef, task: &Task, req: &crate::spec::Resources) {
         match &task.state {
             TaskState::Queued => {
                 self.queue.remove(&r);
@@ -250,9 +252,14 @@ impl Sched {
             TaskState::Waiting { due_ms } => {
                 self.delayed.remove(&(*due_ms, r));
             }
-            TaskState::Assigned { node, .. } | TaskState::Running { node, .. } => {
+            TaskState::Assigned { node, gpus, .. } | TaskState::Running { node, gpus, .. } => {
                 if let Some(n) = self.nodes.get_mut(node) {
                     n.assigned = n.assigned.saturating_sub(1);
+                    n.used.cpu_milli = n.used.cpu_milli.saturating_sub(req.cpu_milli as u64);
+                    n.used.memory_bytes = n.used.memory_bytes.saturating_sub(req.memory_bytes);
+                    for g in gpus {
+                        n.used.gpus.remove(g);
+                    }
                 }
             }
         }
@@ -297,7 +304,7 @@ impl Sched {
         let Some(task) = wf.steps[i].tasks.remove(&r.item) else {
             return;
         };
-        self.unlink(r, &task);
+        self.unlink(r, &task, &wf.spec.steps[i].resources);
         self.stats.tasks_succeeded += 1;
         if let Some(out) = output.filter(|o| !o.is_null()) {
             wf.steps[i].outputs.insert(r.item, out);
@@ -359,7 +366,7 @@ impl Sched {
         let Some(mut task) = wf.steps[i].tasks.remove(&r.item) else {
             return;
         };
-        self.unlink(r, &task);
+        self.unlink(r, &task, &wf.spec.steps[i].resources);
         self.stats.tasks_failed += 1;
         task.failures += 1;
         task.last_error = Some(error.clone());
@@ -439,6 +446,7 @@ impl Sched {
         attempt: u32,
         node: &str,
         epoch: u64,
+        gpus: &[String],
     ) -> Result<RunSpec, String> {
         let i = r.step as usize;
         let spec = &wf.spec.steps[i];
@@ -501,6 +509,7 @@ impl Sched {
             iteration: run.iteration,
             launch,
             timeout_ms: spec.timeout_ms,
+            gpus: gpus.to_vec(),
         })
     }
 }

@@ -3,6 +3,7 @@
 //! Only `BTreeMap`/`BTreeSet` (deterministic order); no clocks; times come from commands.
 
 use crate::json::Json;
+use crate::placement::{Capacity, Reserve, Usage};
 use crate::spec::Spec;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -104,13 +105,27 @@ pub enum TaskState {
         node: String,
         epoch: u64,
         at_ms: u64,
+        gpus: Vec<String>,
     },
     /// The node reported that it started.
     Running {
         node: String,
         epoch: u64,
         since_ms: u64,
+        gpus: Vec<String>,
     },
+}
+
+impl TaskState {
+    /// The node (and GPUs) holding this attempt, if it is placed.
+    pub fn placement(&self) -> Option<(&str, &[String])> {
+        match self {
+            TaskState::Assigned { node, gpus, .. } | TaskState::Running { node, gpus, .. } => {
+                Some((node, gpus))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// A task that is not finished. Finished tasks leave the map (their results stay in the step).
@@ -284,6 +299,8 @@ pub struct DeadLetter {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NodeStatus {
     Up,
+    /// Takes no new work (operator drain).
+    Draining,
     Down,
 }
 
@@ -299,9 +316,13 @@ pub struct Node {
     pub queue: u32,
     /// Live attempts (assigned or running) on this node.
     pub assigned: u32,
-    pub cpu_milli: u64,
-    pub memory_bytes: u64,
-    pub gpus: u32,
+    /// What the node advertises (CPU, memory, GPUs).
+    pub capacity: Capacity,
+    /// What the operator keeps back from scheduling.
+    pub reserved: Reserve,
+    pub labels: BTreeMap<String, String>,
+    /// What its live attempts hold.
+    pub used: Usage,
 }
 
 /// The whole replicated state machine.

@@ -23,14 +23,13 @@ impl Sim {
             killed: vec![],
             ran: vec![],
         };
-        s.apply(Command::RegisterNode(NodeInfo {
-            node: "n1".into(),
+        s.apply(Command::RegisterNode(node_info(
+            "n1",
             slots,
-            queue: slots,
-            cpu_milli: 2000,
-            memory_bytes: 1 << 30,
-            gpus: 0,
-        }));
+            64_000,
+            256 << 30,
+            vec![],
+        )));
         s
     }
 
@@ -139,10 +138,78 @@ impl Sim {
                 .workflows
                 .values()
                 .flat_map(|w| w.steps.iter().flat_map(|s| s.tasks.values()))
-                .filter(|t| matches!(&t.state, state::TaskState::Assigned { node, .. } | state::TaskState::Running { node, .. } if *node == n.id))
+                .filter(|t| t.state.placement().is_some_and(|(node, _)| node == n.id))
                 .count() as u32;
             assert_eq!(live, n.assigned, "node {} count drifted", n.id);
+            assert!(
+                n.used.cpu_milli <= n.allocatable_cpu(),
+                "node {} cpu over-committed",
+                n.id
+            );
+            assert!(
+                n.used.memory_bytes <= n.allocatable_memory(),
+                "node {} memory over-committed",
+                n.id
+            );
+            let gpus: Vec<String> = self
+                .state
+                .workflows
+                .values()
+                .flat_map(|w| w.steps.iter().flat_map(|s| s.tasks.values()))
+                .filter_map(|t| {
+                    t.state
+                        .placement()
+                        .filter(|(node, _)| *node == n.id)
+                        .map(|(_, g)| g.to_vec())
+                })
+                .flatten()
+                .collect();
+            let unique: std::collections::BTreeSet<&String> = gpus.iter().collect();
+            assert_eq!(
+                unique.len(),
+                gpus.len(),
+                "a GPU of {} is given twice: {gpus:?}",
+                n.id
+            );
+            assert!(
+                gpus.iter()
+                    .all(|g| n.capacity.gpus.iter().any(|x| &x.uuid == g)),
+                "unknown gpu on {}",
+                n.id
+            );
         }
+    }
+}
+
+/// A node with `cpu_milli` CPU, `memory` bytes and these GPUs (uuid, model, memory).
+pub fn node_info(
+    name: &str,
+    slots: u32,
+    cpu_milli: u64,
+    memory: u64,
+    gpus: Vec<(&str, &str, u64)>,
+) -> NodeInfo {
+    let gpus = gpus
+        .into_iter()
+        .enumerate()
+        .map(|(i, (uuid, model, mem))| placement::Gpu {
+            index: i as u32,
+            uuid: uuid.into(),
+            model: model.into(),
+            memory_bytes: mem,
+        })
+        .collect();
+    NodeInfo {
+        node: name.into(),
+        slots,
+        queue: slots,
+        capacity: placement::Capacity {
+            cpu_milli,
+            memory_bytes: memory,
+            gpus,
+        },
+        reserved: Default::default(),
+        labels: Default::default(),
     }
 }
 
