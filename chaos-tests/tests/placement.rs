@@ -10,7 +10,10 @@ use troupe_chaos_tests::{TestNode, step};
 #[test]
 fn gpus_are_exclusive_and_impossible_requests_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let node = TestNode::start(&tmp.path().join("d"), &["--simulate-gpus", "2xH100:80GiB", "--label", "zone=eu"]);
+    let node = TestNode::start(
+        &tmp.path().join("d"),
+        &["--simulate-gpus", "2xH100:80GiB", "--label", "zone=eu"],
+    );
     let (_, nodes) = node.get("/v1/nodes");
     assert_eq!(nodes["nodes"][0]["gpus"].as_array().unwrap().len(), 2);
     assert_eq!(nodes["nodes"][0]["gpus"][0]["uuid"], "SIM-GPU-0");
@@ -28,7 +31,10 @@ fn gpus_are_exclusive_and_impossible_requests_are_refused() {
     let mut held = BTreeSet::new();
     for line in std::fs::read_to_string(&marks).unwrap().lines() {
         let (what, gpu) = line.split_once(' ').unwrap();
-        assert!(gpu == "SIM-GPU-0" || gpu == "SIM-GPU-1", "one GPU per attempt: {line}");
+        assert!(
+            gpu == "SIM-GPU-0" || gpu == "SIM-GPU-1",
+            "one GPU per attempt: {line}"
+        );
         if what == "start" {
             assert!(held.insert(gpu.to_string()), "{gpu} given twice at once");
         } else {
@@ -42,14 +48,35 @@ fn gpus_are_exclusive_and_impossible_requests_are_refused() {
     );
     assert_eq!(code, 400);
     let e = e["error"].as_str().unwrap();
-    assert!(e.contains("unschedulable: step \"train\" asks for 8 GPUs") && e.contains("has 2 GPU(s), needs 8"), "{e}");
+    assert!(
+        e.contains("unschedulable: step \"train\" asks for 8 GPUs")
+            && e.contains("has 2 GPU(s), needs 8"),
+        "{e}"
+    );
 
     // Drain: nothing new starts; undrain: it runs.
     let node_id = nodes["nodes"][0]["id"].as_str().unwrap().to_string();
-    assert_eq!(node.post(&format!("/v1/nodes/{node_id}/drain"), &json!({})).0, 200);
+    assert_eq!(
+        node.post(&format!("/v1/nodes/{node_id}/drain"), &json!({}))
+            .0,
+        200
+    );
     let id = node.submit("name = \"after\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\n");
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(step(&node.get(&format!("/v1/workflows/{id}")).1, "a")["status"], "running");
-    assert_eq!(node.post(&format!("/v1/nodes/{node_id}/drain"), &json!({ "draining": false })).0, 200);
-    assert_eq!(node.wait(&id, Duration::from_secs(10))["status"], "succeeded");
+    assert_eq!(
+        step(&node.get(&format!("/v1/workflows/{id}")).1, "a")["status"],
+        "running"
+    );
+    assert_eq!(
+        node.post(
+            &format!("/v1/nodes/{node_id}/drain"),
+            &json!({ "draining": false })
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        node.wait(&id, Duration::from_secs(10))["status"],
+        "succeeded"
+    );
 }

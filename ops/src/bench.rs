@@ -14,7 +14,7 @@ pub struct BenchArgs {
     /// Runs per workload (the median is reported).
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Only these workloads (noop, dag, sleep, start, idle).
+    /// Only these workloads (noop, dag, sleep, start, idle, placement).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Measure without fsync (not the recorded configuration).
@@ -236,6 +236,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "MB",
             &|m| format!("{m:.1} MB"),
         );
+    }
+    if want("placement") {
+        crate::bench_placement::run(runs);
     }
     Ok(())
 }

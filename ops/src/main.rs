@@ -2,6 +2,7 @@
 //! benchmark (`troupe bench`).
 
 mod bench;
+mod bench_placement;
 mod client;
 mod commands;
 mod progress;
