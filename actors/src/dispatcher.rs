@@ -5,19 +5,22 @@
 //! one proposal per flush, not one per task). On start it registers the node, which bumps the
 //! node's epoch and requeues whatever an earlier incarnation of this node was running.
 
-use crate::machine::Machine;
 use crate::runner::RunnerMsg;
+use crate::upstream::Upstream;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use troupe_raft_log::EngineHandle;
 use troupe_scheduler::{AttemptRef, Command, NodeInfo, Outcome, Report, RunSpec, TaskRef};
 
 /// Reports are flushed after this delay, or at once when this many are buffered.
 const FLUSH_AFTER: Duration = Duration::from_millis(1);
 const FLUSH_AT: usize = 512;
+/// Finished reports are kept this long (and at most this many) to be sent again with lease
+/// renewals, in case the proposal carrying them was lost with a leader.
+const RECENT_FOR: Duration = Duration::from_secs(10);
+const RECENT_MAX: usize = 4096;
 
 pub enum DispatchMsg {
     Run(Vec<RunSpec>),
@@ -34,6 +37,22 @@ pub enum DispatchMsg {
     Stats(RpcReplyPort<DispatchStats>),
     /// Fault injection for supervision tests: the dispatcher panics.
     InjectPanic,
+    /// For lease renewals: this node's epoch, the attempts it holds (queued or running) and the
+    /// reports of the last seconds (sent again until they are applied: reports are idempotent).
+    Held(RpcReplyPort<Held>),
+    /// Self-fencing: the lease could not be renewed. Stop every attempt, take no new work, and
+    /// register again (a new epoch) once the servers answer.
+    Fence,
+    /// The re-registration after a fence committed.
+    Registered(Result<u64, String>),
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Held {
+    pub node: String,
+    pub epoch: u64,
+    pub attempts: Vec<AttemptRef>,
+    pub recent: Vec<Report>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -46,7 +65,7 @@ pub struct DispatchStats {
 }
 
 pub struct DispatchArgs {
-    pub engine: EngineHandle<Machine>,
+    pub upstream: Arc<dyn Upstream>,
     pub node: NodeInfo,
     /// Set to this incarnation's epoch once registered (the engine hook reads it).
     pub live_epoch: Arc<AtomicU64>,
@@ -55,7 +74,11 @@ pub struct DispatchArgs {
 pub struct Dispatcher;
 
 pub struct DispatchState {
-    engine: EngineHandle<Machine>,
+    upstream: Arc<dyn Upstream>,
+    info: NodeInfo,
+    live_epoch: Arc<AtomicU64>,
+    fenced: bool,
+    recent: VecDeque<(std::time::Instant, Report)>,
     epoch: u64,
     queue: VecDeque<RunSpec>,
     runners: Vec<Option<ActorRef<RunnerMsg>>>,
@@ -77,25 +100,15 @@ impl Actor for Dispatcher {
         args: DispatchArgs,
     ) -> Result<DispatchState, ActorProcessingErr> {
         let node = args.node.node.clone();
-        let rx = args
-            .engine
-            .propose(vec![Command::RegisterNode(args.node)])?;
-        tokio::time::timeout(Duration::from_secs(30), rx)
-            .await
-            .map_err(|_| "registering the node did not commit within 30s")???;
-        let epoch = args
-            .engine
-            .state()
-            .read()
-            .map_err(|_| "state lock poisoned")?
-            .state
-            .sched
-            .nodes[&node]
-            .epoch;
+        let epoch = args.upstream.register(args.node.clone()).await?;
         args.live_epoch.store(epoch, Ordering::Release);
         tracing::info!(%node, epoch, "node registered");
         Ok(DispatchState {
-            engine: args.engine,
+            upstream: args.upstream,
+            info: args.node,
+            live_epoch: args.live_epoch,
+            fenced: false,
+            recent: VecDeque::new(),
             epoch,
             queue: VecDeque::new(),
             runners: Vec::new(),
@@ -137,6 +150,11 @@ impl Actor for Dispatcher {
                     st.busy[runner] = None;
                     st.idle.push(runner);
                 }
+                st.recent
+                    .push_back((std::time::Instant::now(), report.clone()));
+                if st.recent.len() > RECENT_MAX {
+                    st.recent.pop_front();
+                }
                 st.finished.push(report);
                 st.pump();
             }
@@ -162,6 +180,60 @@ impl Actor for Dispatcher {
                 st.flush();
             }
             DispatchMsg::InjectPanic => panic!("injected panic in the dispatcher"),
+            DispatchMsg::Held(reply) => {
+                let horizon = std::time::Instant::now() - RECENT_FOR;
+                while st.recent.front().is_some_and(|(t, _)| *t < horizon) {
+                    st.recent.pop_front();
+                }
+                let mut attempts: Vec<AttemptRef> = st.busy.iter().flatten().copied().collect();
+                attempts.extend(st.queue.iter().map(|s| AttemptRef {
+                    task: s.task,
+                    attempt: s.attempt,
+                    epoch: s.epoch,
+                }));
+                let _ = reply.send(Held {
+                    node: st.info.node.clone(),
+                    epoch: if st.fenced { 0 } else { st.epoch },
+                    attempts,
+                    recent: st.recent.iter().map(|(_, r)| r.clone()).collect(),
+                });
+            }
+            DispatchMsg::Fence => {
+                if !st.fenced {
+                    tracing::warn!(
+                        epoch = st.epoch,
+                        "lease lost: stopping every attempt (self-fencing)"
+                    );
+                    st.fenced = true;
+                    st.live_epoch.store(0, Ordering::Release);
+                    st.queue.clear();
+                    for (i, b) in st.busy.iter().enumerate() {
+                        if let (Some(a), Some(r)) = (b, &st.runners[i]) {
+                            let _ = r.cast(RunnerMsg::Kill(a.task, a.attempt));
+                        }
+                    }
+                    let (upstream, info, me) = (st.upstream.clone(), st.info.clone(), me.clone());
+                    tokio::spawn(async move {
+                        let r = upstream.register(info).await;
+                        let _ = me.cast(DispatchMsg::Registered(r));
+                    });
+                }
+            }
+            DispatchMsg::Registered(Ok(epoch)) => {
+                tracing::info!(epoch, "registered again after a fence");
+                st.epoch = epoch;
+                st.fenced = false;
+                st.live_epoch.store(epoch, Ordering::Release);
+            }
+            DispatchMsg::Registered(Err(e)) => {
+                tracing::warn!(%e, "re-registration failed; retrying");
+                let (upstream, info, me) = (st.upstream.clone(), st.info.clone(), me.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    let r = upstream.register(info).await;
+                    let _ = me.cast(DispatchMsg::Registered(r));
+                });
+            }
             DispatchMsg::Stats(reply) => {
                 let _ = reply.send(DispatchStats {
                     queued: st.queue.len(),
@@ -229,7 +301,7 @@ impl DispatchState {
         if !finished.is_empty() {
             cmds.push(Command::Finished(finished.clone()));
         }
-        if let Err(e) = self.engine.propose_nowait(cmds) {
+        if let Err(e) = self.upstream.report(cmds) {
             // Busy: keep the reports and try again at the next flush.
             tracing::debug!(%e, "reports not proposed yet");
             self.finished = finished;
@@ -237,3 +309,6 @@ impl DispatchState {
         }
     }
 }
+
+// Local only: with ractor_cluster in the build every message type states it is a Message.
+impl ractor::Message for DispatchMsg {}

@@ -4,9 +4,8 @@
 //! when it stops. If it fails, the engine is dropped (which stops its thread and releases the
 //! data dir) and the root supervisor restarts it together with everything started after it.
 
-use crate::machine::{EffectSink, Machine, hook};
+use crate::machine::{EffectSink, HookArgs, Machine, hook};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use troupe_raft_log::{Engine, EngineConfig, EngineHandle, EngineStatus};
 
@@ -25,8 +24,11 @@ pub struct RaftFacade;
 pub struct FacadeArgs {
     pub config: EngineConfig,
     pub node: String,
-    pub live_epoch: Arc<AtomicU64>,
+    /// This process start's incarnation (see `NodeInfo::incarnation`).
+    pub incarnation: u64,
     pub strategy: troupe_scheduler::placement::Strategy,
+    /// Clusters: the leader's lease table and the lease length.
+    pub lease: Option<(Arc<crate::leases::LeaseTable>, std::time::Duration)>,
     pub sink: Box<dyn Fn() -> Box<dyn EffectSink> + Send + Sync>,
 }
 
@@ -44,12 +46,16 @@ impl Actor for RaftFacade {
         _me: ActorRef<FacadeMsg>,
         args: Arc<FacadeArgs>,
     ) -> Result<FacadeState, ActorProcessingErr> {
-        args.live_epoch
-            .store(0, std::sync::atomic::Ordering::Release);
         let open_args = args.clone();
         let engine = tokio::task::spawn_blocking(move || {
             let a = open_args;
-            let h = hook(a.node.clone(), a.live_epoch.clone(), a.strategy, (a.sink)());
+            let args = HookArgs {
+                node: a.node.clone(),
+                incarnation: a.incarnation,
+                strategy: a.strategy,
+                lease: a.lease.clone(),
+            };
+            let h = hook(args, (a.sink)());
             Engine::open(a.config.clone(), Machine::default(), h)
         })
         .await??;
@@ -90,3 +96,6 @@ impl Actor for RaftFacade {
         Ok(())
     }
 }
+
+// Local only: with ractor_cluster in the build every message type states it is a Message.
+impl ractor::Message for FacadeMsg {}

@@ -148,3 +148,6 @@ impl Actor for WorkflowInstance {
         Ok(())
     }
 }
+
+// Local only: with ractor_cluster in the build every message type states it is a Message.
+impl ractor::Message for InstanceMsg {}

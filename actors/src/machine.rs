@@ -1,10 +1,12 @@
 //! The scheduler state machine as the Raft log drives it, and the leader's hook.
 
+use crate::leases::LeaseTable;
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use troupe_raft_log::StateMachine;
 use troupe_scheduler::placement::Strategy;
+use troupe_scheduler::state::NodeStatus;
 use troupe_scheduler::{Command, Effect, Output, Planner, RunSpec, State, TaskRef, WorkflowId};
 
 /// `troupe_scheduler::State` behind the Raft log's `StateMachine` trait.
@@ -35,8 +37,10 @@ impl StateMachine for Machine {
 
 /// Where the effects of applied commands go (the actor side implements it).
 pub trait EffectSink: Send + 'static {
+    /// Attempts to start, on this node or others (`RunSpec::node`).
     fn run(&mut self, specs: Vec<RunSpec>);
-    fn kill(&mut self, kills: Vec<(TaskRef, u32)>);
+    /// Attempts to stop: (node, task, attempt).
+    fn kill(&mut self, kills: Vec<(String, TaskRef, u32)>);
     fn workflows(
         &mut self,
         created: Vec<WorkflowId>,
@@ -45,41 +49,88 @@ pub trait EffectSink: Send + 'static {
     );
 }
 
-/// The engine hook: route effects to this node's actors, then plan (leader only).
-///
-/// `live_epoch` is the epoch this process registered its node under (0 until then). Effects of
-/// entries replayed at start-up belong to an earlier epoch: they are dropped, because the
-/// registration requeues those attempts as attempt + 1 (running them again here would run them
-/// twice).
-pub fn hook(
-    node: String,
-    live_epoch: Arc<AtomicU64>,
-    strategy: Strategy,
-    mut sink: Box<dyn EffectSink>,
-) -> troupe_raft_log::Hook<Machine> {
-    let mut planner = Planner::with_strategy(strategy);
-    Box::new(move |m: &mut Machine, now_ms: u64| {
+/// What the engine hook needs besides the sink.
+pub struct HookArgs {
+    pub node: String,
+    /// This process start's incarnation. The node's attempts are run here only for the epoch
+    /// this incarnation registered (read from the applied state, so no timing is involved).
+    /// Effects of entries replayed at start-up belong to an earlier epoch: they are dropped,
+    /// because the registration requeues those attempts as attempt + 1 (running them here would
+    /// run them twice); in a cluster, lease renewals send lost deliveries again.
+    pub incarnation: u64,
+    pub strategy: Strategy,
+    /// Clusters: the leader's lease table and the lease length.
+    pub lease: Option<(Arc<LeaseTable>, Duration)>,
+}
+
+/// The engine hook, run on every member after applies and on ticks. Every member routes
+/// workflow effects to its instances; only the leader delivers runs and kills (so each is
+/// delivered once), plans placements and timeouts, and declares nodes whose lease expired lost.
+/// A follower resets the planner, so records of an earlier leadership are not trusted.
+pub fn hook(args: HookArgs, mut sink: Box<dyn EffectSink>) -> troupe_raft_log::Hook<Machine> {
+    let mut planner = Planner::with_strategy(args.strategy);
+    let mut was_leader = false;
+    let mut lost_sent: BTreeSet<(String, u64)> = BTreeSet::new();
+    Box::new(move |m: &mut Machine, now_ms: u64, is_leader: bool| {
         let effects = m.state.take_effects();
-        let epoch = live_epoch.load(Ordering::Acquire);
+        let epoch = m
+            .state
+            .sched
+            .nodes
+            .get(&args.node)
+            .filter(|n| n.incarnation == args.incarnation && n.status != NodeStatus::Down)
+            .map(|n| n.epoch)
+            .unwrap_or(0);
         if !effects.is_empty() && epoch != 0 {
-            route(&node, epoch, effects, sink.as_mut());
+            route(&args.node, epoch, is_leader, effects, sink.as_mut());
         }
-        planner.plan(&m.state, now_ms)
+        if !is_leader {
+            planner.reset();
+            was_leader = false;
+            return Vec::new();
+        }
+        let mut cmds = planner.plan(&m.state, now_ms);
+        if let Some((leases, lease)) = &args.lease {
+            if !was_leader {
+                leases.grant_all(m.state.sched.nodes.keys().cloned());
+                lost_sent.clear();
+            }
+            for n in m
+                .state
+                .sched
+                .nodes
+                .values()
+                .filter(|n| n.status != NodeStatus::Down)
+            {
+                if leases.expired(&n.id, *lease) && lost_sent.insert((n.id.clone(), n.epoch)) {
+                    tracing::warn!(node = %n.id, epoch = n.epoch, "lease expired: declaring the node lost");
+                    cmds.push(Command::NodeLost {
+                        node: n.id.clone(),
+                        epoch: n.epoch,
+                    });
+                }
+            }
+        }
+        was_leader = true;
+        cmds
     })
 }
 
-fn route(node: &str, epoch: u64, effects: Vec<Effect>, sink: &mut dyn EffectSink) {
+fn route(node: &str, epoch: u64, is_leader: bool, effects: Vec<Effect>, sink: &mut dyn EffectSink) {
     let mut runs = Vec::new();
     let mut kills = Vec::new();
     let (mut created, mut changed, mut finished) = (Vec::new(), BTreeSet::new(), Vec::new());
     for e in effects {
         match e {
-            Effect::Run(spec) if spec.node == node && spec.epoch == epoch => runs.push(*spec),
+            // This node's own attempts only for its live epoch; others' are checked by them.
+            Effect::Run(spec) if is_leader && (spec.node != node || spec.epoch == epoch) => {
+                runs.push(*spec)
+            }
             Effect::Kill {
                 task,
                 attempt,
                 node: n,
-            } if n == node => kills.push((task, attempt)),
+            } if is_leader => kills.push((n, task, attempt)),
             Effect::Created(id) => created.push(id),
             Effect::Changed(id) => {
                 changed.insert(id);

@@ -108,3 +108,6 @@ fn report(st: &RunnerState, at: AttemptRef, outcome: Outcome) -> Result<(), Acto
     })?;
     Ok(())
 }
+
+// Local only: with ractor_cluster in the build every message type states it is a Message.
+impl ractor::Message for RunnerMsg {}

@@ -11,7 +11,14 @@ use troupe_scheduler::{RunSpec, TaskRef, WorkflowId};
 pub const DISPATCHER_NAME: &str = "troupe.dispatcher";
 pub const INSTANCES_NAME: &str = "troupe.instances";
 
+/// Delivers runs and kills to another node (clusters): (node, runs, kills).
+pub type Remote = Box<dyn Fn(&str, Vec<RunSpec>, Vec<(TaskRef, u32)>) + Send>;
+
 pub struct ActorSink {
+    /// This node.
+    pub node: String,
+    /// How to reach other nodes (`None`: the embedded single node has no others).
+    pub remote: Option<Remote>,
     /// Everything an instance needs but its id (engine handle, state, node).
     pub instance: Box<dyn Fn(WorkflowId) -> Option<InstanceArgs> + Send>,
 }
@@ -35,21 +42,42 @@ pub fn instance_spec(args: InstanceArgs) -> ChildSpec {
 
 impl EffectSink for ActorSink {
     fn run(&mut self, specs: Vec<RunSpec>) {
-        match dispatcher() {
-            Some(d) => {
-                let _ = d.cast(DispatchMsg::Run(specs));
+        let mut by_node: std::collections::BTreeMap<String, Vec<RunSpec>> = Default::default();
+        for s in specs {
+            by_node.entry(s.node.clone()).or_default().push(s);
+        }
+        for (node, specs) in by_node {
+            if node == self.node {
+                match dispatcher() {
+                    Some(d) => {
+                        let _ = d.cast(DispatchMsg::Run(specs));
+                    }
+                    // The dispatcher restarts by re-registering the node, which requeues these attempts.
+                    None => tracing::warn!(
+                        n = specs.len(),
+                        "no dispatcher: attempts wait for the node to re-register"
+                    ),
+                }
+            } else if let Some(remote) = &self.remote {
+                remote(&node, specs, Vec::new());
             }
-            // The dispatcher restarts by re-registering the node, which requeues these attempts.
-            None => tracing::warn!(
-                n = specs.len(),
-                "no dispatcher: attempts wait for the node to re-register"
-            ),
         }
     }
 
-    fn kill(&mut self, kills: Vec<(TaskRef, u32)>) {
-        if let Some(d) = dispatcher() {
-            let _ = d.cast(DispatchMsg::Kill(kills));
+    fn kill(&mut self, kills: Vec<(String, TaskRef, u32)>) {
+        let mut by_node: std::collections::BTreeMap<String, Vec<(TaskRef, u32)>> =
+            Default::default();
+        for (node, t, a) in kills {
+            by_node.entry(node).or_default().push((t, a));
+        }
+        for (node, kills) in by_node {
+            if node == self.node {
+                if let Some(d) = dispatcher() {
+                    let _ = d.cast(DispatchMsg::Kill(kills));
+                }
+            } else if let Some(remote) = &self.remote {
+                remote(&node, Vec::new(), kills);
+            }
         }
     }
 

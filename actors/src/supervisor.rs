@@ -242,3 +242,6 @@ pub struct RestartToken(u64);
 /// fails with `SpawnErr::StartupFailed`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Supervisor;
+
+// Local only: with ractor_cluster in the build every message type states it is a Message.
+impl ractor::Message for SupervisorMsg {}

@@ -520,3 +520,6 @@ async fn static_child_start_failure_fails_the_supervisor_start() {
     assert!(err.contains("child `broken` failed to start"), "{err}");
     assert!(ractor::registry::where_is("broken-ok").is_none());
 }
+
+// Local only: with ractor_cluster in the build every message type states it is a Message.
+impl ractor::Message for WorkerMsg {}

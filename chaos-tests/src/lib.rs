@@ -69,7 +69,9 @@ impl TestNode {
                 && !addr.is_empty()
             {
                 node.api = format!("http://{addr}");
-                if node.get("/v1/health").0 == 200 {
+                // Ready when the API answers and the node has registered (it can run work).
+                let (code, nodes) = node.get("/v1/nodes");
+                if code == 200 && nodes["nodes"].as_array().is_some_and(|a| !a.is_empty()) {
                     return node;
                 }
             }

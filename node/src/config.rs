@@ -34,6 +34,10 @@ pub struct NodeConfig {
     pub labels: BTreeMap<String, String>,
     /// How the planner scores feasible nodes.
     pub strategy: Strategy,
+    /// Cluster mode (`troupe node`); `None` is the embedded single node.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// This node's Raft id (1 for the embedded single node; 0 for a worker).
+    pub raft_id: u64,
     /// How often capacity is read again (GPUs appearing or vanishing, cgroup limits moving).
     pub capacity_refresh: Duration,
 }
@@ -55,6 +59,8 @@ impl NodeConfig {
             labels: BTreeMap::new(),
             strategy: Strategy::BinPack,
             capacity_refresh: Duration::from_secs(5),
+            raft_id: 1,
+            cluster: None,
         }
     }
 }

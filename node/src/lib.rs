@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod capacity;
+pub mod cluster;
 pub mod config;
 pub mod exec;
 pub mod monitor;

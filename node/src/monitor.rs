@@ -71,3 +71,6 @@ impl Actor for ResourceMonitor {
         Ok(())
     }
 }
+
+// Local only: with ractor_cluster in the build every message type states it is a Message.
+impl ractor::Message for MonitorMsg {}

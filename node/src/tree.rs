@@ -1,19 +1,29 @@
-//! The node's supervision tree:
+//! The node's supervision tree. The embedded single node (`troupe dev`):
 //!
 //! ```text
 //! troupe.root (rest-for-one)
 //! ├── troupe.raft        RaftFacade: the durable Raft log + state machine
 //! ├── troupe.instances   Supervisor (one-for-one) → WorkflowInstance per running workflow
+//! ├── troupe.api         ApiServer
 //! ├── troupe.runners     Supervisor (rest-for-one) → Dispatcher,
 //! │                      troupe.slots Supervisor (one-for-one) → TaskRunner × slots
-//! ├── troupe.monitor     ResourceMonitor: re-reads CPU / memory / NVML GPUs, commits changes
-//! └── troupe.api         ApiServer
+//! └── troupe.monitor     ResourceMonitor: re-reads CPU / memory / NVML GPUs, commits changes
 //! ```
+//!
+//! A cluster server puts `troupe.membership` (ractor_cluster sessions) first and adds
+//! `troupe.peer` after the Raft facade and `troupe.lease` last; a worker has no Raft facade, no
+//! instances and no monitor, and its API forwards to the leader.
 //!
 //! Rest-for-one at the root: if the Raft facade restarts, everything after it restarts too (they
 //! hold its handle); the dispatcher re-registers the node, which requeues its attempts.
 
-use crate::api::{ApiArgs, ApiServer, AppState};
+use crate::api::{ApiArgs, ApiServer, AppState, Route};
+use crate::cluster::lease::{LeaseArgs, LeaseKeeper, LeaseTable};
+use crate::cluster::membership::{Membership, MembershipArgs};
+use crate::cluster::peer::{PeerActor, PeerArgs};
+use crate::cluster::transport::PgTransport;
+use crate::cluster::upstream::RemoteUpstream;
+use crate::cluster::{ClusterConfig, Role};
 use crate::config::{NodeConfig, node_id};
 use crate::exec::LocalExecutor;
 use crate::monitor::{MonitorArgs, ResourceMonitor};
@@ -33,6 +43,7 @@ use troupe_actors::sink::{ActorSink, DISPATCHER_NAME, INSTANCES_NAME, instance_s
 use troupe_actors::supervisor::{
     ChildSpec, Restart, Strategy, Supervisor, SupervisorConfig, SupervisorMsg,
 };
+use troupe_actors::upstream::{LocalUpstream, Upstream};
 use troupe_raft_log::{EngineConfig, EngineHandle};
 use troupe_scheduler::NodeInfo;
 
@@ -41,6 +52,9 @@ pub const RUNNERS_NAME: &str = "troupe.runners";
 pub const API_NAME: &str = "troupe.api";
 pub const SLOTS_NAME: &str = "troupe.slots";
 pub const MONITOR_NAME: &str = "troupe.monitor";
+pub const PEER_NAME: &str = "troupe.peer";
+pub const MEMBERSHIP_NAME: &str = "troupe.membership";
+pub const LEASE_NAME: &str = "troupe.lease";
 
 /// A started node.
 pub struct RunningNode {
@@ -62,6 +76,30 @@ async fn raft() -> Result<(EngineHandle<Machine>, Arc<RwLock<Machine>>), SpawnEr
     call_t!(facade, FacadeMsg::Handle, 10_000).map_err(spawn_err)
 }
 
+type RaftHandle = (EngineHandle<Machine>, Arc<RwLock<Machine>>);
+
+/// What the child specs share.
+#[derive(Clone)]
+struct Ctx {
+    cfg: Arc<NodeConfig>,
+    node: String,
+    live_epoch: Arc<AtomicU64>,
+    /// Random per process start (see `NodeInfo::incarnation`).
+    incarnation: u64,
+    bound: Arc<Mutex<Option<SocketAddr>>>,
+    /// The engine handle and state, published by the instance supervisor's start so the engine
+    /// hook can build instance arguments without calling an actor from the engine thread.
+    slot: Arc<Mutex<Option<RaftHandle>>>,
+    leases: Arc<LeaseTable>,
+    leader_api: Arc<Mutex<String>>,
+}
+
+impl Ctx {
+    fn role(&self) -> Option<Role> {
+        self.cfg.cluster.as_ref().map(|c| c.role)
+    }
+}
+
 /// Starts the tree; returns once every actor is up and the API listens.
 pub async fn start(mut cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     std::fs::create_dir_all(&cfg.data_dir)
@@ -69,151 +107,66 @@ pub async fn start(mut cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     // Absolute, so task paths ($TROUPE_OUTPUT, logs) hold whatever directory a task changes to.
     cfg.data_dir = std::fs::canonicalize(&cfg.data_dir)
         .with_context(|| format!("cannot resolve {}", cfg.data_dir.display()))?;
+    if let Some(c) = &cfg.cluster {
+        cfg.raft_id = c.raft_id();
+        if c.role == Role::Server && cfg.raft_id == 0 {
+            anyhow::bail!("--listen {} is not among the servers", c.listen);
+        }
+    }
     let node = node_id(&cfg).context("cannot read or write the node id")?;
-    let live_epoch = Arc::new(AtomicU64::new(0));
-    let slot: HandleSlot = Arc::new(Mutex::new(None));
-    let bound = Arc::new(Mutex::new(None));
-    let executor: Arc<dyn Executor> = Arc::new(LocalExecutor {
-        data_dir: cfg.data_dir.clone(),
-        kill_grace: cfg.kill_grace,
-    });
-
-    let mut engine_cfg = EngineConfig::new(&cfg.data_dir);
-    engine_cfg.fsync = cfg.fsync;
-    engine_cfg.snapshot_every_entries = cfg.snapshot_every_entries;
-    let facade_args = Arc::new(FacadeArgs {
-        config: engine_cfg,
+    let ctx = Ctx {
+        cfg: Arc::new(cfg),
         node: node.clone(),
-        live_epoch: live_epoch.clone(),
-        strategy: cfg.strategy,
-        sink: Box::new(sink_factory(node.clone(), slot.clone())),
-    });
-    let raft_spec = ChildSpec::new(RAFT_NAME, Restart::Permanent, move |sup: ActorCell| {
-        let args = facade_args.clone();
-        async move {
-            RaftFacade::spawn_linked(Some(RAFT_NAME.into()), RaftFacade, args, sup)
-                .await
-                .map(|(a, _)| a.get_cell())
-        }
-    });
-
-    let (inst_node, inst_slot) = (node.clone(), slot.clone());
-    let instances_spec =
-        ChildSpec::new(INSTANCES_NAME, Restart::Permanent, move |sup: ActorCell| {
-            let (node, slot) = (inst_node.clone(), inst_slot.clone());
-            async move {
-                let (engine, state) = raft().await?;
-                if let Ok(mut s) = slot.lock() {
-                    *s = Some((engine.clone(), state.clone()));
-                }
-                // Rebuild: one instance per workflow that is still running.
-                let running: Vec<u64> = {
-                    let m = state.read().map_err(spawn_err)?;
-                    m.state
-                        .workflows
-                        .values()
-                        .filter(|w| !w.status.is_terminal())
-                        .map(|w| w.id)
-                        .collect()
-                };
-                let children = running
-                    .into_iter()
-                    .map(|id| {
-                        instance_spec(InstanceArgs {
-                            id,
-                            node: node.clone(),
-                            engine: engine.clone(),
-                            state: state.clone(),
-                        })
-                    })
-                    .collect();
-                let cfg = SupervisorConfig {
-                    strategy: Strategy::OneForOne,
-                    max_restarts: 5,
-                    period: Duration::from_secs(10),
-                    ..Default::default()
-                };
-                Supervisor::spawn_linked(
-                    Some(INSTANCES_NAME.into()),
-                    Supervisor,
-                    (cfg, children),
-                    sup,
-                )
-                .await
-                .map(|(a, _)| a.get_cell())
-            }
-        });
-
-    let runners_spec = runners_spec(&cfg, node.clone(), live_epoch.clone(), executor);
-
-    let (listen, data_dir, api_node, api_bound, fault_injection) = (
-        cfg.listen,
-        cfg.data_dir.clone(),
-        node.clone(),
-        bound.clone(),
-        cfg.fault_injection,
-    );
-    let api_spec = ChildSpec::new(API_NAME, Restart::Permanent, move |sup: ActorCell| {
-        let (data_dir, node, bound) = (data_dir.clone(), api_node.clone(), api_bound.clone());
-        async move {
-            let (engine, state) = raft().await?;
-            let app = AppState {
-                engine,
-                state,
-                data_dir,
-                node,
-                started: std::time::Instant::now(),
-                fault_injection,
-            };
-            ApiServer::spawn_linked(
-                Some(API_NAME.into()),
-                ApiServer,
-                ApiArgs { listen, app, bound },
-                sup,
-            )
-            .await
-            .map(|(a, _)| a.get_cell())
-        }
-    });
-
-    let (mon_node, mon_sim, every) = (
-        node.clone(),
-        cfg.simulate_gpus.clone(),
-        cfg.capacity_refresh,
-    );
-    let monitor_spec = ChildSpec::new(MONITOR_NAME, Restart::Permanent, move |sup: ActorCell| {
-        let (node, simulated) = (mon_node.clone(), mon_sim.clone());
-        async move {
-            let (engine, _) = raft().await?;
-            let args = MonitorArgs {
-                node,
-                engine,
-                simulated,
-                every,
-            };
-            ResourceMonitor::spawn_linked(Some(MONITOR_NAME.into()), ResourceMonitor, args, sup)
-                .await
-                .map(|(a, _)| a.get_cell())
-        }
-    });
-
+        live_epoch: Arc::new(AtomicU64::new(0)),
+        incarnation: troupe_scheduler::json::mix(&[
+            std::process::id() as u64,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
+        ]),
+        bound: Arc::new(Mutex::new(None)),
+        slot: Arc::new(Mutex::new(None)),
+        leases: Arc::new(LeaseTable::default()),
+        leader_api: Arc::new(Mutex::new(String::new())),
+    };
+    let children = match ctx.role() {
+        None => vec![
+            raft_spec(&ctx),
+            instances_spec(&ctx),
+            api_spec(&ctx),
+            runners_spec(&ctx),
+            monitor_spec(&ctx),
+        ],
+        Some(Role::Server) => vec![
+            membership_spec(&ctx),
+            raft_spec(&ctx),
+            peer_spec(&ctx),
+            instances_spec(&ctx),
+            api_spec(&ctx),
+            runners_spec(&ctx),
+            monitor_spec(&ctx),
+            lease_spec(&ctx),
+        ],
+        Some(Role::Worker) => vec![
+            membership_spec(&ctx),
+            peer_spec(&ctx),
+            api_spec(&ctx),
+            runners_spec(&ctx),
+            lease_spec(&ctx),
+        ],
+    };
     let root_cfg = SupervisorConfig {
         strategy: Strategy::RestForOne,
         max_restarts: 5,
         period: Duration::from_secs(30),
         ..Default::default()
     };
-    let children = vec![
-        raft_spec,
-        instances_spec,
-        runners_spec,
-        monitor_spec,
-        api_spec,
-    ];
     let (root, join) = Supervisor::spawn(Some(ROOT_NAME.into()), Supervisor, (root_cfg, children))
         .await
         .map_err(|e| anyhow::anyhow!("the node did not start: {e}"))?;
-    let addr = bound
+    let addr = ctx
+        .bound
         .lock()
         .ok()
         .and_then(|b| *b)
@@ -226,14 +179,62 @@ pub async fn start(mut cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     })
 }
 
-/// The engine handle and state, published by the instance supervisor's start so the engine
-/// hook can build instance arguments without calling an actor from the engine thread.
-type HandleSlot = Arc<Mutex<Option<(EngineHandle<Machine>, Arc<RwLock<Machine>>)>>>;
+fn raft_spec(ctx: &Ctx) -> ChildSpec {
+    let cfg = &ctx.cfg;
+    let mut engine_cfg = EngineConfig::new(&cfg.data_dir);
+    engine_cfg.fsync = cfg.fsync;
+    engine_cfg.snapshot_every_entries = cfg.snapshot_every_entries;
+    if let Some(c) = cfg.cluster.as_ref().filter(|c| c.role == Role::Server) {
+        engine_cfg.id = c.raft_id();
+        engine_cfg.voters = c.voters();
+        engine_cfg.transport = Some(Arc::new(PgTransport));
+        // 50 ms ticks: elections in ~0.5-1 s, heartbeats every 100 ms.
+        engine_cfg.tick_ms = 50;
+        engine_cfg.election_tick = 10;
+        engine_cfg.heartbeat_tick = 2;
+    }
+    let lease = cfg.cluster.as_ref().map(|c| (ctx.leases.clone(), c.lease));
+    let args = Arc::new(FacadeArgs {
+        config: engine_cfg,
+        node: ctx.node.clone(),
+        incarnation: ctx.incarnation,
+        strategy: cfg.strategy,
+        lease,
+        sink: Box::new(sink_factory(ctx.clone())),
+    });
+    ChildSpec::new(RAFT_NAME, Restart::Permanent, move |sup: ActorCell| {
+        let args = args.clone();
+        async move {
+            RaftFacade::spawn_linked(Some(RAFT_NAME.into()), RaftFacade, args, sup)
+                .await
+                .map(|(a, _)| a.get_cell())
+        }
+    })
+}
 
-fn sink_factory(node: String, slot: HandleSlot) -> impl Fn() -> Box<dyn EffectSink> + Send + Sync {
+fn sink_factory(ctx: Ctx) -> impl Fn() -> Box<dyn EffectSink> + Send + Sync {
     move || {
-        let (node, slot) = (node.clone(), slot.clone());
+        let (node, slot) = (ctx.node.clone(), ctx.slot.clone());
+        let remote: Option<troupe_actors::sink::Remote> = ctx.cfg.cluster.as_ref().map(|_| {
+            Box::new(
+                |node: &str,
+                 runs: Vec<troupe_scheduler::RunSpec>,
+                 kills: Vec<(troupe_scheduler::TaskRef, u32)>| {
+                    if !runs.is_empty() {
+                        crate::cluster::peer::deliver(node, runs);
+                    }
+                    if !kills.is_empty() {
+                        crate::cluster::peer::send_exec(
+                            node,
+                            crate::cluster::wire::ExecMsg::Kill(kills),
+                        );
+                    }
+                },
+            ) as troupe_actors::sink::Remote
+        });
         Box::new(ActorSink {
+            node: node.clone(),
+            remote,
             instance: Box::new(move |id| {
                 let (engine, state) = slot.lock().ok()?.clone()?;
                 Some(InstanceArgs {
@@ -247,43 +248,237 @@ fn sink_factory(node: String, slot: HandleSlot) -> impl Fn() -> Box<dyn EffectSi
     }
 }
 
-fn runners_spec(
-    cfg: &NodeConfig,
-    node: String,
-    live_epoch: Arc<AtomicU64>,
-    executor: Arc<dyn Executor>,
-) -> ChildSpec {
+fn membership_spec(ctx: &Ctx) -> ChildSpec {
+    let (cluster, node) = (
+        ctx.cfg.cluster.clone().expect("cluster mode"),
+        ctx.node.clone(),
+    );
+    ChildSpec::new(
+        MEMBERSHIP_NAME,
+        Restart::Permanent,
+        move |sup: ActorCell| {
+            let args = MembershipArgs {
+                cluster: cluster.clone(),
+                node: node.clone(),
+            };
+            async move {
+                Membership::spawn_linked(Some(MEMBERSHIP_NAME.into()), Membership, args, sup)
+                    .await
+                    .map(|(a, _)| a.get_cell())
+            }
+        },
+    )
+}
+
+fn peer_spec(ctx: &Ctx) -> ChildSpec {
+    let (node, leases, raft_id, server) = (
+        ctx.node.clone(),
+        ctx.leases.clone(),
+        ctx.cfg.raft_id,
+        ctx.role() == Some(Role::Server),
+    );
+    ChildSpec::new(PEER_NAME, Restart::Permanent, move |sup: ActorCell| {
+        let (node, leases) = (node.clone(), leases.clone());
+        async move {
+            let engine = if server { Some(raft().await?.0) } else { None };
+            let args = PeerArgs {
+                node,
+                raft_id,
+                engine,
+                leases,
+            };
+            PeerActor::spawn_linked(Some(PEER_NAME.into()), PeerActor, args, sup)
+                .await
+                .map(|(a, _)| a.get_cell())
+        }
+    })
+}
+
+fn lease_spec(ctx: &Ctx) -> ChildSpec {
+    let c: ClusterConfig = ctx.cfg.cluster.clone().expect("cluster mode");
+    let leader_api = ctx.leader_api.clone();
+    ChildSpec::new(LEASE_NAME, Restart::Permanent, move |sup: ActorCell| {
+        let args = LeaseArgs {
+            renew: c.renew,
+            lease: c.lease,
+            leader_api: leader_api.clone(),
+        };
+        async move {
+            LeaseKeeper::spawn_linked(Some(LEASE_NAME.into()), LeaseKeeper, args, sup)
+                .await
+                .map(|(a, _)| a.get_cell())
+        }
+    })
+}
+
+fn instances_spec(ctx: &Ctx) -> ChildSpec {
+    let (node, slot) = (ctx.node.clone(), ctx.slot.clone());
+    ChildSpec::new(INSTANCES_NAME, Restart::Permanent, move |sup: ActorCell| {
+        let (node, slot) = (node.clone(), slot.clone());
+        async move {
+            let (engine, state) = raft().await?;
+            if let Ok(mut s) = slot.lock() {
+                *s = Some((engine.clone(), state.clone()));
+            }
+            // Rebuild: one instance per workflow that is still running.
+            let running: Vec<u64> = {
+                let m = state.read().map_err(spawn_err)?;
+                m.state
+                    .workflows
+                    .values()
+                    .filter(|w| !w.status.is_terminal())
+                    .map(|w| w.id)
+                    .collect()
+            };
+            let children = running
+                .into_iter()
+                .map(|id| {
+                    instance_spec(InstanceArgs {
+                        id,
+                        node: node.clone(),
+                        engine: engine.clone(),
+                        state: state.clone(),
+                    })
+                })
+                .collect();
+            let cfg = SupervisorConfig {
+                strategy: Strategy::OneForOne,
+                max_restarts: 5,
+                period: Duration::from_secs(10),
+                ..Default::default()
+            };
+            Supervisor::spawn_linked(
+                Some(INSTANCES_NAME.into()),
+                Supervisor,
+                (cfg, children),
+                sup,
+            )
+            .await
+            .map(|(a, _)| a.get_cell())
+        }
+    })
+}
+
+fn api_spec(ctx: &Ctx) -> ChildSpec {
+    let ctx = ctx.clone();
+    ChildSpec::new(API_NAME, Restart::Permanent, move |sup: ActorCell| {
+        let ctx = ctx.clone();
+        async move {
+            let cfg = &ctx.cfg;
+            let router = if ctx.role() == Some(Role::Worker) {
+                crate::api::proxy_router(ctx.node.clone(), ctx.leader_api.clone())
+            } else {
+                let (engine, state) = raft().await?;
+                let route: Arc<dyn Fn() -> Route + Send + Sync> = if cfg.cluster.is_some() {
+                    let (engine, state) = (engine.clone(), state.clone());
+                    Arc::new(move || {
+                        let st = engine.status();
+                        if st.is_leader {
+                            return Route::Here;
+                        }
+                        let m = state.read().unwrap_or_else(|e| e.into_inner());
+                        match m.state.sched.nodes.values().find(|n| {
+                            st.leader_id != 0 && n.raft_id == st.leader_id && !n.api.is_empty()
+                        }) {
+                            Some(n) => Route::To(n.api.clone()),
+                            None => Route::Unknown,
+                        }
+                    })
+                } else {
+                    Arc::new(|| Route::Here)
+                };
+                let app = AppState {
+                    engine,
+                    state,
+                    data_dir: cfg.data_dir.clone(),
+                    node: ctx.node.clone(),
+                    started: std::time::Instant::now(),
+                    fault_injection: cfg.fault_injection,
+                    route,
+                };
+                crate::api::router(app)
+            };
+            let args = ApiArgs {
+                listen: cfg.listen,
+                router,
+                data_dir: cfg.data_dir.clone(),
+                bound: ctx.bound.clone(),
+            };
+            ApiServer::spawn_linked(Some(API_NAME.into()), ApiServer, args, sup)
+                .await
+                .map(|(a, _)| a.get_cell())
+        }
+    })
+}
+
+fn monitor_spec(ctx: &Ctx) -> ChildSpec {
+    let (node, simulated, every) = (
+        ctx.node.clone(),
+        ctx.cfg.simulate_gpus.clone(),
+        ctx.cfg.capacity_refresh,
+    );
+    ChildSpec::new(MONITOR_NAME, Restart::Permanent, move |sup: ActorCell| {
+        let (node, simulated) = (node.clone(), simulated.clone());
+        async move {
+            let (engine, _) = raft().await?;
+            let args = MonitorArgs {
+                node,
+                engine,
+                simulated,
+                every,
+            };
+            ResourceMonitor::spawn_linked(Some(MONITOR_NAME.into()), ResourceMonitor, args, sup)
+                .await
+                .map(|(a, _)| a.get_cell())
+        }
+    })
+}
+
+fn runners_spec(ctx: &Ctx) -> ChildSpec {
+    let cfg = &ctx.cfg;
     let info = NodeInfo {
-        node,
+        node: ctx.node.clone(),
+        api: String::new(), // set at each start, once the API is bound
+        raft_id: cfg.raft_id,
+        incarnation: ctx.incarnation,
         slots: cfg.slots,
         queue: cfg.queue,
         capacity: Default::default(), // read at each (re)start of the dispatcher
         reserved: cfg.reserve.clone(),
         labels: cfg.labels.clone(),
     };
-    let simulated = cfg.simulate_gpus.clone();
-    let slots = cfg.slots as usize;
+    let executor: Arc<dyn Executor> = Arc::new(LocalExecutor {
+        data_dir: cfg.data_dir.clone(),
+        kill_grace: cfg.kill_grace,
+    });
+    let ctx = ctx.clone();
     ChildSpec::new(RUNNERS_NAME, Restart::Permanent, move |sup: ActorCell| {
-        let (mut info, live_epoch, executor, simulated) = (
-            info.clone(),
-            live_epoch.clone(),
-            executor.clone(),
-            simulated.clone(),
-        );
+        let (mut info, ctx, executor) = (info.clone(), ctx.clone(), executor.clone());
         async move {
+            let simulated = ctx.cfg.simulate_gpus.clone();
             info.capacity = tokio::task::spawn_blocking(move || {
                 crate::capacity::discover(simulated.as_deref())
             })
             .await
             .map_err(spawn_err)?;
-            let (engine, state) = raft().await?;
-            drop(state);
+            info.api = ctx
+                .bound
+                .lock()
+                .ok()
+                .and_then(|b| *b)
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            let upstream: Arc<dyn Upstream> = match ctx.role() {
+                Some(Role::Worker) => Arc::new(RemoteUpstream),
+                _ => Arc::new(LocalUpstream(raft().await?.0)),
+            };
+            let live_epoch = ctx.live_epoch.clone();
             let dispatch = ChildSpec::new(
                 DISPATCHER_NAME,
                 Restart::Permanent,
                 move |sup: ActorCell| {
                     let args = DispatchArgs {
-                        engine: engine.clone(),
+                        upstream: upstream.clone(),
                         node: info.clone(),
                         live_epoch: live_epoch.clone(),
                     };
@@ -299,6 +494,7 @@ fn runners_spec(
                     }
                 },
             );
+            let slots = ctx.cfg.slots as usize;
             let mut runners = Vec::with_capacity(slots);
             for index in 0..slots {
                 let executor = executor.clone();

@@ -38,6 +38,9 @@ fn cluster(rng: &mut Rng) -> State {
         };
         let info = NodeInfo {
             node: format!("node-{i:05}"),
+            api: String::new(),
+            raft_id: 0,
+            incarnation: 0,
             slots: 1_000,
             queue: 0,
             capacity: Capacity {

@@ -1,13 +1,14 @@
 //! The CLI commands.
 
 use crate::client::Client;
-use crate::{Cmd, DevArgs, DlqCmd};
+use crate::{Cmd, DevArgs, DlqCmd, NodeArgs, NodeOpts};
 use anyhow::Context;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 use troupe_node::NodeConfig;
+use troupe_node::cluster::{ClusterConfig, Role};
 
 /// Exit with this code (the message was already printed).
 #[derive(Debug)]
@@ -19,43 +20,95 @@ impl std::fmt::Display for Exit {
 }
 impl std::error::Error for Exit {}
 
+/// A node configuration from the flags every node has.
+fn config(opts: &NodeOpts) -> anyhow::Result<NodeConfig> {
+    let mut cfg = NodeConfig::dev(&opts.data);
+    cfg.snapshot_every_entries = opts.snapshot_every.max(1);
+    cfg.slots = opts.slots.max(1);
+    cfg.queue = opts.queue.unwrap_or(cfg.slots);
+    cfg.fsync = !opts.no_fsync;
+    cfg.kill_grace = Duration::from_secs(opts.kill_grace_s);
+    cfg.fault_injection = opts.fault_injection;
+    cfg.simulate_gpus = opts
+        .simulate_gpus
+        .as_deref()
+        .map(troupe_node::capacity::parse_simulated)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--simulate-gpus: {e}"))?;
+    if cfg.simulate_gpus.is_some() {
+        eprintln!(
+            "troupe: SIMULATING GPUs ({}); NVML is not asked",
+            opts.simulate_gpus.as_deref().unwrap_or("")
+        );
+    }
+    cfg.reserve.cpu_milli = (opts.reserve_cpu.max(0.0) * 1000.0) as u64;
+    if let Some(m) = &opts.reserve_memory {
+        cfg.reserve.memory_bytes = troupe_scheduler::units::parse_size_bytes(m)
+            .map_err(|e| anyhow::anyhow!("--reserve-memory: {e}"))?;
+    }
+    for l in &opts.labels {
+        let (k, v) = l
+            .split_once('=')
+            .with_context(|| format!("--label {l:?}: write KEY=VALUE"))?;
+        cfg.labels.insert(k.to_string(), v.to_string());
+    }
+    cfg.strategy = match opts.strategy.as_str() {
+        "binpack" => troupe_scheduler::placement::Strategy::BinPack,
+        "spread" => troupe_scheduler::placement::Strategy::Spread,
+        other => anyhow::bail!("--strategy {other:?}: use binpack or spread"),
+    };
+    Ok(cfg)
+}
+
 pub fn dev(args: DevArgs) -> anyhow::Result<()> {
+    if let Some(n) = args.nodes {
+        return crate::local_cluster::run(n, &args);
+    }
+    let mut cfg = config(&args.opts)?;
+    let default = if args.run.is_some() {
+        "127.0.0.1:0"
+    } else {
+        "127.0.0.1:7070"
+    };
+    cfg.listen = args
+        .listen
+        .unwrap_or_else(|| default.parse().expect("static address"));
+    serve(cfg, args.run, "troupe dev")
+}
+
+pub fn node(args: NodeArgs) -> anyhow::Result<()> {
+    if args.cookie.trim().is_empty() {
+        anyhow::bail!("a cluster cookie is required (--cookie or TROUPE_COOKIE)");
+    }
+    let mut cfg = config(&args.opts)?;
+    cfg.listen = args.api_listen;
+    cfg.cluster = Some(ClusterConfig {
+        role: if args.server {
+            Role::Server
+        } else {
+            Role::Worker
+        },
+        listen: args.listen,
+        join: args.join,
+        cookie: args.cookie,
+        lease: Duration::from_millis(args.lease_ms.max(100)),
+        renew: Duration::from_millis(args.renew_ms.max(20)),
+    });
+    serve(cfg, None, "troupe node")
+}
+
+fn serve(cfg: NodeConfig, run: Option<std::path::PathBuf>, who: &str) -> anyhow::Result<()> {
     troupe_node::init_tracing();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let data = cfg.data_dir.clone();
     rt.block_on(async move {
-        let mut cfg = NodeConfig::dev(&args.data);
-        let default = if args.run.is_some() { "127.0.0.1:0" } else { "127.0.0.1:7070" };
-        cfg.listen = args.listen.unwrap_or_else(|| default.parse().expect("static address"));
-        cfg.snapshot_every_entries = args.snapshot_every.max(1);
-        cfg.slots = args.slots.max(1);
-        cfg.queue = args.queue.unwrap_or(cfg.slots);
-        cfg.fsync = !args.no_fsync;
-        cfg.kill_grace = Duration::from_secs(args.kill_grace_s);
-        cfg.fault_injection = args.fault_injection;
-        cfg.simulate_gpus = args.simulate_gpus.as_deref().map(troupe_node::capacity::parse_simulated).transpose().map_err(|e| anyhow::anyhow!("--simulate-gpus: {e}"))?;
-        if cfg.simulate_gpus.is_some() {
-            eprintln!("troupe dev: SIMULATING GPUs ({}); NVML is not asked", args.simulate_gpus.as_deref().unwrap_or(""));
-        }
-        cfg.reserve.cpu_milli = (args.reserve_cpu.max(0.0) * 1000.0) as u64;
-        if let Some(m) = &args.reserve_memory {
-            cfg.reserve.memory_bytes = troupe_scheduler::units::parse_size_bytes(m).map_err(|e| anyhow::anyhow!("--reserve-memory: {e}"))?;
-        }
-        for l in &args.labels {
-            let (k, v) = l.split_once('=').with_context(|| format!("--label {l:?}: write KEY=VALUE"))?;
-            cfg.labels.insert(k.to_string(), v.to_string());
-        }
-        cfg.strategy = match args.strategy.as_str() {
-            "binpack" => troupe_scheduler::placement::Strategy::BinPack,
-            "spread" => troupe_scheduler::placement::Strategy::Spread,
-            other => anyhow::bail!("--strategy {other:?}: use binpack or spread"),
-        };
         let node = troupe_node::start(cfg).await?;
         let api = format!("http://{}", node.addr);
-        eprintln!("troupe dev: node {} serving {api} (data in {})", node.node_id, args.data.display());
-        if let Some(file) = args.run {
+        eprintln!("{who}: node {} serving {api} (data in {})", node.node_id, data.display());
+        if let Some(file) = run {
             let code = tokio::task::spawn_blocking(move || {
                 let client = Client::new(&api);
                 submit(&client, false, &file, &[], None, true)
@@ -68,7 +121,7 @@ pub fn dev(args: DevArgs) -> anyhow::Result<()> {
         let mut join = node.join;
         tokio::select! {
             _ = shutdown_signal() => {
-                eprintln!("troupe dev: stopping");
+                eprintln!("{who}: stopping");
                 node.root.stop(Some("signal".into()));
                 let _ = tokio::time::timeout(Duration::from_secs(10), &mut join).await;
                 Ok(())
@@ -252,7 +305,7 @@ pub(crate) fn client_command(api: &str, as_json: bool, cmd: Cmd) -> anyhow::Resu
             }
             Ok(())
         }
-        Cmd::Dev(_) | Cmd::Bench(_) => unreachable!("handled in main"),
+        Cmd::Dev(_) | Cmd::Node(_) | Cmd::Bench(_) => unreachable!("handled in main"),
     }
 }
 

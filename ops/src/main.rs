@@ -5,6 +5,7 @@ mod bench;
 mod bench_placement;
 mod client;
 mod commands;
+mod local_cluster;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +38,8 @@ struct Cli {
 enum Cmd {
     /// Run the embedded single node (server + worker) with its data in a local folder.
     Dev(DevArgs),
+    /// Run one member of a cluster (`--server` or `--worker`).
+    Node(NodeArgs),
     /// Submit a workflow spec (TOML).
     Submit {
         file: PathBuf,
@@ -102,12 +105,57 @@ enum DlqCmd {
 
 #[derive(clap::Args)]
 pub struct DevArgs {
-    /// Data folder (Raft log, snapshots, task logs).
-    #[arg(long, default_value = ".troupe/dev")]
-    data: PathBuf,
     /// API address [default: 127.0.0.1:7070; with --run, a free port].
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Submit this spec once the node is up, show its progress, and exit when it finishes.
+    #[arg(long, value_name = "FILE")]
+    run: Option<PathBuf>,
+    /// Start a local cluster of this many server processes on 127.0.0.1 instead of one
+    /// embedded node (APIs on 7070, 7071, ...; data in <data>/n1, n2, ...).
+    #[arg(long)]
+    nodes: Option<u32>,
+    #[command(flatten)]
+    opts: NodeOpts,
+}
+
+/// `troupe node`: one member of a cluster.
+#[derive(clap::Args)]
+pub struct NodeArgs {
+    /// A Raft voter: holds the replicated state (and runs work).
+    #[arg(long, conflicts_with = "worker", required_unless_present = "worker")]
+    server: bool,
+    /// Runs work; not in the Raft group.
+    #[arg(long)]
+    worker: bool,
+    /// This node's cluster address (servers: the Raft id follows the sorted server addresses).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Cluster addresses of the servers (for a server: the others), comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    join: Vec<SocketAddr>,
+    /// Shared secret of the cluster; a peer with another cookie is refused.
+    #[arg(long, env = "TROUPE_COOKIE", hide_env_values = true)]
+    cookie: String,
+    /// This node's HTTP API address.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    api_listen: SocketAddr,
+    /// A node whose lease is not renewed for this long (ms) is declared lost.
+    #[arg(long, default_value_t = 2000)]
+    lease_ms: u64,
+    /// How often (ms) a node renews its lease.
+    #[arg(long, default_value_t = 500)]
+    renew_ms: u64,
+    #[command(flatten)]
+    opts: NodeOpts,
+}
+
+/// Options every node has.
+#[derive(clap::Args, Clone)]
+pub struct NodeOpts {
+    /// Data folder (Raft log, snapshots, task logs).
+    #[arg(long, default_value = ".troupe/dev")]
+    data: PathBuf,
     /// Attempts run at once.
     #[arg(long, default_value_t = 256)]
     slots: u32,
@@ -142,15 +190,13 @@ pub struct DevArgs {
     /// Snapshot the state and compact the Raft log every this many applied entries.
     #[arg(long, default_value_t = 1000, hide = true)]
     snapshot_every: u64,
-    /// Submit this spec once the node is up, show its progress, and exit when it finishes.
-    #[arg(long, value_name = "FILE")]
-    run: Option<PathBuf>,
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Dev(args) => commands::dev(args),
+        Cmd::Node(args) => commands::node(args),
         Cmd::Bench(args) => bench::run(args),
         other => commands::client_command(&cli.api, cli.json, other),
     };

@@ -5,13 +5,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::Transport;
 use crate::error::RaftLogError;
 
 /// File name of the redb database inside [`EngineConfig::data_dir`].
 pub const DB_FILE_NAME: &str = "raft.redb";
-
-/// Raft id of this node. Single voter today; a multi-voter setup will give each node its own id.
-pub(crate) const NODE_ID: u64 = 1;
 
 /// Largest encoded entry payload we write; bigger proposals are rejected before they reach raft.
 /// The same value caps decoding, so a corrupt length prefix cannot make us allocate gigabytes.
@@ -40,13 +38,27 @@ pub struct EngineConfig {
     /// Raft refuses new entries beyond this many uncommitted payload bytes (default 64 MiB);
     /// waiters then get `ProposeError::Busy`, fire-and-forget commands are retried next cycle.
     pub max_uncommitted_bytes: u64,
-    /// Wall clock in ms since the epoch. Only the leader reads it, to stamp entries.
+    /// Wall clock in ms since the epoch. Read to stamp entries (by the leader, or by a follower
+    /// forwarding a fire-and-forget proposal) and to give the hook its `now_ms`.
     pub clock: Clock,
+    /// Raft id of this node (default 1). Unique in the group, never 0.
+    pub id: u64,
+    /// Initial voters, written into the bootstrap snapshot of a fresh log (default `[1]`); must
+    /// contain [`Self::id`]. Ignored once the log exists: the stored conf state wins.
+    /// One voter: the node elects itself at open. Several: elections run on ticks.
+    pub voters: Vec<u64>,
+    /// Where outbound raft messages go. `None`: they are dropped (fine for a single voter).
+    pub transport: Option<Arc<dyn Transport>>,
+    /// Election timeout in ticks (default 10; raft randomizes it within `[n, 2n)`).
+    pub election_tick: usize,
+    /// Leader heartbeat interval in ticks (default 2); must be below `election_tick`.
+    pub heartbeat_tick: usize,
 }
 
 impl EngineConfig {
     /// Defaults: fsync on, 100 ms tick, snapshot every 1000 entries, 4096 commands per entry,
-    /// queue of 1024 proposals, 64 MiB uncommitted, `SystemTime` clock.
+    /// queue of 1024 proposals, 64 MiB uncommitted, `SystemTime` clock; single voter (id 1,
+    /// voters `[1]`, no transport), election after 10 ticks, heartbeat every 2.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         EngineConfig {
             data_dir: data_dir.into(),
@@ -57,6 +69,11 @@ impl EngineConfig {
             queue_capacity: 1024,
             max_uncommitted_bytes: 64 << 20,
             clock: Arc::new(system_clock_ms),
+            id: 1,
+            voters: vec![1],
+            transport: None,
+            election_tick: 10,
+            heartbeat_tick: 2,
         }
     }
 
@@ -82,15 +99,34 @@ impl EngineConfig {
         if self.max_uncommitted_bytes == 0 {
             return bad("max_uncommitted_bytes");
         }
+        if self.id == 0 {
+            return bad("id");
+        }
+        if self.heartbeat_tick == 0 {
+            return bad("heartbeat_tick");
+        }
+        let invalid = |what: String| Err(RaftLogError::Config(what));
+        if self.election_tick <= self.heartbeat_tick {
+            return invalid(format!(
+                "election_tick ({}) must be greater than heartbeat_tick ({})",
+                self.election_tick, self.heartbeat_tick
+            ));
+        }
+        if self.voters.contains(&0) || !self.voters.contains(&self.id) {
+            return invalid(format!(
+                "voters {:?} must contain this node's id {} and no 0",
+                self.voters, self.id
+            ));
+        }
         Ok(())
     }
 
     /// The raft-rs configuration for this node; `applied` is the index of the restored snapshot.
     pub(crate) fn raft_config(&self, applied: u64) -> raft::Config {
         raft::Config {
-            id: NODE_ID,
-            election_tick: 10,
-            heartbeat_tick: 3,
+            id: self.id,
+            election_tick: self.election_tick,
+            heartbeat_tick: self.heartbeat_tick,
             applied,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
@@ -114,6 +150,11 @@ impl fmt::Debug for EngineConfig {
             .field("max_entry_commands", &self.max_entry_commands)
             .field("queue_capacity", &self.queue_capacity)
             .field("max_uncommitted_bytes", &self.max_uncommitted_bytes)
+            .field("id", &self.id)
+            .field("voters", &self.voters)
+            .field("transport", &self.transport.is_some())
+            .field("election_tick", &self.election_tick)
+            .field("heartbeat_tick", &self.heartbeat_tick)
             .finish_non_exhaustive()
     }
 }

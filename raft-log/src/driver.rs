@@ -1,9 +1,11 @@
 //! The engine thread: owns the `RawNode`, the redb store and the Ready loop.
 //!
 //! One cycle: block on the input queue until the next tick is due, drain what is queued
-//! (group commit), pack it into entries, propose, tick when due, handle every Ready (persist
-//! -> apply under one write lock -> advance), call the hook and propose what it returns, take
-//! a snapshot when due, publish the status. Storage errors are fatal: the thread fails every
+//! (group commit), step the inbound raft messages, pack proposals into entries and propose,
+//! start read barriers, tick when due, handle every Ready (send -> persist -> apply under one
+//! write lock -> send persisted messages -> advance), call the hook (every member) and propose
+//! what it returns (leader only), answer read barriers, take a snapshot when due, publish the
+//! status. Storage errors are fatal: the thread fails every
 //! outstanding proposal and stops (fail-stop, as raft requires), it never panics on them.
 
 use std::collections::HashMap;
@@ -13,18 +15,20 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use raft::eraftpb::Message;
 use raft::{RawNode, StateRole};
 
-use crate::config::{EngineConfig, NODE_ID};
-use crate::engine::{Input, Reply, Shared};
-use crate::envelope::{self, ENVELOPE_VERSION, Envelope, Group};
+use crate::config::EngineConfig;
+use crate::engine::{Inbound, Input, Reply, Shared};
 use crate::error::{ProposeError, RaftLogError};
 use crate::logger::raft_logger;
 use crate::storage::RedbStorage;
 use crate::{Hook, StateMachine};
 
 mod apply;
+mod net;
+mod propose;
+
+use propose::fail_all;
 
 type ReadyTx = mpsc::Sender<Result<(), RaftLogError>>;
 /// A waiter and the outputs to send it once the apply batch is done.
@@ -34,14 +38,14 @@ type Answer<O> = (Reply<O>, Vec<O>);
 pub(crate) fn run<M: StateMachine>(
     cfg: EngineConfig,
     hook: Hook<M>,
-    rx: Receiver<Input<M>>,
+    (rx, net_rx): (Receiver<Input<M>>, Receiver<Inbound>),
     shared: Arc<Shared>,
     state: Arc<RwLock<M>>,
     ready_tx: ReadyTx,
 ) {
     // Marks the engine stopped however the thread ends (a panic in apply or the hook included).
     let _guard = StoppedOnDrop(Arc::clone(&shared));
-    let mut driver = match Driver::start(cfg, hook, rx, shared, state) {
+    let mut driver = match Driver::start(cfg, hook, (rx, net_rx), shared, state) {
         Ok(d) => d,
         Err(e) => {
             let _ = ready_tx.send(Err(e));
@@ -59,6 +63,7 @@ impl Drop for StoppedOnDrop {
     fn drop(&mut self) {
         self.0.stop.store(true, Ordering::Release);
         self.0.is_leader.store(false, Ordering::Release);
+        self.0.leader_id.store(0, Ordering::Release);
         self.0.running.store(false, Ordering::Release);
     }
 }
@@ -73,6 +78,8 @@ struct Driver<M: StateMachine> {
     node: RawNode<RedbStorage>,
     hook: Hook<M>,
     rx: Receiver<Input<M>>,
+    /// Inbound raft messages and read barriers (see `EngineHandle::step`).
+    net_rx: Receiver<Inbound>,
     shared: Arc<Shared>,
     state: Arc<RwLock<M>>,
     /// Random per-open nonce stamped into our envelopes; group ids are only ours if it matches.
@@ -82,8 +89,15 @@ struct Driver<M: StateMachine> {
     pending: HashMap<u64, Reply<M::Output>>,
     /// Fire-and-forget proposals raft dropped (uncommitted-size limit); re-proposed next cycle.
     retry: Vec<Proposal<M>>,
+    /// Outstanding read barriers.
+    reads: net::Reads,
     applied: u64,
     was_leader: bool,
+    /// The group had this node as its only voter at open: it elects itself and `open` waits
+    /// for leadership. Otherwise `open` waits for `open_commit` to be applied.
+    single_voter: bool,
+    /// The commit index persisted before this open.
+    open_commit: u64,
     ready_tx: Option<ReadyTx>,
 }
 
@@ -110,22 +124,17 @@ fn write_lock<M>(state: &RwLock<M>) -> std::sync::RwLockWriteGuard<'_, M> {
     state.write().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Outbound raft messages. A single voter has no peers, so there are none; a multi-voter
-/// setup will hand them to a transport here.
-fn send_messages(msgs: Vec<Message>) {
-    if !msgs.is_empty() {
-        tracing::trace!(
-            count = msgs.len(),
-            "no raft transport configured; dropping messages"
-        );
-    }
+/// What one cycle took from the input queue.
+struct Inbox<M: StateMachine> {
+    batch: Vec<Proposal<M>>,
+    stop: bool,
 }
 
 impl<M: StateMachine> Driver<M> {
     fn start(
         cfg: EngineConfig,
         hook: Hook<M>,
-        rx: Receiver<Input<M>>,
+        (rx, net_rx): (Receiver<Input<M>>, Receiver<Inbound>),
         shared: Arc<Shared>,
         state: Arc<RwLock<M>>,
     ) -> Result<Self, RaftLogError> {
@@ -133,9 +142,24 @@ impl<M: StateMachine> Driver<M> {
         let mut store = RedbStorage::open(&path, cfg.fsync)?;
         if !store.is_initialized() {
             let image = read_lock(&state).snapshot();
-            store.bootstrap(&[NODE_ID], &image)?;
-            tracing::info!(path = %path.display(), "created a new raft log");
+            let mut voters = cfg.voters.clone();
+            voters.sort_unstable();
+            voters.dedup();
+            store.bootstrap(&voters, &image)?;
+            tracing::info!(path = %path.display(), id = cfg.id, ?voters, "created a new raft log");
         }
+        let cs = store.conf_state();
+        let single_voter = cs.voters == [cfg.id] && cs.learners.is_empty();
+        if !cs.voters.contains(&cfg.id) && !cs.learners.contains(&cfg.id) {
+            tracing::warn!(id = cfg.id, voters = ?cs.voters, learners = ?cs.learners, "this node is not a member of its raft group");
+        }
+        if !single_voter && cfg.transport.is_none() {
+            tracing::warn!(
+                voters = ?cs.voters,
+                "multi-voter raft group without a transport; it cannot elect a leader"
+            );
+        }
+        let open_commit = store.hard_state().commit;
         let snap_index = store.snapshot_metadata().index;
         let image = store.snapshot_data()?;
         if !image.is_empty() {
@@ -148,21 +172,27 @@ impl<M: StateMachine> Driver<M> {
         }
         let raft_cfg = cfg.raft_config(snap_index);
         raft_cfg.validate().map_err(raft_err)?;
-        let mut node = RawNode::new(&raft_cfg, store, &raft_logger(NODE_ID)).map_err(raft_err)?;
-        node.campaign().map_err(raft_err)?;
+        let mut node = RawNode::new(&raft_cfg, store, &raft_logger(cfg.id)).map_err(raft_err)?;
+        if single_voter {
+            node.campaign().map_err(raft_err)?;
+        }
         Ok(Driver {
             cfg,
             node,
             hook,
             rx,
+            net_rx,
             shared,
             state,
             incarnation: incarnation_nonce(),
             next_id: 0,
             pending: HashMap::new(),
             retry: Vec::new(),
+            reads: net::Reads::default(),
             applied: snap_index,
             was_leader: false,
+            single_voter,
+            open_commit,
             ready_tx: None,
         })
     }
@@ -175,34 +205,15 @@ impl<M: StateMachine> Driver<M> {
         self.signal_ready();
         let mut hook_again = false;
         loop {
-            let mut stop = self.shared.stop.load(Ordering::Acquire);
-            let retrying = !self.retry.is_empty();
-            let mut batch = std::mem::take(&mut self.retry);
-            if !stop && !retrying {
-                let wait = if hook_again {
-                    Duration::ZERO
-                } else {
-                    next_tick.saturating_duration_since(Instant::now())
-                };
-                match self.rx.recv_timeout(wait) {
-                    Ok(input) => stop |= push(&mut batch, input),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => stop = true,
-                }
-                // Group commit: take what is queued now, at most one queue's worth per cycle.
-                for _ in 0..self.cfg.queue_capacity {
-                    if stop {
-                        break;
-                    }
-                    match self.rx.try_recv() {
-                        Ok(input) => stop |= push(&mut batch, input),
-                        Err(TryRecvError::Empty) => break,
-                        Err(TryRecvError::Disconnected) => stop = true,
-                    }
-                }
-            }
-            if !batch.is_empty() {
-                self.propose_batch(batch);
+            let wait = if hook_again {
+                Duration::ZERO
+            } else {
+                next_tick.saturating_duration_since(Instant::now())
+            };
+            let inbox = self.receive(wait)?;
+            self.take_inbound()?;
+            if !inbox.batch.is_empty() {
+                self.propose_batch(inbox.batch);
             }
             let now = Instant::now();
             let ticked = now >= next_tick;
@@ -219,91 +230,49 @@ impl<M: StateMachine> Driver<M> {
             } else {
                 false
             };
+            self.resolve_reads();
             self.maybe_snapshot()?;
             self.publish();
             self.signal_ready();
-            if stop {
+            if inbox.stop {
                 return Ok(());
-            }
-            if retrying && !self.retry.is_empty() {
-                // Raft still refuses; let the log drain instead of spinning.
-                std::thread::sleep(next_tick.saturating_duration_since(Instant::now()));
             }
         }
     }
 
-    /// Packs proposals into entries of at most `max_entry_commands` commands and proposes them.
-    fn propose_batch(&mut self, batch: Vec<Proposal<M>>) {
-        if self.node.raft.state != StateRole::Leader {
-            let lost = fail_all(batch, ProposeError::NotLeader);
-            if lost > 0 {
-                tracing::warn!(
-                    commands = lost,
-                    "not the raft leader; dropped fire-and-forget commands"
-                );
-            }
-            return;
+    /// Waits up to `wait` for input, then takes what is queued (group commit), at most one
+    /// queue's worth. While raft refuses retried fire-and-forget commands, new proposals stay
+    /// queued behind them (order) and only the inbound queue is awaited, so the log can drain.
+    fn receive(&mut self, wait: Duration) -> Result<Inbox<M>, RaftLogError> {
+        let mut inbox = Inbox {
+            batch: std::mem::take(&mut self.retry),
+            stop: self.shared.stop.load(Ordering::Acquire),
+        };
+        if inbox.stop {
+            return Ok(inbox);
         }
-        let at_ms = (self.cfg.clock)();
-        let mut refused = false;
-        for chunk in envelope::pack(batch, self.cfg.max_entry_commands, |p| p.cmds.len()) {
-            let mut waiters = Vec::new();
-            let mut groups = Vec::with_capacity(chunk.len());
-            for p in chunk {
-                let id = match p.reply {
-                    Some(reply) => {
-                        self.next_id += 1;
-                        waiters.push((self.next_id, reply));
-                        self.next_id
-                    }
-                    None => 0,
-                };
-                groups.push(Group { id, cmds: p.cmds });
+        if !inbox.batch.is_empty() {
+            if let Ok(item) = self.net_rx.recv_timeout(wait) {
+                self.on_inbound(item)?;
             }
-            let env = Envelope {
-                v: ENVELOPE_VERSION,
-                at_ms,
-                origin: self.incarnation,
-                groups,
-            };
-            // Once raft refused an entry, refuse the rest of the batch too, so retried
-            // fire-and-forget commands keep their order.
-            let result = if refused {
-                Err(ProposeError::Busy)
-            } else {
-                envelope::encode(&env)
-                    .map_err(ProposeError::Dropped)
-                    .and_then(|data| {
-                        self.node.propose(Vec::new(), data).map_err(|e| match e {
-                            raft::Error::ProposalDropped => ProposeError::Busy,
-                            other => {
-                                ProposeError::Dropped(format!("raft refused the entry: {other}"))
-                            }
-                        })
-                    })
-            };
-            refused |= result == Err(ProposeError::Busy);
-            match result {
-                Ok(()) => self.pending.extend(waiters),
-                Err(err) => {
-                    for (_, reply) in waiters {
-                        let _ = reply.send(Err(err.clone()));
-                    }
-                    let orphans = env.groups.into_iter().filter(|g| g.id == 0);
-                    if err == ProposeError::Busy {
-                        self.retry.extend(orphans.map(|g| Proposal {
-                            cmds: g.cmds,
-                            reply: None,
-                        }));
-                    } else {
-                        let lost: usize = orphans.map(|g| g.cmds.len()).sum();
-                        if lost > 0 {
-                            tracing::error!(commands = lost, error = %err, "dropped fire-and-forget commands");
-                        }
-                    }
-                }
+            return Ok(inbox);
+        }
+        match self.rx.recv_timeout(wait) {
+            Ok(input) => inbox.push(input, &self.shared),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => inbox.stop = true,
+        }
+        for _ in 0..self.cfg.queue_capacity {
+            if inbox.stop {
+                break;
+            }
+            match self.rx.try_recv() {
+                Ok(input) => inbox.push(input, &self.shared),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => inbox.stop = true,
             }
         }
+        Ok(inbox)
     }
 
     /// Handles Readies until raft has nothing left. Returns whether anything was applied.
@@ -320,7 +289,7 @@ impl<M: StateMachine> Driver<M> {
         if let Some(role) = rd.ss().map(|ss| ss.raft_state) {
             self.on_role(role);
         }
-        send_messages(rd.take_messages());
+        self.send_messages(rd.take_messages());
         let snap = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
         // Entries + hard state (+ snapshot) in one transaction, fsynced when raft needs it.
         self.node
@@ -331,12 +300,13 @@ impl<M: StateMachine> Driver<M> {
         }
         // Their commit index came with this Ready's hard state, persisted just above.
         let mut applied = self.apply(rd.take_committed_entries())?;
-        send_messages(rd.take_persisted_messages());
+        self.on_read_states(rd.take_read_states());
+        self.send_messages(rd.take_persisted_messages());
         let mut light = self.node.advance(rd);
         if let Some(commit) = light.commit_index() {
             self.node.mut_store().set_commit(commit)?;
         }
-        send_messages(light.take_messages());
+        self.send_messages(light.take_messages());
         applied |= self.apply(light.take_committed_entries())?;
         self.node.advance_apply();
         Ok(applied)
@@ -357,18 +327,23 @@ impl<M: StateMachine> Driver<M> {
         self.was_leader = leader;
     }
 
-    /// Calls the hook (leader only) and proposes what it returns. Returns whether those
-    /// commands were applied in this call (then the hook is due again).
+    /// Calls the hook (every member) and proposes what it returns (leader only). Returns
+    /// whether those commands were applied in this call (then the hook is due again).
     fn run_hook(&mut self) -> Result<bool, RaftLogError> {
-        if self.node.raft.state != StateRole::Leader {
-            return Ok(false);
-        }
+        let is_leader = self.node.raft.state == StateRole::Leader;
         let now_ms = (self.cfg.clock)();
         let cmds = {
             let mut machine = write_lock(&self.state);
-            (self.hook)(&mut machine, now_ms)
+            (self.hook)(&mut machine, now_ms, is_leader)
         };
         if cmds.is_empty() {
+            return Ok(false);
+        }
+        if !is_leader {
+            tracing::debug!(
+                commands = cmds.len(),
+                "not the raft leader; discarding the hook's commands"
+            );
             return Ok(false);
         }
         self.propose_batch(vec![Proposal { cmds, reply: None }]);
@@ -389,16 +364,25 @@ impl<M: StateMachine> Driver<M> {
             .store(store.snapshot_metadata().index, Ordering::Release);
         s.is_leader
             .store(raft.state == StateRole::Leader, Ordering::Release);
+        s.leader_id.store(raft.leader_id, Ordering::Release);
         s.running.store(true, Ordering::Release);
     }
 
-    /// Tells `Engine::open` we are ready: leader, and everything committed is applied,
-    /// including this term's no-op (so the whole recovered log is in the state machine).
+    /// Tells `Engine::open` we are ready. Single voter: leader, and everything committed is
+    /// applied, including this term's no-op (so the whole recovered log is in the state
+    /// machine). Multi-voter: the commit index persisted before this open is applied.
     fn signal_ready(&mut self) {
+        if self.ready_tx.is_none() {
+            return;
+        }
         let raft = &self.node.raft;
-        let ready = raft.state == StateRole::Leader
-            && self.applied >= raft.raft_log.committed
-            && raft.raft_log.term(self.applied).ok() == Some(raft.term);
+        let ready = if self.single_voter {
+            raft.state == StateRole::Leader
+                && self.applied >= raft.raft_log.committed
+                && raft.raft_log.term(self.applied).ok() == Some(raft.term)
+        } else {
+            self.applied >= self.open_commit
+        };
         if !ready {
             return;
         }
@@ -421,11 +405,20 @@ impl<M: StateMachine> Driver<M> {
         self.shared.is_leader.store(false, Ordering::Release);
         let mut lost = 0usize;
         while let Ok(input) = self.rx.try_recv() {
-            if let Input::Propose { cmds, reply } = input {
-                lost += fail_all::<M>(vec![Proposal { cmds, reply }], ProposeError::Stopped);
+            match input {
+                Input::Propose { cmds, reply } => {
+                    lost += fail_all::<M>(vec![Proposal { cmds, reply }], ProposeError::Stopped);
+                }
+                Input::Wake | Input::Stop => {}
+            }
+        }
+        while let Ok(item) = self.net_rx.try_recv() {
+            if let Inbound::Read(reply) = item {
+                let _ = reply.send(Err(ProposeError::Stopped));
             }
         }
         lost += self.retry.drain(..).map(|p| p.cmds.len()).sum::<usize>();
+        self.fail_reads(ProposeError::Stopped);
         for (_, reply) in self.pending.drain() {
             let _ = reply.send(Err(ProposeError::Dropped(
                 "the engine stopped before the command was applied; it may be applied after a restart".into(),
@@ -454,32 +447,20 @@ impl<M: StateMachine> Driver<M> {
         }
         self.publish();
         self.shared.is_leader.store(false, Ordering::Release);
+        self.shared.leader_id.store(0, Ordering::Release);
         self.shared.running.store(false, Ordering::Release);
         tracing::debug!(applied = self.applied, "raft engine stopped");
     }
 }
 
-/// Sends `err` to every waiter; returns how many fire-and-forget commands were lost.
-fn fail_all<M: StateMachine>(batch: Vec<Proposal<M>>, err: ProposeError) -> usize {
-    let mut lost = 0;
-    for p in batch {
-        match p.reply {
-            Some(reply) => {
-                let _ = reply.send(Err(err.clone()));
-            }
-            None => lost += p.cmds.len(),
+impl<M: StateMachine> Inbox<M> {
+    fn push(&mut self, input: Input<M>, shared: &Shared) {
+        match input {
+            Input::Propose { cmds, reply } => self.batch.push(Proposal { cmds, reply }),
+            // Cleared before the inbound queue is drained, so at most one wake-up is queued.
+            Input::Wake => shared.wake_pending.store(false, Ordering::Release),
+            Input::Stop => self.stop = true,
         }
-    }
-    lost
-}
-
-fn push<M: StateMachine>(batch: &mut Vec<Proposal<M>>, input: Input<M>) -> bool {
-    match input {
-        Input::Propose { cmds, reply } => {
-            batch.push(Proposal { cmds, reply });
-            false
-        }
-        Input::Stop => true,
     }
 }
 

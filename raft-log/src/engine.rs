@@ -1,7 +1,11 @@
-//! The public face of the log: [`Engine`] (owns the thread) and [`EngineHandle`] (proposes).
+//! The public face of the log: [`Engine`] (owns the thread) and [`EngineHandle`] (proposes,
+//! reads, takes inbound raft messages).
 //!
 //! Callers talk to the engine thread through one bounded `sync_channel`; `try_send` failing
-//! with `Full` is the backpressure signal ([`ProposeError::Busy`]). Status is published by the
+//! with `Full` is the backpressure signal ([`ProposeError::Busy`]). Inbound raft messages and
+//! read barriers have a bounded queue of their own ([`Inbound`]), so a proposal flood (or
+//! proposals held back while raft refuses them) cannot starve replication or reads; they wake
+//! the thread with at most one [`Input::Wake`] in the main queue. Status is published by the
 //! thread into atomics, so [`EngineHandle::status`] never waits for the thread.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,6 +13,8 @@ use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
+use protobuf::Message as PbMessage;
+use raft::eraftpb::Message;
 use tokio::sync::oneshot;
 
 use crate::config::EngineConfig;
@@ -22,6 +28,23 @@ pub(crate) type Reply<O> = oneshot::Sender<Result<Vec<O>, ProposeError>>;
 /// What a caller awaits after [`EngineHandle::propose`].
 pub type ProposeReceiver<O> = oneshot::Receiver<Result<Vec<O>, ProposeError>>;
 
+/// Where a read barrier's index goes.
+pub(crate) type ReadReply = oneshot::Sender<Result<u64, ProposeError>>;
+
+/// What a caller awaits after [`EngineHandle::read_index`].
+pub type ReadReceiver = oneshot::Receiver<Result<u64, ProposeError>>;
+
+/// Capacity of the inbound queue; beyond it raft messages are dropped and reads are `Busy`.
+const NET_QUEUE_CAPACITY: usize = 1024;
+
+/// What the inbound queue carries.
+pub(crate) enum Inbound {
+    /// A raft message from a peer, already decoded.
+    Msg(Message),
+    /// A linearizable read barrier (raft ReadIndex).
+    Read(ReadReply),
+}
+
 /// One message to the engine thread.
 pub(crate) enum Input<M: StateMachine> {
     /// Commands to replicate; `reply` is `None` for fire-and-forget proposals.
@@ -29,6 +52,8 @@ pub(crate) enum Input<M: StateMachine> {
         cmds: Vec<M::Command>,
         reply: Option<Reply<M::Output>>,
     },
+    /// Something waits in the inbound queue.
+    Wake,
     /// Finish the current cycle, flush and exit.
     Stop,
 }
@@ -44,9 +69,15 @@ pub(crate) struct Shared {
     pub snapshot_index: AtomicU64,
     pub commands_applied: AtomicU64,
     pub is_leader: AtomicBool,
+    pub leader_id: AtomicU64,
+    /// This node's raft id (set before the thread starts).
+    pub id: AtomicU64,
     pub running: AtomicBool,
     /// Set by `Engine::shutdown`; checked by the thread every cycle.
     pub stop: AtomicBool,
+    /// An [`Input::Wake`] is queued (or about to be); cleared by the thread when it takes the
+    /// wake-up, before it drains the inbound queue (which it also does every cycle).
+    pub wake_pending: AtomicBool,
 }
 
 /// A point-in-time view of the log, read from atomics (no round trip to the engine thread).
@@ -66,6 +97,10 @@ pub struct EngineStatus {
     pub snapshot_index: u64,
     /// Whether this node is the raft leader.
     pub is_leader: bool,
+    /// Raft id of the current leader as this node knows it (0 = unknown).
+    pub leader_id: u64,
+    /// This node's raft id.
+    pub id: u64,
     /// `applied - snapshot_index`.
     pub entries_since_snapshot: u64,
     /// Commands applied since this engine was opened (replay included).
@@ -77,6 +112,7 @@ pub struct EngineStatus {
 /// Proposes commands and reads the status. Cheap to clone; `Send + Sync`.
 pub struct EngineHandle<M: StateMachine> {
     tx: SyncSender<Input<M>>,
+    net_tx: SyncSender<Inbound>,
     shared: Arc<Shared>,
     state: Arc<RwLock<M>>,
 }
@@ -85,6 +121,7 @@ impl<M: StateMachine> Clone for EngineHandle<M> {
     fn clone(&self) -> Self {
         EngineHandle {
             tx: self.tx.clone(),
+            net_tx: self.net_tx.clone(),
             shared: Arc::clone(&self.shared),
             state: Arc::clone(&self.state),
         }
@@ -109,8 +146,11 @@ impl<M: StateMachine> EngineHandle<M> {
     }
 
     /// Enqueues `cmds` without waiting for their outputs (hot path). Still `Err(Busy)` when the
-    /// queue is full. Once queued they are applied unless the engine stops or raft rejects the
-    /// entry (too large, or no longer leader); such losses are logged at warn/error level.
+    /// queue is full. Works on a follower too: raft forwards the entry to the leader (stamped
+    /// with this node's clock); while no leader is known the commands are retried every tick.
+    /// Once queued they are applied unless the engine stops, raft rejects the entry (too
+    /// large), or a forwarded entry is lost on the way or by a leader change (at most once:
+    /// callers that must know check the state and retry). Local losses are logged.
     pub fn propose_nowait(&self, cmds: Vec<M::Command>) -> Result<(), ProposeError> {
         if cmds.is_empty() {
             return Ok(());
@@ -127,14 +167,92 @@ impl<M: StateMachine> EngineHandle<M> {
         {
             return Err(ProposeError::Stopped);
         }
-        if !self.shared.is_leader.load(Ordering::Acquire) {
+        // A follower cannot route outputs back to a waiter; fire-and-forget is forwarded.
+        if reply.is_some() && !self.shared.is_leader.load(Ordering::Acquire) {
             return Err(ProposeError::NotLeader);
         }
-        match self.tx.try_send(Input::Propose { cmds, reply }) {
+        self.enqueue(Input::Propose { cmds, reply })
+    }
+
+    fn stopped(&self) -> bool {
+        self.shared.stop.load(Ordering::Acquire) || !self.shared.running.load(Ordering::Acquire)
+    }
+
+    fn enqueue(&self, input: Input<M>) -> Result<(), ProposeError> {
+        if self.stopped() {
+            return Err(ProposeError::Stopped);
+        }
+        match self.tx.try_send(input) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(ProposeError::Busy),
             Err(TrySendError::Disconnected(_)) => Err(ProposeError::Stopped),
         }
+    }
+
+    /// An inbound raft message from a peer (the protobuf bytes its [`crate::Transport`] sent).
+    /// Never blocks: dropped when the inbound queue is full (raft tolerates loss). Undecodable
+    /// bytes and messages addressed to another id are logged and dropped.
+    pub fn step(&self, msg: Vec<u8>) {
+        if self.stopped() {
+            return;
+        }
+        let m = match Message::parse_from_bytes(&msg) {
+            Ok(m) => m,
+            Err(error) => {
+                tracing::warn!(bytes = msg.len(), %error, "dropping an undecodable raft message");
+                return;
+            }
+        };
+        let id = self.shared.id.load(Ordering::Acquire);
+        if m.to != id {
+            tracing::warn!(
+                to = m.to,
+                id,
+                from = m.from,
+                "dropping a raft message addressed to another node"
+            );
+            return;
+        }
+        let from = m.from;
+        if self.inbound(Inbound::Msg(m)).is_err() {
+            tracing::debug!(from, "raft inbound queue full; dropping a message");
+        }
+    }
+
+    fn inbound(&self, item: Inbound) -> Result<(), ProposeError> {
+        match self.net_tx.try_send(item) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(ProposeError::Busy),
+            Err(TrySendError::Disconnected(_)) => return Err(ProposeError::Stopped),
+        }
+        // Wake the thread unless a wake-up is already on its way. A full main queue means the
+        // thread is busy anyway: it drains the inbound queue every cycle.
+        if !self.shared.wake_pending.swap(true, Ordering::AcqRel)
+            && self.tx.try_send(Input::Wake).is_err()
+        {
+            self.shared.wake_pending.store(false, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// A linearizable read barrier (raft ReadIndex): the receiver yields the leader's commit
+    /// index at the time of the call once this node has applied at least that far, so reading
+    /// [`Self::state`] afterwards sees every write committed before the call. Works on any
+    /// member. `Err` at once when the engine is stopped, the inbound queue is full (`Busy`) or no
+    /// leader is known (`Dropped`); the receiver yields `Err(Dropped)` when the leader changes
+    /// before confirming, or after two election timeouts without an answer.
+    pub fn read_index(&self) -> Result<ReadReceiver, ProposeError> {
+        if self.shared.leader_id.load(Ordering::Acquire) == 0 && !self.stopped() {
+            return Err(ProposeError::Dropped(
+                "no raft leader is known (election in progress?); retry later".into(),
+            ));
+        }
+        if self.stopped() {
+            return Err(ProposeError::Stopped);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.inbound(Inbound::Read(tx))?;
+        Ok(rx)
     }
 
     /// The current status (from atomics).
@@ -159,6 +277,8 @@ fn status_of(s: &Shared) -> EngineStatus {
         term: s.term.load(Ordering::Acquire),
         snapshot_index,
         is_leader: s.is_leader.load(Ordering::Acquire),
+        leader_id: s.leader_id.load(Ordering::Acquire),
+        id: s.id.load(Ordering::Acquire),
         entries_since_snapshot: applied.saturating_sub(snapshot_index),
         commands_applied: s.commands_applied.load(Ordering::Acquire),
         running: s.running.load(Ordering::Acquire),
@@ -174,8 +294,10 @@ pub struct Engine<M: StateMachine> {
 
 impl<M: StateMachine> Engine<M> {
     /// Opens (or creates) the log in `cfg.data_dir`, restores the latest snapshot into
-    /// `machine`, replays the committed entries after it, elects itself (single voter, id 1) and
-    /// starts the thread. Returns once this node is leader and the replay is applied.
+    /// `machine`, replays the committed entries after it and starts the thread.
+    /// A single voter elects itself and returns once it is leader and the replay (including
+    /// this term's no-op) is applied. A member of a multi-voter group returns once the commit
+    /// index persisted before the restart is applied; elections then run on ticks.
     pub fn open(cfg: EngineConfig, machine: M, hook: Hook<M>) -> Result<Self, RaftLogError> {
         cfg.validate()?;
         std::fs::create_dir_all(&cfg.data_dir).map_err(|source| RaftLogError::Io {
@@ -184,14 +306,16 @@ impl<M: StateMachine> Engine<M> {
         })?;
         let state = Arc::new(RwLock::new(machine));
         let shared = Arc::new(Shared::default());
+        shared.id.store(cfg.id, Ordering::Release);
         let (tx, rx) = mpsc::sync_channel(cfg.queue_capacity);
+        let (net_tx, net_rx) = mpsc::sync_channel(NET_QUEUE_CAPACITY);
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = {
             let state = Arc::clone(&state);
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("troupe-raft".into())
-                .spawn(move || driver::run(cfg, hook, rx, shared, state, ready_tx))
+                .spawn(move || driver::run(cfg, hook, (rx, net_rx), shared, state, ready_tx))
                 .map_err(|source| RaftLogError::Io {
                     path: "troupe-raft thread".into(),
                     source,
@@ -199,7 +323,12 @@ impl<M: StateMachine> Engine<M> {
         };
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(Engine {
-                handle: EngineHandle { tx, shared, state },
+                handle: EngineHandle {
+                    tx,
+                    net_tx,
+                    shared,
+                    state,
+                },
                 thread: Some(thread),
             }),
             Ok(Err(e)) => {
@@ -213,7 +342,7 @@ impl<M: StateMachine> Engine<M> {
         }
     }
 
-    /// A handle for proposing and reading the status.
+    /// A handle for proposing, reading and stepping raft messages.
     pub fn handle(&self) -> EngineHandle<M> {
         self.handle.clone()
     }

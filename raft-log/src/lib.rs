@@ -1,9 +1,24 @@
 //! # troupe-raft-log: the durable, replicated command log behind the scheduler
 //!
 //! A raft log (tikv `raft` 0.7, `RawNode`) persisted in one redb file that drives a generic
-//! [`StateMachine`]. Today the group has a single voter (raft id 1), which is elected at open;
-//! the storage, the bootstrap snapshot, snapshot installation and conf-change application are
-//! written for several voters, only the transport is missing (see `driver::send_messages`).
+//! [`StateMachine`]. The default is a single voter (raft id 1), elected at open.
+//!
+//! ## Several voters
+//! Give each member its own [`EngineConfig::id`], the same [`EngineConfig::voters`] (3 or 5)
+//! and a [`Transport`]. Outbound messages go to `Transport::send(to, bytes)` from the engine
+//! thread; the receiving node hands the bytes to [`EngineHandle::step`] (bounded queue, drops
+//! when full, never blocks; raft copes with loss). Elections run on ticks (pre-vote and
+//! check-quorum on); [`Engine::open`] returns once the locally committed log is replayed,
+//! without waiting for a leader. [`EngineStatus`] says who leads (`leader_id`).
+//! - Proposals with a waiter ([`EngineHandle::propose`]) need the leader (`NotLeader`
+//!   elsewhere). Fire-and-forget ones ([`EngineHandle::propose_nowait`]) may be made on any
+//!   member: raft forwards them to the leader (at most once: a leader change can lose them).
+//! - [`EngineHandle::read_index`] is a linearizable read barrier on any member (raft
+//!   ReadIndex): once it resolves, the local state holds every write committed before the call.
+//! - The [`Hook`] runs on every member; only the leader's returned commands are proposed.
+//! - A member behind the leader's compacted log gets the leader's latest stored snapshot in a
+//!   `MsgSnapshot` (one message: keep state machine snapshots well below the transport's frame
+//!   limit). Conf changes in committed entries are applied; proposing them is not exposed yet.
 //!
 //! ## What it owns
 //! - `data_dir/raft.redb` (exclusively: a second open fails with [`RaftLogError::InUse`]).
@@ -18,26 +33,33 @@
 //! - The commit index is persisted with (Ready) or before (LightReady) the entries it covers are
 //!   applied; the applied index is persisted only through snapshots, together with a commit index
 //!   at least as high, so a restart never sees `applied > commit`.
-//! - A fresh log starts from a synthetic snapshot at (index 1, term 1) with voters `[1]`.
-//! - `apply` is deterministic: the leader stamps `at_ms` into each entry; apply never reads a clock.
+//! - A fresh log starts from a synthetic snapshot at (index 1, term 1) with the configured
+//!   voters, so members that join later can start empty and catch up by snapshot.
+//! - `apply` is deterministic: the proposer stamps `at_ms` into each entry (the leader, or a
+//!   follower forwarding a fire-and-forget proposal); apply never reads a clock.
 //! - One raft entry carries many proposals (an `envelope::Envelope`); a proposal is never split
 //!   across entries, so its commands are applied together or not at all.
 //! - Waiters are matched by (incarnation nonce, group id), so entries replayed after a restart
 //!   never answer a new caller. An undecodable entry is logged and skipped, never a panic.
 //! - Storage errors are fatal for the engine (fail-stop); bad input never panics. The only
-//!   asserts guard raft invariants (a gap in the appended log).
+//!   asserts guard raft invariants (a gap in the appended log). Undecodable network bytes are
+//!   logged and dropped; a decodable message that makes raft-rs panic (only a broken peer
+//!   sends one) stops the engine like a storage error.
 //!
 //! ## Read in this order
-//! 1. `lib.rs` (this file): [`StateMachine`], [`Hook`].
+//! 1. `lib.rs` (this file): [`StateMachine`], [`Hook`], [`Transport`].
 //! 2. `config.rs`: [`EngineConfig`] and the raft-rs settings derived from it.
-//! 3. `engine.rs`: [`Engine`], [`EngineHandle`], [`EngineStatus`], the bounded input queue.
-//! 4. `driver.rs`: the engine thread (startup, batching, the Ready loop, the hook, shutdown);
-//!    `driver/apply.rs`: applying entries, conf changes, taking and installing snapshots.
+//! 3. `engine.rs`: [`Engine`], [`EngineHandle`], [`EngineStatus`], the bounded input queues.
+//! 4. `driver.rs`: the engine thread (startup, the Ready loop, the hook, shutdown);
+//!    `driver/propose.rs`: packing proposals into entries; `driver/net.rs`: outbound and
+//!    inbound raft messages, read barriers; `driver/apply.rs`: applying entries, conf changes,
+//!    taking and installing snapshots.
 //! 5. `envelope.rs`: the entry payload format and packing.
 //! 6. `storage.rs`: the redb store and its write side; `storage/raft_impl.rs`: `raft::Storage`.
 //! 7. `error.rs`, `logger.rs` (slog -> tracing bridge, target `raft`).
 //!
-//! Tests: `driver/tests.rs`, `storage/tests.rs`, `tests/engine.rs` (public API end to end).
+//! Tests: `driver/tests.rs`, `storage/tests.rs`, `tests/engine.rs` (public API end to end,
+//! single voter), `tests/cluster.rs` (three engines over an in-memory transport).
 
 mod config;
 mod driver;
@@ -48,7 +70,7 @@ mod logger;
 mod storage;
 
 pub use config::{Clock, DB_FILE_NAME, EngineConfig};
-pub use engine::{Engine, EngineHandle, EngineStatus, ProposeReceiver};
+pub use engine::{Engine, EngineHandle, EngineStatus, ProposeReceiver, ReadReceiver};
 pub use error::{ProposeError, RaftLogError};
 
 /// A deterministic state machine replicated by the log.
@@ -68,8 +90,18 @@ pub trait StateMachine: Send + Sync + 'static {
     fn restore(&mut self, data: &[u8]) -> Result<(), String>;
 }
 
-/// Called on the engine thread after every cycle in which entries were applied, and at least
-/// once per tick, with write access to the state and the leader's clock (`now_ms`). Returns
-/// commands to propose right away (the leader's planner lives here); return an empty `Vec`
-/// when there is nothing to do. Called only while this node is the leader.
-pub type Hook<M> = Box<dyn FnMut(&mut M, u64) -> Vec<<M as StateMachine>::Command> + Send>;
+/// Called on the engine thread of every member (leader or not) after every cycle in which
+/// entries were applied, and at least once per tick, with write access to the state, this
+/// node's clock (`now_ms`) and whether this node is the raft leader right now. Followers use it
+/// to drain effects of applied commands. Returns commands to propose right away (the leader's
+/// planner lives here); they are proposed only when `is_leader`, and discarded otherwise.
+/// Return an empty `Vec` when there is nothing to do.
+pub type Hook<M> = Box<dyn FnMut(&mut M, u64, bool) -> Vec<<M as StateMachine>::Command> + Send>;
+
+/// Outbound raft messages of a multi-voter group. Called on the engine thread: must not block
+/// (queue or cast and return). Delivery may lose, duplicate or reorder messages (raft copes);
+/// the receiving node passes the bytes to [`EngineHandle::step`].
+pub trait Transport: Send + Sync + 'static {
+    /// Sends `msg` (the protobuf bytes of a `raft::eraftpb::Message`) to raft node `to`.
+    fn send(&self, to: u64, msg: Vec<u8>);
+}

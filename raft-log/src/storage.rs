@@ -308,8 +308,8 @@ impl RedbStorage {
     ///
     /// Written without fsync: the applied index is only persisted through snapshots, which
     /// store `commit >= snapshot index` durably in the same transaction, so a restart can never
-    /// see `applied > commit`; a lost commit index is re-derived by raft (the single voter
-    /// re-commits its whole durable log when it is re-elected).
+    /// see `applied > commit`; a lost commit index is re-derived by raft (learned from the
+    /// leader, or a single voter re-commits its whole durable log when it is re-elected).
     pub(crate) fn set_commit(&mut self, commit: u64) -> Result<(), RaftLogError> {
         if commit <= self.hard_state.commit {
             return Ok(());

@@ -73,7 +73,7 @@ impl StateMachine for Kv {
 }
 
 fn no_hook() -> Hook<Kv> {
-    Box::new(|_, _| Vec::new())
+    Box::new(|_, _, _| Vec::new())
 }
 
 fn cfg(dir: &std::path::Path) -> EngineConfig {
@@ -231,7 +231,7 @@ fn hook_runs_every_tick_and_its_commands_are_applied() {
     let calls = Arc::new(AtomicU64::new(0));
     let hook: Hook<Kv> = {
         let calls = Arc::clone(&calls);
-        Box::new(move |kv: &mut Kv, now_ms| {
+        Box::new(move |kv: &mut Kv, now_ms, _is_leader| {
             calls.fetch_add(1, Ordering::Relaxed);
             if kv.map.contains_key("trigger") && !kv.map.contains_key("planned") {
                 vec![Cmd::Set("planned".into(), now_ms as i64)]

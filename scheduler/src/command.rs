@@ -23,6 +23,12 @@ pub enum Command {
         node: String,
         draining: bool,
     },
+    /// The leader saw no lease renewal from the node for the lease period: its attempts are
+    /// requeued as attempt + 1 and its late reports are refused (their epoch is stale).
+    NodeLost {
+        node: String,
+        epoch: u64,
+    },
     Submit(Box<Submission>),
     /// Placements chosen by the leader; apply re-checks each one.
     Assign(Vec<Assignment>),
@@ -49,6 +55,12 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {
     pub node: String,
+    /// Its HTTP API address (followers forward API calls to the leader's).
+    pub api: String,
+    /// Its Raft id if it is a server (0 for a worker).
+    pub raft_id: u64,
+    /// Random per process start: the engine hook of that process knows its own registration.
+    pub incarnation: u64,
     pub slots: u32,
     pub queue: u32,
     pub capacity: Capacity,
@@ -130,7 +142,7 @@ pub enum Effect {
 }
 
 /// Everything a runner needs to execute one attempt, templates already rendered.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSpec {
     pub task: TaskRef,
     pub attempt: u32,
@@ -148,7 +160,7 @@ pub struct RunSpec {
     pub log_stem: String,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Launch {
     Process {
         argv: Vec<String>,

@@ -15,8 +15,11 @@ use troupe_scheduler::state::{WorkflowId, parse_wf, wf_name};
 use troupe_scheduler::{Command, Output, Submission, views};
 
 pub fn router(app: AppState) -> Router {
-    Router::new()
+    let here = Router::new()
         .route("/v1/health", get(health))
+        .route("/v1/chaos/panic/{actor}", post(inject_panic))
+        .with_state(app.clone());
+    let led = Router::new()
         .route("/v1/workflows", post(submit).get(list))
         .route("/v1/workflows/{id}", get(detail))
         .route("/v1/workflows/{id}/{action}", post(control))
@@ -26,9 +29,46 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/nodes/{id}/drain", post(drain))
         .route("/v1/dlq", get(dlq))
         .route("/v1/dlq/{id}/redrive", post(redrive))
-        .route("/v1/chaos/panic/{actor}", post(inject_panic))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), to_leader))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
-        .with_state(app)
+        .with_state(app);
+    here.merge(led)
+}
+
+/// Everything but health and fault injection is served by the leader.
+async fn to_leader(
+    State(app): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match (app.route)() {
+        super::Route::Here => next.run(req).await,
+        super::Route::To(target) => super::forward::forward(target, req).await,
+        super::Route::Unknown => super::forward::no_leader(),
+    }
+}
+
+/// A worker's API: its own health, everything else forwarded to the leader.
+pub fn proxy_router(node: String, leader_api: std::sync::Arc<std::sync::Mutex<String>>) -> Router {
+    let health_node = node.clone();
+    Router::new()
+        .route(
+            "/v1/health",
+            get(move || async move {
+                Json(json!({ "status": "ok", "node": health_node, "role": "worker" }))
+            }),
+        )
+        .fallback(move |req: axum::extract::Request| {
+            let target = leader_api.lock().map(|a| a.clone()).unwrap_or_default();
+            async move {
+                if target.is_empty() {
+                    super::forward::no_leader()
+                } else {
+                    super::forward::forward(target, req).await
+                }
+            }
+        })
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
 }
 
 type Res = Result<(StatusCode, Json<Value>), ApiError>;
@@ -73,6 +113,9 @@ async fn health(State(app): State<AppState>) -> Res {
     ok(json!({
         "status": "ok",
         "node": app.node,
+        "role": "server",
+        "raft_id": st.id,
+        "leader_id": st.leader_id,
         "leader": st.is_leader,
         "term": st.term,
         "applied": st.applied,

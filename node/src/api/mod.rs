@@ -2,9 +2,12 @@
 //! health. Reads come from the applied state (on a single voter this is linearizable: the
 //! leader applies before it answers); writes go through the Raft log and answer after commit.
 
+mod forward;
 mod handlers;
 mod server;
 
+pub use forward::Route;
+pub use handlers::{proxy_router, router};
 pub use server::{ApiArgs, ApiMsg, ApiServer};
 
 use axum::Json;
@@ -26,6 +29,8 @@ pub struct AppState {
     pub node: String,
     pub started: std::time::Instant,
     pub fault_injection: bool,
+    /// Serve here, or forward to the leader (clusters).
+    pub route: Arc<dyn Fn() -> Route + Send + Sync>,
 }
 
 /// An API error: a status and a message that says what to do.

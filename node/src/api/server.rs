@@ -1,7 +1,6 @@
 //! The API server as a supervised actor: it binds in `pre_start`, serves in a spawned task, and
 //! fails (so its supervisor restarts it) if the server stops on its own.
 
-use super::{AppState, handlers};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -17,7 +16,8 @@ pub struct ApiServer;
 
 pub struct ApiArgs {
     pub listen: SocketAddr,
-    pub app: AppState,
+    pub router: axum::Router,
+    pub data_dir: std::path::PathBuf,
     /// Where the bound address is published (port 0 picks one).
     pub bound: Arc<Mutex<Option<SocketAddr>>>,
 }
@@ -51,10 +51,10 @@ impl Actor for ApiServer {
         if let Ok(mut b) = args.bound.lock() {
             *b = Some(addr);
         }
-        let _ = std::fs::write(args.app.data_dir.join("api.addr"), addr.to_string());
+        let _ = std::fs::write(args.data_dir.join("api.addr"), addr.to_string());
         tracing::info!(%addr, "api listening");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let router = handlers::router(args.app);
+        let router = args.router;
         let task = tokio::spawn(async move {
             let served = axum::serve(listener, router).with_graceful_shutdown(async {
                 let _ = rx.await;
@@ -100,3 +100,6 @@ impl Drop for ApiState {
         self.task.abort();
     }
 }
+
+// Local only: with ractor_cluster in the build every message type states it is a Message.
+impl ractor::Message for ApiMsg {}

@@ -14,7 +14,8 @@ use crate::envelope::{self, Envelope};
 use crate::error::RaftLogError;
 
 impl<M: StateMachine> Driver<M> {
-    /// A snapshot sent by the leader (never happens with a single voter).
+    /// A snapshot sent by the leader (`MsgSnapshot`, to a follower that is behind the leader's
+    /// compacted log): replaces the whole state. Already persisted by the caller.
     pub(super) fn install_snapshot(&mut self, s: &Snapshot) -> Result<(), RaftLogError> {
         let index = s.get_metadata().index;
         write_lock(&self.state)

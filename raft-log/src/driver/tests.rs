@@ -4,6 +4,7 @@ use raft::eraftpb::{Entry, EntryType, HardState};
 
 use super::*;
 use crate::Engine;
+use crate::envelope::{self, ENVELOPE_VERSION, Envelope, Group};
 
 /// Sums the numbers it is given.
 #[derive(Default)]
@@ -43,7 +44,7 @@ fn raw_entry(index: u64, term: u64, data: Vec<u8>) -> Entry {
 fn undecodable_and_foreign_entries_are_handled_on_replay() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = EngineConfig::new(dir.path());
-    let engine = Engine::open(cfg.clone(), Sum::default(), Box::new(|_, _| Vec::new())).unwrap();
+    let engine = Engine::open(cfg.clone(), Sum::default(), Box::new(|_, _, _| Vec::new())).unwrap();
     let out = engine
         .handle()
         .propose(vec![5])
@@ -88,7 +89,7 @@ fn undecodable_and_foreign_entries_are_handled_on_replay() {
     store.persist(&ents, Some(&hs), None, true).unwrap();
     drop(store);
 
-    let engine = Engine::open(cfg, Sum::default(), Box::new(|_, _| Vec::new())).unwrap();
+    let engine = Engine::open(cfg, Sum::default(), Box::new(|_, _, _| Vec::new())).unwrap();
     let st = engine.status();
     assert!(
         st.applied > last + 3,
@@ -113,7 +114,7 @@ fn undecodable_and_foreign_entries_are_handled_on_replay() {
 fn a_failing_restore_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = EngineConfig::new(dir.path());
-    Engine::open(cfg.clone(), Sum::default(), Box::new(|_, _| Vec::new()))
+    Engine::open(cfg.clone(), Sum::default(), Box::new(|_, _, _| Vec::new()))
         .unwrap()
         .shutdown();
     let mut store = RedbStorage::open(&cfg.db_path(), true).unwrap();
@@ -122,7 +123,7 @@ fn a_failing_restore_is_reported() {
     meta.index = last;
     store.save_snapshot(meta, b"not 8 bytes", last).unwrap();
     drop(store);
-    let err = Engine::open(cfg, Sum::default(), Box::new(|_, _| Vec::new()))
+    let err = Engine::open(cfg, Sum::default(), Box::new(|_, _, _| Vec::new()))
         .err()
         .expect("opened with a bad snapshot");
     assert!(matches!(err, RaftLogError::Restore { .. }), "{err}");
@@ -147,7 +148,7 @@ fn a_panicking_state_machine_fails_open_cleanly() {
     let err = Engine::open(
         EngineConfig::new(dir.path()),
         Bad,
-        Box::new(|_, _| Vec::new()),
+        Box::new(|_, _, _| Vec::new()),
     )
     .err()
     .expect("opened");

@@ -19,6 +19,7 @@ impl State {
                 }
                 None => Output::Rejected(format!("no node {node}")),
             },
+            Command::NodeLost { node, epoch } => self.node_lost(&node, epoch, at),
             Command::SetDraining { node, draining } => match self.sched.nodes.get_mut(&node) {
                 Some(n) if n.status != NodeStatus::Down => {
                     n.status = if draining {
@@ -127,9 +128,44 @@ impl State {
                 reserved: info.reserved,
                 labels: info.labels,
                 used: Default::default(),
+                api: info.api,
+                raft_id: info.raft_id,
+                incarnation: info.incarnation,
             },
         );
         // Attempts the node held in an earlier epoch are lost: run them again as attempt + 1.
+        self.requeue_node(
+            &info.node,
+            at,
+            &format!("node {} restarted (epoch {epoch})", info.node),
+        );
+        Output::Done
+    }
+
+    fn node_lost(&mut self, node: &str, epoch: u64, at: u64) -> Output {
+        match self.sched.nodes.get_mut(node) {
+            Some(n) if n.epoch == epoch && n.status != NodeStatus::Down => {
+                n.status = NodeStatus::Down;
+                n.assigned = 0;
+                n.used = Default::default();
+            }
+            Some(_) => {
+                return Output::Rejected(format!(
+                    "node {node} is not at epoch {epoch} or is already down"
+                ));
+            }
+            None => return Output::Rejected(format!("no node {node}")),
+        }
+        self.requeue_node(
+            node,
+            at,
+            &format!("node {node} lost (no lease renewal, epoch {epoch})"),
+        );
+        Output::Done
+    }
+
+    /// Requeues every attempt placed on `node` as attempt + 1 (not counted as a failure).
+    fn requeue_node(&mut self, node: &str, at: u64, why: &str) {
         for wf in self
             .workflows
             .values_mut()
@@ -138,11 +174,7 @@ impl State {
             let mut lost = 0;
             for (i, run) in wf.steps.iter_mut().enumerate() {
                 for (item, task) in run.tasks.iter_mut() {
-                    let held = task
-                        .state
-                        .placement()
-                        .is_some_and(|(node, _)| node == info.node);
-                    if held {
+                    if task.state.placement().is_some_and(|(n, _)| n == node) {
                         task.attempt += 1;
                         task.state = TaskState::Queued;
                         lost += 1;
@@ -157,11 +189,28 @@ impl State {
                 }
             }
             if lost > 0 {
-                wf.log(at, format!("node {} restarted (epoch {epoch}): {lost} attempt(s) requeued as attempt + 1", info.node));
+                wf.log(
+                    at,
+                    format!("{why}: {lost} attempt(s) requeued as attempt + 1"),
+                );
                 self.sched.effects.push(Effect::Changed(wf.id));
             }
         }
-        Output::Done
+    }
+
+    /// The RunSpec of an attempt that is placed and live (to send it again after a lost delivery).
+    pub fn run_spec_of(&self, task: TaskRef, attempt: u32) -> Option<RunSpec> {
+        let wf = self.workflows.get(&task.wf)?;
+        let t = wf.steps.get(task.step as usize)?.tasks.get(&task.item)?;
+        let (node, gpus) = t.state.placement()?;
+        let epoch = match &t.state {
+            TaskState::Assigned { epoch, .. } | TaskState::Running { epoch, .. } => *epoch,
+            _ => return None,
+        };
+        if t.attempt != attempt {
+            return None;
+        }
+        Sched::run_spec(wf, task, attempt, node, epoch, gpus).ok()
     }
 
     fn submit(&mut self, sub: Submission, at: u64) -> Output {

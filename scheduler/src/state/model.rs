@@ -323,6 +323,12 @@ pub struct Node {
     pub labels: BTreeMap<String, String>,
     /// What its live attempts hold.
     pub used: Usage,
+    /// Its HTTP API address.
+    pub api: String,
+    /// Its Raft id if it is a server (0 for a worker).
+    pub raft_id: u64,
+    /// The process start that registered this epoch.
+    pub incarnation: u64,
 }
 
 /// The whole replicated state machine.

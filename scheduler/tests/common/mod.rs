@@ -201,6 +201,9 @@ pub fn node_info(
         .collect();
     NodeInfo {
         node: name.into(),
+        api: String::new(),
+        raft_id: 0,
+        incarnation: 0,
         slots,
         queue: slots,
         capacity: placement::Capacity {

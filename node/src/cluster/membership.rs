@@ -1,0 +1,116 @@
+//! Membership: the ractor_cluster NodeServer (cookie-authenticated sessions) and the loop that
+//! keeps sessions to the servers open. ractor_cluster never reconnects by itself, so every
+//! `every` this actor lists the open sessions and dials the servers it is missing (with
+//! backoff per address). To avoid duplicate sessions, a server dials only servers whose
+//! address sorts after its own; workers dial every server.
+
+use super::{ClusterConfig, Role};
+use ractor::{Actor, ActorProcessingErr, ActorRef, call_t};
+use ractor_cluster::{NodeServer, NodeServerMessage};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+pub enum MembershipMsg {
+    Tick,
+}
+
+// Local only.
+impl ractor::Message for MembershipMsg {}
+
+pub struct Membership;
+
+pub struct MembershipArgs {
+    pub cluster: ClusterConfig,
+    pub node: String,
+}
+
+pub struct MembershipState {
+    server: ActorRef<NodeServerMessage>,
+    targets: Vec<SocketAddr>,
+    /// Next dial allowed per address, and the current backoff.
+    backoff: BTreeMap<SocketAddr, (Instant, Duration)>,
+}
+
+const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+impl Actor for Membership {
+    type Msg = MembershipMsg;
+    type State = MembershipState;
+    type Arguments = MembershipArgs;
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<MembershipMsg>,
+        args: MembershipArgs,
+    ) -> Result<MembershipState, ActorProcessingErr> {
+        let c = &args.cluster;
+        let ns = NodeServer::new(
+            c.listen.port(),
+            c.cookie.clone(),
+            args.node.clone(),
+            c.listen.ip().to_string(),
+            None,
+            Some(ractor_cluster::node::NodeConnectionMode::Transitive),
+        )
+        .with_listen_addr(c.listen.ip());
+        let (server, _) = Actor::spawn_linked(Some("troupe.cluster".into()), ns, (), me.get_cell())
+            .await
+            .map_err(|e| format!("cannot listen for the cluster on {}: {e}", c.listen))?;
+        let targets = match c.role {
+            Role::Worker => c.servers(),
+            Role::Server => c.servers().into_iter().filter(|s| *s > c.listen).collect(),
+        };
+        me.send_interval(Duration::from_millis(250), || MembershipMsg::Tick);
+        let _ = me.cast(MembershipMsg::Tick);
+        tracing::info!(listen = %c.listen, ?targets, "cluster transport up");
+        Ok(MembershipState {
+            server,
+            targets,
+            backoff: BTreeMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<MembershipMsg>,
+        _msg: MembershipMsg,
+        st: &mut MembershipState,
+    ) -> Result<(), ActorProcessingErr> {
+        let sessions =
+            call_t!(st.server, NodeServerMessage::GetSessions, 1_000).unwrap_or_default();
+        let open: BTreeSet<String> = sessions.values().map(|s| s.peer_addr.clone()).collect();
+        let now = Instant::now();
+        for target in st.targets.clone() {
+            if open.contains(&target.to_string()) {
+                st.backoff.remove(&target);
+                continue;
+            }
+            let (next, delay) = st
+                .backoff
+                .get(&target)
+                .copied()
+                .unwrap_or((now, Duration::from_millis(100)));
+            if now < next {
+                continue;
+            }
+            st.backoff
+                .insert(target, (now + delay, (delay * 2).min(DIAL_BACKOFF_MAX)));
+            let server = st.server.clone();
+            // Dial in the background: a peer that is down must not stall this loop.
+            tokio::spawn(async move {
+                match tokio::time::timeout(
+                    Duration::from_secs(1),
+                    ractor_cluster::client_connect(&server, target),
+                )
+                .await
+                {
+                    Ok(Ok(())) => tracing::debug!(%target, "dialed"),
+                    Ok(Err(e)) => tracing::debug!(%target, error = %e, "dial failed"),
+                    Err(_) => tracing::debug!(%target, "dial timed out"),
+                }
+            });
+        }
+        Ok(())
+    }
+}

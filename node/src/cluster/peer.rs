@@ -1,0 +1,202 @@
+//! The per-node peer actor: the address other nodes send to (pg groups, not ractor's NodeIds,
+//! which change on every reconnect). It feeds Raft messages to the engine, runs to the local
+//! dispatcher, proposals to the log, and answers lease renewals — on the leader it also
+//! reconciles: attempts placed on the node that it does not hold are sent again, and reports it
+//! sent that are not applied yet are proposed again (both are idempotent).
+
+use super::lease::{LeaseTable, held_of};
+use super::wire::{ExecMsg, PeerMsg, RenewReply, decode, encode};
+use super::{SERVERS_GROUP, exec_group, raft_group};
+use ractor::{Actor, ActorProcessingErr, ActorRef, pg, registry};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use troupe_actors::dispatcher::DispatchMsg;
+use troupe_actors::machine::Machine;
+use troupe_actors::sink::DISPATCHER_NAME;
+use troupe_raft_log::EngineHandle;
+use troupe_scheduler::state::{NodeStatus, TaskState};
+use troupe_scheduler::{AttemptRef, Command, RunSpec};
+
+pub struct PeerActor;
+
+pub struct PeerArgs {
+    pub node: String,
+    /// Servers only.
+    pub raft_id: u64,
+    pub engine: Option<EngineHandle<Machine>>,
+    pub leases: Arc<LeaseTable>,
+}
+
+/// Attempts assigned longer ago than this and not held by their node are sent again.
+const RESEND_AFTER_MS: u64 = 1_000;
+
+impl Actor for PeerActor {
+    type Msg = PeerMsg;
+    type State = PeerArgs;
+    type Arguments = PeerArgs;
+
+    async fn pre_start(
+        &self,
+        me: ActorRef<PeerMsg>,
+        args: PeerArgs,
+    ) -> Result<PeerArgs, ActorProcessingErr> {
+        pg::join(exec_group(&args.node), vec![me.get_cell()]);
+        if args.engine.is_some() {
+            pg::join(raft_group(args.raft_id), vec![me.get_cell()]);
+            pg::join(SERVERS_GROUP.to_string(), vec![me.get_cell()]);
+        }
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _me: ActorRef<PeerMsg>,
+        msg: PeerMsg,
+        st: &mut PeerArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PeerMsg::Raft(bytes) => {
+                if let Some(e) = &st.engine {
+                    e.step(bytes);
+                }
+            }
+            PeerMsg::Exec(bytes) => {
+                let Some(m) = decode::<ExecMsg>(&bytes) else {
+                    return Ok(());
+                };
+                if let Some(d) =
+                    registry::where_is(DISPATCHER_NAME).map(ActorRef::<DispatchMsg>::from)
+                {
+                    let _ = d.cast(match m {
+                        ExecMsg::Run(specs) => DispatchMsg::Run(specs),
+                        ExecMsg::Kill(k) => DispatchMsg::Kill(k),
+                    });
+                }
+            }
+            PeerMsg::Propose(bytes) => {
+                let (Some(e), Some(cmds)) = (&st.engine, decode::<Vec<Command>>(&bytes)) else {
+                    return Ok(());
+                };
+                if let Err(err) = e.propose_nowait(cmds) {
+                    tracing::debug!(%err, "a peer's proposal was not accepted; it sends again");
+                }
+            }
+            PeerMsg::Renew(bytes, reply) => {
+                let answer = match (&st.engine, held_of(&bytes)) {
+                    (Some(engine), Some(held)) => renew(engine, &st.leases, held),
+                    _ => RenewReply::default(),
+                };
+                let _ = reply.send(encode(&answer));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn renew(
+    engine: &EngineHandle<Machine>,
+    leases: &LeaseTable,
+    held: troupe_actors::dispatcher::Held,
+) -> RenewReply {
+    let status = engine.status();
+    let state = engine.state();
+    let Ok(m) = state.read() else {
+        return RenewReply::default();
+    };
+    let node = m.state.sched.nodes.get(&held.node);
+    let leader_api = m
+        .state
+        .sched
+        .nodes
+        .values()
+        .find(|n| n.raft_id == status.leader_id && n.raft_id != 0)
+        .map(|n| n.api.clone())
+        .unwrap_or_default();
+    let reply = RenewReply {
+        leader: status.is_leader,
+        epoch: node.map(|n| n.epoch).unwrap_or(0),
+        up: node.is_some_and(|n| n.status != NodeStatus::Down),
+        leader_api,
+    };
+    if !status.is_leader || !reply.up || reply.epoch != held.epoch {
+        return reply;
+    }
+    leases.renew(&held.node);
+    // Reconcile what the node holds with what the log says it holds.
+    let holds: BTreeSet<(troupe_scheduler::TaskRef, u32)> =
+        held.attempts.iter().map(|a| (a.task, a.attempt)).collect();
+    let live_reports: Vec<_> = held
+        .recent
+        .into_iter()
+        .filter(|r| is_live(&m.state, &r.at))
+        .collect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut resend: Vec<RunSpec> = Vec::new();
+    for wf in m
+        .state
+        .workflows
+        .values()
+        .filter(|w| !w.status.is_terminal())
+    {
+        for (i, run) in wf.steps.iter().enumerate() {
+            for (item, task) in &run.tasks {
+                let TaskState::Assigned {
+                    node, epoch, at_ms, ..
+                } = &task.state
+                else {
+                    continue;
+                };
+                let r = troupe_scheduler::TaskRef {
+                    wf: wf.id,
+                    step: i as u16,
+                    item: *item,
+                };
+                if node == &held.node
+                    && *epoch == held.epoch
+                    && now.saturating_sub(*at_ms) > RESEND_AFTER_MS
+                    && !holds.contains(&(r, task.attempt))
+                    && let Some(spec) = m.state.run_spec_of(r, task.attempt)
+                {
+                    resend.push(spec);
+                }
+            }
+        }
+    }
+    drop(m);
+    if !live_reports.is_empty() {
+        let _ = engine.propose_nowait(vec![Command::Finished(live_reports)]);
+    }
+    if !resend.is_empty() {
+        tracing::info!(node = %held.node, n = resend.len(), "sending placed attempts again (delivery was lost)");
+        deliver(&held.node, resend);
+    }
+    reply
+}
+
+fn is_live(state: &troupe_scheduler::State, at: &AttemptRef) -> bool {
+    state
+        .workflows
+        .get(&at.task.wf)
+        .and_then(|w| w.steps.get(at.task.step as usize))
+        .and_then(|s| s.tasks.get(&at.task.item))
+        .is_some_and(|t| t.attempt == at.attempt && t.state.placement().is_some())
+}
+
+/// Sends runs to a node's peer actor (local or remote).
+pub fn deliver(node: &str, specs: Vec<RunSpec>) {
+    send_exec(node, ExecMsg::Run(specs));
+}
+
+pub fn send_exec(node: &str, msg: ExecMsg) {
+    match pg::get_members(&exec_group(node)).first() {
+        Some(cell) => {
+            let _ = ActorRef::<PeerMsg>::from(cell.clone()).cast(PeerMsg::Exec(encode(&msg)));
+        }
+        None => {
+            tracing::debug!(%node, "no session to node; its attempts are sent again when it renews")
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! A worker's upstream: the servers, over the cluster transport. Reports are cast to a server
+//! (a follower forwards them to the leader inside raft; reports lost with a leader are sent
+//! again with lease renewals). Registration is proposed once and confirmed by asking the
+//! servers for the node's epoch.
+
+use super::SERVERS_GROUP;
+use super::wire::{PeerMsg, RenewReply, decode, encode};
+use ractor::{ActorRef, pg};
+use std::time::Duration;
+use troupe_actors::dispatcher::Held;
+use troupe_actors::upstream::{BoxFut, Upstream};
+use troupe_scheduler::{Command, NodeInfo};
+
+pub struct RemoteUpstream;
+
+fn servers() -> Vec<ActorRef<PeerMsg>> {
+    pg::get_members(&SERVERS_GROUP.to_string())
+        .into_iter()
+        .map(ActorRef::from)
+        .collect()
+}
+
+/// The node's (epoch, up) as the leader sees it, if a leader answers.
+async fn probe(node: &str) -> Option<(u64, bool)> {
+    let held = encode(&Held {
+        node: node.to_string(),
+        epoch: 0,
+        attempts: vec![],
+        recent: vec![],
+    });
+    for s in servers() {
+        let payload = held.clone();
+        let Ok(ractor::rpc::CallResult::Success(bytes)) = s
+            .call(
+                |reply| PeerMsg::Renew(payload, reply),
+                Some(Duration::from_millis(500)),
+            )
+            .await
+        else {
+            continue;
+        };
+        if let Some(r) = decode::<RenewReply>(&bytes).filter(|r| r.leader) {
+            return Some((r.epoch, r.up));
+        }
+    }
+    None
+}
+
+impl Upstream for RemoteUpstream {
+    fn register(&self, info: NodeInfo) -> BoxFut<Result<u64, String>> {
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                if tokio::time::Instant::now() > deadline {
+                    return Err("no leader confirmed this node's registration within 60s".into());
+                }
+                let Some((before, _)) = probe(&info.node).await else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
+                let cmds = encode(&vec![Command::RegisterNode(info.clone())]);
+                if let Some(s) = servers().first() {
+                    let _ = s.cast(PeerMsg::Propose(cmds));
+                }
+                let until = tokio::time::Instant::now() + Duration::from_secs(5);
+                while tokio::time::Instant::now() < until {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if let Some((epoch, true)) = probe(&info.node).await
+                        && epoch > before
+                    {
+                        return Ok(epoch);
+                    }
+                }
+            }
+        })
+    }
+
+    fn report(&self, cmds: Vec<Command>) -> Result<(), String> {
+        let all = servers();
+        let Some(first) = all.first() else {
+            return Err("no session to any server".into());
+        };
+        first
+            .cast(PeerMsg::Propose(encode(&cmds)))
+            .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,113 @@
+//! `troupe dev --nodes N`: a local cluster of N real server processes on 127.0.0.1, for trying
+//! the cluster (kill one and watch the others carry on). APIs on 7070, 7071, ...; cluster
+//! transport on 7101, 7102, ...; data in <data>/n1, n2, ...
+
+use crate::DevArgs;
+use crate::client::Client;
+use anyhow::{Context, bail};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn run(n: u32, args: &DevArgs) -> anyhow::Result<()> {
+    if !(1..=7).contains(&n) {
+        bail!("--nodes {n}: use 1 to 7 (3 or 5 for a fault-tolerant Raft group)");
+    }
+    let exe = std::env::current_exe()?;
+    let cookie = format!(
+        "dev-{:x}",
+        troupe_scheduler::json::mix(&[
+            std::process::id() as u64,
+            Instant::now().elapsed().as_nanos() as u64
+        ])
+    );
+    let cluster: Vec<String> = (0..n).map(|i| format!("127.0.0.1:{}", 7101 + i)).collect();
+    let base_api = args.listen.map(|a| a.port()).unwrap_or(7070);
+    let mut children = Children(Vec::new());
+    let mut apis = Vec::new();
+    for i in 0..n as usize {
+        let data = args.opts.data.join(format!("n{}", i + 1));
+        std::fs::create_dir_all(&data)?;
+        let api = format!("127.0.0.1:{}", base_api + i as u16);
+        let join: Vec<&str> = cluster
+            .iter()
+            .filter(|c| **c != cluster[i])
+            .map(String::as_str)
+            .collect();
+        let mut cmd = Command::new(&exe);
+        cmd.args([
+            "node",
+            "--server",
+            "--listen",
+            &cluster[i],
+            "--api-listen",
+            &api,
+            "--data",
+        ])
+        .arg(&data)
+        .args(["--slots", &args.opts.slots.to_string()]);
+        if !join.is_empty() {
+            cmd.arg("--join").arg(join.join(","));
+        } else {
+            cmd.arg("--join").arg(&cluster[i]);
+        }
+        if let Some(g) = &args.opts.simulate_gpus {
+            cmd.args(["--simulate-gpus", g]);
+        }
+        if args.opts.no_fsync {
+            cmd.arg("--no-fsync");
+        }
+        cmd.env("TROUPE_COOKIE", &cookie)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(data.join("node.log"))?);
+        children
+            .0
+            .push(cmd.spawn().context("cannot start a node process")?);
+        apis.push(format!("http://{api}"));
+    }
+    // Wait until a leader answers writes through node 1's API.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let client = Client::new(&apis[0]);
+    loop {
+        if client
+            .get("/v1/nodes")
+            .map(|v| v["nodes"].as_array().map(|a| a.len()).unwrap_or(0) == n as usize)
+            .unwrap_or(false)
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the local cluster did not form within 30s; see {}/n*/node.log",
+                args.opts.data.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("troupe dev: {n} servers up; APIs: {}", apis.join(" "));
+    eprintln!(
+        "troupe dev: logs in {}/n*/node.log; kill one (kill -9) and watch the others carry on",
+        args.opts.data.display()
+    );
+    if let Some(file) = &args.run {
+        return crate::commands::submit(&client, false, file, &[], None, true);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let _ = tokio::signal::ctrl_c().await;
+    });
+    eprintln!("troupe dev: stopping the cluster");
+    Ok(())
+}
