@@ -34,8 +34,23 @@ pub struct TestNode {
 }
 
 impl TestNode {
-    /// Starts a node on `dir` (kept across restarts) and waits until its API answers.
+    /// Starts an embedded node (`troupe dev`) on `dir` (kept across restarts) and waits until
+    /// its API answers and it has registered.
     pub fn start(dir: &Path, extra: &[&str]) -> TestNode {
+        let mut args = vec![
+            "dev".to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data".into(),
+            dir.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn(dir, &args, true)
+    }
+
+    /// Starts `troupe ARGS` (its data in `dir`) and waits until its API answers (and, with
+    /// `registered`, until the node shows in /v1/nodes).
+    pub fn spawn(dir: &Path, args: &[String], registered: bool) -> TestNode {
         let _ = std::fs::remove_file(dir.join("api.addr"));
         std::fs::create_dir_all(dir).expect("data dir");
         let log = std::fs::OpenOptions::new()
@@ -44,10 +59,9 @@ impl TestNode {
             .open(dir.join("node.log"))
             .expect("log file");
         let child = Command::new(troupe_bin())
-            .args(["dev", "--listen", "127.0.0.1:0", "--data"])
-            .arg(dir)
-            .args(extra)
+            .args(args)
             .env("RUST_LOG", "info,raft=warn")
+            .env("TROUPE_COOKIE", "chaos-test-cookie")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -70,6 +84,9 @@ impl TestNode {
             {
                 node.api = format!("http://{addr}");
                 // Ready when the API answers and the node has registered (it can run work).
+                if !registered && node.get("/v1/health").0 == 200 {
+                    return node;
+                }
                 let (code, nodes) = node.get("/v1/nodes");
                 if code == 200 && nodes["nodes"].as_array().is_some_and(|a| !a.is_empty()) {
                     return node;
@@ -97,6 +114,20 @@ impl TestNode {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Sends a signal (SIGSTOP / SIGCONT for a frozen process).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid() as i32, sig);
+        }
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// SIGKILL: no shutdown code runs.
@@ -191,4 +222,76 @@ pub fn step<'a>(detail: &'a Value, id: &str) -> &'a Value {
         .as_array()
         .and_then(|a| a.iter().find(|s| s["id"] == id))
         .unwrap_or(&Value::Null)
+}
+
+/// A cluster of real processes: servers on 127.0.NET.1..n, workers after them.
+pub struct Cluster {
+    pub servers: Vec<TestNode>,
+    pub workers: Vec<TestNode>,
+}
+
+impl Cluster {
+    pub fn start(dir: &Path, net: u8, servers: usize, workers: usize, extra: &[&str]) -> Cluster {
+        let addr = |i: usize| format!("127.0.{net}.{}:7500", i + 1);
+        let all: Vec<String> = (0..servers).map(addr).collect();
+        let join = all.join(",");
+        let launch = |i: usize, role: &str| {
+            let ip = format!("127.0.{net}.{}", i + 1);
+            let mut args: Vec<String> = [
+                "node",
+                role,
+                "--listen",
+                &addr(i),
+                "--join",
+                &join,
+                "--api-listen",
+                &format!("{ip}:0"),
+                "--data",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.push(dir.join(format!("n{}", i + 1)).display().to_string());
+            args.extend(extra.iter().map(|s| s.to_string()));
+            TestNode::spawn(&dir.join(format!("n{}", i + 1)), &args, false)
+        };
+        let servers: Vec<TestNode> = (0..servers).map(|i| launch(i, "--server")).collect();
+        let workers: Vec<TestNode> = (servers.len()..servers.len() + workers)
+            .map(|i| launch(i, "--worker"))
+            .collect();
+        let cluster = Cluster { servers, workers };
+        let want = cluster.servers.len() + cluster.workers.len();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (code, v) = cluster.servers[0].get("/v1/nodes");
+            let up = v["nodes"]
+                .as_array()
+                .map(|a| a.iter().filter(|n| n["status"] == "up").count())
+                .unwrap_or(0);
+            if code == 200 && up == want {
+                return cluster;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not form: {v}\n{}",
+                cluster.servers[0].log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The index of the server that says it leads.
+    pub fn leader(&self) -> Option<usize> {
+        self.servers
+            .iter()
+            .position(|s| s.get("/v1/health").1["leader"] == true)
+    }
+
+    /// A server that answers (any: followers forward to the leader).
+    pub fn any(&mut self) -> &TestNode {
+        let i = (0..self.servers.len())
+            .find(|&i| self.servers[i].alive() && self.servers[i].get("/v1/health").0 == 200)
+            .expect("no server answers");
+        &self.servers[i]
+    }
 }

@@ -105,11 +105,11 @@ async fn propose(app: &AppState, cmd: Command) -> Result<Output, ApiError> {
 
 async fn health(State(app): State<AppState>) -> Res {
     let st = app.engine.status();
-    let workflows = app
+    let (workflows, stats) = app
         .state
         .read()
-        .map(|m| m.state.workflows.len())
-        .unwrap_or(0);
+        .map(|m| (m.state.workflows.len(), m.state.sched.stats.clone()))
+        .unwrap_or_default();
     ok(json!({
         "status": "ok",
         "node": app.node,
@@ -122,6 +122,13 @@ async fn health(State(app): State<AppState>) -> Res {
         "commit": st.commit,
         "snapshot_index": st.snapshot_index,
         "workflows": workflows,
+        "stats": {
+            "commands": stats.commands,
+            "tasks_succeeded": stats.tasks_succeeded,
+            "tasks_failed": stats.tasks_failed,
+            "stale_reports_refused": stats.stale_reports,
+            "assignments_refused": stats.rejected_assignments,
+        },
         "uptime_ms": app.started.elapsed().as_millis() as u64,
     }))
 }

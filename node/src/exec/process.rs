@@ -49,6 +49,7 @@ pub async fn run(data_dir: &Path, spec: &RunSpec, kill: KillSignal, grace: Durat
             format!("{}/{}/{}", spec.workflow, spec.step_id, spec.task.item),
         )
         .env("TROUPE_ATTEMPT", spec.attempt.to_string())
+        .env("TROUPE_NODE", &spec.node)
         .env("TROUPE_ITERATION", spec.iteration.to_string())
         .env("TROUPE_OUTPUT", &json_path)
         .stdin(Stdio::null())
