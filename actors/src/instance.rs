@@ -111,7 +111,9 @@ impl Actor for WorkflowInstance {
         match msg {
             InstanceMsg::Changed | InstanceMsg::Finished => {
                 let (steps_done, finished) = st.progress();
-                if steps_done > st.steps_seen {
+                // Every server keeps an instance (the state is replicated); only the leader's records
+                // checkpoints, so there is one writer.
+                if steps_done > st.steps_seen && st.args.engine.status().is_leader {
                     st.seq += 1;
                     st.steps_seen = steps_done;
                     let cmd = Command::Checkpoint {

@@ -71,6 +71,7 @@ pub fn hook(args: HookArgs, mut sink: Box<dyn EffectSink>) -> troupe_raft_log::H
     let mut planner = Planner::with_strategy(args.strategy);
     let mut was_leader = false;
     let mut lost_sent: BTreeSet<(String, u64)> = BTreeSet::new();
+    let mut granted: std::collections::BTreeMap<String, u64> = Default::default();
     Box::new(move |m: &mut Machine, now_ms: u64, is_leader: bool| {
         let effects = m.state.take_effects();
         let epoch = m
@@ -102,6 +103,12 @@ pub fn hook(args: HookArgs, mut sink: Box<dyn EffectSink>) -> troupe_raft_log::H
                 .values()
                 .filter(|n| n.status != NodeStatus::Down)
             {
+                // A node that (re)registered gets a full lease from that moment.
+                if granted.get(&n.id) != Some(&n.epoch) {
+                    granted.insert(n.id.clone(), n.epoch);
+                    leases.renew(&n.id);
+                    continue;
+                }
                 if leases.expired(&n.id, *lease) && lost_sent.insert((n.id.clone(), n.epoch)) {
                     tracing::warn!(node = %n.id, epoch = n.epoch, "lease expired: declaring the node lost");
                     cmds.push(Command::NodeLost {

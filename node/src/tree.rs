@@ -394,6 +394,7 @@ fn api_spec(ctx: &Ctx) -> ChildSpec {
                     node: ctx.node.clone(),
                     started: std::time::Instant::now(),
                     fault_injection: cfg.fault_injection,
+                    linearizable: cfg.cluster.is_some(),
                     route,
                 };
                 crate::api::router(app)

@@ -14,7 +14,11 @@ pub struct BenchArgs {
     /// Runs per workload (the median is reported).
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Only these workloads (noop, dag, sleep, start, idle, placement).
+    /// Trials per failover figure (leader, worker-kill, worker-stop).
+    #[arg(long, default_value_t = 10)]
+    trials: usize,
+    /// Only these workloads (noop, dag, sleep, start, idle, placement, cluster-noop, leader,
+    /// worker-kill, worker-stop, map100k).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Measure without fsync (not the recorded configuration).
@@ -240,5 +244,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if want("placement") {
         crate::bench_placement::run(runs);
     }
+    // The cluster figures start real processes on 127.0.x.y and take about a minute.
+    crate::bench_cluster::run(&want, args.trials)?;
     Ok(())
 }

@@ -291,11 +291,13 @@ pub(crate) fn client_command(api: &str, as_json: bool, cmd: Cmd) -> anyhow::Resu
             }
             Ok(())
         }
-        Cmd::Drain { node, undo } => {
-            let v = client.post(
-                &format!("/v1/nodes/{node}/drain"),
-                &json!({ "draining": !undo }),
-            )?;
+        Cmd::Drain {
+            node,
+            deadline,
+            undo,
+        } => {
+            let body = json!({ "draining": !undo, "deadline": deadline });
+            let v = client.post(&format!("/v1/nodes/{node}/drain"), &body)?;
             if as_json {
                 print_json(&v)
             } else if undo {

@@ -2,6 +2,7 @@
 //! benchmark (`troupe bench`).
 
 mod bench;
+mod bench_cluster;
 mod bench_placement;
 mod client;
 mod commands;
@@ -85,6 +86,9 @@ enum Cmd {
     /// Drain a node: it takes no new work; running attempts finish (`--undo` returns it to service).
     Drain {
         node: String,
+        /// After this long (e.g. 30s), attempts still running there are stopped and requeued elsewhere.
+        #[arg(long)]
+        deadline: Option<String>,
         #[arg(long)]
         undo: bool,
     },

@@ -18,10 +18,16 @@ pub enum Command {
         node: String,
         capacity: Capacity,
     },
-    /// An operator drains a node (no new work) or returns it to service.
+    /// An operator drains a node (no new work) or returns it to service. With a deadline, the
+    /// attempts still running on it then are stopped and requeued elsewhere as attempt + 1.
     SetDraining {
         node: String,
         draining: bool,
+        deadline_ms: Option<u64>,
+    },
+    /// The drain deadline passed: stop the node's attempts and requeue them as attempt + 1.
+    Evict {
+        node: String,
     },
     /// The leader saw no lease renewal from the node for the lease period: its attempts are
     /// requeued as attempt + 1 and its late reports are refused (their epoch is stale).

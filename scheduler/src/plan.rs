@@ -18,6 +18,7 @@ pub struct Planner {
     /// Proposed placements not yet seen applied: task → (attempt, node, gpus).
     pending: BTreeMap<TaskRef, (u32, String, Vec<String>)>,
     pending_timeouts: BTreeSet<WorkflowId>,
+    pending_evictions: BTreeSet<String>,
     strategy: Strategy,
 }
 
@@ -42,6 +43,7 @@ impl Planner {
     pub fn reset(&mut self) {
         self.pending.clear();
         self.pending_timeouts.clear();
+        self.pending_evictions.clear();
     }
 
     pub fn plan(&mut self, state: &State, now_ms: u64) -> Vec<Command> {
@@ -50,6 +52,12 @@ impl Planner {
         let assignments = self.place(state, now_ms);
         if !assignments.is_empty() {
             out.push(Command::Assign(assignments));
+        }
+        for n in state.sched.nodes.values() {
+            let due = n.drain_deadline_ms.is_some_and(|d| d <= now_ms);
+            if due && n.assigned > 0 && self.pending_evictions.insert(n.id.clone()) {
+                out.push(Command::Evict { node: n.id.clone() });
+            }
         }
         for &(deadline, wf) in state.sched.deadlines.iter() {
             if deadline > now_ms {
@@ -79,6 +87,13 @@ impl Planner {
                 .workflows
                 .get(wf)
                 .is_some_and(|w| !w.status.is_terminal())
+        });
+        self.pending_evictions.retain(|n| {
+            state
+                .sched
+                .nodes
+                .get(n)
+                .is_some_and(|n| n.drain_deadline_ms.is_some())
         });
     }
 

@@ -198,3 +198,55 @@ fn spread_and_bin_pack_choose_differently() {
         "spread uses both: {spreaded:?}"
     );
 }
+
+#[test]
+fn drain_stops_new_work_and_its_deadline_evicts_what_still_runs() {
+    let mut sim = Sim::new(4);
+    sim.apply(Command::RegisterNode(node_info(
+        "n2",
+        4,
+        64_000,
+        256 * GIB,
+        vec![],
+    )));
+    let id = sim.submit_toml("name = \"d\"\n[[step]]\nid = \"s\"\nhandler = \"sleep\"\nwith = { duration = \"1h\" }\nmap = { range = [0, 2] }\n");
+    sim.place();
+    let on = |sim: &Sim, n: &str| sim.running.iter().filter(|r| r.node == n).count();
+    let busy = if on(&sim, "n1") > 0 { "n1" } else { "n2" };
+    let other = if busy == "n1" { "n2" } else { "n1" };
+    let before = on(&sim, busy);
+    assert_eq!(
+        sim.apply(Command::SetDraining {
+            node: busy.into(),
+            draining: true,
+            deadline_ms: Some(30_000)
+        }),
+        Output::Done
+    );
+    // Before the deadline: nothing moves.
+    sim.now += 10_000;
+    sim.place();
+    assert_eq!(on(&sim, busy), before);
+    // After it: the planner evicts, the attempts are stopped and run again elsewhere.
+    sim.now += 30_000;
+    sim.place();
+    assert_eq!(
+        sim.killed.len(),
+        before,
+        "the drained node's attempts were stopped"
+    );
+    assert_eq!(on(&sim, other), 2, "both run on the other node now");
+    assert!(
+        sim.running
+            .iter()
+            .filter(|r| r.node == other)
+            .all(|r| r.epoch == sim.state.sched.nodes[other].epoch)
+    );
+    assert_eq!(sim.state.sched.nodes[busy].assigned, 0);
+    assert!(
+        sim.wf(id)
+            .history
+            .iter()
+            .any(|e| e.what.contains("drained past its deadline"))
+    );
+}

@@ -77,6 +77,22 @@ fn ok(v: Value) -> Res {
     Ok((StatusCode::OK, Json(v)))
 }
 
+/// A linearizable read: in a cluster, wait until this node has applied everything the leader
+/// had committed when the read arrived (Raft ReadIndex).
+async fn linearize(app: &AppState) -> Result<(), ApiError> {
+    if !app.linearizable {
+        return Ok(());
+    }
+    let rx = app.engine.read_index()?;
+    match tokio::time::timeout(Duration::from_secs(3), rx).await {
+        Ok(Ok(Ok(_))) => Ok(()),
+        _ => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no quorum confirmed this read (leader change?); retry".into(),
+        )),
+    }
+}
+
 fn wf_id(text: &str) -> Result<WorkflowId, ApiError> {
     parse_wf(text)
         .ok_or_else(|| ApiError::bad(format!("{text:?} is not a workflow id (like wf-12)")))
@@ -229,6 +245,7 @@ struct ListQuery {
 }
 
 async fn list(State(app): State<AppState>, Query(q): Query<ListQuery>) -> Res {
+    linearize(&app).await?;
     let m = app
         .state
         .read()
@@ -256,6 +273,7 @@ async fn detail(
     Path(id): Path<String>,
     Query(q): Query<DetailQuery>,
 ) -> Res {
+    linearize(&app).await?;
     let id = wf_id(&id)?;
     if let Some(w) = q.wait {
         let ms = troupe_scheduler::units::parse_duration_ms(&w).map_err(ApiError::bad)?;
@@ -324,6 +342,7 @@ async fn control(State(app): State<AppState>, Path((id, action)): Path<(String, 
 }
 
 async fn output(State(app): State<AppState>, Path((id, step)): Path<(String, String)>) -> Res {
+    linearize(&app).await?;
     let id = wf_id(&id)?;
     let m = app
         .state
@@ -409,6 +428,7 @@ async fn logs(
 }
 
 async fn dlq(State(app): State<AppState>) -> Res {
+    linearize(&app).await?;
     let m = app
         .state
         .read()
@@ -477,6 +497,7 @@ async fn inject_panic(State(app): State<AppState>, Path(actor): Path<String>) ->
 }
 
 async fn nodes(State(app): State<AppState>) -> Res {
+    linearize(&app).await?;
     let m = app
         .state
         .read()
@@ -512,6 +533,8 @@ struct DrainBody {
     /// `false` returns a drained node to service.
     #[serde(default = "yes")]
     draining: bool,
+    /// After this long (`"30s"`), attempts still running on the node are stopped and requeued.
+    deadline: Option<String>,
 }
 
 fn yes() -> bool {
@@ -524,12 +547,23 @@ async fn drain(
     Path(id): Path<String>,
     body: Option<Json<DrainBody>>,
 ) -> Res {
-    let draining = body.map(|b| b.0.draining).unwrap_or(true);
+    let body = body.map(|b| b.0).unwrap_or(DrainBody {
+        draining: true,
+        deadline: None,
+    });
+    let deadline_ms = body
+        .deadline
+        .as_deref()
+        .map(troupe_scheduler::units::parse_duration_ms)
+        .transpose()
+        .map_err(|e| ApiError::bad(format!("deadline: {e}")))?;
+    let draining = body.draining;
     match propose(
         &app,
         Command::SetDraining {
             node: id.clone(),
             draining,
+            deadline_ms,
         },
     )
     .await?

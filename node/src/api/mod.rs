@@ -29,6 +29,8 @@ pub struct AppState {
     pub node: String,
     pub started: std::time::Instant,
     pub fault_injection: bool,
+    /// Reads wait for a Raft ReadIndex barrier first (clusters), so they are linearizable.
+    pub linearizable: bool,
     /// Serve here, or forward to the leader (clusters).
     pub route: Arc<dyn Fn() -> Route + Send + Sync>,
 }

@@ -20,13 +20,19 @@ impl State {
                 None => Output::Rejected(format!("no node {node}")),
             },
             Command::NodeLost { node, epoch } => self.node_lost(&node, epoch, at),
-            Command::SetDraining { node, draining } => match self.sched.nodes.get_mut(&node) {
+            Command::Evict { node } => self.evict(&node, at),
+            Command::SetDraining {
+                node,
+                draining,
+                deadline_ms,
+            } => match self.sched.nodes.get_mut(&node) {
                 Some(n) if n.status != NodeStatus::Down => {
                     n.status = if draining {
                         NodeStatus::Draining
                     } else {
                         NodeStatus::Up
                     };
+                    n.drain_deadline_ms = deadline_ms.filter(|_| draining).map(|d| at + d);
                     Output::Done
                 }
                 Some(_) => Output::Rejected(format!("node {node} is down")),
@@ -131,6 +137,7 @@ impl State {
                 api: info.api,
                 raft_id: info.raft_id,
                 incarnation: info.incarnation,
+                drain_deadline_ms: None,
             },
         );
         // Attempts the node held in an earlier epoch are lost: run them again as attempt + 1.
@@ -161,6 +168,41 @@ impl State {
             at,
             &format!("node {node} lost (no lease renewal, epoch {epoch})"),
         );
+        Output::Done
+    }
+
+    fn evict(&mut self, node: &str, at: u64) -> Output {
+        let Some(n) = self.sched.nodes.get(node) else {
+            return Output::Rejected(format!("no node {node}"));
+        };
+        if n.status != NodeStatus::Draining || n.drain_deadline_ms.is_none_or(|d| d > at) {
+            return Output::Rejected(format!("node {node} has no drain deadline that passed"));
+        }
+        // Stop what runs there, then requeue it elsewhere.
+        for wf in self.workflows.values().filter(|w| !w.status.is_terminal()) {
+            for (i, run) in wf.steps.iter().enumerate() {
+                for (item, task) in &run.tasks {
+                    if task.state.placement().is_some_and(|(p, _)| p == node) {
+                        let r = TaskRef {
+                            wf: wf.id,
+                            step: i as u16,
+                            item: *item,
+                        };
+                        self.sched.effects.push(Effect::Kill {
+                            task: r,
+                            attempt: task.attempt,
+                            node: node.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        self.requeue_node(node, at, &format!("node {node} drained past its deadline"));
+        if let Some(n) = self.sched.nodes.get_mut(node) {
+            n.assigned = 0;
+            n.used = Default::default();
+            n.drain_deadline_ms = None;
+        }
         Output::Done
     }
 

@@ -329,6 +329,8 @@ pub struct Node {
     pub raft_id: u64,
     /// The process start that registered this epoch.
     pub incarnation: u64,
+    /// When a drain with a deadline ends (attempts still running then are evicted).
+    pub drain_deadline_ms: Option<u64>,
 }
 
 /// The whole replicated state machine.
