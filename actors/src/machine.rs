@@ -24,7 +24,9 @@ impl StateMachine for Machine {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        bincode::serde::encode_to_vec(&self.state, bincode::config::standard()).unwrap_or_default()
+        // An empty snapshot would be compacted over and lose the state: fail-stop instead.
+        bincode::serde::encode_to_vec(&self.state, bincode::config::standard())
+            .expect("the scheduler state always encodes")
     }
 
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {

@@ -35,7 +35,7 @@ needs = ["first"]
 map = {{ range = [0, 8] }}
 parallelism = 8
 # Attempt 1 takes long enough to be killed mid-run; later attempts are quick.
-run = ["sh", "-c", "echo start $TROUPE_ITEM $TROUPE_ATTEMPT >> {m}/slow.log; if [ $TROUPE_ATTEMPT = 1 ] && [ $TROUPE_ITEM -ge 2 ]; then sleep 2; fi; echo done $TROUPE_ITEM $TROUPE_ATTEMPT >> {m}/slow.log"]
+run = ["sh", "-c", "echo start $TROUPE_ITEM $TROUPE_ATTEMPT >> {m}/slow.log; if [ $TROUPE_ATTEMPT = 1 ] && [ $TROUPE_ITEM -ge 2 ]; then sleep 2 & echo $! >> {m}/sleep.pids; wait; fi; echo done $TROUPE_ITEM $TROUPE_ATTEMPT >> {m}/slow.log"]
 
 [[step]]
 id = "last"
@@ -70,6 +70,12 @@ run = ["sh", "-c", "echo last $TROUPE_ATTEMPT >> {m}/last.log"]
         "the acknowledged workflow survived: {acked_done}"
     );
 
+    // The `sleep`s under the killed attempts' shells outlived the node (PR_SET_PDEATHSIG only
+    // reaches the shell); the restarted node killed them before running anything.
+    for pid in lines(&marks.join("sleep.pids")) {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(stat.is_empty() || stat.contains(") Z"), "orphan sleep {pid} still runs after the restart: {stat}");
+    }
     // "first" finished before the crash: it never ran again.
     let first = lines(&marks.join("first.log"));
     assert_eq!(first.len(), 6, "first ran again: {first:?}");

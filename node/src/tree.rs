@@ -114,6 +114,13 @@ pub async fn start(mut cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         }
     }
     let node = node_id(&cfg).context("cannot read or write the node id")?;
+    let reaped = crate::exec::reap_orphans(&cfg.data_dir, &node);
+    if reaped > 0 {
+        tracing::warn!(
+            reaped,
+            "killed processes left by attempts of this node's previous run"
+        );
+    }
     let ctx = Ctx {
         cfg: Arc::new(cfg),
         node: node.clone(),

@@ -22,11 +22,21 @@ pub fn compile(expr: &str) -> Result<Program, String> {
     }
 }
 
-/// Checks an expression at submit time: it parses and names only `allowed` variables.
-pub fn check(expr: &str, allowed: &[&str]) -> Result<(), String> {
+/// Checks an expression at submit time: it parses, names only `allowed` variables (besides the
+/// ones a macro such as `list.all(x, ...)` binds), and reads only steps in `steps`.
+pub fn check(expr: &str, allowed: &[&str], steps: &[&str]) -> Result<(), String> {
     let program = compile(expr)?;
+    let bound = macro_variables(expr);
+    for name in step_names(expr) {
+        if !steps.contains(&name.as_str()) {
+            return Err(format!(
+                "no step \"{name}\" in this workflow (steps: {})",
+                steps.join(", ")
+            ));
+        }
+    }
     for var in program.references().variables() {
-        if !allowed.contains(&var) {
+        if !allowed.contains(&var) && !bound.iter().any(|b| b == var) {
             return Err(format!(
                 "`{var}` is not defined in this expression; use {}",
                 allowed.join(", ")
@@ -34,6 +44,52 @@ pub fn check(expr: &str, allowed: &[&str]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Variables bound by CEL macros: `xs.all(x, ...)`, `exists`, `exists_one`, `map`, `filter`.
+fn macro_variables(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in [".all(", ".exists(", ".exists_one(", ".map(", ".filter("] {
+        let mut rest = expr;
+        while let Some(i) = rest.find(m) {
+            rest = &rest[i + m.len()..];
+            let name: String = rest
+                .trim_start()
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+/// Step ids an expression reads as `steps.<id>` or `steps["<id>"]`.
+fn step_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("steps") {
+        let before = rest[..i].chars().last();
+        rest = &rest[i + 5..];
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.') {
+            continue;
+        }
+        let name: String = if let Some(r) = rest.strip_prefix('.') {
+            r.chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect()
+        } else if let Some(r) = rest.strip_prefix("[\"").or_else(|| rest.strip_prefix("['")) {
+            r.chars().take_while(|c| *c != '"' && *c != '\'').collect()
+        } else {
+            String::new()
+        };
+        if !name.is_empty() {
+            out.push(name);
+        }
+    }
+    out
 }
 
 /// Evaluates a boolean expression with the given variables (JSON values).
@@ -104,14 +160,24 @@ mod tests {
     fn bad_expressions_are_errors_not_panics() {
         for bad in ["steps.x ==", "((", "'unterminated", "a.b.c(", "}{", ""] {
             assert!(
-                compile(bad).is_err() || check(bad, &["steps"]).is_err(),
+                compile(bad).is_err() || check(bad, &["steps"], &[]).is_err(),
                 "{bad}"
             );
         }
         assert!(
-            check("params.x > 1", &["steps"])
+            check("params.x > 1", &["steps"], &[])
                 .unwrap_err()
                 .contains("`params` is not defined")
+        );
+        assert!(
+            check("steps.nosuch.succeeded > 0", &["steps"], &["a"])
+                .unwrap_err()
+                .contains("no step \"nosuch\"")
+        );
+        assert!(check("steps[\"a-b\"].succeeded > 0", &["steps"], &["a-b"]).is_ok());
+        assert!(
+            check("steps.a.output.all(o, o > 1)", &["steps"], &["a"]).is_ok(),
+            "macro variables are bound"
         );
     }
 }

@@ -8,7 +8,10 @@
 use crate::command::{Assignment, Command};
 use crate::placement::{Placer, Strategy};
 use crate::state::{State, TaskRef, TaskState, WorkflowId};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+
+/// A proposal not seen applied after this long is planned again.
+pub const PENDING_TTL_MS: u64 = 3_000;
 
 /// Most placements in one plan (one Raft entry stays small).
 pub const ASSIGN_BATCH_MAX: usize = 4096;
@@ -16,9 +19,10 @@ pub const ASSIGN_BATCH_MAX: usize = 4096;
 #[derive(Debug, Default)]
 pub struct Planner {
     /// Proposed placements not yet seen applied: task → (attempt, node, gpus).
-    pending: BTreeMap<TaskRef, (u32, String, Vec<String>)>,
-    pending_timeouts: BTreeSet<WorkflowId>,
-    pending_evictions: BTreeSet<String>,
+    pending: BTreeMap<TaskRef, (u32, String, Vec<String>, u64)>,
+    /// Proposed timeouts and evictions, with when they were proposed.
+    pending_timeouts: BTreeMap<WorkflowId, u64>,
+    pending_evictions: BTreeMap<String, u64>,
     strategy: Strategy,
 }
 
@@ -47,7 +51,7 @@ impl Planner {
     }
 
     pub fn plan(&mut self, state: &State, now_ms: u64) -> Vec<Command> {
-        self.prune(state);
+        self.prune(state, now_ms);
         let mut out = Vec::new();
         let assignments = self.place(state, now_ms);
         if !assignments.is_empty() {
@@ -55,7 +59,8 @@ impl Planner {
         }
         for n in state.sched.nodes.values() {
             let due = n.drain_deadline_ms.is_some_and(|d| d <= now_ms);
-            if due && n.assigned > 0 && self.pending_evictions.insert(n.id.clone()) {
+            if due && n.assigned > 0 && !self.pending_evictions.contains_key(&n.id) {
+                self.pending_evictions.insert(n.id.clone(), now_ms);
                 out.push(Command::Evict { node: n.id.clone() });
             }
         }
@@ -63,43 +68,51 @@ impl Planner {
             if deadline > now_ms {
                 break;
             }
-            if self.pending_timeouts.insert(wf) {
+            if let std::collections::btree_map::Entry::Vacant(e) = self.pending_timeouts.entry(wf) {
+                e.insert(now_ms);
                 out.push(Command::TimeoutWorkflow(wf));
             }
         }
         out
     }
 
-    fn prune(&mut self, state: &State) {
-        self.pending.retain(|r, (attempt, _, _)| {
-            state
-                .workflows
-                .get(&r.wf)
-                .and_then(|wf| wf.steps.get(r.step as usize))
-                .and_then(|run| run.tasks.get(&r.item))
-                .is_some_and(|t| {
-                    t.attempt == *attempt
-                        && matches!(t.state, TaskState::Queued | TaskState::Waiting { .. })
-                })
+    /// Forgets proposals that were applied, and proposals older than [`PENDING_TTL_MS`]: apply
+    /// may have refused them (a stale view) or a leader change may have lost them; either way
+    /// the work must be planned again, not wait forever.
+    fn prune(&mut self, state: &State, now_ms: u64) {
+        let fresh = |at: &u64| now_ms.saturating_sub(*at) < PENDING_TTL_MS;
+        self.pending.retain(|r, (attempt, _, _, at)| {
+            fresh(at)
+                && state
+                    .workflows
+                    .get(&r.wf)
+                    .and_then(|wf| wf.steps.get(r.step as usize))
+                    .and_then(|run| run.tasks.get(&r.item))
+                    .is_some_and(|t| {
+                        t.attempt == *attempt
+                            && matches!(t.state, TaskState::Queued | TaskState::Waiting { .. })
+                    })
         });
-        self.pending_timeouts.retain(|wf| {
-            state
-                .workflows
-                .get(wf)
-                .is_some_and(|w| !w.status.is_terminal())
+        self.pending_timeouts.retain(|wf, at| {
+            fresh(at)
+                && state
+                    .workflows
+                    .get(wf)
+                    .is_some_and(|w| !w.status.is_terminal())
         });
-        self.pending_evictions.retain(|n| {
-            state
-                .sched
-                .nodes
-                .get(n)
-                .is_some_and(|n| n.drain_deadline_ms.is_some())
+        self.pending_evictions.retain(|n, at| {
+            fresh(at)
+                && state
+                    .sched
+                    .nodes
+                    .get(n)
+                    .is_some_and(|n| n.drain_deadline_ms.is_some())
         });
     }
 
     fn place(&mut self, state: &State, now_ms: u64) -> Vec<Assignment> {
         let mut placer = Placer::new(state.sched.nodes.values(), self.strategy);
-        for (r, (_, node, gpus)) in &self.pending {
+        for (r, (_, node, gpus, _)) in &self.pending {
             if let Some(req) = resources(state, r) {
                 placer.hold(node, req, gpus);
             }
@@ -134,7 +147,7 @@ impl Planner {
                 continue;
             };
             self.pending
-                .insert(*r, (task.attempt, node.clone(), gpus.clone()));
+                .insert(*r, (task.attempt, node.clone(), gpus.clone(), now_ms));
             out.push(Assignment {
                 task: *r,
                 attempt: task.attempt,

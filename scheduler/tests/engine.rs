@@ -409,3 +409,19 @@ fn oversized_output_fails_the_attempt() {
         wf.reason
     );
 }
+
+#[test]
+fn a_lost_or_refused_placement_is_planned_again() {
+    let mut sim = Sim::new(2);
+    sim.submit_toml("name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\n");
+    let first = sim.planner.plan(&sim.state, sim.now);
+    assert_eq!(first.len(), 1, "one Assign proposed");
+    // The proposal is lost (a leader change, or apply refused it): nothing new at once...
+    assert!(sim.planner.plan(&sim.state, sim.now + 100).is_empty());
+    // ...but after the proposal's time to live it is planned again.
+    let again = sim.planner.plan(
+        &sim.state,
+        sim.now + troupe_scheduler::plan::PENDING_TTL_MS + 1,
+    );
+    assert_eq!(again, first);
+}

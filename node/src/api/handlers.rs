@@ -161,6 +161,22 @@ struct SubmitBody {
     idempotency_key: Option<String>,
 }
 
+/// `map.lines` names a file on the submitter's machine: the CLI reads it and sends the items.
+/// The API never reads files on the server for a client.
+fn refuse_lines(raw: &spec::raw::RawSpec) -> Result<(), ApiError> {
+    match raw
+        .steps
+        .iter()
+        .find(|s| s.map.as_ref().is_some_and(|m| m.lines.is_some()))
+    {
+        Some(s) => Err(ApiError::bad(format!(
+            "invalid spec: step \"{}\".map.lines: files are read where the spec is submitted from (`troupe submit` does it); over the API send map.items",
+            s.id
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn spec_error(e: SpecError) -> ApiError {
     ApiError::bad(format!("invalid spec: {e}"))
 }
@@ -173,13 +189,16 @@ async fn submit(
         body.map_err(|e| ApiError(e.status(), format!("bad request body: {}", e.body_text())))?;
     let (raw, compiled) = match (body.spec, body.spec_toml) {
         (Some(v), None) => {
-            let mut raw = spec::parse_json(v).map_err(spec_error)?;
-            spec::resolve_lines(&mut raw, std::path::Path::new(".")).map_err(spec_error)?;
+            let raw = spec::parse_json(v).map_err(spec_error)?;
+            refuse_lines(&raw)?;
             let compiled = spec::compile(&raw).map_err(spec_error)?;
             (raw, compiled)
         }
-        (None, Some(text)) => spec::load_str(&text, Some("spec_toml"), std::path::Path::new("."))
-            .map_err(spec_error)?,
+        (None, Some(text)) => {
+            refuse_lines(&spec::parse_toml(&text, Some("spec_toml")).map_err(spec_error)?)?;
+            spec::load_str(&text, Some("spec_toml"), std::path::Path::new("."))
+                .map_err(spec_error)?
+        }
         _ => {
             return Err(ApiError::bad(
                 "give exactly one of `spec` (JSON) or `spec_toml` (TOML text)",
@@ -409,6 +428,20 @@ async fn logs(
         wf: id,
         step: 0,
         item,
+    };
+    // Without --attempt: the newest attempt of this item that left a log.
+    let attempt = if q.attempt.is_some() {
+        attempt
+    } else {
+        (1..=attempt)
+            .rev()
+            .find(|a| {
+                app.data_dir
+                    .join(r.log_stem(&q.step, *a))
+                    .with_extension(ext)
+                    .exists()
+            })
+            .unwrap_or(attempt)
     };
     let path = app
         .data_dir

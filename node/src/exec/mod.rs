@@ -3,6 +3,8 @@
 mod builtin;
 mod process;
 
+pub use process::reap_orphans;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -47,7 +49,7 @@ pub fn output_from_text(text: &[u8]) -> Outcome {
     if text.len() > OUTPUT_BYTES_MAX {
         return Outcome::Failed {
             error: format!(
-                "output is {} bytes; the limit is {OUTPUT_BYTES_MAX} (output_bytes_max): write large results to a file and output its path",
+                "output is {} bytes; the limit is {OUTPUT_BYTES_MAX} (the 64 KiB output limit): write large results to a file and output its path",
                 text.len()
             ),
         };

@@ -83,6 +83,16 @@ pub async fn run(data_dir: &Path, spec: &RunSpec, kill: KillSignal, grace: Durat
             };
         }
     };
+    // Remember the process group until the attempt ends, so a node that was killed can stop
+    // whatever its attempts left behind when it starts again (see `reap_orphans`).
+    let marker = child
+        .id()
+        .map(|pid| data_dir.join(RUN_DIR).join(pid.to_string()));
+    if let Some(m) = &marker {
+        let _ = std::fs::create_dir_all(data_dir.join(RUN_DIR))
+            .and_then(|_| std::fs::write(m, &spec.node));
+    }
+    let _cleanup = RemoveOnDrop(marker);
     let limit = spec
         .timeout_ms
         .map(Duration::from_millis)
@@ -94,6 +104,66 @@ pub async fn run(data_dir: &Path, spec: &RunSpec, kill: KillSignal, grace: Durat
     };
     stop_group(&mut child, grace).await;
     Outcome::Failed { error: why_stopped }
+}
+
+/// Where live attempts' process groups are recorded (one file per group, named by its id).
+pub const RUN_DIR: &str = "run";
+
+struct RemoveOnDrop(Option<std::path::PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// At start-up: kill what attempts of an earlier run of this node left behind. PR_SET_PDEATHSIG
+/// only reaches an attempt's first process; its children (say, `sleep` under `sh`) outlive a
+/// SIGKILLed node. Only processes in a recorded group that carry this node's `TROUPE_NODE` are
+/// killed, so a recycled group id never hits an unrelated process.
+pub fn reap_orphans(data_dir: &Path, node: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(data_dir.join(RUN_DIR)) else {
+        return 0;
+    };
+    let groups: Vec<i64> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    let _ = std::fs::remove_dir_all(data_dir.join(RUN_DIR));
+    if groups.is_empty() {
+        return 0;
+    }
+    let tag = format!("TROUPE_NODE={node}");
+    let mut killed = 0;
+    for proc_entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = proc_entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Field 5 (after the parenthesized command) is the process group.
+        let pgrp = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+            .and_then(|g| g.parse::<i64>().ok());
+        if !pgrp.is_some_and(|g| groups.contains(&g)) {
+            continue;
+        }
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        if environ.split(|b| *b == 0).any(|kv| kv == tag.as_bytes()) {
+            // SAFETY: kill(2) on a process we verified is one of this node's former attempts.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            killed += 1;
+        }
+    }
+    killed
 }
 
 /// The attempt's process gets SIGKILL if the node process dies (kill -9 included): a dead node's
@@ -165,7 +235,7 @@ async fn finished(
         Err(_) => Outcome::Succeeded { output: None },
         Ok(m) if m.len() > OUTPUT_BYTES_MAX as u64 => Outcome::Failed {
             error: format!(
-                "output is {} bytes; the limit is {OUTPUT_BYTES_MAX} (output_bytes_max): write large results to a file and output its path",
+                "output is {} bytes; the limit is {OUTPUT_BYTES_MAX} (the 64 KiB output limit): write large results to a file and output its path",
                 m.len()
             ),
         },

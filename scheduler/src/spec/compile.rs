@@ -251,6 +251,7 @@ fn compile_step(
         needs.push(j as u16);
     }
     let need_ids: Vec<&str> = s.needs.iter().map(String::as_str).collect();
+    let all_ids: Vec<&str> = index.keys().copied().collect();
     let map = s
         .map
         .as_ref()
@@ -347,7 +348,7 @@ fn compile_step(
         (None, _) => 4096,
     };
     if let Some(w) = &s.when {
-        cond::check(w, &["steps", "params"]).map_err(|m| err("when", m))?;
+        cond::check(w, &["steps", "params"], &all_ids).map_err(|m| err("when", m))?;
     }
     let repeat = match &s.loop_ {
         None => None,
@@ -364,8 +365,12 @@ fn compile_step(
                     "max_iterations must be between 1 and 1000".into(),
                 ));
             }
-            cond::check(&l.until, &["output", "iteration", "steps", "params"])
-                .map_err(|m| err("loop", m))?;
+            cond::check(
+                &l.until,
+                &["output", "iteration", "steps", "params"],
+                &all_ids,
+            )
+            .map_err(|m| err("loop", m))?;
             Some(LoopSpec {
                 until: l.until.clone(),
                 max_iterations: l.max_iterations,

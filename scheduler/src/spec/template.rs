@@ -150,7 +150,13 @@ pub fn check(
                     "`{{{{ {path} }}}}` is only defined in map steps (add `map = ...`)"
                 ));
             }
-            "item" | "iteration" | "attempt" => {}
+            "item" => {}
+            "iteration" | "attempt" if parts.next().is_none() => {}
+            "iteration" | "attempt" => {
+                return Err(format!(
+                    "`{{{{ {path} }}}}`: iteration and attempt are numbers without fields"
+                ));
+            }
             "steps" => {
                 let (id, field) = (
                     parts.next().unwrap_or_default(),

@@ -471,7 +471,7 @@ impl State {
                 Outcome::Succeeded { output } => match output {
                     Some(o) if o.len() > OUTPUT_BYTES_MAX => {
                         let e = format!(
-                            "output is {} bytes; the limit is {OUTPUT_BYTES_MAX} (output_bytes_max)",
+                            "output is {} bytes; the limit is {OUTPUT_BYTES_MAX} (the 64 KiB output limit)",
                             o.len()
                         );
                         self.sched.task_failed(wf, rep.at.task, e, at)
@@ -521,6 +521,8 @@ impl State {
             wf.status = WfStatus::Running;
             wf.finished_ms = None;
             wf.reason = None;
+            // The workflow runs again: its instance (waiters, checkpoints) starts again too.
+            self.sched.effects.push(Effect::Created(wf.id));
         }
         if !wf.paused {
             self.sched.queue.insert(entry.task);
@@ -632,6 +634,7 @@ impl Sched {
                 reset.join(", ")
             ),
         );
+        self.effects.push(Effect::Created(wf.id));
         self.advance(wf, at);
         Output::Done
     }

@@ -306,8 +306,14 @@ impl Sched {
         };
         self.unlink(r, &task, &wf.spec.steps[i].resources);
         self.stats.tasks_succeeded += 1;
-        if let Some(out) = output.filter(|o| !o.is_null()) {
-            wf.steps[i].outputs.insert(r.item, out);
+        match output.filter(|o| !o.is_null()) {
+            Some(out) => {
+                wf.steps[i].outputs.insert(r.item, out);
+            }
+            // A loop iteration without output must not leave the previous iteration's behind.
+            None => {
+                wf.steps[i].outputs.remove(&r.item);
+            }
         }
         if let Some(l) = wf.spec.steps[i].repeat.clone() {
             let out = wf.steps[i]
