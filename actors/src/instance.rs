@@ -49,6 +49,19 @@ pub struct InstanceState {
 }
 
 impl InstanceState {
+    /// The last checkpoint sequence in the applied state.
+    fn recorded_seq(&self) -> u64 {
+        let Ok(m) = self.args.state.read() else {
+            return 0;
+        };
+        m.state
+            .workflows
+            .get(&self.args.id)
+            .and_then(|w| w.checkpoint.as_ref())
+            .map(|c| c.seq)
+            .unwrap_or(0)
+    }
+
     /// (steps finished, workflow finished), from the applied state.
     fn progress(&self) -> (usize, bool) {
         let Ok(m) = self.args.state.read() else {
@@ -114,7 +127,8 @@ impl Actor for WorkflowInstance {
                 // Every server keeps an instance (the state is replicated); only the leader's records
                 // checkpoints, so there is one writer.
                 if steps_done > st.steps_seen && st.args.engine.status().is_leader {
-                    st.seq += 1;
+                    // After a failover this instance's count may lag the state's.
+                    st.seq = st.seq.max(st.recorded_seq()) + 1;
                     st.steps_seen = steps_done;
                     let cmd = Command::Checkpoint {
                         wf: st.args.id,

@@ -84,7 +84,8 @@ pub fn hook(args: HookArgs, mut sink: Box<dyn EffectSink>) -> troupe_raft_log::H
             .filter(|n| n.incarnation == args.incarnation && n.status != NodeStatus::Down)
             .map(|n| n.epoch)
             .unwrap_or(0);
-        if !effects.is_empty() && epoch != 0 {
+        if !effects.is_empty() {
+            // Runs for this node need its live epoch (0 until registered: those are dropped).
             route(&args.node, epoch, is_leader, effects, sink.as_mut());
         }
         if !is_leader {
@@ -132,7 +133,9 @@ fn route(node: &str, epoch: u64, is_leader: bool, effects: Vec<Effect>, sink: &m
     for e in effects {
         match e {
             // This node's own attempts only for its live epoch; others' are checked by them.
-            Effect::Run(spec) if is_leader && (spec.node != node || spec.epoch == epoch) => {
+            Effect::Run(spec)
+                if is_leader && (spec.node != node || (epoch != 0 && spec.epoch == epoch)) =>
+            {
                 runs.push(*spec)
             }
             Effect::Kill {

@@ -74,7 +74,10 @@ run = ["sh", "-c", "echo last $TROUPE_ATTEMPT >> {m}/last.log"]
     // reaches the shell); the restarted node killed them before running anything.
     for pid in lines(&marks.join("sleep.pids")) {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        assert!(stat.is_empty() || stat.contains(") Z"), "orphan sleep {pid} still runs after the restart: {stat}");
+        assert!(
+            stat.is_empty() || stat.contains(") Z"),
+            "orphan sleep {pid} still runs after the restart: {stat}"
+        );
     }
     // "first" finished before the crash: it never ran again.
     let first = lines(&marks.join("first.log"));

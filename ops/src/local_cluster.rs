@@ -61,12 +61,32 @@ pub fn run(n: u32, args: &DevArgs) -> anyhow::Result<()> {
         } else {
             cmd.arg("--join").arg(&cluster[i]);
         }
-        if let Some(g) = &args.opts.simulate_gpus {
+        let o = &args.opts;
+        if let Some(g) = &o.simulate_gpus {
             cmd.args(["--simulate-gpus", g]);
         }
-        if args.opts.no_fsync {
+        if o.no_fsync {
             cmd.arg("--no-fsync");
         }
+        if o.fault_injection {
+            cmd.arg("--fault-injection");
+        }
+        if let Some(q) = o.queue {
+            cmd.args(["--queue", &q.to_string()]);
+        }
+        if let Some(m) = &o.reserve_memory {
+            cmd.args(["--reserve-memory", m]);
+        }
+        for l in &o.labels {
+            cmd.args(["--label", l]);
+        }
+        cmd.args([
+            "--kill-grace-s",
+            &o.kill_grace_s.to_string(),
+            "--strategy",
+            &o.strategy,
+        ]);
+        cmd.args(["--reserve-cpu", &o.reserve_cpu.to_string()]);
         cmd.env("TROUPE_COOKIE", &cookie)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(data.join("node.log"))?);
@@ -95,6 +115,7 @@ pub fn run(n: u32, args: &DevArgs) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("troupe dev: {n} servers up; APIs: {}", apis.join(" "));
+    eprintln!("troupe dev: cluster cookie {cookie} (TROUPE_COOKIE, to restart a member by hand)");
     eprintln!(
         "troupe dev: logs in {}/n*/node.log; kill one (kill -9) and watch the others carry on",
         args.opts.data.display()

@@ -76,7 +76,7 @@ impl Node {
     }
 }
 
-fn gpu_matches(g: &Gpu, req: &Resources) -> bool {
+pub fn gpu_matches(g: &Gpu, req: &Resources) -> bool {
     g.memory_bytes >= req.gpu_memory_bytes
         && req
             .gpu_model

@@ -45,7 +45,7 @@ impl Actor for ApiServer {
             .and_then(|b| *b)
             .unwrap_or(args.listen);
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-            format!("cannot listen on {listen}: {e} (is another troupe running? use --listen)")
+            format!("cannot listen on {listen}: {e} (is another troupe running? pick another address: --listen for troupe dev, --api-listen for troupe node)")
         })?;
         let addr = listener.local_addr()?;
         if let Ok(mut b) = args.bound.lock() {

@@ -113,7 +113,9 @@ impl Actor for LeaseKeeper {
                 return Ok(());
             }
         }
-        if st.renewed.elapsed() > st.args.lease {
+        // Fence one renewal before the leader can declare this node lost, so its attempts are
+        // stopped before they are started again elsewhere.
+        if st.renewed.elapsed() > st.args.lease.saturating_sub(st.args.renew) {
             tracing::warn!(
                 since_ms = st.renewed.elapsed().as_millis() as u64,
                 "no leader renewed the lease"

@@ -33,6 +33,8 @@ pub struct MembershipState {
 }
 
 const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Inbound frame limit on every node (ractor_cluster drops a session on a larger frame).
+pub const FRAME_BYTES_MAX: u64 = 96 << 20;
 
 impl Actor for Membership {
     type Msg = MembershipMsg;
@@ -53,7 +55,9 @@ impl Actor for Membership {
             None,
             Some(ractor_cluster::node::NodeConnectionMode::Transitive),
         )
-        .with_listen_addr(c.listen.ip());
+        .with_listen_addr(c.listen.ip())
+        // Raft entries and snapshots can be large: every node accepts the same frame size.
+        .with_max_inbound_frame_size(FRAME_BYTES_MAX);
         let (server, _) = Actor::spawn_linked(Some("troupe.cluster".into()), ns, (), me.get_cell())
             .await
             .map_err(|e| format!("cannot listen for the cluster on {}: {e}", c.listen))?;

@@ -15,7 +15,7 @@ use troupe_actors::machine::Machine;
 use troupe_actors::sink::DISPATCHER_NAME;
 use troupe_raft_log::EngineHandle;
 use troupe_scheduler::state::{NodeStatus, TaskState};
-use troupe_scheduler::{AttemptRef, Command, RunSpec};
+use troupe_scheduler::{AttemptRef, Command, Outcome, Report, RunSpec};
 
 pub struct PeerActor;
 
@@ -29,6 +29,9 @@ pub struct PeerArgs {
 
 /// Attempts assigned longer ago than this and not held by their node are sent again.
 const RESEND_AFTER_MS: u64 = 1_000;
+/// Started attempts the node neither holds nor reported (reports are kept 10 s) are failed
+/// after this long.
+const VANISHED_AFTER_MS: u64 = 15_000;
 
 impl Actor for PeerActor {
     type Msg = PeerMsg;
@@ -125,6 +128,11 @@ fn renew(
     // Reconcile what the node holds with what the log says it holds.
     let holds: BTreeSet<(troupe_scheduler::TaskRef, u32)> =
         held.attempts.iter().map(|a| (a.task, a.attempt)).collect();
+    let reported: BTreeSet<(troupe_scheduler::TaskRef, u32)> = held
+        .recent
+        .iter()
+        .map(|r| (r.at.task, r.at.attempt))
+        .collect();
     let live_reports: Vec<_> = held
         .recent
         .into_iter()
@@ -135,6 +143,7 @@ fn renew(
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let mut resend: Vec<RunSpec> = Vec::new();
+    let mut vanished: Vec<Report> = Vec::new();
     for wf in m
         .state
         .workflows
@@ -143,35 +152,79 @@ fn renew(
     {
         for (i, run) in wf.steps.iter().enumerate() {
             for (item, task) in &run.tasks {
-                let TaskState::Assigned {
-                    node, epoch, at_ms, ..
-                } = &task.state
-                else {
-                    continue;
-                };
                 let r = troupe_scheduler::TaskRef {
                     wf: wf.id,
                     step: i as u16,
                     item: *item,
                 };
-                if node == &held.node
-                    && *epoch == held.epoch
-                    && now.saturating_sub(*at_ms) > RESEND_AFTER_MS
-                    && !holds.contains(&(r, task.attempt))
-                    && let Some(spec) = m.state.run_spec_of(r, task.attempt)
-                {
-                    resend.push(spec);
+                let (node, epoch, since, assigned) = match &task.state {
+                    TaskState::Assigned {
+                        node, epoch, at_ms, ..
+                    } => (node, *epoch, *at_ms, true),
+                    TaskState::Running {
+                        node,
+                        epoch,
+                        since_ms,
+                        ..
+                    } => (node, *epoch, *since_ms, false),
+                    _ => continue,
+                };
+                let known =
+                    holds.contains(&(r, task.attempt)) || reported.contains(&(r, task.attempt));
+                if node != &held.node || epoch != held.epoch || known {
+                    continue;
+                }
+                let age = now.saturating_sub(since);
+                if assigned && age > RESEND_AFTER_MS {
+                    // The run was lost on the way: send it again (the node ignores duplicates).
+                    if let Some(spec) = m.state.run_spec_of(r, task.attempt) {
+                        resend.push(spec);
+                    }
+                } else if !assigned && age > VANISHED_AFTER_MS {
+                    // It started, the node no longer has it and its report is gone: fail it (retried).
+                    let at = AttemptRef {
+                        task: r,
+                        attempt: task.attempt,
+                        epoch,
+                    };
+                    let error = format!(
+                        "the attempt vanished from node {} without a report",
+                        held.node
+                    );
+                    vanished.push(Report {
+                        at,
+                        outcome: Outcome::Failed { error },
+                    });
                 }
             }
         }
     }
+    // Attempts the node runs that the log no longer wants (a kill was lost): stop them.
+    let stale: Vec<(troupe_scheduler::TaskRef, u32)> = held
+        .attempts
+        .iter()
+        .filter(|a| !is_live(&m.state, a))
+        .map(|a| (a.task, a.attempt))
+        .collect();
     drop(m);
-    if !live_reports.is_empty() {
-        let _ = engine.propose_nowait(vec![Command::Finished(live_reports)]);
+    if !live_reports.is_empty() || !vanished.is_empty() {
+        let mut cmds = Vec::new();
+        if !live_reports.is_empty() {
+            cmds.push(Command::Finished(live_reports));
+        }
+        if !vanished.is_empty() {
+            tracing::warn!(node = %held.node, n = vanished.len(), "attempts vanished from their node");
+            cmds.push(Command::Finished(vanished));
+        }
+        let _ = engine.propose_nowait(cmds);
     }
     if !resend.is_empty() {
         tracing::info!(node = %held.node, n = resend.len(), "sending placed attempts again (delivery was lost)");
         deliver(&held.node, resend);
+    }
+    if !stale.is_empty() {
+        tracing::info!(node = %held.node, n = stale.len(), "stopping attempts the log no longer wants (a kill was lost)");
+        send_exec(&held.node, ExecMsg::Kill(stale));
     }
     reply
 }

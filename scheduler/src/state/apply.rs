@@ -121,6 +121,13 @@ impl State {
             .get(&info.node)
             .map(|n| n.epoch + 1)
             .unwrap_or(1);
+        // An operator's drain survives the node restarting.
+        let drain = self
+            .sched
+            .nodes
+            .get(&info.node)
+            .filter(|n| n.status == NodeStatus::Draining)
+            .map(|n| n.drain_deadline_ms);
         self.sched.nodes.insert(
             info.node.clone(),
             Node {
@@ -137,9 +144,14 @@ impl State {
                 api: info.api,
                 raft_id: info.raft_id,
                 incarnation: info.incarnation,
-                drain_deadline_ms: None,
+                drain_deadline_ms: drain.flatten(),
             },
         );
+        if drain.is_some()
+            && let Some(n) = self.sched.nodes.get_mut(&info.node)
+        {
+            n.status = NodeStatus::Draining;
+        }
         // Attempts the node held in an earlier epoch are lost: run them again as attempt + 1.
         self.requeue_node(
             &info.node,
@@ -364,15 +376,17 @@ impl State {
         }
         // Re-check the fit against committed state: a plan made on a stale view is refused here.
         let req = &wf.spec.steps[a.task.step as usize].resources;
+        let distinct: std::collections::BTreeSet<&String> = a.gpus.iter().collect();
         let fits = crate::placement::fit(node, req, &Default::default()).is_ok()
             && a.gpus.len() == req.gpu as usize
+            && distinct.len() == a.gpus.len()
             && a.gpus.iter().all(|g| {
                 !node.used.gpus.contains(g)
                     && node
                         .capacity
                         .gpus
                         .iter()
-                        .any(|x| &x.uuid == g && x.memory_bytes >= req.gpu_memory_bytes)
+                        .any(|x| &x.uuid == g && crate::placement::gpu_matches(x, req))
             });
         if !fits {
             return false;
@@ -399,10 +413,12 @@ impl State {
             n.used.cpu_milli += req.cpu_milli as u64;
             n.used.memory_bytes += req.memory_bytes;
             n.used.gpus.extend(a.gpus.iter().cloned());
-            // G6: never over a node's advertised capacity, whatever the planner proposed.
+            // G6: an assignment never takes a node over its advertised capacity, whatever the
+            // planner proposed. (Capacity may shrink below what runs, UpdateCapacity; then only
+            // assignments that ask for none of the short resource are accepted.)
             assert!(
-                n.used.cpu_milli <= n.allocatable_cpu()
-                    && n.used.memory_bytes <= n.allocatable_memory(),
+                (req.cpu_milli == 0 || n.used.cpu_milli <= n.allocatable_cpu())
+                    && (req.memory_bytes == 0 || n.used.memory_bytes <= n.allocatable_memory()),
                 "node {} over-committed after assigning {:?}",
                 n.id,
                 a.task
