@@ -93,6 +93,15 @@ pub fn node(args: NodeArgs) -> anyhow::Result<()> {
         cookie: args.cookie,
         lease: Duration::from_millis(args.lease_ms.max(100)),
         renew: Duration::from_millis(args.renew_ms.max(20)),
+        tls: match (args.tls_cert, args.tls_key, args.tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(troupe_node::cluster::tls::TlsFiles {
+                cert,
+                key,
+                ca,
+                server_name: args.tls_name,
+            }),
+            _ => None,
+        },
     });
     serve(cfg, None, "troupe node")
 }

@@ -150,6 +150,18 @@ pub struct NodeArgs {
     /// How often (ms) a node renews its lease.
     #[arg(long, default_value_t = 500)]
     renew_ms: u64,
+    /// Mutual TLS between nodes: this node's certificate chain (PEM; needs --tls-key and --tls-ca).
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM): peers must present a certificate it signed.
+    #[arg(long, requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
+    /// The DNS name every node certificate carries.
+    #[arg(long, default_value = "troupe")]
+    tls_name: String,
     #[command(flatten)]
     opts: NodeOpts,
 }

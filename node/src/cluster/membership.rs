@@ -27,6 +27,7 @@ pub struct MembershipArgs {
 
 pub struct MembershipState {
     server: ActorRef<NodeServerMessage>,
+    tls: Option<super::tls::Tls>,
     targets: Vec<SocketAddr>,
     /// Next dial allowed per address, and the current backoff.
     backoff: BTreeMap<SocketAddr, (Instant, Duration)>,
@@ -47,12 +48,16 @@ impl Actor for Membership {
         args: MembershipArgs,
     ) -> Result<MembershipState, ActorProcessingErr> {
         let c = &args.cluster;
+        let tls = c.tls.as_ref().map(super::tls::Tls::load).transpose()?;
+        let encryption = tls
+            .as_ref()
+            .map(|t| ractor_cluster::IncomingEncryptionMode::Tls(t.acceptor.clone()));
         let ns = NodeServer::new(
             c.listen.port(),
             c.cookie.clone(),
             args.node.clone(),
             c.listen.ip().to_string(),
-            None,
+            encryption,
             Some(ractor_cluster::node::NodeConnectionMode::Transitive),
         )
         .with_listen_addr(c.listen.ip())
@@ -70,6 +75,7 @@ impl Actor for Membership {
         tracing::info!(listen = %c.listen, ?targets, "cluster transport up");
         Ok(MembershipState {
             server,
+            tls,
             targets,
             backoff: BTreeMap::new(),
         })
@@ -100,15 +106,24 @@ impl Actor for Membership {
             }
             st.backoff
                 .insert(target, (now + delay, (delay * 2).min(DIAL_BACKOFF_MAX)));
-            let server = st.server.clone();
+            let (server, tls) = (st.server.clone(), st.tls.clone());
             // Dial in the background: a peer that is down must not stall this loop.
             tokio::spawn(async move {
-                match tokio::time::timeout(
-                    Duration::from_secs(1),
-                    ractor_cluster::client_connect(&server, target),
-                )
-                .await
-                {
+                let dial = async {
+                    match tls {
+                        Some(t) => {
+                            ractor_cluster::client_connect_enc(
+                                &server,
+                                target,
+                                t.connector,
+                                t.server_name,
+                            )
+                            .await
+                        }
+                        None => ractor_cluster::client_connect(&server, target).await,
+                    }
+                };
+                match tokio::time::timeout(Duration::from_secs(1), dial).await {
                     Ok(Ok(())) => tracing::debug!(%target, "dialed"),
                     Ok(Err(e)) => tracing::debug!(%target, error = %e, "dial failed"),
                     Err(_) => tracing::debug!(%target, "dial timed out"),

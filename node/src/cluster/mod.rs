@@ -11,6 +11,7 @@
 pub mod lease;
 pub mod membership;
 pub mod peer;
+pub mod tls;
 pub mod transport;
 pub mod upstream;
 pub mod wire;
@@ -37,6 +38,8 @@ pub struct ClusterConfig {
     pub lease: Duration,
     /// How often a node renews its lease.
     pub renew: Duration,
+    /// Mutual TLS between nodes (`None`: plain TCP, cookie only).
+    pub tls: Option<tls::TlsFiles>,
 }
 
 impl ClusterConfig {
@@ -91,6 +94,7 @@ mod tests {
             cookie: "c".into(),
             lease: Duration::from_secs(2),
             renew: Duration::from_millis(500),
+            tls: None,
         };
         let a = mk("127.0.0.2:7100", &["127.0.0.1:7100", "127.0.0.3:7100"]);
         let b = mk(
