@@ -33,6 +33,31 @@ pub struct LeaseArgs {
 pub struct LeaseState {
     args: LeaseArgs,
     renewed: Instant,
+    /// Sessions whose server has not answered, since when.
+    silent: std::collections::BTreeMap<u64, Instant>,
+}
+
+impl LeaseState {
+    /// A server that stays silent for a whole lease while its session is up is suspected (a
+    /// frozen process keeps TCP alive): tear the session down so it is dialed afresh.
+    fn suspect(&mut self, session: u64, answered: bool) {
+        if answered {
+            self.silent.remove(&session);
+            return;
+        }
+        let since = *self.silent.entry(session).or_insert_with(Instant::now);
+        if since.elapsed() > self.args.lease {
+            self.silent.remove(&session);
+            if let Some(m) = registry::where_is(super::membership::MEMBERSHIP_ACTOR.to_string()) {
+                tracing::warn!(
+                    session,
+                    "a server has not answered for a whole lease: dropping its session"
+                );
+                let _ = ActorRef::<super::membership::MembershipMsg>::from(m)
+                    .cast(super::membership::MembershipMsg::Suspect(session));
+            }
+        }
+    }
 }
 
 impl Actor for LeaseKeeper {
@@ -49,6 +74,7 @@ impl Actor for LeaseKeeper {
         Ok(LeaseState {
             args,
             renewed: Instant::now(),
+            silent: Default::default(),
         })
     }
 
@@ -75,15 +101,27 @@ impl Actor for LeaseKeeper {
         let servers = pg::get_members(&SERVERS_GROUP.to_string());
         let timeout = st.args.renew.min(Duration::from_millis(400));
         let calls = servers.into_iter().map(|cell| {
+            // The session a remote server is reached through (local: none).
+            let session = match cell.get_id() {
+                ractor::ActorId::Remote { node_id, .. } => Some(node_id),
+                ractor::ActorId::Local(_) => None,
+            };
             let peer = ActorRef::<PeerMsg>::from(cell);
             let payload = payload.clone();
             async move {
-                peer.call(|reply| PeerMsg::Renew(payload, reply), Some(timeout))
-                    .await
+                (
+                    session,
+                    peer.call(|reply| PeerMsg::Renew(payload, reply), Some(timeout))
+                        .await,
+                )
             }
         });
         let answers = futures_join(calls).await;
-        for answer in answers {
+        for (session, answer) in answers {
+            let answered = matches!(answer, Ok(ractor::rpc::CallResult::Success(_)));
+            if let Some(s) = session {
+                st.suspect(s, answered);
+            }
             let Ok(ractor::rpc::CallResult::Success(bytes)) = answer else {
                 continue;
             };

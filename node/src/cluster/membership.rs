@@ -13,7 +13,12 @@ use std::time::{Duration, Instant};
 
 pub enum MembershipMsg {
     Tick,
+    /// Tear down the session with this ractor node id (a suspected peer); it is dialed again.
+    Suspect(u64),
 }
+
+/// The registered name of the membership actor (the tree registers it under this name).
+pub const MEMBERSHIP_ACTOR: &str = "troupe.membership";
 
 // Local only.
 impl ractor::Message for MembershipMsg {}
@@ -84,11 +89,18 @@ impl Actor for Membership {
     async fn handle(
         &self,
         _me: ActorRef<MembershipMsg>,
-        _msg: MembershipMsg,
+        msg: MembershipMsg,
         st: &mut MembershipState,
     ) -> Result<(), ActorProcessingErr> {
         let sessions =
             call_t!(st.server, NodeServerMessage::GetSessions, 1_000).unwrap_or_default();
+        if let MembershipMsg::Suspect(node_id) = msg {
+            if let Some(s) = sessions.get(&node_id) {
+                tracing::warn!(peer = %s.peer_addr, "tearing down the session of a suspected peer");
+                s.actor.stop(Some("suspected: no lease answers".into()));
+            }
+            return Ok(());
+        }
         let open: BTreeSet<String> = sessions.values().map(|s| s.peer_addr.clone()).collect();
         let now = Instant::now();
         for target in st.targets.clone() {
