@@ -109,7 +109,7 @@ pub async fn start(mut cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         .with_context(|| format!("cannot resolve {}", cfg.data_dir.display()))?;
     if let Some(c) = &cfg.cluster {
         cfg.raft_id = c.raft_id();
-        if c.role == Role::Server && cfg.raft_id == 0 {
+        if c.role == Role::Server && c.join_existing.is_none() && cfg.raft_id == 0 {
             anyhow::bail!("--listen {} is not among the servers", c.listen);
         }
     }
@@ -194,6 +194,7 @@ fn raft_spec(ctx: &Ctx) -> ChildSpec {
     if let Some(c) = cfg.cluster.as_ref().filter(|c| c.role == Role::Server) {
         engine_cfg.id = c.raft_id();
         engine_cfg.voters = c.voters();
+        engine_cfg.join_existing = c.join_existing.is_some();
         engine_cfg.transport = Some(Arc::new(PgTransport));
         // 50 ms ticks: elections in ~0.5-1 s, heartbeats every 100 ms.
         engine_cfg.tick_ms = 50;

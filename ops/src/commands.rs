@@ -102,6 +102,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<()> {
             }),
             _ => None,
         },
+        join_existing: args.join_existing,
     });
     serve(cfg, None, "troupe node")
 }
@@ -313,6 +314,28 @@ pub(crate) fn client_command(api: &str, as_json: bool, cmd: Cmd) -> anyhow::Resu
                 println!("{node}: back in service")
             } else {
                 println!("{node}: draining (no new work; running attempts finish)")
+            }
+            Ok(())
+        }
+        Cmd::Servers { cmd } => {
+            let v = match cmd {
+                None => client.get("/v1/servers")?,
+                Some(crate::ServersCmd::Add { raft_id }) => client.post(
+                    "/v1/servers",
+                    &json!({ "raft_id": raft_id, "action": "add" }),
+                )?,
+                Some(crate::ServersCmd::Remove { raft_id }) => client.post(
+                    "/v1/servers",
+                    &json!({ "raft_id": raft_id, "action": "remove" }),
+                )?,
+            };
+            if as_json {
+                print_json(&v);
+            } else {
+                println!(
+                    "voters {}  learners {}  leader {}",
+                    v["voters"], v["learners"], v["leader_id"]
+                );
             }
             Ok(())
         }

@@ -92,6 +92,11 @@ enum Cmd {
         #[arg(long)]
         undo: bool,
     },
+    /// The Raft group's servers; add or remove one at run time.
+    Servers {
+        #[command(subcommand)]
+        cmd: Option<ServersCmd>,
+    },
     /// The dead-letter queue: list entries, or redrive one.
     Dlq {
         #[command(subcommand)]
@@ -99,6 +104,14 @@ enum Cmd {
     },
     /// Measure Troupe on this machine (starts its own nodes; prints figures).
     Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum ServersCmd {
+    /// Add a voter (start it first: `troupe node --server --join-existing ID ...`).
+    Add { raft_id: u64 },
+    /// Remove a voter.
+    Remove { raft_id: u64 },
 }
 
 #[derive(Subcommand)]
@@ -159,6 +172,9 @@ pub struct NodeArgs {
     /// The cluster CA (PEM): peers must present a certificate it signed.
     #[arg(long, requires = "tls_cert")]
     tls_ca: Option<PathBuf>,
+    /// Join a running group as the server with this Raft id (then add it: `troupe servers add ID`).
+    #[arg(long, value_name = "RAFT_ID", requires = "server")]
+    join_existing: Option<u64>,
     /// The DNS name every node certificate carries.
     #[arg(long, default_value = "troupe")]
     tls_name: String,

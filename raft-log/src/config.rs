@@ -44,9 +44,16 @@ pub struct EngineConfig {
     /// Raft id of this node (default 1). Unique in the group, never 0.
     pub id: u64,
     /// Initial voters, written into the bootstrap snapshot of a fresh log (default `[1]`); must
-    /// contain [`Self::id`]. Ignored once the log exists: the stored conf state wins.
-    /// One voter: the node elects itself at open. Several: elections run on ticks.
+    /// contain [`Self::id`]. Ignored once the log exists (the stored conf state wins) and when
+    /// [`Self::join_existing`] is set. One voter: the node elects itself at open. Several:
+    /// elections run on ticks.
     pub voters: Vec<u64>,
+    /// `false` (default): a fresh log is bootstrapped with [`Self::voters`]. `true`: a fresh log
+    /// stays empty (no bootstrap snapshot, no conf state); the node neither campaigns nor
+    /// counts as a member until the leader adds it
+    /// ([`crate::EngineHandle::change_membership`]) and it installs the leader's snapshot.
+    /// Ignored once the log exists.
+    pub join_existing: bool,
     /// Where outbound raft messages go. `None`: they are dropped (fine for a single voter).
     pub transport: Option<Arc<dyn Transport>>,
     /// Election timeout in ticks (default 10; raft randomizes it within `[n, 2n)`).
@@ -58,7 +65,7 @@ pub struct EngineConfig {
 impl EngineConfig {
     /// Defaults: fsync on, 100 ms tick, snapshot every 1000 entries, 4096 commands per entry,
     /// queue of 1024 proposals, 64 MiB uncommitted, `SystemTime` clock; single voter (id 1,
-    /// voters `[1]`, no transport), election after 10 ticks, heartbeat every 2.
+    /// voters `[1]`, bootstrapped, no transport), election after 10 ticks, heartbeat every 2.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         EngineConfig {
             data_dir: data_dir.into(),
@@ -71,6 +78,7 @@ impl EngineConfig {
             clock: Arc::new(system_clock_ms),
             id: 1,
             voters: vec![1],
+            join_existing: false,
             transport: None,
             election_tick: 10,
             heartbeat_tick: 2,
@@ -112,7 +120,7 @@ impl EngineConfig {
                 self.election_tick, self.heartbeat_tick
             ));
         }
-        if self.voters.contains(&0) || !self.voters.contains(&self.id) {
+        if self.voters.contains(&0) || (!self.join_existing && !self.voters.contains(&self.id)) {
             return invalid(format!(
                 "voters {:?} must contain this node's id {} and no 0",
                 self.voters, self.id
@@ -152,6 +160,7 @@ impl fmt::Debug for EngineConfig {
             .field("max_uncommitted_bytes", &self.max_uncommitted_bytes)
             .field("id", &self.id)
             .field("voters", &self.voters)
+            .field("join_existing", &self.join_existing)
             .field("transport", &self.transport.is_some())
             .field("election_tick", &self.election_tick)
             .field("heartbeat_tick", &self.heartbeat_tick)

@@ -2,6 +2,7 @@
 //!
 //! One cycle: block on the input queue until the next tick is due, drain what is queued
 //! (group commit), step the inbound raft messages, pack proposals into entries and propose,
+//! propose membership changes,
 //! start read barriers, tick when due, handle every Ready (send -> persist -> apply under one
 //! write lock -> send persisted messages -> advance), call the hook (every member) and propose
 //! what it returns (leader only), answer read barriers, take a snapshot when due, publish the
@@ -18,13 +19,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use raft::{RawNode, StateRole};
 
 use crate::config::EngineConfig;
-use crate::engine::{Inbound, Input, Reply, Shared};
+use crate::engine::{ConfReply, Inbound, Input, MembershipChange, Reply, Shared};
 use crate::error::{ProposeError, RaftLogError};
 use crate::logger::raft_logger;
 use crate::storage::RedbStorage;
 use crate::{Hook, StateMachine};
 
 mod apply;
+mod membership;
 mod net;
 mod propose;
 
@@ -91,6 +93,8 @@ struct Driver<M: StateMachine> {
     retry: Vec<Proposal<M>>,
     /// Outstanding read barriers.
     reads: net::Reads,
+    /// Waiters of proposed membership changes.
+    confs: membership::ConfWaiters,
     applied: u64,
     was_leader: bool,
     /// The group had this node as its only voter at open: it elects itself and `open` waits
@@ -127,6 +131,7 @@ fn write_lock<M>(state: &RwLock<M>) -> std::sync::RwLockWriteGuard<'_, M> {
 /// What one cycle took from the input queue.
 struct Inbox<M: StateMachine> {
     batch: Vec<Proposal<M>>,
+    confs: Vec<(MembershipChange, ConfReply)>,
     stop: bool,
 }
 
@@ -140,7 +145,10 @@ impl<M: StateMachine> Driver<M> {
     ) -> Result<Self, RaftLogError> {
         let path = cfg.db_path();
         let mut store = RedbStorage::open(&path, cfg.fsync)?;
-        if !store.is_initialized() {
+        let joining = !store.is_initialized() && cfg.join_existing;
+        if joining {
+            tracing::info!(path = %path.display(), id = cfg.id, "created an empty raft log; waiting to be added to the group and sent a snapshot");
+        } else if !store.is_initialized() {
             let image = read_lock(&state).snapshot();
             let mut voters = cfg.voters.clone();
             voters.sort_unstable();
@@ -150,10 +158,10 @@ impl<M: StateMachine> Driver<M> {
         }
         let cs = store.conf_state();
         let single_voter = cs.voters == [cfg.id] && cs.learners.is_empty();
-        if !cs.voters.contains(&cfg.id) && !cs.learners.contains(&cfg.id) {
+        if !joining && !cs.voters.contains(&cfg.id) && !cs.learners.contains(&cfg.id) {
             tracing::warn!(id = cfg.id, voters = ?cs.voters, learners = ?cs.learners, "this node is not a member of its raft group");
         }
-        if !single_voter && cfg.transport.is_none() {
+        if !single_voter && cfg.transport.is_none() && !joining {
             tracing::warn!(
                 voters = ?cs.voters,
                 "multi-voter raft group without a transport; it cannot elect a leader"
@@ -189,6 +197,7 @@ impl<M: StateMachine> Driver<M> {
             pending: HashMap::new(),
             retry: Vec::new(),
             reads: net::Reads::default(),
+            confs: membership::ConfWaiters::default(),
             applied: snap_index,
             was_leader: false,
             single_voter,
@@ -215,10 +224,14 @@ impl<M: StateMachine> Driver<M> {
             if !inbox.batch.is_empty() {
                 self.propose_batch(inbox.batch);
             }
+            for (change, reply) in inbox.confs {
+                self.propose_membership(change, reply);
+            }
             let now = Instant::now();
             let ticked = now >= next_tick;
             if ticked {
                 self.node.tick();
+                self.hand_over_if_removed();
                 next_tick += tick;
                 if next_tick <= now {
                     next_tick = now + tick;
@@ -246,6 +259,7 @@ impl<M: StateMachine> Driver<M> {
     fn receive(&mut self, wait: Duration) -> Result<Inbox<M>, RaftLogError> {
         let mut inbox = Inbox {
             batch: std::mem::take(&mut self.retry),
+            confs: Vec::new(),
             stop: self.shared.stop.load(Ordering::Acquire),
         };
         if inbox.stop {
@@ -321,6 +335,9 @@ impl<M: StateMachine> Driver<M> {
                     "leadership was lost before the command was applied; it may still be applied, check before retrying".into(),
                 )));
             }
+            self.confs.fail_all(
+                "leadership was lost before the membership change was applied; it may still be applied, check status().voters before retrying",
+            );
         } else if leader && !self.was_leader {
             tracing::debug!(term = self.node.raft.term, "became raft leader");
         }
@@ -366,6 +383,7 @@ impl<M: StateMachine> Driver<M> {
             .store(raft.state == StateRole::Leader, Ordering::Release);
         s.leader_id.store(raft.leader_id, Ordering::Release);
         s.running.store(true, Ordering::Release);
+        membership::publish_members(s, store.conf_state());
     }
 
     /// Tells `Engine::open` we are ready. Single voter: leader, and everything committed is
@@ -409,6 +427,9 @@ impl<M: StateMachine> Driver<M> {
                 Input::Propose { cmds, reply } => {
                     lost += fail_all::<M>(vec![Proposal { cmds, reply }], ProposeError::Stopped);
                 }
+                Input::ConfChange { reply, .. } => {
+                    let _ = reply.send(Err(ProposeError::Stopped));
+                }
                 Input::Wake | Input::Stop => {}
             }
         }
@@ -419,6 +440,9 @@ impl<M: StateMachine> Driver<M> {
         }
         lost += self.retry.drain(..).map(|p| p.cmds.len()).sum::<usize>();
         self.fail_reads(ProposeError::Stopped);
+        self.confs.fail_all(
+            "the engine stopped before the membership change was applied; it may be applied after a restart",
+        );
         for (_, reply) in self.pending.drain() {
             let _ = reply.send(Err(ProposeError::Dropped(
                 "the engine stopped before the command was applied; it may be applied after a restart".into(),
@@ -457,6 +481,7 @@ impl<M: StateMachine> Inbox<M> {
     fn push(&mut self, input: Input<M>, shared: &Shared) {
         match input {
             Input::Propose { cmds, reply } => self.batch.push(Proposal { cmds, reply }),
+            Input::ConfChange { change, reply } => self.confs.push((change, reply)),
             // Cleared before the inbound queue is drained, so at most one wake-up is queued.
             Input::Wake => shared.wake_pending.store(false, Ordering::Release),
             Input::Stop => self.stop = true,

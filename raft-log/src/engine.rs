@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 
 use protobuf::Message as PbMessage;
@@ -34,6 +34,36 @@ pub(crate) type ReadReply = oneshot::Sender<Result<u64, ProposeError>>;
 /// What a caller awaits after [`EngineHandle::read_index`].
 pub type ReadReceiver = oneshot::Receiver<Result<u64, ProposeError>>;
 
+/// Where a membership change's resulting voter list goes.
+pub(crate) type ConfReply = oneshot::Sender<Result<Vec<u64>, ProposeError>>;
+
+/// What a caller awaits after [`EngineHandle::change_membership`]: the sorted voters once the
+/// change is applied.
+pub type MembershipReceiver = oneshot::Receiver<Result<Vec<u64>, ProposeError>>;
+
+/// One runtime membership change (a raft `ConfChangeV2` with a single change, left
+/// automatically). Add a node as a learner first when it has a lot to catch up, then promote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// Adds raft node `id` as a voter (or promotes a learner).
+    AddVoter(u64),
+    /// Adds raft node `id` as a learner (receives the log, does not vote).
+    AddLearner(u64),
+    /// Removes raft node `id` (voter or learner).
+    Remove(u64),
+}
+
+impl MembershipChange {
+    /// The raft id the change is about.
+    pub fn node_id(self) -> u64 {
+        match self {
+            MembershipChange::AddVoter(id)
+            | MembershipChange::AddLearner(id)
+            | MembershipChange::Remove(id) => id,
+        }
+    }
+}
+
 /// Capacity of the inbound queue; beyond it raft messages are dropped and reads are `Busy`.
 const NET_QUEUE_CAPACITY: usize = 1024;
 
@@ -51,6 +81,11 @@ pub(crate) enum Input<M: StateMachine> {
     Propose {
         cmds: Vec<M::Command>,
         reply: Option<Reply<M::Output>>,
+    },
+    /// A membership change (leader only).
+    ConfChange {
+        change: MembershipChange,
+        reply: ConfReply,
     },
     /// Something waits in the inbound queue.
     Wake,
@@ -78,10 +113,12 @@ pub(crate) struct Shared {
     /// An [`Input::Wake`] is queued (or about to be); cleared by the thread when it takes the
     /// wake-up, before it drains the inbound queue (which it also does every cycle).
     pub wake_pending: AtomicBool,
+    /// Sorted (voters, learners) of the applied conf state.
+    pub members: Mutex<(Vec<u64>, Vec<u64>)>,
 }
 
 /// A point-in-time view of the log, read from atomics (no round trip to the engine thread).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EngineStatus {
     /// Index of the last applied entry.
     pub applied: u64,
@@ -107,6 +144,10 @@ pub struct EngineStatus {
     pub commands_applied: u64,
     /// False once the engine thread has stopped.
     pub running: bool,
+    /// Voters of the applied configuration, sorted (empty on a joiner not yet caught up).
+    pub voters: Vec<u64>,
+    /// Learners of the applied configuration, sorted.
+    pub learners: Vec<u64>,
 }
 
 /// Proposes commands and reads the status. Cheap to clone; `Send + Sync`.
@@ -255,6 +296,33 @@ impl<M: StateMachine> EngineHandle<M> {
         Ok(rx)
     }
 
+    /// Proposes one membership change. Leader only (`NotLeader` elsewhere, `Stopped` when
+    /// stopped, `Busy` when the queue is full). The receiver yields the sorted voters once the
+    /// conf change entry is applied, or `Err(Dropped)` when raft ignored it (another change was
+    /// still pending), rejected it at apply (removing the last voter, for example), or
+    /// leadership was lost first (it may still be applied: check `status().voters`); the
+    /// caller may retry. A new node must be running with [`crate::EngineConfig::join_existing`]
+    /// and reachable through the transport; it catches up by snapshot.
+    pub fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Result<MembershipReceiver, ProposeError> {
+        if self.stopped() {
+            return Err(ProposeError::Stopped);
+        }
+        if change.node_id() == 0 {
+            return Err(ProposeError::Dropped(
+                "raft id 0 is not a valid node id".into(),
+            ));
+        }
+        if !self.shared.is_leader.load(Ordering::Acquire) {
+            return Err(ProposeError::NotLeader);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(Input::ConfChange { change, reply: tx })?;
+        Ok(rx)
+    }
+
     /// The current status (from atomics).
     pub fn status(&self) -> EngineStatus {
         status_of(&self.shared)
@@ -269,6 +337,11 @@ impl<M: StateMachine> EngineHandle<M> {
 fn status_of(s: &Shared) -> EngineStatus {
     let applied = s.applied.load(Ordering::Acquire);
     let snapshot_index = s.snapshot_index.load(Ordering::Acquire);
+    let (voters, learners) = s
+        .members
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     EngineStatus {
         applied,
         commit: s.commit.load(Ordering::Acquire),
@@ -282,6 +355,8 @@ fn status_of(s: &Shared) -> EngineStatus {
         entries_since_snapshot: applied.saturating_sub(snapshot_index),
         commands_applied: s.commands_applied.load(Ordering::Acquire),
         running: s.running.load(Ordering::Acquire),
+        voters,
+        learners,
     }
 }
 
@@ -297,7 +372,8 @@ impl<M: StateMachine> Engine<M> {
     /// `machine`, replays the committed entries after it and starts the thread.
     /// A single voter elects itself and returns once it is leader and the replay (including
     /// this term's no-op) is applied. A member of a multi-voter group returns once the commit
-    /// index persisted before the restart is applied; elections then run on ticks.
+    /// index persisted before the restart is applied; elections then run on ticks. A fresh
+    /// [`EngineConfig::join_existing`] member returns at once (nothing to replay).
     pub fn open(cfg: EngineConfig, machine: M, hook: Hook<M>) -> Result<Self, RaftLogError> {
         cfg.validate()?;
         std::fs::create_dir_all(&cfg.data_dir).map_err(|source| RaftLogError::Io {

@@ -18,7 +18,18 @@
 //! - The [`Hook`] runs on every member; only the leader's returned commands are proposed.
 //! - A member behind the leader's compacted log gets the leader's latest stored snapshot in a
 //!   `MsgSnapshot` (one message: keep state machine snapshots well below the transport's frame
-//!   limit). Conf changes in committed entries are applied; proposing them is not exposed yet.
+//!   limit).
+//!
+//! ## Membership changes
+//! [`EngineHandle::change_membership`] (leader only) proposes one [`MembershipChange`] as a
+//! raft `ConfChangeV2` and resolves once it is applied. Committed conf changes (v2 and v1) are
+//! applied on every member and the conf state is persisted; [`EngineStatus`] shows `voters`
+//! and `learners`. A new node opens with [`EngineConfig::join_existing`]: its fresh log stays
+//! empty until the leader adds it and sends a snapshot that includes it in its conf state (the
+//! leader takes a fresh one when its stored snapshot predates the change). raft silently
+//! replaces a conf change proposed while another is pending by an empty entry: the waiter
+//! then gets `Dropped`. A removed node keeps running as a non-member (it is no longer sent
+//! anything); a leader that removed itself hands leadership to the most up-to-date voter.
 //!
 //! ## What it owns
 //! - `data_dir/raft.redb` (exclusively: a second open fails with [`RaftLogError::InUse`]).
@@ -53,13 +64,15 @@
 //! 4. `driver.rs`: the engine thread (startup, the Ready loop, the hook, shutdown);
 //!    `driver/propose.rs`: packing proposals into entries; `driver/net.rs`: outbound and
 //!    inbound raft messages, read barriers; `driver/apply.rs`: applying entries, conf changes,
-//!    taking and installing snapshots.
+//!    taking and installing snapshots; `driver/membership.rs`: proposing membership changes,
+//!    answering them, a removed leader's hand-over.
 //! 5. `envelope.rs`: the entry payload format and packing.
 //! 6. `storage.rs`: the redb store and its write side; `storage/raft_impl.rs`: `raft::Storage`.
 //! 7. `error.rs`, `logger.rs` (slog -> tracing bridge, target `raft`).
 //!
 //! Tests: `driver/tests.rs`, `storage/tests.rs`, `tests/engine.rs` (public API end to end,
-//! single voter), `tests/cluster.rs` (three engines over an in-memory transport).
+//! single voter), `tests/cluster.rs` (three engines over the in-memory transport of
+//! `tests/common`), `tests/membership.rs` (joining, promoting, removing members).
 
 mod config;
 mod driver;
@@ -70,7 +83,10 @@ mod logger;
 mod storage;
 
 pub use config::{Clock, DB_FILE_NAME, EngineConfig};
-pub use engine::{Engine, EngineHandle, EngineStatus, ProposeReceiver, ReadReceiver};
+pub use engine::{
+    Engine, EngineHandle, EngineStatus, MembershipChange, MembershipReceiver, ProposeReceiver,
+    ReadReceiver,
+};
 pub use error::{ProposeError, RaftLogError};
 
 /// A deterministic state machine replicated by the log.

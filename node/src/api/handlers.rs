@@ -26,6 +26,7 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/workflows/{id}/steps/{step}/output", get(output))
         .route("/v1/workflows/{id}/logs", get(logs))
         .route("/v1/nodes", get(nodes))
+        .route("/v1/servers", get(servers).post(change_servers))
         .route("/v1/nodes/{id}/drain", post(drain))
         .route("/v1/dlq", get(dlq))
         .route("/v1/dlq/{id}/redrive", post(redrive))
@@ -604,5 +605,56 @@ async fn drain(
         Output::Rejected(m) if m.starts_with("no node") => Err(ApiError::not_found(m)),
         Output::Rejected(m) => Err(ApiError(StatusCode::CONFLICT, m)),
         _ => ok(json!({ "node": id, "draining": draining })),
+    }
+}
+
+/// The Raft group: voters, learners and the leader.
+async fn servers(State(app): State<AppState>) -> Res {
+    linearize(&app).await?;
+    let st = app.engine.status();
+    ok(
+        json!({ "voters": st.voters, "learners": st.learners, "leader_id": st.leader_id, "term": st.term }),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerChange {
+    raft_id: u64,
+    /// `add` (as a voter; start it first with `troupe node --server --join-existing ID`) or `remove`.
+    action: String,
+}
+
+/// Adds or removes a server (a Raft voter) at run time, one change at a time.
+async fn change_servers(
+    State(app): State<AppState>,
+    body: Result<Json<ServerChange>, axum::extract::rejection::JsonRejection>,
+) -> Res {
+    use troupe_raft_log::MembershipChange;
+    let Json(b) =
+        body.map_err(|e| ApiError(e.status(), format!("bad request body: {}", e.body_text())))?;
+    if b.raft_id == 0 {
+        return Err(ApiError::bad("raft_id must be 1 or more"));
+    }
+    let change = match b.action.as_str() {
+        "add" => MembershipChange::AddVoter(b.raft_id),
+        "remove" => MembershipChange::Remove(b.raft_id),
+        other => {
+            return Err(ApiError::bad(format!(
+                "action {other:?}: use add or remove"
+            )));
+        }
+    };
+    let rx = app.engine.change_membership(change)?;
+    match tokio::time::timeout(Duration::from_secs(15), rx).await {
+        Ok(Ok(Ok(voters))) => ok(json!({ "voters": voters })),
+        Ok(Ok(Err(e))) => Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("the change was not applied: {e}; retry"),
+        )),
+        _ => Err(ApiError(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the change was not confirmed within 15s; check GET /v1/servers".into(),
+        )),
     }
 }

@@ -48,7 +48,7 @@ impl LeaseState {
         let since = *self.silent.entry(session).or_insert_with(Instant::now);
         if since.elapsed() > self.args.lease {
             self.silent.remove(&session);
-            if let Some(m) = registry::where_is(super::membership::MEMBERSHIP_ACTOR.to_string()) {
+            if let Some(m) = registry::where_is(super::membership::MEMBERSHIP_ACTOR) {
                 tracing::warn!(
                     session,
                     "a server has not answered for a whole lease: dropping its session"

@@ -72,6 +72,10 @@ impl Actor for Membership {
             .await
             .map_err(|e| format!("cannot listen for the cluster on {}: {e}", c.listen))?;
         let targets = match c.role {
+            // A worker, or a server joining a running group (the others do not know it yet).
+            _ if c.role == Role::Worker || c.join_existing.is_some() => {
+                c.servers().into_iter().filter(|s| *s != c.listen).collect()
+            }
             Role::Worker => c.servers(),
             Role::Server => c.servers().into_iter().filter(|s| *s > c.listen).collect(),
         };

@@ -40,6 +40,9 @@ pub struct ClusterConfig {
     pub renew: Duration,
     /// Mutual TLS between nodes (`None`: plain TCP, cookie only).
     pub tls: Option<tls::TlsFiles>,
+    /// A server added to a running group: its Raft id (given, not derived from addresses), and
+    /// it starts with an empty log until the leader adds it and sends a snapshot.
+    pub join_existing: Option<u64>,
 }
 
 impl ClusterConfig {
@@ -57,6 +60,9 @@ impl ClusterConfig {
 
     /// This server's Raft id (0 for a worker).
     pub fn raft_id(&self) -> u64 {
+        if let Some(id) = self.join_existing {
+            return id;
+        }
         match self.role {
             Role::Worker => 0,
             Role::Server => self
@@ -95,6 +101,7 @@ mod tests {
             lease: Duration::from_secs(2),
             renew: Duration::from_millis(500),
             tls: None,
+            join_existing: None,
         };
         let a = mk("127.0.0.2:7100", &["127.0.0.1:7100", "127.0.0.3:7100"]);
         let b = mk(

@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use protobuf::Message as PbMessage;
 use raft::Storage;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Snapshot, SnapshotMetadata};
+use raft::eraftpb::{
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Snapshot, SnapshotMetadata,
+};
 
 use super::{Answer, Driver, raft_err, read_lock, write_lock};
 use crate::StateMachine;
@@ -22,7 +24,8 @@ impl<M: StateMachine> Driver<M> {
             .restore(s.get_data())
             .map_err(|detail| RaftLogError::Restore { index, detail })?;
         self.applied = index;
-        tracing::info!(index, "installed a raft snapshot from the leader");
+        let cs = s.get_metadata().get_conf_state();
+        tracing::info!(index, voters = ?cs.get_voters(), learners = ?cs.get_learners(), "installed a raft snapshot from the leader");
         Ok(())
     }
 
@@ -33,20 +36,24 @@ impl<M: StateMachine> Driver<M> {
         };
         let state = Arc::clone(&self.state);
         let mut replies = Vec::new();
+        let mut conf_answers = Vec::new();
         let mut commands = 0u64;
         {
             let mut machine = write_lock(&state);
             for e in &entries {
-                match e.get_entry_type() {
-                    // An empty normal entry is a new leader's no-op: nothing to apply.
-                    EntryType::EntryNormal if e.get_data().is_empty() => {}
+                let outcome = match e.get_entry_type() {
+                    // An empty normal entry is a new leader's no-op (or a conf change raft
+                    // ignored): nothing to apply.
+                    EntryType::EntryNormal if e.get_data().is_empty() => None,
                     EntryType::EntryNormal => {
                         commands += self.apply_normal(&mut machine, e, &mut replies);
+                        None
                     }
                     EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                        self.apply_conf_change(e)?;
+                        Some(self.apply_conf_change(e)?)
                     }
-                }
+                };
+                self.conf_entry_applied(e, outcome.as_ref(), &mut conf_answers);
                 self.applied = e.index;
             }
         }
@@ -58,6 +65,9 @@ impl<M: StateMachine> Driver<M> {
         self.publish();
         for (reply, outputs) in replies {
             let _ = reply.send(Ok(outputs));
+        }
+        for (reply, answer) in conf_answers {
+            let _ = reply.send(answer);
         }
         Ok(true)
     }
@@ -103,7 +113,9 @@ impl<M: StateMachine> Driver<M> {
         count
     }
 
-    fn apply_conf_change(&mut self, e: &Entry) -> Result<(), RaftLogError> {
+    /// Applies a conf change entry (v1 or v2) to raft and persists the new conf state. An
+    /// invalid one (undecodable, or refused by raft) is logged and skipped: `Ok(Err(why))`.
+    fn apply_conf_change(&mut self, e: &Entry) -> Result<Result<ConfState, String>, RaftLogError> {
         let result = if e.get_entry_type() == EntryType::EntryConfChange {
             ConfChange::parse_from_bytes(e.get_data())
                 .map_err(|err| err.to_string())
@@ -124,11 +136,14 @@ impl<M: StateMachine> Driver<M> {
         match result {
             Ok(cs) => {
                 tracing::info!(index = e.index, voters = ?cs.get_voters(), learners = ?cs.get_learners(), "applied a raft conf change");
-                self.node.mut_store().set_conf_state(cs)
+                let before = self.node.store().conf_state().clone();
+                self.node.mut_store().set_conf_state(cs.clone())?;
+                self.after_conf_change(&before, &cs);
+                Ok(Ok(cs))
             }
             Err(error) => {
                 tracing::error!(index = e.index, %error, "skipping an invalid raft conf change");
-                Ok(())
+                Ok(Err(error))
             }
         }
     }

@@ -88,10 +88,23 @@ impl Storage for RedbStorage {
         Ok(self.last())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.snap_meta.index < request_index {
-            self.snapshot_wanted
-                .fetch_max(request_index, Ordering::Relaxed);
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // raft drops a snapshot whose conf state does not name the recipient: a node added
+        // after the stored snapshot needs a newer one (the leader applied its addition).
+        let cs = self.snap_meta.get_conf_state();
+        let names_to = cs
+            .get_voters()
+            .iter()
+            .chain(cs.get_learners())
+            .chain(cs.get_voters_outgoing())
+            .any(|&id| id == to);
+        let wanted = if names_to {
+            request_index
+        } else {
+            request_index.max(self.snap_meta.index + 1)
+        };
+        if self.snap_meta.index < wanted {
+            self.snapshot_wanted.fetch_max(wanted, Ordering::Relaxed);
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
             ));

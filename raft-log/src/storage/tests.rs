@@ -64,7 +64,7 @@ fn bootstrap_writes_the_synthetic_snapshot() {
         s.entries(1, 2, None, ctx()),
         StorageError::Compacted
     ));
-    let snap = s.snapshot(1, 2).unwrap();
+    let snap = s.snapshot(1, 1).unwrap();
     assert_eq!(
         (snap.get_metadata().index, snap.get_metadata().term),
         (1, 1)
@@ -153,9 +153,15 @@ fn snapshot_compacts_and_survives_reopen() {
         StorageError::Compacted
     ));
     assert_eq!(s.entries(8, 11, None, ctx()).unwrap(), entries(8..=10, 2));
-    let snap = s.snapshot(7, 2).unwrap();
+    let snap = s.snapshot(7, 1).unwrap();
     assert_eq!(snap.get_metadata().index, 7);
     assert_eq!(snap.get_data(), b"image-7");
+    // A node added after the snapshot (raft would refuse it): a newer one is requested.
+    assert!(is_store_err(
+        s.snapshot(0, 2),
+        StorageError::SnapshotTemporarilyUnavailable
+    ));
+    assert_eq!(s.take_snapshot_request(), 8);
     // A follower needing a newer snapshot: temporarily unavailable, and the request is noted.
     assert!(is_store_err(
         s.snapshot(9, 2),
