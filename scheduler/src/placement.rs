@@ -303,63 +303,52 @@ impl<'a> Placer<'a> {
         (fc as f64 - req.cpu_milli as f64) / cpu + (fm as f64 - req.memory_bytes as f64) / mem
     }
 
-    /// Chooses a node for `req` and reserves it in this view: `(node, epoch, gpus)`.
+    /// Chooses a node for `req` and reserves it in this view: `(node, epoch, gpus)`. Scores at
+    /// most [`CANDIDATES`] feasible nodes, walking the free-CPU index from the tightest fit
+    /// (bin-pack) or the emptiest node (spread).
     pub fn choose(&mut self, req: &Resources) -> Option<(String, u64, Vec<String>)> {
-        let mut best: Option<(f64, usize, Vec<String>)> = None;
-        let mut seen = 0;
         let start = (req.cpu_milli as u64, 0, 0);
-        let candidates: Box<dyn Iterator<Item = &(u64, u64, usize)>> = match self.strategy {
+        let walk: Box<dyn Iterator<Item = &(u64, u64, usize)>> = match self.strategy {
             Strategy::BinPack => Box::new(self.by_cpu.range(start..)),
             Strategy::Spread => Box::new(self.by_cpu.range(start..).rev()),
         };
-        for &(_, mem, i) in candidates {
-            if mem < req.memory_bytes || self.credits[i] <= 0 {
-                continue;
-            }
-            let Ok(gpus) = fit(self.nodes[i], req, &self.extra[i]) else {
-                continue;
-            };
-            let s = self.score(i, req);
-            let better = match (&best, self.strategy) {
-                (None, _) => true,
-                (Some((b, ..)), Strategy::BinPack) => s < *b,
-                (Some((b, ..)), Strategy::Spread) => s > *b,
-            };
-            if better {
-                best = Some((s, i, gpus));
-            }
-            seen += 1;
-            if seen >= CANDIDATES {
-                break;
-            }
-        }
-        let (_, i, gpus) = best?;
-        self.take(i, req, &gpus);
-        let n = self.nodes[i];
-        Some((n.id.clone(), n.epoch, gpus))
+        let order: Vec<usize> = walk
+            .filter(|k| k.1 >= req.memory_bytes)
+            .map(|k| k.2)
+            .filter(|i| self.feasible(*i, req))
+            .take(CANDIDATES)
+            .collect();
+        self.best_of(order, req)
     }
 
     /// Reference: score every node (for measuring the index's packing against a full scan).
     pub fn choose_full_scan(&mut self, req: &Resources) -> Option<(String, u64, Vec<String>)> {
-        let mut best: Option<(f64, usize, Vec<String>)> = None;
-        for i in 0..self.nodes.len() {
-            if self.credits[i] <= 0 {
-                continue;
-            }
-            let Ok(gpus) = fit(self.nodes[i], req, &self.extra[i]) else {
-                continue;
-            };
-            let s = self.score(i, req);
-            let better = match (&best, self.strategy) {
-                (None, _) => true,
-                (Some((b, ..)), Strategy::BinPack) => s < *b,
-                (Some((b, ..)), Strategy::Spread) => s > *b,
-            };
-            if better {
-                best = Some((s, i, gpus));
-            }
-        }
-        let (_, i, gpus) = best?;
+        let order: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.feasible(*i, req))
+            .collect();
+        self.best_of(order, req)
+    }
+
+    fn feasible(&self, i: usize, req: &Resources) -> bool {
+        self.credits[i] > 0 && fit(self.nodes[i], req, &self.extra[i]).is_ok()
+    }
+
+    /// The best-scored of `candidates` (all feasible), reserved in this view.
+    fn best_of(
+        &mut self,
+        candidates: Vec<usize>,
+        req: &Resources,
+    ) -> Option<(String, u64, Vec<String>)> {
+        let score = |i: &usize| self.score(*i, req);
+        let i = match self.strategy {
+            Strategy::BinPack => candidates
+                .into_iter()
+                .min_by(|a, b| score(a).total_cmp(&score(b)))?,
+            Strategy::Spread => candidates
+                .into_iter()
+                .max_by(|a, b| score(a).total_cmp(&score(b)))?,
+        };
+        let gpus = fit(self.nodes[i], req, &self.extra[i]).ok()?;
         self.take(i, req, &gpus);
         let n = self.nodes[i];
         Some((n.id.clone(), n.epoch, gpus))

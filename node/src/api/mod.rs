@@ -2,6 +2,7 @@
 //! health. Reads come from the applied state (on a single voter this is linearizable: the
 //! leader applies before it answers); writes go through the Raft log and answer after commit.
 
+mod admin;
 mod forward;
 mod handlers;
 mod server;

@@ -3,6 +3,7 @@
 mod apply;
 mod dag;
 mod model;
+mod nodes;
 
 pub use dag::{backoff_ms, step_output};
 pub use model::*;

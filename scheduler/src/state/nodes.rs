@@ -1,0 +1,160 @@
+//! Apply, for nodes: registration (epochs), loss, drains and eviction, and requeueing what a
+//! node held as attempt + 1.
+
+use super::model::*;
+use crate::command::*;
+
+impl State {
+    pub(super) fn register_node(&mut self, info: NodeInfo, at: u64) -> Output {
+        let epoch = self
+            .sched
+            .nodes
+            .get(&info.node)
+            .map(|n| n.epoch + 1)
+            .unwrap_or(1);
+        // An operator's drain survives the node restarting.
+        let drain = self
+            .sched
+            .nodes
+            .get(&info.node)
+            .filter(|n| n.status == NodeStatus::Draining)
+            .map(|n| n.drain_deadline_ms);
+        self.sched.nodes.insert(
+            info.node.clone(),
+            Node {
+                id: info.node.clone(),
+                epoch,
+                status: NodeStatus::Up,
+                slots: info.slots.max(1),
+                queue: info.queue,
+                assigned: 0,
+                capacity: info.capacity,
+                reserved: info.reserved,
+                labels: info.labels,
+                used: Default::default(),
+                api: info.api,
+                raft_id: info.raft_id,
+                incarnation: info.incarnation,
+                drain_deadline_ms: drain.flatten(),
+            },
+        );
+        if drain.is_some()
+            && let Some(n) = self.sched.nodes.get_mut(&info.node)
+        {
+            n.status = NodeStatus::Draining;
+        }
+        // Attempts the node held in an earlier epoch are lost: run them again as attempt + 1.
+        self.requeue_node(
+            &info.node,
+            at,
+            &format!("node {} restarted (epoch {epoch})", info.node),
+        );
+        Output::Done
+    }
+
+    pub(super) fn node_lost(&mut self, node: &str, epoch: u64, at: u64) -> Output {
+        match self.sched.nodes.get_mut(node) {
+            Some(n) if n.epoch == epoch && n.status != NodeStatus::Down => {
+                n.status = NodeStatus::Down;
+                n.assigned = 0;
+                n.used = Default::default();
+            }
+            Some(_) => {
+                return Output::Rejected(format!(
+                    "node {node} is not at epoch {epoch} or is already down"
+                ));
+            }
+            None => return Output::Rejected(format!("no node {node}")),
+        }
+        self.requeue_node(
+            node,
+            at,
+            &format!("node {node} lost (no lease renewal, epoch {epoch})"),
+        );
+        Output::Done
+    }
+
+    pub(super) fn evict(&mut self, node: &str, at: u64) -> Output {
+        let Some(n) = self.sched.nodes.get(node) else {
+            return Output::Rejected(format!("no node {node}"));
+        };
+        if n.status != NodeStatus::Draining || n.drain_deadline_ms.is_none_or(|d| d > at) {
+            return Output::Rejected(format!("node {node} has no drain deadline that passed"));
+        }
+        // Stop what runs there, then requeue it elsewhere.
+        for wf in self.workflows.values().filter(|w| !w.status.is_terminal()) {
+            for (i, run) in wf.steps.iter().enumerate() {
+                for (item, task) in &run.tasks {
+                    if task.state.placement().is_some_and(|(p, _)| p == node) {
+                        let r = TaskRef {
+                            wf: wf.id,
+                            step: i as u16,
+                            item: *item,
+                        };
+                        self.sched.effects.push(Effect::Kill {
+                            task: r,
+                            attempt: task.attempt,
+                            node: node.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        self.requeue_node(node, at, &format!("node {node} drained past its deadline"));
+        if let Some(n) = self.sched.nodes.get_mut(node) {
+            n.assigned = 0;
+            n.used = Default::default();
+            n.drain_deadline_ms = None;
+        }
+        Output::Done
+    }
+
+    /// Requeues every attempt placed on `node` as attempt + 1 (not counted as a failure).
+    fn requeue_node(&mut self, node: &str, at: u64, why: &str) {
+        for wf in self
+            .workflows
+            .values_mut()
+            .filter(|w| !w.status.is_terminal())
+        {
+            let mut lost = 0;
+            for (i, run) in wf.steps.iter_mut().enumerate() {
+                for (item, task) in run.tasks.iter_mut() {
+                    if task.state.placement().is_some_and(|(n, _)| n == node) {
+                        task.attempt += 1;
+                        task.state = TaskState::Queued;
+                        lost += 1;
+                        if !wf.paused {
+                            self.sched.queue.insert(TaskRef {
+                                wf: wf.id,
+                                step: i as u16,
+                                item: *item,
+                            });
+                        }
+                    }
+                }
+            }
+            if lost > 0 {
+                wf.log(
+                    at,
+                    format!("{why}: {lost} attempt(s) requeued as attempt + 1"),
+                );
+                self.sched.effects.push(Effect::Changed(wf.id));
+            }
+        }
+    }
+
+    /// The RunSpec of an attempt that is placed and live (to send it again after a lost delivery).
+    pub fn run_spec_of(&self, task: TaskRef, attempt: u32) -> Option<RunSpec> {
+        let wf = self.workflows.get(&task.wf)?;
+        let t = wf.steps.get(task.step as usize)?.tasks.get(&task.item)?;
+        let (node, gpus) = t.state.placement()?;
+        let epoch = match &t.state {
+            TaskState::Assigned { epoch, .. } | TaskState::Running { epoch, .. } => *epoch,
+            _ => return None,
+        };
+        if t.attempt != attempt {
+            return None;
+        }
+        Sched::run_spec(wf, task, attempt, node, epoch, gpus).ok()
+    }
+}
