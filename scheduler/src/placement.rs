@@ -339,15 +339,19 @@ impl<'a> Placer<'a> {
         candidates: Vec<usize>,
         req: &Resources,
     ) -> Option<(String, u64, Vec<String>)> {
-        let score = |i: &usize| self.score(*i, req);
-        let i = match self.strategy {
-            Strategy::BinPack => candidates
-                .into_iter()
-                .min_by(|a, b| score(a).total_cmp(&score(b)))?,
-            Strategy::Spread => candidates
-                .into_iter()
-                .max_by(|a, b| score(a).total_cmp(&score(b)))?,
-        };
+        let mut best: Option<(f64, usize)> = None;
+        for i in candidates {
+            let s = self.score(i, req);
+            let better = match (best, self.strategy) {
+                (None, _) => true,
+                (Some((b, _)), Strategy::BinPack) => s < b,
+                (Some((b, _)), Strategy::Spread) => s > b,
+            };
+            if better {
+                best = Some((s, i));
+            }
+        }
+        let (_, i) = best?;
         let gpus = fit(self.nodes[i], req, &self.extra[i]).ok()?;
         self.take(i, req, &gpus);
         let n = self.nodes[i];
