@@ -128,8 +128,26 @@ impl Actor for Dispatcher {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             DispatchMsg::Run(specs) => {
-                st.queue
-                    .extend(specs.into_iter().filter(|s| s.epoch == st.epoch));
+                // Only this node's live epoch, never while fenced; a run sent again
+                // (reconciliation, a second leader) for an attempt this node holds or just
+                // finished is a no-op.
+                let mut known: HashSet<AttemptRef> = st.busy.iter().flatten().copied().collect();
+                known.extend(st.queue.iter().map(|q| AttemptRef {
+                    task: q.task,
+                    attempt: q.attempt,
+                    epoch: q.epoch,
+                }));
+                known.extend(st.recent.iter().map(|(_, r)| r.at));
+                for s in specs {
+                    let at = AttemptRef {
+                        task: s.task,
+                        attempt: s.attempt,
+                        epoch: s.epoch,
+                    };
+                    if !st.fenced && s.epoch == st.epoch && known.insert(at) {
+                        st.queue.push_back(s);
+                    }
+                }
                 st.pump();
             }
             DispatchMsg::Kill(kills) => {

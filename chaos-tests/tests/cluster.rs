@@ -58,7 +58,15 @@ fn scenario(fault: Fault, net: u8) {
     assert_eq!(done["status"], "succeeded", "{fault:?}: {done}");
     assert_eq!(step(&done, "work")["succeeded"], 2000);
     // Exactly one accepted result per task: the replicated counter saw 2,000 successes, not more.
-    let (_, health) = cluster.any().get("/v1/health");
+    // (Health is answered locally: a follower may apply the last entries a moment later.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let health = loop {
+        let (_, h) = cluster.any().get("/v1/health");
+        if h["stats"]["tasks_succeeded"] == 2000 || Instant::now() > deadline {
+            break h;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(
         health["stats"]["tasks_succeeded"], 2000,
         "{fault:?}: {health}"

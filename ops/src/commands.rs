@@ -332,10 +332,13 @@ pub(crate) fn client_command(api: &str, as_json: bool, cmd: Cmd) -> anyhow::Resu
             if as_json {
                 print_json(&v);
             } else {
-                println!(
-                    "voters {}  learners {}  leader {}",
-                    v["voters"], v["learners"], v["leader_id"]
-                );
+                match v.get("leader_id") {
+                    Some(leader) => println!(
+                        "voters {}  learners {}  leader {leader}",
+                        v["voters"], v["learners"]
+                    ),
+                    None => println!("voters now {}", v["voters"]),
+                }
             }
             Ok(())
         }
