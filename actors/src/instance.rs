@@ -62,17 +62,18 @@ impl InstanceState {
             .unwrap_or(0)
     }
 
-    /// (steps finished, workflow finished), from the applied state.
-    fn progress(&self) -> (usize, bool) {
+    /// (steps finished, workflow finished, this node owns it), from the applied state.
+    fn progress(&self) -> (usize, bool, bool) {
         let Ok(m) = self.args.state.read() else {
-            return (0, false);
+            return (0, false, false);
         };
         match m.state.workflows.get(&self.args.id) {
             Some(wf) => (
                 wf.steps.iter().filter(|s| s.status.is_terminal()).count(),
                 wf.status.is_terminal(),
+                wf.owner.as_deref() == Some(self.args.node.as_str()),
             ),
-            None => (0, true),
+            None => (0, true, false),
         }
     }
 }
@@ -123,11 +124,19 @@ impl Actor for WorkflowInstance {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             InstanceMsg::Changed | InstanceMsg::Finished => {
-                let (steps_done, finished) = st.progress();
-                // Every server keeps an instance (the state is replicated); only the leader's records
-                // checkpoints, so there is one writer.
-                if steps_done > st.steps_seen && st.args.engine.status().is_leader {
-                    // After a failover this instance's count may lag the state's.
+                let (steps_done, finished, owned) = st.progress();
+                if !owned && !finished {
+                    // The workflow moved to another server (this one was declared lost): its
+                    // instance lives there now.
+                    st.waiters.clear();
+                    me.stop(Some(
+                        "the workflow's instance moved to another server".into(),
+                    ));
+                    return Ok(());
+                }
+                // Only the owner's instance records checkpoints: one writer.
+                if steps_done > st.steps_seen && owned {
+                    // After a move this instance's count may lag the state's.
                     st.seq = st.seq.max(st.recorded_seq()) + 1;
                     st.steps_seen = steps_done;
                     let cmd = Command::Checkpoint {

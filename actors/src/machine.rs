@@ -143,7 +143,8 @@ fn route(node: &str, epoch: u64, is_leader: bool, effects: Vec<Effect>, sink: &m
                 attempt,
                 node: n,
             } if is_leader => kills.push((n, task, attempt)),
-            Effect::Created(id) => created.push(id),
+            // Each workflow's instance runs on its owner only.
+            Effect::Owned { wf, owner } if owner == node => created.push(wf),
             Effect::Changed(id) => {
                 changed.insert(id);
             }

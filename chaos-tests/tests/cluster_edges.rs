@@ -85,3 +85,59 @@ fn a_100k_item_map_completes_with_bounded_memory() {
     assert!(peak < 200.0, "peak RSS {peak:.1} MB");
     eprintln!("100k map: peak RSS {peak:.1} MB");
 }
+
+#[test]
+fn a_workflow_instance_moves_when_its_server_dies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(tmp.path(), 35, 3, 0, &[]);
+    let id = cluster.any().submit(
+        "name = \"moving\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\n[[step]]\nid = \"b\"\nneeds = [\"a\"]\nhandler = \"sleep\"\nwith = { duration = \"4s\" }\n[[step]]\nid = \"c\"\nneeds = [\"b\"]\nhandler = \"noop\"\n",
+    );
+    let v = cluster
+        .any()
+        .wait_until(&id, Duration::from_secs(20), "step a checkpointed", |v| {
+            v["checkpoint"]["seq"].as_u64().unwrap_or(0) >= 1
+        });
+    let owner = v["owner"].as_str().expect("an owner").to_string();
+    assert_eq!(
+        v["checkpoint"]["owner"],
+        owner.as_str(),
+        "the owner's instance records checkpoints"
+    );
+    let k = (0..3)
+        .find(|&i| cluster.servers[i].get("/v1/health").1["node"] == owner.as_str())
+        .expect("owner is a server");
+    cluster.servers[k].kill9();
+    let done = cluster.any().wait(&id, Duration::from_secs(60));
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let new_owner = done["owner"].as_str().unwrap_or("").to_string();
+    assert_ne!(new_owner, owner, "the instance moved");
+    let history: Vec<String> = done["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["what"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        history.iter().any(|h| h.contains(&format!(
+            "instance moved from {owner} to {new_owner} (rebuilds from checkpoint"
+        ))),
+        "{history:?}"
+    );
+    // The new owner carried on from the checkpoint: later checkpoints are its, with higher numbers.
+    assert_eq!(done["checkpoint"]["owner"], new_owner.as_str());
+    assert!(
+        done["checkpoint"]["seq"].as_u64().unwrap() >= 2,
+        "{}",
+        done["checkpoint"]
+    );
+    // Finished steps did not run again.
+    assert_eq!(
+        history
+            .iter()
+            .filter(|h| h.starts_with("step a started"))
+            .count(),
+        1,
+        "{history:?}"
+    );
+}

@@ -328,13 +328,15 @@ fn instances_spec(ctx: &Ctx) -> ChildSpec {
             if let Ok(mut s) = slot.lock() {
                 *s = Some((engine.clone(), state.clone()));
             }
-            // Rebuild: one instance per workflow that is still running.
+            // Rebuild: one instance per running workflow this server owns.
             let running: Vec<u64> = {
                 let m = state.read().map_err(spawn_err)?;
                 m.state
                     .workflows
                     .values()
-                    .filter(|w| !w.status.is_terminal())
+                    .filter(|w| {
+                        !w.status.is_terminal() && w.owner.as_deref() == Some(node.as_str())
+                    })
                     .map(|w| w.id)
                     .collect()
             };

@@ -142,7 +142,12 @@ pub enum Effect {
         attempt: u32,
         node: String,
     },
-    Created(WorkflowId),
+    /// The workflow's instance actor runs on this node (submitted, moved after a node loss, or
+    /// revived by retry / redrive).
+    Owned {
+        wf: WorkflowId,
+        owner: String,
+    },
     Changed(WorkflowId),
     Finished(WorkflowId),
 }

@@ -46,6 +46,8 @@ pub struct WorkflowDetail {
     pub deadline_ms: Option<u64>,
     pub step_runs: Vec<StepView>,
     pub checkpoint: Option<Checkpoint>,
+    /// The server whose instance actor owns the workflow.
+    pub owner: Option<String>,
     pub history: Vec<Event>,
 }
 
@@ -122,6 +124,7 @@ pub fn detail(wf: &Workflow) -> WorkflowDetail {
         deadline_ms: wf.deadline_ms,
         step_runs,
         checkpoint: wf.checkpoint.clone(),
+        owner: wf.owner.clone(),
         history: wf.history.clone(),
     }
 }

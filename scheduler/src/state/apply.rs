@@ -163,6 +163,7 @@ impl State {
             deadline_ms,
             steps,
             checkpoint: None,
+            owner: self.pick_owner(None),
             history: Vec::new(),
             history_dropped: 0,
             spec: sub.spec,
@@ -174,7 +175,10 @@ impl State {
         if let Some(key) = sub.idempotency_key {
             self.idempotency.insert(key, (id, sub.digest));
         }
-        self.sched.effects.push(Effect::Created(id));
+        if let Some(owner) = wf.owner.clone() {
+            wf.log(at, format!("instance on {owner}"));
+            self.sched.effects.push(Effect::Owned { wf: id, owner });
+        }
         self.sched.advance(&mut wf, at);
         self.workflows.insert(id, wf);
         Output::Submitted { id, created: true }
@@ -385,7 +389,9 @@ impl State {
             wf.finished_ms = None;
             wf.reason = None;
             // The workflow runs again: its instance (waiters, checkpoints) starts again too.
-            self.sched.effects.push(Effect::Created(wf.id));
+            if let Some(owner) = wf.owner.clone() {
+                self.sched.effects.push(Effect::Owned { wf: wf.id, owner });
+            }
         }
         if !wf.paused {
             self.sched.queue.insert(entry.task);
@@ -497,7 +503,9 @@ impl Sched {
                 reset.join(", ")
             ),
         );
-        self.effects.push(Effect::Created(wf.id));
+        if let Some(owner) = wf.owner.clone() {
+            self.effects.push(Effect::Owned { wf: wf.id, owner });
+        }
         self.advance(wf, at);
         Output::Done
     }

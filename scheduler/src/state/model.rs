@@ -260,6 +260,9 @@ pub struct Workflow {
     pub deadline_ms: Option<u64>,
     pub steps: Vec<StepRun>,
     pub checkpoint: Option<Checkpoint>,
+    /// The server whose WorkflowInstance actor owns this workflow (records its checkpoints);
+    /// moved to another server when that node is lost.
+    pub owner: Option<String>,
     pub history: Vec<Event>,
     /// Events dropped from the front of `history` (it is bounded).
     pub history_dropped: u64,

@@ -49,7 +49,67 @@ impl State {
             at,
             &format!("node {} restarted (epoch {epoch})", info.node),
         );
+        // A server (re)joining adopts instances that have no live owner.
+        self.place_instances(at);
         Output::Done
+    }
+
+    /// The server to own a workflow's instance: an up server (a node with a Raft id) owning the
+    /// fewest running workflows (ties: the smallest id). `None` while no server is registered.
+    pub(super) fn pick_owner(&self, exclude: Option<&str>) -> Option<String> {
+        let mut load: std::collections::BTreeMap<&str, usize> = self
+            .sched
+            .nodes
+            .values()
+            .filter(|n| {
+                n.raft_id != 0 && n.status == NodeStatus::Up && Some(n.id.as_str()) != exclude
+            })
+            .map(|n| (n.id.as_str(), 0))
+            .collect();
+        for wf in self.workflows.values().filter(|w| !w.status.is_terminal()) {
+            if let Some(c) = wf.owner.as_deref().and_then(|o| load.get_mut(o)) {
+                *c += 1;
+            }
+        }
+        load.into_iter()
+            .min_by_key(|(id, n)| (*n, *id))
+            .map(|(id, _)| id.to_string())
+    }
+
+    /// Gives every running workflow whose instance has no live owner (never placed, or its
+    /// server is down) a new owner; the new owner's instance rebuilds from the last checkpoint.
+    pub(super) fn place_instances(&mut self, at: u64) {
+        let orphans: Vec<WorkflowId> = self
+            .workflows
+            .values()
+            .filter(|w| !w.status.is_terminal())
+            .filter(|w| match w.owner.as_deref() {
+                None => true,
+                Some(o) => self
+                    .sched
+                    .nodes
+                    .get(o)
+                    .is_none_or(|n| n.status == NodeStatus::Down),
+            })
+            .map(|w| w.id)
+            .collect();
+        for id in orphans {
+            let Some(to) = self.pick_owner(None) else {
+                return;
+            };
+            let Some(wf) = self.workflows.get_mut(&id) else {
+                continue;
+            };
+            let seq = wf.checkpoint.as_ref().map(|c| c.seq).unwrap_or(0);
+            let line = match wf.owner.replace(to.clone()) {
+                Some(from) => {
+                    format!("instance moved from {from} to {to} (rebuilds from checkpoint {seq})")
+                }
+                None => format!("instance on {to}"),
+            };
+            wf.log(at, line);
+            self.sched.effects.push(Effect::Owned { wf: id, owner: to });
+        }
     }
 
     pub(super) fn node_lost(&mut self, node: &str, epoch: u64, at: u64) -> Output {
@@ -71,6 +131,7 @@ impl State {
             at,
             &format!("node {node} lost (no lease renewal, epoch {epoch})"),
         );
+        self.place_instances(at);
         Output::Done
     }
 
