@@ -239,10 +239,7 @@ struct ListQuery {
 
 async fn list(State(app): State<AppState>, Query(q): Query<ListQuery>) -> Res {
     linearize(&app).await?;
-    let m = app
-        .state
-        .read()
-        .map_err(|_| ApiError::bad("state lock poisoned"))?;
+    let m = read(&app)?;
     let items: Vec<_> = m
         .state
         .workflows
@@ -272,16 +269,31 @@ async fn detail(
         let ms = troupe_scheduler::units::parse_duration_ms(&w).map_err(ApiError::bad)?;
         wait_finished(&app, id, Duration::from_millis(ms.min(600_000))).await;
     }
-    let m = app
-        .state
-        .read()
-        .map_err(|_| ApiError::bad("state lock poisoned"))?;
-    let wf = m
-        .state
+    let m = read(&app)?;
+    let wf = workflow(&m, id)?;
+    ok(serde_json::to_value(views::detail(wf)).unwrap_or_default())
+}
+
+/// The applied state, for reading.
+fn read(
+    app: &AppState,
+) -> Result<std::sync::RwLockReadGuard<'_, troupe_actors::machine::Machine>, ApiError> {
+    app.state.read().map_err(|_| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "state lock poisoned".into(),
+        )
+    })
+}
+
+fn workflow(
+    m: &troupe_actors::machine::Machine,
+    id: WorkflowId,
+) -> Result<&troupe_scheduler::state::Workflow, ApiError> {
+    m.state
         .workflows
         .get(&id)
-        .ok_or_else(|| ApiError::not_found(format!("no workflow {}", wf_name(id))))?;
-    ok(serde_json::to_value(views::detail(wf)).unwrap_or_default())
+        .ok_or_else(|| ApiError::not_found(format!("no workflow {}", wf_name(id))))
 }
 
 fn is_finished(app: &AppState, id: WorkflowId) -> bool {
@@ -337,15 +349,8 @@ async fn control(State(app): State<AppState>, Path((id, action)): Path<(String, 
 async fn output(State(app): State<AppState>, Path((id, step)): Path<(String, String)>) -> Res {
     linearize(&app).await?;
     let id = wf_id(&id)?;
-    let m = app
-        .state
-        .read()
-        .map_err(|_| ApiError::bad("state lock poisoned"))?;
-    let wf = m
-        .state
-        .workflows
-        .get(&id)
-        .ok_or_else(|| ApiError::not_found(format!("no workflow {}", wf_name(id))))?;
+    let m = read(&app)?;
+    let wf = workflow(&m, id)?;
     let i = wf
         .spec
         .step_index(&step)
@@ -369,15 +374,8 @@ async fn logs(
     let id = wf_id(&id)?;
     let item = q.item.unwrap_or(0);
     let attempt = {
-        let m = app
-            .state
-            .read()
-            .map_err(|_| ApiError::bad("state lock poisoned"))?;
-        let wf = m
-            .state
-            .workflows
-            .get(&id)
-            .ok_or_else(|| ApiError::not_found(format!("no workflow {}", wf_name(id))))?;
+        let m = read(&app)?;
+        let wf = workflow(&m, id)?;
         let i = wf.spec.step_index(&q.step).ok_or_else(|| {
             ApiError::not_found(format!("{} has no step {:?}", wf_name(id), q.step))
         })?;
@@ -436,10 +434,7 @@ async fn logs(
 
 async fn dlq(State(app): State<AppState>) -> Res {
     linearize(&app).await?;
-    let m = app
-        .state
-        .read()
-        .map_err(|_| ApiError::bad("state lock poisoned"))?;
+    let m = read(&app)?;
     let items: Vec<_> = m.state.sched.dlq.values().map(views::dead_letter).collect();
     ok(json!({ "dead_letters": items }))
 }
