@@ -168,6 +168,12 @@ impl Actor for Dispatcher {
                     st.busy[runner] = None;
                     st.idle.push(runner);
                 }
+                if st.fenced || report.at.epoch != st.epoch {
+                    // Stopped by a fence (or from before it): registering again requeues these
+                    // attempts as attempt + 1; reporting them would count them as failures.
+                    st.pump();
+                    return Ok(());
+                }
                 st.recent
                     .push_back((std::time::Instant::now(), report.clone()));
                 if st.recent.len() > RECENT_MAX {

@@ -43,7 +43,10 @@ impl Upstream for LocalUpstream {
             let mut sent_at = None;
             loop {
                 let now = tokio::time::Instant::now();
-                if sent_at.is_none_or(|t: tokio::time::Instant| now - t > Duration::from_secs(2)) {
+                // Proposed once: a second registration would bump the epoch past the one this
+                // dispatcher adopts. If it is lost, the timeout below fails the dispatcher, whose
+                // restart registers again.
+                if sent_at.is_none() {
                     match engine.propose_nowait(vec![Command::RegisterNode(info.clone())]) {
                         Ok(()) => sent_at = Some(now),
                         Err(e) => tracing::debug!(%e, "registration not proposed yet"),

@@ -290,6 +290,7 @@ fn peer_spec(ctx: &Ctx) -> ChildSpec {
         async move {
             let engine = if server { Some(raft().await?.0) } else { None };
             let args = PeerArgs {
+                leading: None,
                 node,
                 raft_id,
                 engine,

@@ -46,6 +46,11 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
         };
         total = total.saturating_add((number * factor).round() as u64);
     }
+    // Nothing a workflow does takes 100 years; a larger value is a typo, not a plan.
+    const MAX_MS: u64 = 100 * 365 * 86_400_000;
+    if total > MAX_MS {
+        return Err(format!("duration {text:?} is longer than 100 years"));
+    }
     Ok(total)
 }
 

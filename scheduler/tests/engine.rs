@@ -425,3 +425,32 @@ fn a_lost_or_refused_placement_is_planned_again() {
     );
     assert_eq!(again, first);
 }
+
+#[test]
+fn retry_drops_the_dead_letters_of_the_steps_it_runs_again() {
+    let mut sim = Sim::new(4);
+    let id = sim.submit_toml(
+        "name = \"d\"\n[[step]]\nid = \"a\"\nhandler = \"echo\"\nmap = { items = [1, 2, 3] }\non_failure = \"dead-letter\"\n[[step]]\nid = \"b\"\nneeds = [\"a\"]\nhandler = \"fail\"\nwith = { attempts = 1 }\n",
+    );
+    let fail_two = |r: &RunSpec| match (r.step_id.as_str(), r.item.as_ref().map(|i| i.0.as_str())) {
+        ("a", Some("2")) | ("b", _) => Outcome::Failed { error: "no".into() },
+        _ => Outcome::Succeeded { output: None },
+    };
+    sim.run(&fail_two);
+    assert_eq!(sim.wf(id).status, WfStatus::Failed);
+    let dlq = *sim.state.sched.dlq.keys().next().unwrap();
+    // b failed; a (done, with one dead letter) is not reset, so its dead letter stays.
+    assert_eq!(sim.apply(Command::Retry(id)), Output::Done);
+    assert!(sim.state.sched.dlq.contains_key(&dlq));
+    sim.run(&builtin);
+    assert_eq!(sim.wf(id).status, WfStatus::Degraded);
+    // Redrive now runs item 1 of a once more; a second redrive of the same entry is refused.
+    assert_eq!(sim.apply(Command::Redrive(dlq)), Output::Done);
+    assert!(matches!(
+        sim.apply(Command::Redrive(dlq)),
+        Output::Rejected(_)
+    ));
+    sim.run(&builtin);
+    assert_eq!(sim.wf(id).status, WfStatus::Succeeded);
+    assert_eq!(sim.wf(id).steps[0].succeeded, 3);
+}

@@ -98,6 +98,8 @@ impl Actor for LeaseKeeper {
             return Ok(());
         }
         let payload = encode(&held);
+        // A renewal counts from when it was sent (the leader's lease starts when it handles it).
+        let sent = Instant::now();
         let servers = pg::get_members(&SERVERS_GROUP.to_string());
         let timeout = st.args.renew.min(Duration::from_millis(400));
         let calls = servers.into_iter().map(|cell| {
@@ -137,7 +139,7 @@ impl Actor for LeaseKeeper {
                 *api = reply.leader_api.clone();
             }
             if reply.up && reply.epoch == held.epoch {
-                st.renewed = Instant::now();
+                st.renewed = sent;
             } else if reply.epoch >= held.epoch {
                 // The leader declared this node lost (or it re-registered elsewhere): fence.
                 tracing::warn!(

@@ -25,7 +25,13 @@ pub struct PeerArgs {
     pub raft_id: u64,
     pub engine: Option<EngineHandle<Machine>>,
     pub leases: Arc<LeaseTable>,
+    /// The term this server became leader in, and when it noticed (set by the actor).
+    pub leading: Option<(u64, std::time::Instant)>,
 }
+
+/// A new leader may not have applied what the old one committed: for this long it only sends
+/// runs again (harmless), it does not kill or fail attempts it does not know yet.
+const SETTLE_MS: u64 = 3_000;
 
 /// Attempts assigned longer ago than this and not held by their node are sent again.
 const RESEND_AFTER_MS: u64 = 1_000;
@@ -86,7 +92,23 @@ impl Actor for PeerActor {
             }
             PeerMsg::Renew(bytes, reply) => {
                 let answer = match (&st.engine, held_of(&bytes)) {
-                    (Some(engine), Some(held)) => renew(engine, &st.leases, held),
+                    (Some(engine), Some(held)) => {
+                        let status = engine.status();
+                        let settled = if status.is_leader {
+                            let since = match st.leading {
+                                Some((term, since)) if term == status.term => since,
+                                _ => {
+                                    st.leading
+                                        .insert((status.term, std::time::Instant::now()))
+                                        .1
+                                }
+                            };
+                            since.elapsed() >= std::time::Duration::from_millis(SETTLE_MS)
+                        } else {
+                            false
+                        };
+                        renew(engine, &st.leases, held, settled)
+                    }
                     _ => RenewReply::default(),
                 };
                 let _ = reply.send(encode(&answer));
@@ -100,6 +122,7 @@ fn renew(
     engine: &EngineHandle<Machine>,
     leases: &LeaseTable,
     held: troupe_actors::dispatcher::Held,
+    settled: bool,
 ) -> RenewReply {
     let status = engine.status();
     let state = engine.state();
@@ -180,7 +203,7 @@ fn renew(
                     if let Some(spec) = m.state.run_spec_of(r, task.attempt) {
                         resend.push(spec);
                     }
-                } else if !assigned && age > VANISHED_AFTER_MS {
+                } else if settled && !assigned && age > VANISHED_AFTER_MS {
                     // It started, the node no longer has it and its report is gone: fail it (retried).
                     let at = AttemptRef {
                         task: r,
@@ -203,7 +226,7 @@ fn renew(
     let stale: Vec<(troupe_scheduler::TaskRef, u32)> = held
         .attempts
         .iter()
-        .filter(|a| !is_live(&m.state, a))
+        .filter(|a| settled && !is_live(&m.state, a))
         .map(|a| (a.task, a.attempt))
         .collect();
     drop(m);

@@ -32,7 +32,9 @@ impl State {
                     } else {
                         NodeStatus::Up
                     };
-                    n.drain_deadline_ms = deadline_ms.filter(|_| draining).map(|d| at + d);
+                    n.drain_deadline_ms = deadline_ms
+                        .filter(|_| draining)
+                        .map(|d| at.saturating_add(d));
                     Output::Done
                 }
                 Some(_) => Output::Rejected(format!("node {node} is down")),
@@ -149,7 +151,7 @@ impl State {
         }
         self.next_workflow += 1;
         let id = self.next_workflow;
-        let deadline_ms = sub.spec.timeout_ms.map(|t| at + t);
+        let deadline_ms = sub.spec.timeout_ms.map(|t| at.saturating_add(t));
         let steps = sub.spec.steps.iter().map(|_| StepRun::new()).collect();
         let mut wf = Workflow {
             id,
@@ -369,9 +371,17 @@ impl State {
                 wf.name()
             ));
         }
-        self.sched.dlq.remove(&id);
         let i = entry.task.step as usize;
         let run = &mut wf.steps[i];
+        if run.done.contains(entry.task.item) || run.tasks.contains_key(&entry.task.item) {
+            // A retry of the workflow ran it again already (or runs it now).
+            self.sched.dlq.remove(&id);
+            return Output::Rejected(format!(
+                "dead letter {id} is stale: item {} of step {} already ran again; it was removed",
+                entry.task.item, entry.step_id
+            ));
+        }
+        self.sched.dlq.remove(&id);
         run.dead_lettered = run.dead_lettered.saturating_sub(1);
         run.tasks.insert(
             entry.task.item,
@@ -485,14 +495,26 @@ impl Sched {
                 run.failed = 0;
                 run.finished_ms = None;
                 run.attempt_floor = run.max_attempt;
+                // Its dead-lettered items run again with the step: their entries go.
+                run.dead_lettered = 0;
                 reset.push(spec.id.clone());
             }
         }
+        let reset_steps: Vec<u16> = wf
+            .spec
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(_, st)| reset.contains(&st.id))
+            .map(|(i, _)| i as u16)
+            .collect();
+        self.dlq
+            .retain(|_, d| !(d.task.wf == wf.id && reset_steps.contains(&d.task.step)));
         wf.status = WfStatus::Running;
         wf.reason = None;
         wf.finished_ms = None;
         wf.paused = false;
-        wf.deadline_ms = wf.spec.timeout_ms.map(|t| at + t);
+        wf.deadline_ms = wf.spec.timeout_ms.map(|t| at.saturating_add(t));
         if let Some(d) = wf.deadline_ms {
             self.deadlines.insert((d, wf.id));
         }

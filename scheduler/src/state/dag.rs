@@ -378,19 +378,15 @@ impl Sched {
         task.last_error = Some(error.clone());
         let id = wf.spec.steps[i].id.clone();
         if task.failures < policy.attempts {
-            let due = at
-                + backoff_ms(
-                    &policy,
-                    task.failures,
-                    &[r.wf, r.step as u64, r.item as u64, task.attempt as u64],
-                );
+            let seed = [r.wf, r.step as u64, r.item as u64, task.attempt as u64];
+            let due = at.saturating_add(backoff_ms(&policy, task.failures, &seed));
             wf.log(
                 at,
                 format!(
                     "step {id} item {} attempt {} failed: {error}; retry at +{}ms",
                     r.item,
                     task.attempt,
-                    due - at
+                    due.saturating_sub(at)
                 ),
             );
             task.attempt += 1;
