@@ -192,7 +192,10 @@ impl Actor for Dispatcher {
                     let outcome = Outcome::Failed {
                         error: "the task runner crashed while running this attempt".into(),
                     };
-                    st.finished.push(Report { at: lost, outcome });
+                    let report = Report { at: lost, outcome };
+                    st.recent
+                        .push_back((std::time::Instant::now(), report.clone()));
+                    st.finished.push(report);
                 }
                 st.idle.retain(|&i| i != runner);
                 st.runners[runner] = Some(actor);

@@ -51,6 +51,8 @@ impl Planner {
     }
 
     pub fn plan(&mut self, state: &State, now_ms: u64) -> Vec<Command> {
+        // The state's time never goes back (apply keeps it monotonic); plan on the same clock.
+        let now_ms = now_ms.max(state.sched.stats.last_at_ms);
         self.prune(state, now_ms);
         let mut out = Vec::new();
         let assignments = self.place(state, now_ms);
