@@ -79,6 +79,8 @@ pub struct DispatchState {
     live_epoch: Arc<AtomicU64>,
     fenced: bool,
     recent: VecDeque<(std::time::Instant, Report)>,
+    /// The attempts in `recent`, for O(1) duplicate checks on the hot path.
+    recent_keys: HashSet<AttemptRef>,
     epoch: u64,
     queue: VecDeque<RunSpec>,
     runners: Vec<Option<ActorRef<RunnerMsg>>>,
@@ -109,6 +111,7 @@ impl Actor for Dispatcher {
             live_epoch: args.live_epoch,
             fenced: false,
             recent: VecDeque::new(),
+            recent_keys: HashSet::new(),
             epoch,
             queue: VecDeque::new(),
             runners: Vec::new(),
@@ -137,14 +140,17 @@ impl Actor for Dispatcher {
                     attempt: q.attempt,
                     epoch: q.epoch,
                 }));
-                known.extend(st.recent.iter().map(|(_, r)| r.at));
                 for s in specs {
                     let at = AttemptRef {
                         task: s.task,
                         attempt: s.attempt,
                         epoch: s.epoch,
                     };
-                    if !st.fenced && s.epoch == st.epoch && known.insert(at) {
+                    if !st.fenced
+                        && s.epoch == st.epoch
+                        && !st.recent_keys.contains(&at)
+                        && known.insert(at)
+                    {
                         st.queue.push_back(s);
                     }
                 }
@@ -174,11 +180,7 @@ impl Actor for Dispatcher {
                     st.pump();
                     return Ok(());
                 }
-                st.recent
-                    .push_back((std::time::Instant::now(), report.clone()));
-                if st.recent.len() > RECENT_MAX {
-                    st.recent.pop_front();
-                }
+                st.remember(&report);
                 st.finished.push(report);
                 st.pump();
             }
@@ -193,8 +195,7 @@ impl Actor for Dispatcher {
                         error: "the task runner crashed while running this attempt".into(),
                     };
                     let report = Report { at: lost, outcome };
-                    st.recent
-                        .push_back((std::time::Instant::now(), report.clone()));
+                    st.remember(&report);
                     st.finished.push(report);
                 }
                 st.idle.retain(|&i| i != runner);
@@ -210,7 +211,9 @@ impl Actor for Dispatcher {
             DispatchMsg::Held(reply) => {
                 let horizon = std::time::Instant::now() - RECENT_FOR;
                 while st.recent.front().is_some_and(|(t, _)| *t < horizon) {
-                    st.recent.pop_front();
+                    if let Some((_, r)) = st.recent.pop_front() {
+                        st.recent_keys.remove(&r.at);
+                    }
                 }
                 let mut attempts: Vec<AttemptRef> = st.busy.iter().flatten().copied().collect();
                 attempts.extend(st.queue.iter().map(|s| AttemptRef {
@@ -284,6 +287,18 @@ impl Actor for Dispatcher {
 }
 
 impl DispatchState {
+    /// Keeps a finished report for re-sending with renewals (bounded by count and age).
+    fn remember(&mut self, report: &Report) {
+        self.recent
+            .push_back((std::time::Instant::now(), report.clone()));
+        self.recent_keys.insert(report.at);
+        if self.recent.len() > RECENT_MAX
+            && let Some((_, old)) = self.recent.pop_front()
+        {
+            self.recent_keys.remove(&old.at);
+        }
+    }
+
     fn pump(&mut self) {
         while !self.queue.is_empty() {
             let Some(i) = self.idle.pop() else { return };
