@@ -10,7 +10,6 @@ use crate::upstream::Upstream;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use troupe_scheduler::{AttemptRef, Command, NodeInfo, Outcome, Report, RunSpec, TaskRef};
 
@@ -67,8 +66,6 @@ pub struct DispatchStats {
 pub struct DispatchArgs {
     pub upstream: Arc<dyn Upstream>,
     pub node: NodeInfo,
-    /// Set to this incarnation's epoch once registered (the engine hook reads it).
-    pub live_epoch: Arc<AtomicU64>,
 }
 
 pub struct Dispatcher;
@@ -76,7 +73,6 @@ pub struct Dispatcher;
 pub struct DispatchState {
     upstream: Arc<dyn Upstream>,
     info: NodeInfo,
-    live_epoch: Arc<AtomicU64>,
     fenced: bool,
     recent: VecDeque<(std::time::Instant, Report)>,
     /// The attempts in `recent`, for O(1) duplicate checks on the hot path.
@@ -103,12 +99,10 @@ impl Actor for Dispatcher {
     ) -> Result<DispatchState, ActorProcessingErr> {
         let node = args.node.node.clone();
         let epoch = args.upstream.register(args.node.clone()).await?;
-        args.live_epoch.store(epoch, Ordering::Release);
         tracing::info!(%node, epoch, "node registered");
         Ok(DispatchState {
             upstream: args.upstream,
             info: args.node,
-            live_epoch: args.live_epoch,
             fenced: false,
             recent: VecDeque::new(),
             recent_keys: HashSet::new(),
@@ -235,7 +229,6 @@ impl Actor for Dispatcher {
                         "lease lost: stopping every attempt (self-fencing)"
                     );
                     st.fenced = true;
-                    st.live_epoch.store(0, Ordering::Release);
                     st.queue.clear();
                     for (i, b) in st.busy.iter().enumerate() {
                         if let (Some(a), Some(r)) = (b, &st.runners[i]) {
@@ -253,7 +246,6 @@ impl Actor for Dispatcher {
                 tracing::info!(epoch, "registered again after a fence");
                 st.epoch = epoch;
                 st.fenced = false;
-                st.live_epoch.store(epoch, Ordering::Release);
             }
             DispatchMsg::Registered(Err(e)) => {
                 tracing::warn!(%e, "re-registration failed; retrying");

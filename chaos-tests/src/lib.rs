@@ -295,3 +295,13 @@ impl Cluster {
         &self.servers[i]
     }
 }
+
+/// The audit trail of a workflow detail, one line per event.
+pub fn history(detail: &Value) -> Vec<String> {
+    detail["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["what"].as_str().unwrap_or("").to_string())
+        .collect()
+}

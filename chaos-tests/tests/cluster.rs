@@ -72,12 +72,7 @@ fn scenario(fault: Fault, net: u8) {
         "{fault:?}: {health}"
     );
     // The fault was noticed and handled as designed.
-    let history: Vec<String> = done["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["what"].as_str().unwrap_or("").to_string())
-        .collect();
+    let history = troupe_chaos_tests::history(&done);
     match fault {
         Fault::KillWorker | Fault::FreezeWorker => {
             assert!(

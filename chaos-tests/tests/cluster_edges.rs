@@ -112,12 +112,7 @@ fn a_workflow_instance_moves_when_its_server_dies() {
     assert_eq!(done["status"], "succeeded", "{done}");
     let new_owner = done["owner"].as_str().unwrap_or("").to_string();
     assert_ne!(new_owner, owner, "the instance moved");
-    let history: Vec<String> = done["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["what"].as_str().unwrap_or("").to_string())
-        .collect();
+    let history = troupe_chaos_tests::history(&done);
     assert!(
         history.iter().any(|h| h.contains(&format!(
             "instance moved from {owner} to {new_owner} (rebuilds from checkpoint"

@@ -118,12 +118,7 @@ run = ["sh", "-c", "echo last $TROUPE_ATTEMPT >> {m}/last.log"]
     // Recovery went through a snapshot plus the log after it (not a full replay).
     let (_, health) = node.get("/v1/health");
     assert!(health["snapshot_index"].as_u64().unwrap() > 1, "{health}");
-    let history: Vec<String> = done["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["what"].as_str().unwrap_or("").to_string())
-        .collect();
+    let history = troupe_chaos_tests::history(&done);
     assert!(
         history
             .iter()

@@ -3,16 +3,7 @@
 
 use serde_json::json;
 use std::time::{Duration, Instant};
-use troupe_chaos_tests::{TestNode, step};
-
-fn history(v: &serde_json::Value) -> Vec<String> {
-    v["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["what"].as_str().unwrap_or("").to_string())
-        .collect()
-}
+use troupe_chaos_tests::{TestNode, history, step};
 
 fn wait_healthy(node: &TestNode) {
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -30,7 +30,6 @@ use crate::monitor::{MonitorArgs, ResourceMonitor};
 use anyhow::Context;
 use ractor::{Actor, ActorCell, ActorRef, SpawnErr, call_t, registry};
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use troupe_actors::dispatcher::{DispatchArgs, Dispatcher};
@@ -83,7 +82,6 @@ type RaftHandle = (EngineHandle<Machine>, Arc<RwLock<Machine>>);
 struct Ctx {
     cfg: Arc<NodeConfig>,
     node: String,
-    live_epoch: Arc<AtomicU64>,
     /// Random per process start (see `NodeInfo::incarnation`).
     incarnation: u64,
     bound: Arc<Mutex<Option<SocketAddr>>>,
@@ -124,7 +122,6 @@ pub async fn start(mut cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     let ctx = Ctx {
         cfg: Arc::new(cfg),
         node: node.clone(),
-        live_epoch: Arc::new(AtomicU64::new(0)),
         incarnation: troupe_scheduler::json::mix(&[
             std::process::id() as u64,
             std::time::SystemTime::now()
@@ -484,7 +481,6 @@ fn runners_spec(ctx: &Ctx) -> ChildSpec {
                 Some(Role::Worker) => Arc::new(RemoteUpstream),
                 _ => Arc::new(LocalUpstream(raft().await?.0)),
             };
-            let live_epoch = ctx.live_epoch.clone();
             let dispatch = ChildSpec::new(
                 DISPATCHER_NAME,
                 Restart::Permanent,
@@ -492,7 +488,6 @@ fn runners_spec(ctx: &Ctx) -> ChildSpec {
                     let args = DispatchArgs {
                         upstream: upstream.clone(),
                         node: info.clone(),
-                        live_epoch: live_epoch.clone(),
                     };
                     async move {
                         Dispatcher::spawn_linked(
