@@ -50,12 +50,62 @@ pub enum Command {
     TimeoutWorkflow(WorkflowId),
     /// Re-run a dead-lettered task.
     Redrive(u64),
+    /// Re-run every dead letter the filter matches, in one entry (all or nothing): each runs
+    /// again as attempt + 1 and then through every step after it.
+    RedriveMany(DlqFilter),
+    /// Give up on the dead letters the filter matches: they leave the queue, their items (and
+    /// the items blocked behind them) are `discarded`, and the reason stays in the history.
+    Discard {
+        filter: DlqFilter,
+        reason: String,
+    },
     /// The owner's instance actor records what it has seen (`seq` only grows).
     Checkpoint {
         wf: WorkflowId,
         seq: u64,
         owner: String,
     },
+}
+
+/// Which dead letters a bulk operation takes. Fields combine with AND; an empty filter
+/// matches nothing unless `all` is set (so a missing flag never redrives the whole queue).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DlqFilter {
+    /// These ids only (empty: any id).
+    pub ids: Vec<u64>,
+    pub workflow: Option<WorkflowId>,
+    /// A step id.
+    pub step: Option<String>,
+    /// Text the last error contains (case-sensitive).
+    pub grep: Option<String>,
+    /// Only entries at most this many ms old (against the time of the command).
+    pub since_ms: Option<u64>,
+    pub all: bool,
+}
+
+impl DlqFilter {
+    /// True when it names no criterion at all.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+            && self.workflow.is_none()
+            && self.step.is_none()
+            && self.grep.is_none()
+            && self.since_ms.is_none()
+            && !self.all
+    }
+
+    pub fn matches(&self, d: &crate::state::DeadLetter, now_ms: u64) -> bool {
+        (self.ids.is_empty() || self.ids.contains(&d.id))
+            && self.workflow.is_none_or(|w| d.task.wf == w)
+            && self.step.as_ref().is_none_or(|s| &d.step_id == s)
+            && self
+                .grep
+                .as_ref()
+                .is_none_or(|g| d.last_error.contains(g.as_str()))
+            && self
+                .since_ms
+                .is_none_or(|s| d.at_ms >= now_ms.saturating_sub(s))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,6 +179,12 @@ pub enum Output {
         accepted: u32,
         refused: u32,
     },
+    /// A bulk DLQ operation: entries applied, entries refused, and why (the first few).
+    Bulk {
+        applied: u32,
+        refused: u32,
+        notes: Vec<String>,
+    },
 }
 
 /// What the node has to do after an apply. Not replicated.
@@ -162,6 +218,8 @@ pub struct RunSpec {
     pub workflow: String,
     pub step_id: String,
     pub item: Option<Json>,
+    /// `from` steps: the upstream item's output (`$TROUPE_INPUT`).
+    pub input: Option<Json>,
     pub iteration: u32,
     pub launch: Launch,
     pub timeout_ms: Option<u64>,

@@ -29,8 +29,8 @@ pub mod units;
 pub mod views;
 
 pub use command::{
-    Assignment, AttemptRef, Command, Effect, Launch, NodeInfo, Outcome, Output, Report, RunSpec,
-    Submission,
+    Assignment, AttemptRef, Command, DlqFilter, Effect, Launch, NodeInfo, Outcome, Output, Report,
+    RunSpec, Submission,
 };
 pub use json::Json;
 pub use plan::Planner;

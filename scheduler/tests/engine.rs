@@ -155,7 +155,7 @@ on_failure = "dead-letter"
     };
     sim.run(&fail_two);
     assert_eq!(sim.wf(id).status, WfStatus::Degraded);
-    assert_eq!(sim.wf(id).steps[0].dead_lettered, 1);
+    assert_eq!(sim.wf(id).steps[0].dead_lettered(), 1);
     let (&dlq, entry) = sim.state.sched.dlq.iter().next().unwrap();
     assert_eq!(entry.task.item, 1);
     assert_eq!(entry.last_error, "bad item");

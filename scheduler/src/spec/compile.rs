@@ -205,13 +205,56 @@ fn compile_at(raw: &RawSpec, o: &Origin) -> Result<Spec, SpecError> {
         steps.push(compile_step(i, s, &index, &defaults, &params, o)?);
     }
     check_acyclic(&steps, o)?;
-    Ok(Spec {
+    let spec = Spec {
         name: raw.name.trim().to_string(),
         description: raw.description.clone().unwrap_or_default(),
         timeout_ms,
         params,
         steps,
-    })
+    };
+    check_lanes(&spec, o)?;
+    Ok(spec)
+}
+
+/// `from` steps must be map steps that share one lane (so they have the same items, one to one).
+fn check_lanes(spec: &Spec, o: &Origin) -> Result<(), SpecError> {
+    for (i, s) in spec.steps.iter().enumerate() {
+        let Some(MapSource::From(parents)) = &s.map else {
+            continue;
+        };
+        let at = Some((i, s.id.as_str()));
+        for &p in parents {
+            let up = &spec.steps[p as usize];
+            if up.map.is_none() {
+                return Err(o.err(
+                    at,
+                    "map",
+                    format!(
+                        "`from` reads step \"{}\", which is not a map step: `from` chains map steps item by item (use `needs` and `{{{{ steps.{}.output }}}}` for a single step)",
+                        up.id, up.id
+                    ),
+                ));
+            }
+        }
+        let root = spec.lane_root(parents[0] as usize);
+        for &p in &parents[1..] {
+            let other = spec.lane_root(p as usize);
+            if other != root {
+                return Err(o.err(
+                    at,
+                    "map",
+                    format!(
+                        "`from` joins \"{}\" and \"{}\", whose items come from different steps (\"{}\" and \"{}\"): a join needs branches of the same items",
+                        spec.steps[parents[0] as usize].id,
+                        spec.steps[p as usize].id,
+                        spec.steps[root].id,
+                        spec.steps[other].id
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn positive_duration(t: &str) -> Result<u64, String> {
@@ -259,6 +302,11 @@ fn compile_step(
         .transpose()
         .map_err(|m| err("map", m))?;
     let is_map = map.is_some();
+    let is_from = matches!(map, Some(MapSource::From(_)));
+    let scope = template::Scope {
+        is_map,
+        has_input: is_from,
+    };
     let action = match (&s.run, &s.handler) {
         (Some(_), Some(_)) => {
             return Err(err(
@@ -283,7 +331,7 @@ fn compile_step(
                 ));
             }
             for a in argv {
-                template::check(a, params, is_map, &need_ids).map_err(|m| err("run", m))?;
+                template::check_in(a, params, scope, &need_ids).map_err(|m| err("run", m))?;
             }
             Action::Run(argv.clone())
         }
@@ -304,7 +352,7 @@ fn compile_step(
             };
             let with = s.with.clone().unwrap_or(serde_json::Value::Null);
             check_with(handler, &with).map_err(|m| err("with", m))?;
-            check_json_templates(&with, params, is_map, &need_ids).map_err(|m| err("with", m))?;
+            check_json_templates(&with, params, scope, &need_ids).map_err(|m| err("with", m))?;
             Action::Builtin {
                 handler,
                 with: Json::from_value(&with),
@@ -312,7 +360,9 @@ fn compile_step(
         }
     };
     let mut env = Vec::new();
-    for (k, v) in &s.env {
+    let mut merged = d.env.clone();
+    merged.extend(s.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    for (k, v) in &merged {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
             return Err(err("env", format!("bad variable name {k:?}")));
         }
@@ -322,7 +372,7 @@ fn compile_step(
                 format!("{k} is reserved: Troupe sets TROUPE_* itself"),
             ));
         }
-        template::check(v, params, is_map, &need_ids).map_err(|m| err("env", m))?;
+        template::check_in(v, params, scope, &need_ids).map_err(|m| err("env", m))?;
         env.push((k.clone(), v.clone()));
     }
     let resources = compile_resources(s.resources.as_ref().or(d.resources.as_ref()))
@@ -348,7 +398,13 @@ fn compile_step(
         (None, _) => 4096,
     };
     if let Some(w) = &s.when {
-        cond::check(w, &["steps", "params"], &all_ids).map_err(|m| err("when", m))?;
+        // On a `from` step the condition is evaluated per item, with the item and its input.
+        let vars: &[&str] = if is_from {
+            &["item", "input", "steps", "params"]
+        } else {
+            &["steps", "params"]
+        };
+        cond::check(w, vars, &all_ids).map_err(|m| err("when", m))?;
     }
     let repeat = match &s.loop_ {
         None => None,
@@ -428,17 +484,17 @@ fn check_with(handler: Builtin, with: &serde_json::Value) -> Result<(), String> 
 fn check_json_templates(
     v: &serde_json::Value,
     params: &[(String, Json)],
-    is_map: bool,
+    scope: template::Scope,
     needs: &[&str],
 ) -> Result<(), String> {
     match v {
-        serde_json::Value::String(s) => template::check(s, params, is_map, needs),
+        serde_json::Value::String(s) => template::check_in(s, params, scope, needs),
         serde_json::Value::Array(a) => a
             .iter()
-            .try_for_each(|x| check_json_templates(x, params, is_map, needs)),
+            .try_for_each(|x| check_json_templates(x, params, scope, needs)),
         serde_json::Value::Object(m) => m
             .values()
-            .try_for_each(|x| check_json_templates(x, params, is_map, needs)),
+            .try_for_each(|x| check_json_templates(x, params, scope, needs)),
         _ => Ok(()),
     }
 }
@@ -453,11 +509,34 @@ fn compile_map(
         m.range.is_some(),
         m.lines.is_some(),
         m.over.is_some(),
+        m.from.is_some(),
     ];
     match given.iter().filter(|g| **g).count() {
-        0 => return Err("give one of `items`, `range`, `lines` or `over`".into()),
+        0 => return Err("give one of `items`, `range`, `lines`, `over` or `from`".into()),
         1 => {}
-        _ => return Err("give only one of `items`, `range`, `lines` or `over`".into()),
+        _ => return Err("give only one of `items`, `range`, `lines`, `over` or `from`".into()),
+    }
+    if let Some(from) = &m.from {
+        let ids = from.to_vec();
+        if ids.is_empty() {
+            return Err("`from` names no step: give a step id or a list of them".into());
+        }
+        let mut out = Vec::new();
+        for id in &ids {
+            let Some(&j) = index.get(id.as_str()) else {
+                return Err(format!("`from` names unknown step \"{id}\""));
+            };
+            if !needs.contains(&(j as u16)) {
+                return Err(format!(
+                    "`from` reads step \"{id}\", which must also be listed in `needs`"
+                ));
+            }
+            if out.contains(&(j as u16)) {
+                return Err(format!("`from` lists \"{id}\" twice"));
+            }
+            out.push(j as u16);
+        }
+        return Ok(MapSource::From(out));
     }
     if let Some(items) = &m.items {
         if items.is_empty() {

@@ -166,6 +166,9 @@ pub enum MapSource {
         step: u16,
         path: Vec<String>,
     },
+    /// `from = [...]`: the items of these upstream map steps (which share one lane), one to
+    /// one; item i starts as soon as item i is through all of them (streaming).
+    From(Vec<u16>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -185,5 +188,51 @@ pub enum OnFailure {
 impl Spec {
     pub fn step_index(&self, id: &str) -> Option<usize> {
         self.steps.iter().position(|s| s.id == id)
+    }
+
+    /// The steps whose item i feeds item i of step `i` (its *lane parents*): the `from` steps,
+    /// or the map step a `map.over = "steps.<id>.output"` reads whole. Empty for other steps.
+    pub fn lane_parents(&self, i: usize) -> Vec<u16> {
+        match &self.steps[i].map {
+            Some(MapSource::From(v)) => v.clone(),
+            Some(MapSource::Upstream { step, path })
+                if path.is_empty() && self.steps[*step as usize].map.is_some() =>
+            {
+                vec![*step]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The steps that have `i` as a lane parent.
+    pub fn lane_children(&self, i: usize) -> Vec<usize> {
+        (0..self.steps.len())
+            .filter(|&c| self.lane_parents(c).contains(&(i as u16)))
+            .collect()
+    }
+
+    /// The steps that list `i` in `needs`.
+    pub fn children(&self, i: usize) -> Vec<usize> {
+        (0..self.steps.len())
+            .filter(|&c| self.steps[c].needs.contains(&(i as u16)))
+            .collect()
+    }
+
+    /// True for steps whose items follow another step's items one to one.
+    pub fn is_lane(&self, i: usize) -> bool {
+        !self.lane_parents(i).is_empty()
+    }
+
+    /// The step whose items a lane step has (itself for steps that are not lane steps).
+    pub fn lane_root(&self, i: usize) -> usize {
+        let mut at = i;
+        // Bounded: the graph is acyclic, so a walk up is at most `steps` long.
+        for _ in 0..self.steps.len() {
+            match self.lane_parents(at).first() {
+                Some(&p) => at = p as usize,
+                None => break,
+            }
+        }
+        at
     }
 }

@@ -35,6 +35,9 @@ pub struct RawDefaults {
     pub resources: Option<RawResources>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<String>,
+    /// Environment for every `run` step; a step's own `env` adds to it (and wins per name).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -116,6 +119,26 @@ pub struct RawMap {
     pub lines: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub over: Option<String>,
+    /// Per-item chaining: the same items as this step (or these steps, joined), item by item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<OneOrMany>,
+}
+
+/// `from = "a"` or `from = ["a", "b"]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -11,6 +11,8 @@ use serde_json::Value;
 pub struct TemplateVars<'a> {
     pub params: &'a [(String, crate::json::Json)],
     pub item: Option<&'a Value>,
+    /// `from` steps: the upstream item's output.
+    pub input: Option<&'a Value>,
     pub workflow_id: &'a str,
     pub workflow_name: &'a str,
     pub step_id: &'a str,
@@ -87,6 +89,12 @@ fn lookup(path: &str, vars: &TemplateVars<'_>) -> Result<String, String> {
                 .ok_or_else(|| format!("`{{{{ {path} }}}}` is only defined in map steps"))?;
             descend(item, tail, path).map(|v| as_text(&v))
         }
+        ("input", tail) => {
+            let input = vars
+                .input
+                .ok_or_else(|| format!("`{{{{ {path} }}}}` is only defined in `map.from` steps"))?;
+            descend(input, tail, path).map(|v| as_text(&v))
+        }
         ("workflow", ["id"]) => Ok(vars.workflow_id.to_string()),
         ("workflow", ["name"]) => Ok(vars.workflow_name.to_string()),
         ("step", ["id"]) => Ok(vars.step_id.to_string()),
@@ -103,7 +111,7 @@ fn lookup(path: &str, vars: &TemplateVars<'_>) -> Result<String, String> {
         ("iteration", []) => Ok(vars.iteration.to_string()),
         ("attempt", []) => Ok(vars.attempt.to_string()),
         _ => Err(format!(
-            "unknown template `{{{{ {path} }}}}`; use params.<name>, item, item.<field>, workflow.id, workflow.name, step.id, iteration or attempt"
+            "unknown template `{{{{ {path} }}}}`; use params.<name>, item, item.<field>, input, workflow.id, workflow.name, step.id, iteration or attempt"
         )),
     }
 }
@@ -121,13 +129,23 @@ fn descend(value: &Value, tail: &[&str], path: &str) -> Result<Value, String> {
     Ok(v.clone())
 }
 
-/// Checks a template's references at submit time (params must exist; `item` only in map steps).
-pub fn check(
+/// Where a template is used: which of `item` and `input` exist there.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Scope {
+    pub is_map: bool,
+    /// `map.from` steps have `input`.
+    pub has_input: bool,
+}
+
+/// Checks a template's references at submit time (params must exist; `item` only in map
+/// steps, `input` only in `map.from` steps).
+pub fn check_in(
     template: &str,
     params: &[(String, crate::json::Json)],
-    is_map: bool,
+    scope: Scope,
     needs: &[&str],
 ) -> Result<(), String> {
+    let is_map = scope.is_map;
     for path in references(template)? {
         let mut parts = path.split('.');
         match parts.next().unwrap_or_default() {
@@ -151,6 +169,12 @@ pub fn check(
                 ));
             }
             "item" => {}
+            "input" if !scope.has_input => {
+                return Err(format!(
+                    "`{{{{ {path} }}}}` is only defined in steps with `map = {{ from = ... }}`"
+                ));
+            }
+            "input" => {}
             "iteration" | "attempt" if parts.next().is_none() => {}
             "iteration" | "attempt" => {
                 return Err(format!(
@@ -172,6 +196,7 @@ pub fn check(
                 let vars = TemplateVars {
                     params,
                     item: None,
+                    input: None,
                     workflow_id: "",
                     workflow_name: "",
                     step_id: "",
@@ -183,7 +208,7 @@ pub fn check(
             }
             _ => {
                 return Err(format!(
-                    "unknown template `{{{{ {path} }}}}`; use params.<name>, item, item.<field>, workflow.id, workflow.name, step.id, iteration or attempt"
+                    "unknown template `{{{{ {path} }}}}`; use params.<name>, item, item.<field>, input, workflow.id, workflow.name, step.id, iteration or attempt"
                 ));
             }
         }
@@ -206,6 +231,7 @@ mod tests {
         let vars = TemplateVars {
             params: &params,
             item: Some(&item),
+            input: None,
             workflow_id: "wf-7",
             workflow_name: "w",
             step_id: "score",
@@ -241,18 +267,67 @@ mod tests {
     #[test]
     fn check_rejects_undeclared_params_and_item_outside_map() {
         let params = vec![("a".to_string(), Json("1".into()))];
-        assert!(check("{{ params.a }}", &params, false, &[]).is_ok());
         assert!(
-            check("{{ params.b }}", &params, false, &[])
-                .unwrap_err()
-                .contains("not declared")
+            check_in(
+                "{{ params.a }}",
+                &params,
+                Scope {
+                    is_map: false,
+                    has_input: false
+                },
+                &[]
+            )
+            .is_ok()
         );
         assert!(
-            check("{{ item }}", &params, false, &[])
-                .unwrap_err()
-                .contains("map steps")
+            check_in(
+                "{{ params.b }}",
+                &params,
+                Scope {
+                    is_map: false,
+                    has_input: false
+                },
+                &[]
+            )
+            .unwrap_err()
+            .contains("not declared")
         );
-        assert!(check("{{ item }}", &params, true, &[]).is_ok());
-        assert!(check("{{ bogus }}", &params, true, &[]).is_err());
+        assert!(
+            check_in(
+                "{{ item }}",
+                &params,
+                Scope {
+                    is_map: false,
+                    has_input: false
+                },
+                &[]
+            )
+            .unwrap_err()
+            .contains("map steps")
+        );
+        assert!(
+            check_in(
+                "{{ item }}",
+                &params,
+                Scope {
+                    is_map: true,
+                    has_input: false
+                },
+                &[]
+            )
+            .is_ok()
+        );
+        assert!(
+            check_in(
+                "{{ bogus }}",
+                &params,
+                Scope {
+                    is_map: true,
+                    has_input: false
+                },
+                &[]
+            )
+            .is_err()
+        );
     }
 }

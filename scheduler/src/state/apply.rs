@@ -71,7 +71,21 @@ impl State {
                 }
                 _ => Output::Rejected("not due".into()),
             }),
-            Command::Redrive(dlq) => self.redrive(dlq, at),
+            Command::Redrive(dlq) => {
+                let filter = DlqFilter {
+                    ids: vec![dlq],
+                    ..Default::default()
+                };
+                match self.redrive_many(&filter, at) {
+                    Output::Bulk {
+                        applied: 0, notes, ..
+                    } => Output::Rejected(notes.join("; ")),
+                    Output::Bulk { .. } => Output::Done,
+                    other => other,
+                }
+            }
+            Command::RedriveMany(filter) => self.redrive_many(&filter, at),
+            Command::Discard { filter, reason } => self.discard(&filter, &reason, at),
             Command::Checkpoint { wf, seq, owner } => self.with_wf(wf, |_, w| {
                 if w.checkpoint.as_ref().is_some_and(|c| c.seq >= seq) {
                     return Output::Rejected(format!(
@@ -254,6 +268,12 @@ impl State {
             },
         );
         run.max_attempt = run.max_attempt.max(a.attempt);
+        let trace = run.trace.entry(a.task.item).or_default();
+        trace.attempt = a.attempt;
+        trace.placed += 1;
+        trace.node = Some(a.node.clone());
+        trace.started_ms = Some(at);
+        trace.finished_ms = None;
         let placeholder = Task {
             attempt: a.attempt,
             failures: 0,
@@ -287,6 +307,19 @@ impl State {
     fn started(&mut self, list: Vec<AttemptRef>, at: u64) -> Output {
         let (mut accepted, mut refused) = (0, 0);
         for r in list {
+            if let Some(t) = self
+                .workflows
+                .get_mut(&r.task.wf)
+                .and_then(|w| w.steps.get_mut(r.task.step as usize))
+                .filter(|run| {
+                    run.tasks
+                        .get(&r.task.item)
+                        .is_some_and(|t| t.attempt == r.attempt)
+                })
+                .and_then(|run| run.trace.get_mut(&r.task.item))
+            {
+                t.started_ms = Some(at);
+            }
             match self.live_task(&r) {
                 Some(task) => {
                     if let TaskState::Assigned {
@@ -351,72 +384,6 @@ impl State {
             }
         }
         Output::Counted { accepted, refused }
-    }
-
-    fn redrive(&mut self, id: u64, at: u64) -> Output {
-        let Some(entry) = self.sched.dlq.get(&id).cloned() else {
-            return Output::Rejected(format!("no dead letter {id}"));
-        };
-        let Some(wf) = self.workflows.get_mut(&entry.task.wf) else {
-            return Output::Rejected(format!("{} no longer exists", wf_name(entry.task.wf)));
-        };
-        if matches!(
-            wf.status,
-            WfStatus::Failed | WfStatus::Cancelled | WfStatus::TimedOut
-        ) {
-            return Output::Rejected(format!(
-                "{} is {}; retry the workflow instead (troupe retry {})",
-                wf.name(),
-                wf.status.name(),
-                wf.name()
-            ));
-        }
-        let i = entry.task.step as usize;
-        let run = &mut wf.steps[i];
-        if run.done.contains(entry.task.item) || run.tasks.contains_key(&entry.task.item) {
-            // A retry of the workflow ran it again already (or runs it now).
-            self.sched.dlq.remove(&id);
-            return Output::Rejected(format!(
-                "dead letter {id} is stale: item {} of step {} already ran again; it was removed",
-                entry.task.item, entry.step_id
-            ));
-        }
-        self.sched.dlq.remove(&id);
-        run.dead_lettered = run.dead_lettered.saturating_sub(1);
-        run.tasks.insert(
-            entry.task.item,
-            Task {
-                attempt: entry.attempt + 1,
-                failures: 0,
-                state: TaskState::Queued,
-                last_error: None,
-            },
-        );
-        run.status = StepStatus::Running;
-        run.finished_ms = None;
-        if wf.status.is_terminal() {
-            wf.status = WfStatus::Running;
-            wf.finished_ms = None;
-            wf.reason = None;
-            // The workflow runs again: its instance (waiters, checkpoints) starts again too.
-            if let Some(owner) = wf.owner.clone() {
-                self.sched.effects.push(Effect::Owned { wf: wf.id, owner });
-            }
-        }
-        if !wf.paused {
-            self.sched.queue.insert(entry.task);
-        }
-        wf.log(
-            at,
-            format!(
-                "dead letter {id} redriven: step {} item {} runs again as attempt {}",
-                entry.step_id,
-                entry.task.item,
-                entry.attempt + 1
-            ),
-        );
-        self.sched.effects.push(Effect::Changed(wf.id));
-        Output::Done
     }
 }
 
@@ -495,8 +462,11 @@ impl Sched {
                 run.failed = 0;
                 run.finished_ms = None;
                 run.attempt_floor = run.max_attempt;
-                // Its dead-lettered items run again with the step: their entries go.
-                run.dead_lettered = 0;
+                // Its dead-lettered items run again with the step: their entries go. Blocked
+                // items are looked at again when it starts.
+                run.dead.clear();
+                run.blocked.clear();
+                run.ready.clear();
                 reset.push(spec.id.clone());
             }
         }

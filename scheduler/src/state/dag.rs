@@ -1,6 +1,7 @@
 //! The DAG rules: when steps start, how map windows fill, what success and failure of a task
 //! do to its step and workflow. Called only from apply, so every server derives the same result.
 
+use super::lane::{input_value, item_value};
 use super::model::*;
 use crate::command::{Effect, Launch, RunSpec};
 use crate::cond;
@@ -21,11 +22,20 @@ impl Sched {
                 if wf.steps[i].status != StepStatus::Pending {
                     continue;
                 }
+                let is_from = matches!(wf.spec.steps[i].map, Some(MapSource::From(_)));
+                let lane = wf.spec.lane_parents(i);
                 let needs = wf.spec.steps[i].needs.clone();
-                if !needs
-                    .iter()
-                    .all(|&n| wf.steps[n as usize].status.is_terminal())
-                {
+                // A `from` step starts with its lane parents (streaming); every other need
+                // must have finished.
+                let looked_at = needs.iter().all(|&n| {
+                    let st = wf.steps[n as usize].status;
+                    if is_from && lane.contains(&n) {
+                        st != StepStatus::Pending
+                    } else {
+                        st.is_terminal()
+                    }
+                });
+                if !looked_at {
                     continue;
                 }
                 changed = true;
@@ -44,14 +54,26 @@ impl Sched {
                     );
                     continue;
                 }
-                match wf.spec.steps[i].when.clone() {
-                    None => self.start_step(wf, i, at),
-                    Some(expr) => {
-                        let (steps, params) = (steps_value(wf), params_value(wf));
-                        match cond::eval_bool(&expr, &[("steps", &steps), ("params", &params)]) {
-                            Ok(true) => self.start_step(wf, i, at),
-                            Ok(false) => self.end_step(wf, i, StepStatus::Skipped, at, None),
-                            Err(e) => self.fail_step(wf, i, at, format!("when: {e}")),
+                let lane_skipped = !lane.is_empty()
+                    && lane
+                        .iter()
+                        .all(|&p| wf.steps[p as usize].status == StepStatus::Skipped);
+                if lane_skipped {
+                    self.end_step(wf, i, StepStatus::Skipped, at, None);
+                } else if is_from {
+                    // `when` of a `from` step is evaluated per item (see `consider`).
+                    self.start_step(wf, i, at);
+                } else {
+                    match wf.spec.steps[i].when.clone() {
+                        None => self.start_step(wf, i, at),
+                        Some(expr) => {
+                            let (steps, params) = (steps_value(wf), params_value(wf));
+                            match cond::eval_bool(&expr, &[("steps", &steps), ("params", &params)])
+                            {
+                                Ok(true) => self.start_step(wf, i, at),
+                                Ok(false) => self.end_step(wf, i, StepStatus::Skipped, at, None),
+                                Err(e) => self.fail_step(wf, i, at, format!("when: {e}")),
+                            }
                         }
                     }
                 }
@@ -68,8 +90,21 @@ impl Sched {
 
     fn start_step(&mut self, wf: &mut Workflow, i: usize, at: u64) {
         let spec = &wf.spec.steps[i];
+        let lane = wf.spec.lane_parents(i);
         let (items, total) = match &spec.map {
+            _ if !lane.is_empty() => {
+                // The lane's items: every lane parent has the same count; a parent skipped as
+                // a whole step has none, so take one that started.
+                let total = lane
+                    .iter()
+                    .map(|&p| &wf.steps[p as usize])
+                    .find(|r| r.status != StepStatus::Skipped)
+                    .map(|r| r.total)
+                    .unwrap_or(0);
+                (Items::Lane, total)
+            }
             None => (Items::Single, 1u32),
+            Some(MapSource::From(_)) => (Items::Lane, 0),
             Some(MapSource::Items(v)) => (Items::Inline, v.len() as u32),
             Some(MapSource::Range { start, end }) => {
                 (Items::Range { start: *start }, (end - start) as u32)
@@ -121,18 +156,38 @@ impl Sched {
                 if total == 1 { "" } else { "s" }
             ),
         );
-        self.fill_window(wf, i);
+        if lane.is_empty() {
+            self.fill_window(wf, i);
+        } else {
+            for item in 0..total {
+                self.consider(wf, i, item, at);
+                if wf.status.is_terminal() || wf.steps[i].status != StepStatus::Running {
+                    return;
+                }
+            }
+        }
         self.maybe_complete(wf, i, at);
     }
 
-    /// Materializes tasks up to the step's `parallelism` (lazy map expansion).
+    /// Materializes tasks up to the step's `parallelism`: the next items of a map (lazy
+    /// expansion), or the lane items that are ready.
     pub(crate) fn fill_window(&mut self, wf: &mut Workflow, i: usize) {
         let window = wf.spec.steps[i].parallelism as usize;
+        let lane = wf.spec.is_lane(i);
         let run = &mut wf.steps[i];
-        while run.tasks.len() < window && run.next_item < run.total {
-            let item = run.next_item;
-            run.next_item += 1;
-            if run.done.contains(item) {
+        while run.tasks.len() < window {
+            let item = if lane {
+                match run.ready.pop_first() {
+                    Some(item) => item,
+                    None => break,
+                }
+            } else if run.next_item < run.total {
+                run.next_item += 1;
+                run.next_item - 1
+            } else {
+                break;
+            };
+            if run.done.contains(item) || run.discarded.contains(item) {
                 continue;
             }
             let task = Task {
@@ -152,11 +207,25 @@ impl Sched {
         }
     }
 
-    /// A step whose items are all finished succeeds.
+    /// A step whose items have all reached an end finishes: `succeeded`, or `degraded` when
+    /// some items are dead-lettered, blocked behind a dead letter, or discarded.
     pub(crate) fn maybe_complete(&mut self, wf: &mut Workflow, i: usize, at: u64) {
         let run = &wf.steps[i];
-        if run.status == StepStatus::Running && run.tasks.is_empty() && run.next_item >= run.total {
-            self.end_step(wf, i, StepStatus::Succeeded, at, None);
+        if run.status != StepStatus::Running || !run.tasks.is_empty() || !run.ready.is_empty() {
+            return;
+        }
+        let complete = if wf.spec.is_lane(i) {
+            run.resolved() >= run.total
+        } else {
+            run.next_item >= run.total
+        };
+        if complete {
+            let status = if run.unfinished_items() > 0 {
+                StepStatus::Degraded
+            } else {
+                StepStatus::Succeeded
+            };
+            self.end_step(wf, i, status, at, None);
             self.advance(wf, at);
         }
     }
@@ -175,8 +244,8 @@ impl Sched {
         run.status = status;
         run.finished_ms = Some(at);
         let mut line = format!("step {id} {}", status.name());
-        if run.dead_lettered > 0 {
-            line.push_str(&format!(" ({} dead-lettered)", run.dead_lettered));
+        if let Some(counts) = item_counts(run) {
+            line.push_str(&format!(" ({counts})"));
         }
         if let Some(w) = &why {
             line.push_str(&format!(": {w}"));
@@ -190,6 +259,8 @@ impl Sched {
     pub(crate) fn fail_step(&mut self, wf: &mut Workflow, i: usize, at: u64, error: String) {
         self.end_step(wf, i, StepStatus::Failed, at, Some(error.clone()));
         if wf.spec.steps[i].optional {
+            // Its lane children go on without the items it did not finish.
+            self.lane_step_ended(wf, i, at);
             self.advance(wf, at);
         } else {
             let id = wf.spec.steps[i].id.clone();
@@ -222,7 +293,8 @@ impl Sched {
     }
 
     /// Removes a step's unfinished tasks, stopping the ones that run.
-    fn drop_tasks(&mut self, wf: &mut Workflow, i: usize) {
+    pub(crate) fn drop_tasks(&mut self, wf: &mut Workflow, i: usize) {
+        wf.steps[i].ready.clear();
         let tasks = std::mem::take(&mut wf.steps[i].tasks);
         for (item, task) in tasks {
             let r = TaskRef {
@@ -269,17 +341,13 @@ impl Sched {
         if wf.status.is_terminal() || !wf.steps.iter().all(|s| s.status.is_terminal()) {
             return;
         }
-        let degraded =
-            wf.steps.iter().zip(&wf.spec.steps).any(|(r, s)| {
-                r.dead_lettered > 0 || (r.status == StepStatus::Failed && s.optional)
-            });
-        wf.status = if degraded {
+        let reason = degraded_reason(wf);
+        wf.status = if reason.is_some() {
             WfStatus::Degraded
         } else {
             WfStatus::Succeeded
         };
-        wf.reason = degraded
-            .then(|| "an optional step failed or tasks went to the dead-letter queue".to_string());
+        wf.reason = reason;
         self.close(wf, at);
         wf.log(at, format!("workflow {}", wf.status.name()));
     }
@@ -359,9 +427,13 @@ impl Sched {
         if run.done.insert(r.item) {
             run.succeeded += 1;
         }
+        if let Some(t) = run.trace.get_mut(&r.item) {
+            t.finished_ms = Some(at);
+        }
         self.effects.push(Effect::Changed(wf.id));
         self.fill_window(wf, i);
         self.maybe_complete(wf, i, at);
+        self.lane_resolved(wf, i, r.item, at);
     }
 
     /// An attempt failed: retry with backoff, dead-letter, or fail the step.
@@ -376,19 +448,27 @@ impl Sched {
         self.stats.tasks_failed += 1;
         task.failures += 1;
         task.last_error = Some(error.clone());
+        let node = task.state.placement().map(|(n, _)| n.to_string());
+        if let Some(t) = wf.steps[i].trace.get_mut(&r.item) {
+            t.finished_ms = Some(at);
+            t.last_error = Some(error.clone());
+        }
         let id = wf.spec.steps[i].id.clone();
+        // Per-item events of map steps belong to the item trace, not the workflow history.
+        let per_item = wf.spec.steps[i].map.is_some();
         if task.failures < policy.attempts {
             let seed = [r.wf, r.step as u64, r.item as u64, task.attempt as u64];
             let due = at.saturating_add(backoff_ms(&policy, task.failures, &seed));
-            wf.log(
-                at,
-                format!(
-                    "step {id} item {} attempt {} failed: {error}; retry at +{}ms",
-                    r.item,
-                    task.attempt,
-                    due.saturating_sub(at)
-                ),
-            );
+            if !per_item {
+                wf.log(
+                    at,
+                    format!(
+                        "step {id} attempt {} failed: {error}; retry at +{}ms",
+                        task.attempt,
+                        due.saturating_sub(at)
+                    ),
+                );
+            }
             task.attempt += 1;
             task.state = TaskState::Waiting { due_ms: due };
             if !wf.paused {
@@ -400,29 +480,7 @@ impl Sched {
         let attempts = task.failures;
         match on_failure {
             OnFailure::DeadLetter => {
-                self.next_dlq += 1;
-                let entry = DeadLetter {
-                    id: self.next_dlq,
-                    task: r,
-                    step_id: id.clone(),
-                    attempt: task.attempt,
-                    attempts,
-                    last_error: error.clone(),
-                    log_stem: r.log_stem(&id, task.attempt),
-                    at_ms: at,
-                };
-                self.dlq.insert(entry.id, entry);
-                wf.steps[i].dead_lettered += 1;
-                wf.log(
-                    at,
-                    format!(
-                        "step {id} item {} dead-lettered after {attempts} attempt(s): {error}",
-                        r.item
-                    ),
-                );
-                self.effects.push(Effect::Changed(wf.id));
-                self.fill_window(wf, i);
-                self.maybe_complete(wf, i, at);
+                self.dead_letter(wf, r, task.attempt, attempts, error, node, at);
             }
             OnFailure::Fail => {
                 wf.steps[i].failed += 1;
@@ -453,16 +511,10 @@ impl Sched {
         let i = r.step as usize;
         let spec = &wf.spec.steps[i];
         let run = &wf.steps[i];
-        let item = match &run.items {
-            Items::Single => None,
-            Items::Range { start } => Some(Json((start + r.item as i64).to_string())),
-            Items::List(v) => v.get(r.item as usize).cloned(),
-            Items::Inline => match &spec.map {
-                Some(MapSource::Items(v)) => v.get(r.item as usize).cloned(),
-                _ => None,
-            },
-        };
+        let item = item_value(wf, i, r.item);
+        let input = input_value(wf, i, r.item);
         let item_value = item.as_ref().map(Json::value);
+        let input_value = input.as_ref().map(Json::value);
         let workflow = wf.name();
         let names_steps = match &spec.action {
             Action::Run(argv) => argv
@@ -475,6 +527,7 @@ impl Sched {
         let vars = TemplateVars {
             params: &wf.params,
             item: item_value.as_ref(),
+            input: input_value.as_ref(),
             workflow_id: &workflow,
             workflow_name: &wf.spec.name,
             step_id: &spec.id,
@@ -508,6 +561,7 @@ impl Sched {
             workflow,
             step_id: spec.id.clone(),
             item,
+            input,
             iteration: run.iteration,
             launch,
             timeout_ms: spec.timeout_ms,
@@ -574,7 +628,9 @@ pub fn steps_value(wf: &Workflow) -> Value {
                 "output": if run.status.is_terminal() || spec.repeat.is_some() { step_output(wf, i) } else { Value::Null },
                 "succeeded": run.succeeded,
                 "failed": run.failed,
-                "dead_lettered": run.dead_lettered,
+                "dead_lettered": run.dead_lettered(),
+                "blocked": run.blocked.len(),
+                "skipped": run.skipped.count(),
                 "items": run.total,
                 "iteration": run.iteration,
             }),
@@ -590,4 +646,50 @@ pub fn params_value(wf: &Workflow) -> Value {
             .map(|(k, v)| (k.clone(), v.value()))
             .collect(),
     )
+}
+
+/// `3 dead-lettered, 5 blocked` — the items of a step that did not get through, if any.
+pub(crate) fn item_counts(run: &StepRun) -> Option<String> {
+    let parts: Vec<String> = [
+        (run.dead.len() as u32, "dead-lettered"),
+        (run.blocked.len() as u32, "blocked behind a dead letter"),
+        (run.discarded.count(), "discarded"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+/// Why a finished workflow is `degraded` (None: it succeeded): item counts and failed
+/// optional steps, so the status never hides work that did not get through.
+pub(crate) fn degraded_reason(wf: &Workflow) -> Option<String> {
+    let (mut dead, mut blocked, mut discarded) = (0u64, 0u64, 0u64);
+    let mut failed = Vec::new();
+    for (r, s) in wf.steps.iter().zip(&wf.spec.steps) {
+        dead += r.dead.len() as u64;
+        blocked += r.blocked.len() as u64;
+        discarded += r.discarded.count() as u64;
+        if r.status == StepStatus::Failed && s.optional {
+            failed.push(s.id.clone());
+        }
+    }
+    let mut parts = Vec::new();
+    if dead > 0 {
+        parts.push(format!("{dead} item(s) dead-lettered"));
+    }
+    if blocked > 0 {
+        parts.push(format!(
+            "{blocked} item(s) blocked behind dead letters (redrive or discard them: troupe dlq --workflow {})",
+            wf.name()
+        ));
+    }
+    if discarded > 0 {
+        parts.push(format!("{discarded} item(s) discarded"));
+    }
+    if !failed.is_empty() {
+        parts.push(format!("optional step(s) failed: {}", failed.join(", ")));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }

@@ -2,8 +2,11 @@
 
 mod apply;
 mod dag;
+mod dlq;
+mod lane;
 mod model;
 mod nodes;
 
 pub use dag::{backoff_ms, step_output};
+pub use lane::{input_value, item_value};
 pub use model::*;

@@ -21,11 +21,27 @@ pub fn parse_wf(text: &str) -> Option<WorkflowId> {
 }
 
 /// One task: an item of a step (item 0 for steps without `map`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// Ordered by (workflow, item, step): the ready queue places the oldest workflow's lowest item
+/// first, whichever step it is at, so a document already deep in a pipeline goes on before new
+/// documents enter it (streaming keeps the time to the first finished item short).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TaskRef {
     pub wf: WorkflowId,
     pub step: u16,
     pub item: u32,
+}
+
+impl Ord for TaskRef {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.wf, self.item, self.step).cmp(&(o.wf, o.item, o.step))
+    }
+}
+
+impl PartialOrd for TaskRef {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
 }
 
 impl TaskRef {
@@ -73,6 +89,8 @@ pub enum StepStatus {
     Pending,
     Running,
     Succeeded,
+    /// Finished, but some items are dead-lettered, blocked behind a dead letter, or discarded.
+    Degraded,
     Failed,
     Skipped,
     Cancelled,
@@ -87,6 +105,7 @@ impl StepStatus {
             StepStatus::Pending => "pending",
             StepStatus::Running => "running",
             StepStatus::Succeeded => "succeeded",
+            StepStatus::Degraded => "degraded",
             StepStatus::Failed => "failed",
             StepStatus::Skipped => "skipped",
             StepStatus::Cancelled => "cancelled",
@@ -150,6 +169,9 @@ pub enum Items {
     Inline,
     /// An upstream step's output array, fixed when the step started.
     List(Vec<Json>),
+    /// A lane step (`map.from`, or `map.over` of a whole map step): the items of its lane,
+    /// read from upstream when an attempt is rendered.
+    Lane,
 }
 
 /// A compact set of item numbers (finished items of a map step).
@@ -173,6 +195,35 @@ impl BitSet {
     pub fn count(&self) -> u32 {
         self.0.iter().map(|x| x.count_ones()).sum()
     }
+    pub fn remove(&mut self, i: u32) -> bool {
+        let (w, b) = ((i / 64) as usize, i % 64);
+        match self.0.get_mut(w) {
+            Some(x) if *x & (1 << b) != 0 => {
+                *x &= !(1 << b);
+                true
+            }
+            _ => false,
+        }
+    }
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// What happened to one item at one step: the item trace (`troupe item wf-1 176`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemTrace {
+    /// The last attempt placed.
+    pub attempt: u32,
+    /// Attempts placed in all (retries, requeues, redrives).
+    pub placed: u32,
+    pub node: Option<String>,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    /// The last failure (kept after a later success, for the record).
+    pub last_error: Option<String>,
+    /// Why an operator discarded the item's dead letter.
+    pub discarded: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -185,7 +236,18 @@ pub struct StepRun {
     pub done: BitSet,
     pub succeeded: u32,
     pub failed: u32,
-    pub dead_lettered: u32,
+    /// Items skipped by a per-item `when`, or routed away upstream (every lane parent skipped them).
+    pub skipped: BitSet,
+    /// Dead-lettered items: item → dead letter id.
+    pub dead: BTreeMap<u32, u64>,
+    /// Items waiting behind an upstream dead letter: item → that dead letter's id.
+    pub blocked: BTreeMap<u32, u64>,
+    /// Items whose dead letter (here or upstream) an operator discarded.
+    pub discarded: BitSet,
+    /// Lane items that may run, waiting for room in the step's `parallelism` window.
+    pub ready: BTreeSet<u32>,
+    /// Per-item record of attempts (kept for items that were placed at least once).
+    pub trace: BTreeMap<u32, ItemTrace>,
     pub tasks: BTreeMap<u32, Task>,
     /// Outputs by item (only non-null ones).
     pub outputs: BTreeMap<u32, Json>,
@@ -209,7 +271,12 @@ impl StepRun {
             done: BitSet::default(),
             succeeded: 0,
             failed: 0,
-            dead_lettered: 0,
+            skipped: BitSet::default(),
+            dead: BTreeMap::new(),
+            blocked: BTreeMap::new(),
+            discarded: BitSet::default(),
+            ready: BTreeSet::new(),
+            trace: BTreeMap::new(),
             tasks: BTreeMap::new(),
             outputs: BTreeMap::new(),
             iteration: 0,
@@ -219,6 +286,25 @@ impl StepRun {
             started_ms: None,
             finished_ms: None,
         }
+    }
+}
+
+impl StepRun {
+    pub fn dead_lettered(&self) -> u32 {
+        self.dead.len() as u32
+    }
+    /// Items that reached an end at this step (succeeded, skipped, dead-lettered, blocked or
+    /// discarded).
+    pub fn resolved(&self) -> u32 {
+        self.done.count()
+            + self.skipped.count()
+            + self.dead.len() as u32
+            + self.blocked.len() as u32
+            + self.discarded.count()
+    }
+    /// Items that did not get through (dead-lettered, blocked or discarded).
+    pub fn unfinished_items(&self) -> u32 {
+        self.dead.len() as u32 + self.blocked.len() as u32 + self.discarded.count()
     }
 }
 
@@ -268,13 +354,16 @@ pub struct Workflow {
     pub history_dropped: u64,
 }
 
-/// Most audit events kept per workflow.
+/// Most audit events kept per workflow. Per-item events go to the item trace, not here.
 pub const HISTORY_MAX: usize = 500;
+/// The first events (submit, first placements) are never dropped: events are dropped from
+/// just after them.
+pub const HISTORY_HEAD: usize = 20;
 
 impl Workflow {
     pub fn log(&mut self, at_ms: u64, what: impl Into<String>) {
         if self.history.len() >= HISTORY_MAX {
-            self.history.remove(0);
+            self.history.remove(HISTORY_HEAD);
             self.history_dropped += 1;
         }
         self.history.push(Event {
@@ -297,6 +386,10 @@ pub struct DeadLetter {
     pub last_error: String,
     pub log_stem: String,
     pub at_ms: u64,
+    /// The item's value (for lane steps, the original item), so an operator sees the document id.
+    pub item_value: Option<Json>,
+    /// The node that ran the last attempt.
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -125,6 +125,18 @@ impl Sim {
     }
 
     pub fn check_invariants(&self) {
+        for wf in self.state.workflows.values() {
+            for i in 0..wf.steps.len() {
+                let f = troupe_scheduler::views::funnel(wf, i);
+                assert_eq!(
+                    f.total(),
+                    wf.steps[i].total,
+                    "{} step {}: the funnel {f:?} does not add up to the items",
+                    wf.name(),
+                    wf.spec.steps[i].id
+                );
+            }
+        }
         for n in self.state.sched.nodes.values() {
             assert!(
                 n.assigned <= n.slots + n.queue,
