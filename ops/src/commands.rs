@@ -1,7 +1,7 @@
 //! The CLI commands.
 
 use crate::client::Client;
-use crate::{Cmd, DevArgs, DlqCmd, NodeArgs, NodeOpts};
+use crate::{Cmd, DevArgs, NodeArgs, NodeOpts};
 use anyhow::Context;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -215,43 +215,8 @@ pub(crate) fn client_command(api: &str, as_json: bool, cmd: Cmd) -> anyhow::Resu
         Cmd::Pause { id } => control(&client, as_json, &id, "pause"),
         Cmd::Resume { id } => control(&client, as_json, &id, "resume"),
         Cmd::Retry { id } => control(&client, as_json, &id, "retry"),
-        Cmd::Dlq {
-            cmd: Some(DlqCmd::Redrive { id }),
-        } => {
-            let v = client.post(&format!("/v1/dlq/{id}/redrive"), &json!({}))?;
-            if as_json {
-                print_json(&v)
-            } else {
-                println!("dead letter {id} redriven")
-            }
-            Ok(())
-        }
-        Cmd::Dlq {
-            cmd: None | Some(DlqCmd::List),
-        } => {
-            let v = client.get("/v1/dlq")?;
-            if as_json {
-                print_json(&v);
-                return Ok(());
-            }
-            let list = v["dead_letters"].as_array().cloned().unwrap_or_default();
-            if list.is_empty() {
-                println!("the dead-letter queue is empty");
-            }
-            for d in list {
-                println!(
-                    "#{:<4} {} step {} item {} after {} attempt(s): {}\n      log: {}.err",
-                    d["id"],
-                    s(&d["workflow"]),
-                    s(&d["step"]),
-                    d["item"],
-                    d["attempts"],
-                    s(&d["last_error"]),
-                    s(&d["log"])
-                );
-            }
-            Ok(())
-        }
+        Cmd::Dlq { cmd, filter } => crate::dlq_cli::run(&client, as_json, cmd, filter),
+        Cmd::Item { id, index } => crate::dlq_cli::item(&client, as_json, &id, index),
         Cmd::Nodes => {
             let v = client.get("/v1/nodes")?;
             if as_json {
@@ -346,7 +311,7 @@ pub(crate) fn client_command(api: &str, as_json: bool, cmd: Cmd) -> anyhow::Resu
     }
 }
 
-fn s(v: &Value) -> String {
+pub(crate) fn s(v: &Value) -> String {
     v.as_str()
         .map(str::to_string)
         .unwrap_or_else(|| v.to_string())

@@ -6,6 +6,7 @@ mod bench_cluster;
 mod bench_placement;
 mod client;
 mod commands;
+mod dlq_cli;
 mod local_cluster;
 mod progress;
 
@@ -97,10 +98,19 @@ enum Cmd {
         #[command(subcommand)]
         cmd: Option<ServersCmd>,
     },
-    /// The dead-letter queue: list entries, or redrive one.
+    /// The dead-letter queue: list (with filters), redrive or discard in bulk.
     Dlq {
         #[command(subcommand)]
         cmd: Option<DlqCmd>,
+        #[command(flatten)]
+        filter: dlq_cli::FilterArgs,
+    },
+    /// One item's path through the steps: status, attempts, node, duration, error, log.
+    Item {
+        /// The workflow (wf-12).
+        id: String,
+        /// The item's index (from 0).
+        index: u32,
     },
     /// Measure Troupe on this machine (starts its own nodes; prints figures).
     Bench(bench::BenchArgs),
@@ -115,9 +125,39 @@ enum ServersCmd {
 }
 
 #[derive(Subcommand)]
-enum DlqCmd {
-    List,
-    Redrive { id: u64 },
+pub enum DlqCmd {
+    /// List dead letters (the default): filter with --workflow, --step, --grep, --since.
+    List {
+        #[command(flatten)]
+        filter: dlq_cli::FilterArgs,
+        /// Most entries to print.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Skip this many matching entries (paging).
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+    },
+    /// Redrive dead letters (ids, a filter, or --all) in one command: each item runs again,
+    /// then through every step after it.
+    Redrive {
+        ids: Vec<u64>,
+        #[command(flatten)]
+        filter: dlq_cli::FilterArgs,
+        /// Every dead letter in the queue.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Give up on dead letters (ids, a filter, or --all): their items are `discarded`.
+    Discard {
+        ids: Vec<u64>,
+        #[command(flatten)]
+        filter: dlq_cli::FilterArgs,
+        #[arg(long)]
+        all: bool,
+        /// Why (kept in the workflow history).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(clap::Args)]

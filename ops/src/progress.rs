@@ -25,9 +25,18 @@ pub fn follow(client: &Client, id: &str, as_json: bool) -> anyhow::Result<Value>
                 b.set_prefix(st["id"].as_str().unwrap_or("?").to_string());
                 bars.push(b);
             }
-            let done = st["succeeded"].as_u64().unwrap_or(0)
-                + st["failed"].as_u64().unwrap_or(0)
-                + st["dead_lettered"].as_u64().unwrap_or(0);
+            let f = &st["funnel"];
+            let done = [
+                "succeeded",
+                "failed",
+                "dead_lettered",
+                "blocked",
+                "skipped",
+                "discarded",
+            ]
+            .iter()
+            .map(|k| f[*k].as_u64().unwrap_or(0))
+            .sum::<u64>();
             bars[i].set_length(st["items"].as_u64().unwrap_or(0).max(done));
             bars[i].set_position(done);
             let mut msg = st["status"].as_str().unwrap_or("").to_string();
@@ -76,14 +85,22 @@ pub fn print_detail(v: &Value) {
             st["succeeded"],
             st["items"]
         );
+        // The funnel: every item in exactly one bucket.
+        let f = &st["funnel"];
         for (k, label) in [
-            ("failed", "failed"),
-            ("dead_lettered", "dead-lettered"),
             ("running", "running"),
+            ("queued", "queued"),
             ("waiting_retry", "waiting to retry"),
+            ("waiting_upstream", "waiting upstream"),
+            ("blocked", "blocked"),
+            ("dead_lettered", "dead-lettered"),
+            ("discarded", "discarded"),
+            ("skipped", "skipped"),
+            ("failed", "failed"),
+            ("cancelled", "cancelled"),
         ] {
-            if st[k].as_u64().unwrap_or(0) > 0 {
-                line.push_str(&format!(", {} {label}", st[k]));
+            if f[k].as_u64().unwrap_or(0) > 0 {
+                line.push_str(&format!(", {} {label}", f[k]));
             }
         }
         if st["iteration"].as_u64().unwrap_or(0) > 1 {

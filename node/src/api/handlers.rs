@@ -31,8 +31,11 @@ pub fn router(app: AppState) -> Router {
             get(super::admin::servers).post(super::admin::change_servers),
         )
         .route("/v1/nodes/{id}/drain", post(super::admin::drain))
-        .route("/v1/dlq", get(dlq))
-        .route("/v1/dlq/{id}/redrive", post(redrive))
+        .route("/v1/dlq", get(super::dlq::list))
+        .route("/v1/dlq/redrive", post(super::dlq::redrive))
+        .route("/v1/dlq/discard", post(super::dlq::discard))
+        .route("/v1/dlq/{id}/redrive", post(super::dlq::redrive_one))
+        .route("/v1/workflows/{id}/items/{index}", get(super::dlq::item))
         .layer(axum::middleware::from_fn_with_state(app.clone(), to_leader))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(app);
@@ -97,7 +100,7 @@ pub(super) async fn linearize(app: &AppState) -> Result<(), ApiError> {
     }
 }
 
-fn wf_id(text: &str) -> Result<WorkflowId, ApiError> {
+pub(super) fn wf_id(text: &str) -> Result<WorkflowId, ApiError> {
     parse_wf(text)
         .ok_or_else(|| ApiError::bad(format!("{text:?} is not a workflow id (like wf-12)")))
 }
@@ -275,7 +278,7 @@ async fn detail(
 }
 
 /// The applied state, for reading.
-fn read(
+pub(super) fn read(
     app: &AppState,
 ) -> Result<std::sync::RwLockReadGuard<'_, troupe_actors::machine::Machine>, ApiError> {
     app.state.read().map_err(|_| {
@@ -286,7 +289,7 @@ fn read(
     })
 }
 
-fn workflow(
+pub(super) fn workflow(
     m: &troupe_actors::machine::Machine,
     id: WorkflowId,
 ) -> Result<&troupe_scheduler::state::Workflow, ApiError> {
@@ -429,20 +432,5 @@ async fn logs(
             wf_name(id),
             q.step
         ))),
-    }
-}
-
-async fn dlq(State(app): State<AppState>) -> Res {
-    linearize(&app).await?;
-    let m = read(&app)?;
-    let items: Vec<_> = m.state.sched.dlq.values().map(views::dead_letter).collect();
-    ok(json!({ "dead_letters": items }))
-}
-
-async fn redrive(State(app): State<AppState>, Path(id): Path<u64>) -> Res {
-    match propose(&app, Command::Redrive(id)).await? {
-        Output::Rejected(m) if m.starts_with("no dead letter") => Err(ApiError::not_found(m)),
-        Output::Rejected(m) => Err(ApiError(StatusCode::CONFLICT, m)),
-        _ => ok(json!({ "id": id, "redriven": true })),
     }
 }

@@ -3,6 +3,7 @@
 //! leader applies before it answers); writes go through the Raft log and answer after commit.
 
 mod admin;
+mod dlq;
 mod forward;
 mod handlers;
 mod server;
