@@ -67,6 +67,13 @@ pub async fn run(data_dir: &Path, spec: &RunSpec, kill: KillSignal, grace: Durat
         };
         cmd.env("TROUPE_ITEM", text);
     }
+    if let Some(input) = &spec.input {
+        let text = match input.value() {
+            serde_json::Value::String(s) => s,
+            _ => input.0.clone(),
+        };
+        cmd.env("TROUPE_INPUT", text);
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
