@@ -8,7 +8,7 @@
 use crate::runner::RunnerMsg;
 use crate::upstream::Upstream;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use troupe_scheduler::{AttemptRef, Command, NodeInfo, Outcome, Report, RunSpec, TaskRef};
@@ -78,7 +78,9 @@ pub struct DispatchState {
     /// The attempts in `recent`, for O(1) duplicate checks on the hot path.
     recent_keys: HashSet<AttemptRef>,
     epoch: u64,
-    queue: VecDeque<RunSpec>,
+    /// Placed attempts waiting for a runner, in task order (workflow, item, step): a document
+    /// already deep in a pipeline runs before new documents, as in the leader's ready queue.
+    queue: BTreeMap<(TaskRef, u32), RunSpec>,
     runners: Vec<Option<ActorRef<RunnerMsg>>>,
     busy: Vec<Option<AttemptRef>>,
     idle: Vec<usize>,
@@ -107,7 +109,7 @@ impl Actor for Dispatcher {
             recent: VecDeque::new(),
             recent_keys: HashSet::new(),
             epoch,
-            queue: VecDeque::new(),
+            queue: BTreeMap::new(),
             runners: Vec::new(),
             busy: Vec::new(),
             idle: Vec::new(),
@@ -129,7 +131,7 @@ impl Actor for Dispatcher {
                 // (reconciliation, a second leader) for an attempt this node holds or just
                 // finished is a no-op.
                 let mut known: HashSet<AttemptRef> = st.busy.iter().flatten().copied().collect();
-                known.extend(st.queue.iter().map(|q| AttemptRef {
+                known.extend(st.queue.values().map(|q| AttemptRef {
                     task: q.task,
                     attempt: q.attempt,
                     epoch: q.epoch,
@@ -145,15 +147,14 @@ impl Actor for Dispatcher {
                         && !st.recent_keys.contains(&at)
                         && known.insert(at)
                     {
-                        st.queue.push_back(s);
+                        st.queue.insert((s.task, s.attempt), s);
                     }
                 }
                 st.pump();
             }
             DispatchMsg::Kill(kills) => {
                 for (task, attempt) in kills {
-                    st.queue
-                        .retain(|s| !(s.task == task && s.attempt == attempt));
+                    st.queue.remove(&(task, attempt));
                     for (i, b) in st.busy.iter().enumerate() {
                         let holds = b.is_some_and(|a| a.task == task && a.attempt == attempt);
 
@@ -210,7 +211,7 @@ impl Actor for Dispatcher {
                     }
                 }
                 let mut attempts: Vec<AttemptRef> = st.busy.iter().flatten().copied().collect();
-                attempts.extend(st.queue.iter().map(|s| AttemptRef {
+                attempts.extend(st.queue.values().map(|s| AttemptRef {
                     task: s.task,
                     attempt: s.attempt,
                     epoch: s.epoch,
@@ -297,7 +298,7 @@ impl DispatchState {
             let Some(runner) = self.runners[i].clone() else {
                 continue;
             };
-            let spec = self.queue.pop_front().expect("queue is not empty");
+            let (_, spec) = self.queue.pop_first().expect("queue is not empty");
             let at = AttemptRef {
                 task: spec.task,
                 attempt: spec.attempt,

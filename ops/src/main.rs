@@ -270,7 +270,16 @@ fn main() {
         Cmd::Dev(args) => commands::dev(args),
         Cmd::Node(args) => commands::node(args),
         Cmd::Bench(args) => bench::run(args),
-        other => commands::client_command(&cli.api, cli.json, other),
+        other => {
+            // A client printing into a closed pipe (`troupe status | head -1`) ends quietly, as
+            // coreutils do, instead of panicking. Only the client: a node must get EPIPE on its
+            // sockets, never the signal.
+            // SAFETY: resetting one signal's disposition before any thread is spawned.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            }
+            commands::client_command(&cli.api, cli.json, other)
+        }
     };
     if let Err(e) = result {
         match e.downcast_ref::<commands::Exit>() {
