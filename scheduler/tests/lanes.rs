@@ -341,7 +341,7 @@ fn a_bulk_redrive_takes_only_what_the_filter_matches() {
     let mut sim = Sim::new(8);
     let id = sim.submit_toml(&seven_steps("{ range = [0, 30] }"));
     let fail = |r: &RunSpec| {
-        if (r.step_id == "s2" && r.task.item % 10 == 0) || (r.step_id == "s5" && r.task.item == 5) {
+        if (r.step_id == "s2" && r.task.item.is_multiple_of(10)) || (r.step_id == "s5" && r.task.item == 5) {
             Outcome::Failed {
                 error: format!("bad at {}", r.step_id),
             }
@@ -408,7 +408,6 @@ map = { from = "a" }
     sim.run(&f);
     assert_eq!(sim.state.sched.dlq.len(), 10_000);
     *fixed.borrow_mut() = true;
-    let t = std::time::Instant::now();
     let out = sim.state.apply(
         sim.now,
         Command::RedriveMany(DlqFilter {
@@ -416,7 +415,6 @@ map = { from = "a" }
             ..Default::default()
         }),
     );
-    let took = t.elapsed();
     let _ = sim.state.take_effects();
     assert!(
         matches!(
@@ -428,7 +426,6 @@ map = { from = "a" }
         ),
         "{out:?}"
     );
-    eprintln!("10,000 dead letters redriven in one apply: {took:?}");
     sim.run(&f);
     assert_eq!(sim.wf(id).status, WfStatus::Succeeded);
 }
