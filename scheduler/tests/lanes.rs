@@ -341,7 +341,9 @@ fn a_bulk_redrive_takes_only_what_the_filter_matches() {
     let mut sim = Sim::new(8);
     let id = sim.submit_toml(&seven_steps("{ range = [0, 30] }"));
     let fail = |r: &RunSpec| {
-        if (r.step_id == "s2" && r.task.item.is_multiple_of(10)) || (r.step_id == "s5" && r.task.item == 5) {
+        if (r.step_id == "s2" && r.task.item.is_multiple_of(10))
+            || (r.step_id == "s5" && r.task.item == 5)
+        {
             Outcome::Failed {
                 error: format!("bad at {}", r.step_id),
             }
