@@ -463,3 +463,161 @@ fn from_is_checked_at_submit() {
         assert!(err.contains(want), "{err} should say {want}");
     }
 }
+
+#[test]
+fn retry_from_failure_finishes_the_items_of_a_lane() {
+    let mut sim = Sim::new(4);
+    let id = sim.submit_toml(
+        r#"
+name = "retry"
+[[step]]
+id = "a"
+handler = "echo"
+map = { range = [0, 6] }
+[[step]]
+id = "b"
+needs = ["a"]
+handler = "echo"
+map = { from = "a" }
+[[step]]
+id = "c"
+needs = ["b"]
+handler = "echo"
+map = { from = "b" }
+"#,
+    );
+    let (fixed, effects) = (RefCell::new(false), Effects::default());
+    sim.run(&|r| fails_item("b", 2, &fixed, &effects, r));
+    assert_eq!(sim.wf(id).status, WfStatus::Failed);
+    *fixed.borrow_mut() = true;
+    assert_eq!(sim.apply(Command::Retry(id)), Output::Done);
+    sim.run(&|r| fails_item("b", 2, &fixed, &effects, r));
+    let wf = sim.wf(id);
+    assert_eq!(wf.status, WfStatus::Succeeded, "{:?}", wf.history);
+    assert!(
+        state::step_output(wf, 2)
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| !v.is_null())
+    );
+    let m = effects.0.borrow();
+    for i in 0..6 {
+        assert_eq!(m.get(&("c".to_string(), i)), Some(&1), "c {i} ran once");
+    }
+}
+
+#[test]
+fn a_join_blocks_an_item_dead_lettered_in_one_branch_until_it_is_redriven() {
+    let mut sim = Sim::new(4);
+    let id = sim.submit_toml(
+        r#"
+name = "join"
+[[step]]
+id = "split"
+handler = "echo"
+map = { range = [0, 4] }
+[[step]]
+id = "left"
+needs = ["split"]
+handler = "echo"
+map = { from = "split" }
+on_failure = "dead-letter"
+[[step]]
+id = "right"
+needs = ["split"]
+handler = "echo"
+map = { from = "split" }
+[[step]]
+id = "join"
+needs = ["left", "right"]
+handler = "echo"
+map = { from = ["left", "right"] }
+"#,
+    );
+    let (fixed, effects) = (RefCell::new(false), Effects::default());
+    sim.run(&|r| fails_item("left", 1, &fixed, &effects, r));
+    let wf = sim.wf(id);
+    assert_eq!(wf.status, WfStatus::Degraded);
+    assert!(
+        wf.steps[3].blocked.contains_key(&1),
+        "a join needs every branch"
+    );
+    assert_eq!(views::item_status(wf, 3, 1).0, "blocked");
+    *fixed.borrow_mut() = true;
+    let dl = *sim.state.sched.dlq.keys().next().unwrap();
+    assert_eq!(sim.apply(Command::Redrive(dl)), Output::Done);
+    sim.run(&|r| fails_item("left", 1, &fixed, &effects, r));
+    assert_eq!(sim.wf(id).status, WfStatus::Succeeded);
+    effects.all_once(&["split", "left", "right", "join"], 4);
+}
+
+#[test]
+fn an_optional_lane_step_that_fails_lets_its_items_go_on_without_it() {
+    let mut sim = Sim::new(4);
+    let id = sim.submit_toml(
+        r#"
+name = "optional"
+[[step]]
+id = "a"
+handler = "echo"
+map = { range = [0, 3] }
+[[step]]
+id = "enrich"
+needs = ["a"]
+handler = "echo"
+map = { from = "a" }
+optional = true
+[[step]]
+id = "plain"
+needs = ["a"]
+handler = "echo"
+map = { from = "a" }
+[[step]]
+id = "out"
+needs = ["enrich", "plain"]
+handler = "echo"
+map = { from = ["enrich", "plain"] }
+"#,
+    );
+    let (fixed, effects) = (RefCell::new(false), Effects::default());
+    sim.run(&|r| fails_item("enrich", 0, &fixed, &effects, r));
+    let wf = sim.wf(id);
+    assert_eq!(wf.status, WfStatus::Degraded, "{:?}", wf.history);
+    assert!(
+        wf.reason
+            .as_ref()
+            .unwrap()
+            .contains("optional step(s) failed: enrich")
+    );
+    assert_eq!(wf.steps[3].status, StepStatus::Succeeded);
+    assert_eq!(wf.steps[3].done.count(), 3, "every item reached the end");
+}
+
+#[test]
+fn a_per_item_condition_that_fails_dead_letters_the_item() {
+    let mut sim = Sim::new(4);
+    let id = sim.submit_toml(
+        r#"
+name = "cond"
+[[step]]
+id = "a"
+handler = "echo"
+map = { items = [{ class = "x" }, { other = 1 }] }
+[[step]]
+id = "b"
+needs = ["a"]
+handler = "echo"
+map = { from = "a" }
+when = "input.class == 'x'"
+on_failure = "dead-letter"
+"#,
+    );
+    sim.run(&builtin);
+    let wf = sim.wf(id);
+    assert_eq!(wf.status, WfStatus::Degraded);
+    let d = sim.state.sched.dlq.values().next().unwrap();
+    assert_eq!(d.task.item, 1);
+    assert!(d.last_error.contains("when:"), "{}", d.last_error);
+    assert_eq!(d.attempts, 0);
+}
