@@ -102,6 +102,12 @@ impl Ctx {
 pub async fn start(mut cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    // Private to the node's user, also when it was created before (or by hand).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private (0700)", cfg.data_dir.display()))?;
+    }
     // Absolute, so task paths ($TROUPE_OUTPUT, logs) hold whatever directory a task changes to.
     cfg.data_dir = std::fs::canonicalize(&cfg.data_dir)
         .with_context(|| format!("cannot resolve {}", cfg.data_dir.display()))?;

@@ -24,12 +24,13 @@ pub fn run(n: u32, args: &DevArgs) -> anyhow::Result<()> {
         bail!("--nodes {n}: use 1 to 7 (3 or 5 for a fault-tolerant Raft group)");
     }
     let exe = std::env::current_exe()?;
+    // A random cookie: nothing outside these processes can guess it.
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("no randomness for the cookie: {e}"))?;
     let cookie = format!(
-        "dev-{:x}",
-        troupe_scheduler::json::mix(&[
-            std::process::id() as u64,
-            Instant::now().elapsed().as_nanos() as u64
-        ])
+        "dev-{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
     );
     let cluster: Vec<String> = (0..n).map(|i| format!("127.0.0.1:{}", 7101 + i)).collect();
     let base_api = args.listen.map(|a| a.port()).unwrap_or(7070);

@@ -264,8 +264,24 @@ pub struct NodeOpts {
     snapshot_every: u64,
 }
 
+/// Node secrets stay out of reach of tasks: the cookie (already read into the arguments) leaves
+/// this process's environment, which every attempt inherits; files and folders the node creates
+/// are private to its user (data dir 0700, files 0600).
+fn keep_secrets() {
+    // SAFETY: called first thing in main, before any thread is spawned.
+    unsafe {
+        for name in ["TROUPE_COOKIE", "TROUPE_TOKEN"] {
+            std::env::remove_var(name);
+        }
+        libc::umask(0o077);
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
+    if matches!(cli.cmd, Cmd::Dev(_) | Cmd::Node(_)) {
+        keep_secrets();
+    }
     let result = match cli.cmd {
         Cmd::Dev(args) => commands::dev(args),
         Cmd::Node(args) => commands::node(args),
