@@ -43,6 +43,11 @@ fn bad_specs_are_refused_with_the_field_and_nothing_else_is_lost() {
             "at least one item",
         ),
         ("name = [\n", "spec_toml:"),
+        (
+            // ~10^7 evaluations inside apply on every server: refused before it is proposed.
+            "name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"echo\"\n[[step]]\nid = \"b\"\nneeds = [\"a\"]\nhandler = \"noop\"\nwhen = \"steps.a.output.map(a, steps.a.output.map(b, steps.a.output.map(c, steps.a.output.map(d, steps.a.output.map(e, steps.a.output.map(f, steps.a.output.map(g, 1))))))).size() > 0\"\n",
+            "comprehensions nest 7 deep",
+        ),
     ];
     for (spec, want) in cases {
         let (code, v) = node.post("/v1/workflows", &json!({ "spec_toml": spec }));

@@ -26,6 +26,12 @@ pub fn compile(expr: &str) -> Result<Program, String> {
 /// ones a macro such as `list.all(x, ...)` binds), and reads only steps in `steps`.
 pub fn check(expr: &str, allowed: &[&str], steps: &[&str]) -> Result<(), String> {
     let program = compile(expr)?;
+    let depth = macro_depth(expr);
+    if depth > MACRO_DEPTH_MAX {
+        return Err(format!(
+            "comprehensions nest {depth} deep (`.map(`, `.all(`, `.exists(`, `.exists_one(`, `.filter(` inside one another); at most {MACRO_DEPTH_MAX} may nest: every level multiplies the work by the size of a list, and conditions run inside the replicated state machine on every server"
+        ));
+    }
     let bound = macro_variables(expr);
     for name in step_names(expr) {
         if !steps.contains(&name.as_str()) {
@@ -44,6 +50,47 @@ pub fn check(expr: &str, allowed: &[&str], steps: &[&str]) -> Result<(), String>
         }
     }
     Ok(())
+}
+
+/// Most comprehensions nested inside one another. One level over a step's output (at most the
+/// items of a map step) is linear; two would be quadratic, seven are ~10^7 evaluations.
+pub const MACRO_DEPTH_MAX: usize = 1;
+
+/// How deeply comprehension macros nest in `expr`, from its text: each macro call opens a level
+/// that lasts until its closing parenthesis. String literals are skipped. Deterministic and
+/// conservative (a method of that name counts too).
+fn macro_depth(expr: &str) -> usize {
+    const MACROS: [&str; 5] = [".all(", ".exists(", ".exists_one(", ".map(", ".filter("];
+    let bytes = expr.as_bytes();
+    // For each open parenthesis: does it belong to a macro call?
+    let mut open: Vec<bool> = Vec::new();
+    let (mut depth, mut max, mut i) = (0usize, 0usize, 0usize);
+    let mut quote: Option<u8> = None;
+    while i < bytes.len() {
+        let c = bytes[i];
+        match quote {
+            Some(_) if c == b'\\' => i += 1,
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == b'"' || c == b'\'' => quote = Some(c),
+            None if c == b'(' => {
+                let is_macro = MACROS.iter().any(|m| expr[..=i].ends_with(m));
+                if is_macro {
+                    depth += 1;
+                    max = max.max(depth);
+                }
+                open.push(is_macro);
+            }
+            None if c == b')' => {
+                if open.pop() == Some(true) {
+                    depth -= 1;
+                }
+            }
+            None => {}
+        }
+        i += 1;
+    }
+    max
 }
 
 /// Variables bound by CEL macros: `xs.all(x, ...)`, `exists`, `exists_one`, `map`, `filter`.
@@ -92,9 +139,34 @@ fn step_names(expr: &str) -> Vec<String> {
     out
 }
 
+/// Compiled programs most recently evaluated on this thread.
+const CACHE_MAX: usize = 256;
+
+thread_local! {
+    /// Per-item conditions are evaluated once per item with the same text: parse it once. The
+    /// cache only saves work; the result is the same with or without it (deterministic).
+    static CACHE: std::cell::RefCell<std::collections::BTreeMap<String, std::rc::Rc<Program>>> =
+        const { std::cell::RefCell::new(std::collections::BTreeMap::new()) };
+}
+
+fn cached(expr: &str) -> Result<std::rc::Rc<Program>, String> {
+    if let Some(p) = CACHE.with(|c| c.borrow().get(expr).cloned()) {
+        return Ok(p);
+    }
+    let p = std::rc::Rc::new(compile(expr)?);
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= CACHE_MAX {
+            c.clear();
+        }
+        c.insert(expr.to_string(), p.clone());
+    });
+    Ok(p)
+}
+
 /// Evaluates a boolean expression with the given variables (JSON values).
 pub fn eval_bool(expr: &str, vars: &[(&str, &Value)]) -> Result<bool, String> {
-    let program = compile(expr)?;
+    let program = cached(expr)?;
     let mut ctx = Context::default();
     for (name, value) in vars {
         ctx.add_variable_from_value(*name, to_cel(value));
@@ -179,5 +251,31 @@ mod tests {
             check("steps.a.output.all(o, o > 1)", &["steps"], &["a"]).is_ok(),
             "macro variables are bound"
         );
+    }
+
+    #[test]
+    fn nested_comprehensions_are_refused_at_submit() {
+        let seven = "steps.a.output.map(a, steps.a.output.map(b, steps.a.output.map(c, steps.a.output.map(d, steps.a.output.map(e, steps.a.output.map(f, steps.a.output.map(g, 1))))))).size() > 0";
+        let err = check(seven, &["steps"], &["a"]).unwrap_err();
+        assert!(err.contains("nest 7 deep"), "{err}");
+        assert!(
+            check(
+                "steps.a.output.all(x, x.exists(y, y > 1))",
+                &["steps"],
+                &["a"]
+            )
+            .is_err()
+        );
+        // Side by side is fine, and so are parentheses and text that looks like a macro.
+        assert!(
+            check(
+                "steps.a.output.all(x, (x > 1)) && steps.a.output.exists(y, y == '.map(')",
+                &["steps"],
+                &["a"]
+            )
+            .is_ok()
+        );
+        assert_eq!(macro_depth("a.map(x, x) + b.filter(y, (y))"), 1);
+        assert_eq!(macro_depth("'.map(.map(' == s"), 0);
     }
 }
