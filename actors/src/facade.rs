@@ -17,7 +17,14 @@ pub enum FacadeMsg {
     Status(RpcReplyPort<EngineStatus>),
     /// Fault injection for supervision tests.
     InjectPanic,
+    /// Periodic: is the engine thread still running? If it stopped (a fatal storage error, an
+    /// undecodable committed entry, a panic in apply), this actor fails, so its supervisor
+    /// restarts it (reopening the log) or, once the budget is spent, escalates.
+    Watch,
 }
+
+/// How often the facade checks that the engine thread runs.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 pub struct RaftFacade;
 
@@ -43,7 +50,7 @@ impl Actor for RaftFacade {
 
     async fn pre_start(
         &self,
-        _me: ActorRef<FacadeMsg>,
+        me: ActorRef<FacadeMsg>,
         args: Arc<FacadeArgs>,
     ) -> Result<FacadeState, ActorProcessingErr> {
         let open_args = args.clone();
@@ -61,6 +68,7 @@ impl Actor for RaftFacade {
         .await??;
         let st = engine.handle().status();
         tracing::info!(applied = st.applied, term = st.term, "raft log open");
+        me.send_interval(WATCH_EVERY, || FacadeMsg::Watch);
         Ok(FacadeState {
             engine: Some(engine),
         })
@@ -92,6 +100,16 @@ impl Actor for RaftFacade {
                 let _ = reply.send(engine.handle().status());
             }
             FacadeMsg::InjectPanic => panic!("injected panic in the raft facade"),
+            FacadeMsg::Watch => {
+                let status = engine.handle().status();
+                if !status.running {
+                    tracing::error!(
+                        applied = status.applied,
+                        "the raft engine thread stopped (see the error above); failing the raft facade so its supervisor acts"
+                    );
+                    return Err("the raft engine thread stopped".into());
+                }
+            }
         }
         Ok(())
     }

@@ -66,6 +66,17 @@ pub enum RaftLogError {
         /// The error returned by `restore`.
         detail: String,
     },
+    /// A committed entry does not decode (written by a newer version, or corrupt). Applying past
+    /// it would let this replica diverge from the others, so the engine stops (fail-stop).
+    #[error(
+        "committed raft entry {index} cannot be applied: {detail}; the engine stopped rather than skip it (replicas would diverge). Run the troupe version that wrote it, or restore a backup"
+    )]
+    Undecodable {
+        /// Raft index of the entry.
+        index: u64,
+        /// Why it does not decode.
+        detail: String,
+    },
     /// An [`crate::EngineConfig`] field is out of range.
     #[error("invalid raft engine config: {0}")]
     Config(String),

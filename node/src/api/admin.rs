@@ -14,6 +14,17 @@ use troupe_scheduler::{Command, Output};
 
 pub(super) async fn health(State(app): State<AppState>) -> Res {
     let st = app.engine.status();
+    if !st.running {
+        return Ok((
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "failed",
+                "node": app.node,
+                "error": "the raft engine stopped (see the node log); the node restarts it or exits",
+                "applied": st.applied,
+            })),
+        ));
+    }
     let (workflows, stats) = app
         .state
         .read()

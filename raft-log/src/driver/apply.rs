@@ -46,7 +46,7 @@ impl<M: StateMachine> Driver<M> {
                     // ignored): nothing to apply.
                     EntryType::EntryNormal if e.get_data().is_empty() => None,
                     EntryType::EntryNormal => {
-                        commands += self.apply_normal(&mut machine, e, &mut replies);
+                        commands += self.apply_normal(&mut machine, e, &mut replies)?;
                         None
                     }
                     EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
@@ -77,14 +77,12 @@ impl<M: StateMachine> Driver<M> {
         machine: &mut M,
         e: &Entry,
         replies: &mut Vec<Answer<M::Output>>,
-    ) -> u64 {
-        let env: Envelope<M::Command> = match envelope::decode(e.get_data()) {
-            Ok(env) => env,
-            Err(error) => {
-                tracing::error!(index = e.index, %error, "skipping an undecodable raft entry (corrupt file or incompatible version)");
-                return 0;
-            }
-        };
+    ) -> Result<u64, RaftLogError> {
+        let env: Envelope<M::Command> =
+            envelope::decode(e.get_data()).map_err(|detail| RaftLogError::Undecodable {
+                index: e.index,
+                detail,
+            })?;
         let mine = env.origin == self.incarnation;
         let mut count = 0u64;
         for group in env.groups {
@@ -110,7 +108,7 @@ impl<M: StateMachine> Driver<M> {
                 }
             }
         }
-        count
+        Ok(count)
     }
 
     /// Applies a conf change entry (v1 or v2) to raft and persists the new conf state. An

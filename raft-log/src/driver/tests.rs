@@ -40,10 +40,10 @@ fn raw_entry(index: u64, term: u64, data: Vec<u8>) -> Entry {
     e
 }
 
-#[test]
-fn undecodable_and_foreign_entries_are_handled_on_replay() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = EngineConfig::new(dir.path());
+/// Opens an engine on `dir` that has applied 5, then appends `data` as an uncommitted entry
+/// (as if written by another version, or damaged); the next leader commits it.
+fn append_raw(dir: &std::path::Path, data: Vec<u8>) -> (EngineConfig, u64) {
+    let cfg = EngineConfig::new(dir);
     let engine = Engine::open(cfg.clone(), Sum::default(), Box::new(|_, _, _| Vec::new())).unwrap();
     let out = engine
         .handle()
@@ -53,12 +53,19 @@ fn undecodable_and_foreign_entries_are_handled_on_replay() {
         .unwrap();
     assert_eq!(out, Ok(vec![5]));
     engine.shutdown();
-
-    // Append, as if written by another version or damaged: a garbage entry, an entry from
-    // another incarnation whose group id 1 would collide with the next waiter, and a future
-    // envelope version. They are persisted but not committed; the next leader commits them.
     let mut store = RedbStorage::open(&cfg.db_path(), true).unwrap();
     let (last, term) = (store.last(), store.hard_state().term);
+    let hs: HardState = store.hard_state().clone();
+    store
+        .persist(&[raw_entry(last + 1, term, data)], Some(&hs), None, true)
+        .unwrap();
+    (cfg, last + 1)
+}
+
+#[test]
+fn a_foreign_incarnation_entry_is_applied_and_reaches_no_new_waiter() {
+    let dir = tempfile::tempdir().unwrap();
+    // An entry from another incarnation whose group id 1 would collide with the next waiter.
     let foreign = envelope::encode(&Envelope {
         v: ENVELOPE_VERSION,
         at_ms: 1,
@@ -69,6 +76,21 @@ fn undecodable_and_foreign_entries_are_handled_on_replay() {
         }],
     })
     .unwrap();
+    let (cfg, bad) = append_raw(dir.path(), foreign);
+    let engine = Engine::open(cfg, Sum::default(), Box::new(|_, _, _| Vec::new())).unwrap();
+    let out = engine
+        .handle()
+        .propose(vec![1])
+        .unwrap()
+        .blocking_recv()
+        .unwrap();
+    assert!(engine.status().applied > bad);
+    // The first waiter of this incarnation gets its own output, not the replayed group's.
+    assert_eq!(out, Ok(vec![106]));
+}
+
+#[test]
+fn an_undecodable_committed_entry_stops_the_engine_instead_of_being_skipped() {
     let future = {
         let mut b = envelope::encode(&Envelope::<u64> {
             v: ENVELOPE_VERSION,
@@ -80,34 +102,26 @@ fn undecodable_and_foreign_entries_are_handled_on_replay() {
         b[0] = 99; // v is the first varint byte
         b
     };
-    let ents = vec![
-        raw_entry(last + 1, term, vec![0xff; 32]),
-        raw_entry(last + 2, term, foreign),
-        raw_entry(last + 3, term, future),
-    ];
-    let hs: HardState = store.hard_state().clone();
-    store.persist(&ents, Some(&hs), None, true).unwrap();
-    drop(store);
-
-    let engine = Engine::open(cfg, Sum::default(), Box::new(|_, _, _| Vec::new())).unwrap();
-    let st = engine.status();
-    assert!(
-        st.applied > last + 3,
-        "replayed past the bad entries: {st:?}"
-    );
-    assert_eq!(
-        engine.state().read().unwrap().0,
-        105,
-        "foreign entry applied, bad ones skipped"
-    );
-    // The first waiter of this incarnation gets its own output, not the replayed group's.
-    let out = engine
-        .handle()
-        .propose(vec![1])
-        .unwrap()
-        .blocking_recv()
-        .unwrap();
-    assert_eq!(out, Ok(vec![106]));
+    for (what, data) in [("garbage", vec![0xff; 32]), ("a newer version", future)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, bad) = append_raw(dir.path(), data);
+        match Engine::open(cfg, Sum::default(), Box::new(|_, _, _| Vec::new())) {
+            Err(e) => assert!(matches!(e, RaftLogError::Undecodable { .. }), "{what}: {e}"),
+            Ok(engine) => {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while engine.status().running {
+                    assert!(Instant::now() < deadline, "{what}: the engine kept running");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let st = engine.status();
+                assert!(
+                    st.applied < bad,
+                    "{what}: applied past the bad entry: {st:?}"
+                );
+                assert_eq!(engine.state().read().unwrap().0, 5, "{what}");
+            }
+        }
+    }
 }
 
 #[test]
