@@ -454,3 +454,37 @@ fn retry_drops_the_dead_letters_of_the_steps_it_runs_again() {
     assert_eq!(sim.wf(id).status, WfStatus::Succeeded);
     assert_eq!(sim.wf(id).steps[0].succeeded, 3);
 }
+
+#[test]
+fn a_submit_with_broken_step_references_is_refused_in_apply() {
+    let mut sim = Sim::new(2);
+    let raw = spec::parse_toml(
+        "name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\n[[step]]\nid = \"b\"\nneeds = [\"a\"]\nhandler = \"noop\"\n",
+        None,
+    )
+    .unwrap();
+    let good = spec::compile(&raw).unwrap();
+    let mut cases = Vec::new();
+    let mut out_of_range = good.clone();
+    out_of_range.steps[1].needs = vec![7];
+    cases.push(out_of_range);
+    let mut cycle = good.clone();
+    cycle.steps[0].needs = vec![1];
+    cases.push(cycle);
+    for bad in cases {
+        let out = sim.apply(Command::Submit(Box::new(Submission {
+            spec: bad,
+            params: vec![],
+            idempotency_key: None,
+            digest: 0,
+        })));
+        assert!(
+            matches!(&out, Output::Rejected(m) if m.starts_with("invalid spec")),
+            "{out:?}"
+        );
+    }
+    assert!(
+        sim.state.workflows.is_empty(),
+        "nothing was created, nothing panicked"
+    );
+}

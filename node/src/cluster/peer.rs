@@ -86,6 +86,25 @@ impl Actor for PeerActor {
                 let (Some(e), Some(cmds)) = (&st.engine, decode::<Vec<Command>>(&bytes)) else {
                     return Ok(());
                 };
+                // A peer proposes only what a node says about itself: its registration and the
+                // reports of its attempts (fenced in apply by epoch). Anything else (a submit,
+                // a cancel, a NodeLost) comes through the API or the leader, never a peer.
+                let (cmds, refused): (Vec<Command>, Vec<Command>) =
+                    cmds.into_iter().partition(|c| {
+                        matches!(
+                            c,
+                            Command::RegisterNode(_) | Command::Started(_) | Command::Finished(_)
+                        )
+                    });
+                for c in &refused {
+                    tracing::warn!(
+                        command = command_kind(c),
+                        "refused a peer's proposal: peers may only register themselves and report their attempts"
+                    );
+                }
+                if cmds.is_empty() {
+                    return Ok(());
+                }
                 if let Err(err) = e.propose_nowait(cmds) {
                     tracing::debug!(%err, "a peer's proposal was not accepted; it sends again");
                 }
@@ -274,5 +293,29 @@ pub fn send_exec(node: &str, msg: ExecMsg) {
         None => {
             tracing::debug!(%node, "no session to node; its attempts are sent again when it renews")
         }
+    }
+}
+
+/// The name of a command, for logs.
+fn command_kind(c: &Command) -> &'static str {
+    match c {
+        Command::RegisterNode(_) => "RegisterNode",
+        Command::UpdateCapacity { .. } => "UpdateCapacity",
+        Command::SetDraining { .. } => "SetDraining",
+        Command::Evict { .. } => "Evict",
+        Command::NodeLost { .. } => "NodeLost",
+        Command::Submit(_) => "Submit",
+        Command::Assign(_) => "Assign",
+        Command::Started(_) => "Started",
+        Command::Finished(_) => "Finished",
+        Command::Cancel(_) => "Cancel",
+        Command::Pause(_) => "Pause",
+        Command::Resume(_) => "Resume",
+        Command::Retry(_) => "Retry",
+        Command::TimeoutWorkflow(_) => "TimeoutWorkflow",
+        Command::Redrive(_) => "Redrive",
+        Command::RedriveMany(_) => "RedriveMany",
+        Command::Discard { .. } => "Discard",
+        Command::Checkpoint { .. } => "Checkpoint",
     }
 }

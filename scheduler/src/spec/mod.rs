@@ -204,6 +204,57 @@ impl Spec {
         }
     }
 
+    /// Checks the references between steps of a compiled spec (what apply indexes by): every
+    /// `needs`, `over` and `from` names an existing earlier-checked step, and the graph is
+    /// acyclic. `compile` guarantees this for specs it produced; apply checks it again because
+    /// a log entry is input too.
+    pub fn check_references(&self) -> Result<(), String> {
+        let n = self.steps.len();
+        if n == 0 || n > u16::MAX as usize {
+            return Err(format!("{n} steps; a workflow has 1 to 65535"));
+        }
+        for (i, s) in self.steps.iter().enumerate() {
+            let refs = s.needs.iter().chain(match &s.map {
+                Some(MapSource::Upstream { step, .. }) => std::slice::from_ref(step),
+                Some(MapSource::From(v)) => v.as_slice(),
+                _ => &[],
+            });
+            for &j in refs {
+                if j as usize >= n || j as usize == i {
+                    return Err(format!("step {:?} refers to step index {j}", s.id));
+                }
+            }
+            if let Some(MapSource::From(v)) = &s.map
+                && (v.is_empty() || v.iter().any(|p| !s.needs.contains(p)))
+            {
+                return Err(format!("step {:?}: `from` steps must be in needs", s.id));
+            }
+        }
+        // Acyclic (Kahn), bounded by the number of edges.
+        let mut indegree: Vec<usize> = self.steps.iter().map(|s| s.needs.len()).collect();
+        let mut ready: Vec<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
+        let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (i, s) in self.steps.iter().enumerate() {
+            for &j in &s.needs {
+                children[j as usize].push(i);
+            }
+        }
+        let mut seen = 0;
+        while let Some(i) = ready.pop() {
+            seen += 1;
+            for &c in &children[i] {
+                indegree[c] -= 1;
+                if indegree[c] == 0 {
+                    ready.push(c);
+                }
+            }
+        }
+        if seen != n {
+            return Err("the steps' needs form a cycle".into());
+        }
+        Ok(())
+    }
+
     /// The steps that have `i` as a lane parent.
     pub fn lane_children(&self, i: usize) -> Vec<usize> {
         (0..self.steps.len())

@@ -131,6 +131,9 @@ impl State {
     }
 
     fn submit(&mut self, sub: Submission, at: u64) -> Output {
+        if let Err(why) = sub.spec.check_references() {
+            return Output::Rejected(format!("invalid spec: {why}"));
+        }
         let known = sub
             .idempotency_key
             .as_ref()
