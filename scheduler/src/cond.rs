@@ -81,11 +81,7 @@ fn macro_depth(expr: &str) -> usize {
                 }
                 open.push(is_macro);
             }
-            None if c == b')' => {
-                if open.pop() == Some(true) {
-                    depth -= 1;
-                }
-            }
+            None if c == b')' && open.pop() == Some(true) => depth -= 1,
             None => {}
         }
         i += 1;
