@@ -1,14 +1,24 @@
-//! Any node accepts API calls: a follower or a worker forwards them to the leader's API.
-//! Bodies are read whole (they are bounded by the body limit) and sent with a blocking client
-//! on a blocking thread; the leader's answer is passed back as it is.
+//! Any node accepts API calls: a follower or a worker forwards them to the leader's API, on an
+//! async HTTP client (hyper), with bounded concurrency, keeping the method, the headers, the
+//! status and the body both ways.
+//!
+//! It follows leadership: while a call is forwarded, the node keeps looking at who the leader
+//! is. If another leader is elected (the old one froze, say), a read is sent again to the new
+//! one; a write answers 503 at once, since the old leader may or may not have applied it
+//! (retry it, with the same idempotency key for a submit). A forwarded call never waits on a
+//! silent leader for longer than it takes the cluster to elect a new one.
 
-use super::BODY_BYTES_MAX;
-use axum::body::{Body, to_bytes};
+use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use serde_json::json;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
 /// Where API calls go when this node is not the leader.
 #[derive(Clone)]
@@ -19,6 +29,29 @@ pub enum Route {
     To(String),
     /// No leader is known right now.
     Unknown,
+}
+
+/// Calls forwarded at once; more answer 503 (long-polls cannot starve the others of a thread:
+/// they wait on the async client, and at most this many).
+pub const FORWARDS_MAX: usize = 512;
+/// How often a forwarded call checks who the leader is.
+const FOLLOW_EVERY: Duration = Duration::from_millis(100);
+/// A forwarded call gives up after this long in any case (the longest `?wait=` is 10 minutes).
+const FORWARD_LIMIT: Duration = Duration::from_secs(660);
+
+fn client() -> &'static Client<HttpConnector, Body> {
+    static C: OnceLock<Client<HttpConnector, Body>> = OnceLock::new();
+    C.get_or_init(|| {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(1)));
+        connector.set_nodelay(true);
+        Client::builder(TokioExecutor::new()).build(connector)
+    })
+}
+
+fn slots() -> &'static Arc<Semaphore> {
+    static S: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    S.get_or_init(|| Arc::new(Semaphore::new(FORWARDS_MAX)))
 }
 
 fn unavailable(msg: &str) -> Response {
@@ -32,66 +65,83 @@ fn unavailable(msg: &str) -> Response {
     r
 }
 
-pub async fn forward(target: String, req: Request) -> Response {
-    let method = req.method().clone();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    let Ok(body) = to_bytes(req.into_body(), BODY_BYTES_MAX).await else {
-        return (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            axum::Json(json!({ "error": "request body too large" })),
-        )
-            .into_response();
+/// Forwards `req` to `target`, the leader that `route()` names now, following it if it changes.
+pub async fn forward(
+    route: Arc<dyn Fn() -> Route + Send + Sync>,
+    target: String,
+    req: Request,
+) -> Response {
+    let Ok(_permit) = slots().clone().try_acquire_owned() else {
+        return unavailable(&format!(
+            "this node is forwarding {FORWARDS_MAX} calls to the leader already; retry, or call the leader directly"
+        ));
     };
-    let url = format!("http://{target}{path}");
-    let answer = tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(660)))
-            .build()
-            .into();
-        let r = if method == axum::http::Method::POST {
-            agent
-                .post(&url)
-                .header("content-type", "application/json")
-                .send(&body[..])
-        } else {
-            agent.get(&url).call()
+    let (parts, body) = req.into_parts();
+    let idempotent = matches!(parts.method, Method::GET | Method::HEAD);
+    // A read may be sent again to a new leader, so keep its (small) body; a write's body is
+    // streamed through once.
+    let mut body = Some(body);
+    let mut target = target;
+    let deadline = tokio::time::Instant::now() + FORWARD_LIMIT;
+    loop {
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let Ok(uri) = format!("http://{target}{path}").parse::<Uri>() else {
+            return unavailable("the leader's API address is not valid");
         };
-        r.map(|mut r| {
-            let status = r.status().as_u16();
-            let ctype = r
-                .headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("application/json")
-                .to_string();
-            let retry = r
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let bytes = r.body_mut().read_to_vec().unwrap_or_default();
-            (status, ctype, retry, bytes)
-        })
-    })
-    .await;
-    match answer {
-        Ok(Ok((status, ctype, retry, bytes))) => {
-            let mut r = Response::new(Body::from(bytes));
-            *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-            if let Ok(v) = HeaderValue::from_str(&ctype) {
-                r.headers_mut().insert(header::CONTENT_TYPE, v);
+        let mut out = Request::new(if idempotent {
+            Body::empty()
+        } else {
+            body.take().unwrap_or_else(Body::empty)
+        });
+        *out.method_mut() = parts.method.clone();
+        *out.uri_mut() = uri;
+        *out.headers_mut() = parts.headers.clone();
+        out.headers_mut().remove(header::HOST);
+        out.headers_mut().remove(header::CONNECTION);
+        let call = client().request(out);
+        tokio::pin!(call);
+        let mut follow = tokio::time::interval(FOLLOW_EVERY);
+        let moved = loop {
+            tokio::select! {
+                r = &mut call => {
+                    return match r {
+                        Ok(resp) => resp.map(Body::new),
+                        Err(e) => unavailable(&format!(
+                            "the leader at {target} did not answer ({e}); retry (a new leader may be being elected)"
+                        )),
+                    };
+                }
+                _ = follow.tick() => {
+                    match route() {
+                        Route::To(now) if now != target => break Some(now),
+                        Route::To(_) => {}
+                        Route::Here => {
+                            return unavailable("this node became the leader while forwarding the call; retry it here");
+                        }
+                        Route::Unknown => break None,
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        return unavailable("the leader did not answer in time; retry");
+                    }
+                }
             }
-            if let Some(v) = retry.and_then(|v| HeaderValue::from_str(&v).ok()) {
-                r.headers_mut().insert(header::RETRY_AFTER, v);
+        };
+        match (moved, idempotent) {
+            (Some(now), true) => {
+                tracing::info!(from = %target, to = %now, "the leader changed while forwarding a read; sending it to the new leader");
+                target = now;
             }
-            r
+            (_, true) => return no_leader(),
+            (_, false) => {
+                return unavailable(
+                    "the leader changed while this write was forwarded; it may or may not have been applied: check, or retry (with the same idempotency key for a submit)",
+                );
+            }
         }
-        _ => unavailable("the leader did not answer; retry (a new leader may be being elected)"),
     }
 }
 

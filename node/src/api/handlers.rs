@@ -40,6 +40,7 @@ pub fn router(app: AppState) -> Router {
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(app);
     here.merge(led)
+        .layer(axum::middleware::from_fn(super::errors::json_errors))
 }
 
 /// Everything but health and fault injection is served by the leader.
@@ -50,7 +51,7 @@ async fn to_leader(
 ) -> axum::response::Response {
     match (app.route)() {
         super::Route::Here => next.run(req).await,
-        super::Route::To(target) => super::forward::forward(target, req).await,
+        super::Route::To(target) => super::forward::forward(app.route.clone(), target, req).await,
         super::Route::Unknown => super::forward::no_leader(),
     }
 }
@@ -66,16 +67,21 @@ pub fn proxy_router(node: String, leader_api: std::sync::Arc<std::sync::Mutex<St
             }),
         )
         .fallback(move |req: axum::extract::Request| {
-            let target = leader_api.lock().map(|a| a.clone()).unwrap_or_default();
+            let api = leader_api.clone();
+            let route: std::sync::Arc<dyn Fn() -> super::Route + Send + Sync> =
+                std::sync::Arc::new(move || match api.lock().map(|a| a.clone()) {
+                    Ok(a) if !a.is_empty() => super::Route::To(a),
+                    _ => super::Route::Unknown,
+                });
             async move {
-                if target.is_empty() {
-                    super::forward::no_leader()
-                } else {
-                    super::forward::forward(target, req).await
+                match route() {
+                    super::Route::To(target) => super::forward::forward(route, target, req).await,
+                    _ => super::forward::no_leader(),
                 }
             }
         })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(axum::middleware::from_fn(super::errors::json_errors))
 }
 
 pub(super) type Res = Result<(StatusCode, Json<Value>), ApiError>;

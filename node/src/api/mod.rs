@@ -4,6 +4,7 @@
 
 mod admin;
 mod dlq;
+mod errors;
 mod forward;
 mod handlers;
 mod server;

@@ -1,0 +1,87 @@
+//! The API through a follower and a worker: the forwarder keeps the method, headers, status and
+//! body; every error is JSON; a write through a follower works like one sent to the leader.
+
+use serde_json::{Value, json};
+use troupe_chaos_tests::Cluster;
+
+fn call(method: &str, url: &str, body: Option<&str>) -> (u16, Value, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let r = match (method, body) {
+        ("PUT", b) => agent
+            .put(url)
+            .header("content-type", "application/json")
+            .send(b.unwrap_or("{}")),
+        ("DELETE", _) => agent.delete(url).call(),
+        ("POST", Some(b)) => agent.post(url).header("content-type", "text/plain").send(b),
+        _ => agent.get(url).call(),
+    };
+    let mut r = r.expect("an answer");
+    let status = r.status().as_u16();
+    let ctype = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let text = r.body_mut().read_to_string().unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ctype,
+    )
+}
+
+#[test]
+fn a_follower_and_a_worker_forward_method_status_and_json_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(tmp.path(), 36, 3, 1, &[]);
+    let leader = cluster.leader().expect("a leader");
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    let via = [
+        cluster.servers[follower].api.clone(),
+        cluster.workers[0].api.clone(),
+    ];
+    for api in &via {
+        // A worker learns the leader's API address from its lease renewals: wait for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while call("GET", &format!("{api}/v1/workflows"), None).0 != 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{api} never forwarded"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        // A PUT is not turned into a GET: it is refused as the leader refuses it.
+        let (code, v, ctype) = call("PUT", &format!("{api}/v1/workflows"), Some("{}"));
+        assert_eq!(code, 405, "{api}: {v}");
+        assert!(ctype.starts_with("application/json"), "{ctype}");
+        assert!(
+            v["error"].as_str().unwrap().contains("PUT is not allowed"),
+            "{v}"
+        );
+        let (code, v, _) = call("DELETE", &format!("{api}/v1/workflows/wf-1"), None);
+        assert_eq!(code, 405, "{v}");
+        let (code, v, _) = call("GET", &format!("{api}/v1/nosuch"), None);
+        assert_eq!(code, 404, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("no route"), "{v}");
+        // The client's content type reaches the leader (it is not replaced by JSON).
+        let (code, v, _) = call("POST", &format!("{api}/v1/workflows"), Some("name = 1"));
+        assert_eq!(code, 415, "{v}");
+        assert!(v["error"].is_string(), "{v}");
+    }
+    // A write through the follower is applied once and readable everywhere.
+    let id = {
+        let f = &cluster.servers[follower];
+        let (code, v) = f.post(
+            "/v1/workflows",
+            &json!({ "spec_toml": "name = \"fwd\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\n" }),
+        );
+        assert_eq!(code, 201, "{v}");
+        v["id"].as_str().unwrap().to_string()
+    };
+    let v = cluster.servers[leader].wait(&id, std::time::Duration::from_secs(30));
+    assert_eq!(v["status"], "succeeded");
+}
