@@ -87,3 +87,33 @@ impl Client {
         Ok(text)
     }
 }
+
+/// True for answers worth retrying as they are: no connection, 503 (no leader, election) and
+/// 429 (busy). Everything else (a refused spec, a conflict) would fail again.
+pub fn retryable(e: &anyhow::Error) -> bool {
+    match e.downcast_ref::<ApiError>() {
+        Some(a) => a.status == 503 || a.status == 429 || a.status == 502 || a.status == 504,
+        None => true,
+    }
+}
+
+/// Runs `f` again while it fails with a retryable error, with jittered exponential backoff,
+/// for up to `limit` in all (a leader change takes about a second).
+pub fn with_retries<T>(
+    limit: Duration,
+    what: &str,
+    mut f: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    use backon::{BlockingRetryable, ExponentialBuilder};
+    let policy = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(2))
+        .with_jitter()
+        .with_total_delay(Some(limit))
+        .without_max_times();
+    (|| f())
+        .retry(policy)
+        .when(retryable)
+        .notify(|e, wait| eprintln!("{what}: {e:#}; retrying in {wait:?}"))
+        .call()
+}

@@ -364,8 +364,16 @@ pub fn submit(
 ) -> anyhow::Result<()> {
     // Validate here first: errors name this file and its lines.
     let (raw, _) = troupe_scheduler::spec::load_file(file).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Without a key of the user's, a random one: sending the same submit again after a lost
+    // answer (a leader change, a dropped connection) then returns the same workflow.
+    let key = match key {
+        Some(k) => k,
+        None => cli_key()?,
+    };
     let body = json!({ "spec": raw, "params": parse_params(params)?, "idempotency_key": key });
-    let v = client.post("/v1/workflows", &body)?;
+    let v = crate::client::with_retries(Duration::from_secs(60), "submit", || {
+        client.post("/v1/workflows", &body)
+    })?;
     let id = s(&v["id"]);
     if !wait {
         if as_json {
@@ -377,10 +385,28 @@ pub fn submit(
         }
         return Ok(());
     }
+    if !as_json {
+        eprintln!("{id} submitted; following it (Ctrl-C stops following, not the workflow)");
+    }
     let detail = crate::progress::follow(client, &id, as_json)?;
-    match detail["status"].as_str() {
+    exit_for(detail["status"].as_str())
+}
+
+/// `succeeded` exits 0, `degraded` 3 (finished, but not every item got through), and `failed`,
+/// `cancelled` or `timed_out` 2.
+pub fn exit_for(status: Option<&str>) -> anyhow::Result<()> {
+    match status {
         Some("succeeded") => Ok(()),
-        Some("degraded") => Ok(()),
+        Some("degraded") => Err(Exit(3).into()),
         _ => Err(Exit(2).into()),
     }
+}
+
+fn cli_key() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(format!(
+        "cli-{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ))
 }

@@ -17,7 +17,10 @@ pub fn follow(client: &Client, id: &str, as_json: bool) -> anyhow::Result<Value>
         .progress_chars("=> ");
     let mut bars: Vec<ProgressBar> = Vec::new();
     loop {
-        let v = client.get(&format!("/v1/workflows/{id}?wait=250ms"))?;
+        // Rides through leader changes, a busy node and dropped connections (bounded).
+        let v = crate::client::with_retries(Duration::from_secs(120), id, || {
+            client.get(&format!("/v1/workflows/{id}?wait=250ms"))
+        })?;
         let steps = v["step_runs"].as_array().cloned().unwrap_or_default();
         for (i, st) in steps.iter().enumerate() {
             if bars.len() <= i {
