@@ -178,7 +178,7 @@ fn renew(
     let live_reports: Vec<_> = held
         .recent
         .into_iter()
-        .filter(|r| is_live(&m.state, &r.at))
+        .filter(|r| m.state.would_accept(r))
         .collect();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

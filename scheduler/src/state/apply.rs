@@ -278,10 +278,8 @@ impl State {
         trace.started_ms = Some(at);
         trace.finished_ms = None;
         let placeholder = Task {
-            attempt: a.attempt,
-            failures: 0,
             state: old,
-            last_error: None,
+            ..Task::queued(a.attempt)
         };
         s.unlink(a.task, &placeholder, req);
         if let Some(n) = s.nodes.get_mut(&a.node) {
@@ -360,10 +358,75 @@ impl State {
         (task.attempt == r.attempt && epoch == r.epoch).then_some(task)
     }
 
+    /// Whether apply would accept this report now (read-only; for re-proposing reports).
+    pub fn would_accept(&self, rep: &Report) -> bool {
+        let Some(wf) = self.workflows.get(&rep.at.task.wf) else {
+            return false;
+        };
+        let Some(task) = wf
+            .steps
+            .get(rep.at.task.step as usize)
+            .and_then(|r| r.tasks.get(&rep.at.task.item))
+        else {
+            return false;
+        };
+        let live = match &task.state {
+            TaskState::Assigned { epoch, .. } | TaskState::Running { epoch, .. } => {
+                task.attempt == rep.at.attempt && *epoch == rep.at.epoch
+            }
+            _ => false,
+        };
+        let late = !wf.status.is_terminal()
+            && matches!(rep.outcome, Outcome::Succeeded { .. })
+            && task.state == TaskState::Queued
+            && task.requeued_from == Some((rep.at.epoch, rep.at.attempt))
+            && task.attempt == rep.at.attempt + 1;
+        live || late
+    }
+
+    /// A success reported by a node after it was declared lost (it was only slow): accepted if
+    /// its task still waits to be placed again, so no other attempt of it has run or runs. The
+    /// task takes back the reported attempt's number, and the result counts as that attempt's.
+    fn late_but_safe(&mut self, rep: &Report) -> bool {
+        if !matches!(rep.outcome, Outcome::Succeeded { .. }) {
+            return false;
+        }
+        let Some(wf) = self.workflows.get_mut(&rep.at.task.wf) else {
+            return false;
+        };
+        if wf.status.is_terminal() {
+            return false;
+        }
+        let Some(task) = wf
+            .steps
+            .get_mut(rep.at.task.step as usize)
+            .and_then(|r| r.tasks.get_mut(&rep.at.task.item))
+        else {
+            return false;
+        };
+        let safe = task.state == TaskState::Queued
+            && task.requeued_from == Some((rep.at.epoch, rep.at.attempt))
+            && task.attempt == rep.at.attempt + 1;
+        if safe {
+            task.attempt = rep.at.attempt;
+            wf.log(
+                self.sched.stats.last_at_ms,
+                format!(
+                    "accepted a late result of {} step {} item {} attempt {} from a node declared lost (it had not been placed again)",
+                    wf_name(rep.at.task.wf),
+                    wf.spec.steps[rep.at.task.step as usize].id,
+                    rep.at.task.item,
+                    rep.at.attempt
+                ),
+            );
+        }
+        safe
+    }
+
     fn finished(&mut self, list: Vec<Report>, at: u64) -> Output {
         let (mut accepted, mut refused) = (0, 0);
         for rep in list {
-            if self.live_task(&rep.at).is_none() {
+            if self.live_task(&rep.at).is_none() && !self.late_but_safe(&rep) {
                 refused += 1;
                 self.sched.stats.stale_reports += 1;
                 continue;

@@ -190,12 +190,7 @@ impl Sched {
             if run.done.contains(item) || run.discarded.contains(item) {
                 continue;
             }
-            let task = Task {
-                attempt: run.attempt_floor + 1,
-                failures: 0,
-                state: TaskState::Queued,
-                last_error: None,
-            };
+            let task = Task::queued(run.attempt_floor + 1);
             run.tasks.insert(item, task);
             if !wf.paused {
                 self.queue.insert(TaskRef {
@@ -402,12 +397,7 @@ impl Sched {
                 Ok(false) if iteration < l.max_iterations => {
                     let run = &mut wf.steps[i];
                     run.iteration += 1;
-                    let next = Task {
-                        attempt: task.attempt + 1,
-                        failures: 0,
-                        state: TaskState::Queued,
-                        last_error: None,
-                    };
+                    let next = Task::queued(task.attempt + 1);
                     run.tasks.insert(r.item, next);
                     if !wf.paused {
                         self.queue.insert(r);
@@ -434,6 +424,22 @@ impl Sched {
         self.fill_window(wf, i);
         self.maybe_complete(wf, i, at);
         self.lane_resolved(wf, i, r.item, at);
+    }
+
+    /// A task is given up on whatever retries it has left (lost with its node too often).
+    pub(crate) fn task_failed_for_good(
+        &mut self,
+        wf: &mut Workflow,
+        r: TaskRef,
+        error: String,
+        at: u64,
+    ) {
+        let attempts = wf.spec.steps[r.step as usize].retry.attempts;
+        if let Some(t) = wf.steps[r.step as usize].tasks.get_mut(&r.item) {
+            // The next failure is the last one allowed.
+            t.failures = t.failures.max(attempts.saturating_sub(1));
+        }
+        self.task_failed(wf, r, error, at);
     }
 
     /// An attempt failed: retry with backoff, dead-letter, or fail the step.

@@ -136,15 +136,7 @@ impl Sched {
                 // Its per-item `when` failed: evaluate it again rather than run an attempt.
                 again.push((s, i));
             } else {
-                run.tasks.insert(
-                    i,
-                    Task {
-                        attempt: e.attempt + 1,
-                        failures: 0,
-                        state: TaskState::Queued,
-                        last_error: None,
-                    },
-                );
+                run.tasks.insert(i, Task::queued(e.attempt + 1));
                 if !wf.paused {
                     self.queue.insert(e.task);
                 }

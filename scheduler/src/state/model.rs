@@ -156,6 +156,30 @@ pub struct Task {
     pub failures: u32,
     pub state: TaskState,
     pub last_error: Option<String>,
+    /// Times its node was lost (or restarted, or evicted) while it held this task; bounded by
+    /// [`LOST_MAX`], apart from the failure count.
+    pub lost: u32,
+    /// The `(epoch, attempt)` that was requeued the last time its node was lost: a success
+    /// reported late for it is still accepted while the task waits to be placed again.
+    pub requeued_from: Option<(u64, u32)>,
+}
+
+/// Node losses a task may go through; the next one dead-letters it (or fails its step): an
+/// attempt that keeps taking its node down must not be run without limit.
+pub const LOST_MAX: u32 = 3;
+
+impl Task {
+    /// A new try, queued.
+    pub fn queued(attempt: u32) -> Task {
+        Task {
+            attempt,
+            failures: 0,
+            state: TaskState::Queued,
+            last_error: None,
+            lost: 0,
+            requeued_from: None,
+        }
+    }
 }
 
 /// The items a map step runs over, fixed when the step starts.

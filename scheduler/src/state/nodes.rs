@@ -170,27 +170,44 @@ impl State {
         Output::Done
     }
 
-    /// Requeues every attempt placed on `node` as attempt + 1 (not counted as a failure).
+    /// Requeues every attempt placed on `node` as attempt + 1 (not counted as a failure). A task
+    /// lost [`LOST_MAX`] times is given up on instead: dead-lettered (or its step fails) as
+    /// "lost N times: it may be killing its nodes".
     fn requeue_node(&mut self, node: &str, at: u64, why: &str) {
+        let sched = &mut self.sched;
         for wf in self
             .workflows
             .values_mut()
             .filter(|w| !w.status.is_terminal())
         {
-            let mut lost = 0;
+            let (mut lost, mut give_up) = (0, Vec::new());
             for (i, run) in wf.steps.iter_mut().enumerate() {
                 for (item, task) in run.tasks.iter_mut() {
-                    if task.state.placement().is_some_and(|(n, _)| n == node) {
-                        task.attempt += 1;
-                        task.state = TaskState::Queued;
-                        lost += 1;
-                        if !wf.paused {
-                            self.sched.queue.insert(TaskRef {
-                                wf: wf.id,
-                                step: i as u16,
-                                item: *item,
-                            });
+                    let epoch = match &task.state {
+                        TaskState::Assigned { node: n, epoch, .. }
+                        | TaskState::Running { node: n, epoch, .. }
+                            if n == node =>
+                        {
+                            *epoch
                         }
+                        _ => continue,
+                    };
+                    let r = TaskRef {
+                        wf: wf.id,
+                        step: i as u16,
+                        item: *item,
+                    };
+                    task.lost += 1;
+                    if task.lost >= LOST_MAX {
+                        give_up.push((r, task.lost));
+                        continue;
+                    }
+                    task.requeued_from = Some((epoch, task.attempt));
+                    task.attempt += 1;
+                    task.state = TaskState::Queued;
+                    lost += 1;
+                    if !wf.paused {
+                        sched.queue.insert(r);
                     }
                 }
             }
@@ -199,7 +216,18 @@ impl State {
                     at,
                     format!("{why}: {lost} attempt(s) requeued as attempt + 1"),
                 );
-                self.sched.effects.push(Effect::Changed(wf.id));
+                sched.effects.push(Effect::Changed(wf.id));
+            }
+            for (r, n) in give_up {
+                sched.task_failed_for_good(
+                    wf,
+                    r,
+                    format!("lost {n} times with its node ({why}): it may be killing its nodes"),
+                    at,
+                );
+                if wf.status.is_terminal() {
+                    break;
+                }
             }
         }
     }
