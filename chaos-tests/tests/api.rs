@@ -316,3 +316,37 @@ fn step_timeout_stops_the_whole_process_group() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_huge_log_is_read_by_its_tail_without_loading_it() {
+    let (_tmp, node) = node();
+    // 64 MB of stdout, then a last line.
+    let id = node.submit(
+        "name = \"big\"\n[[step]]\nid = \"a\"\nrun = [\"sh\", \"-c\", \"head -c 64000000 /dev/zero | tr '\\\\0' a; echo; echo THE-END\"]\n",
+    );
+    let v = node.wait(&id, Duration::from_secs(60));
+    assert_eq!(v["status"], "succeeded", "{v}");
+    let before = rss_kb(node.pid());
+    for _ in 0..3 {
+        let (code, text) = node.get(&format!("/v1/workflows/{id}/logs?step=a"));
+        assert_eq!(code, 200);
+        let text = text.as_str().unwrap().to_string();
+        assert_eq!(text.len(), 1 << 20, "the last 1 MiB");
+        assert!(text.ends_with("THE-END\n"));
+    }
+    let after = rss_kb(node.pid());
+    assert!(
+        after < before + 16 * 1024,
+        "reading a 64 MB log grew the node from {before} kB to {after} kB"
+    );
+}

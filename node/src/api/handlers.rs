@@ -428,15 +428,27 @@ async fn logs(
         .data_dir
         .join(r.log_stem(&q.step, attempt))
         .with_extension(ext);
-    match tokio::fs::read(&path).await {
-        Ok(bytes) => {
-            let tail = &bytes[bytes.len().saturating_sub(1 << 20)..];
-            Ok(String::from_utf8_lossy(tail).into_owned())
-        }
+    match read_tail(&path, LOG_TAIL_BYTES).await {
+        Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
         Err(_) => Err(ApiError::not_found(format!(
             "no {ext} log for {} step {} item {item} attempt {attempt} (builtin handlers write none)",
             wf_name(id),
             q.step
         ))),
     }
+}
+
+/// The most of a log `GET .../logs` returns: its end.
+const LOG_TAIL_BYTES: u64 = 1 << 20;
+
+/// The last `max` bytes of a file, read by seeking (a 1 GB log costs 1 MiB of memory, not 1 GB).
+async fn read_tail(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = tokio::fs::File::open(path).await?;
+    let len = f.metadata().await?.len();
+    f.seek(std::io::SeekFrom::Start(len.saturating_sub(max)))
+        .await?;
+    let mut out = Vec::with_capacity(len.min(max) as usize);
+    f.take(max).read_to_end(&mut out).await?;
+    Ok(out)
 }
