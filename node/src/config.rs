@@ -40,6 +40,9 @@ pub struct NodeConfig {
     pub raft_id: u64,
     /// How often capacity is read again (GPUs appearing or vanishing, cgroup limits moving).
     pub capacity_refresh: Duration,
+    /// An API connection must send a request's headers within this long, also between the
+    /// requests of a kept-alive connection (an idle connection is closed after it).
+    pub api_header_timeout: Duration,
 }
 
 impl NodeConfig {
@@ -58,6 +61,7 @@ impl NodeConfig {
             reserve: Reserve::default(),
             labels: BTreeMap::new(),
             strategy: Strategy::BinPack,
+            api_header_timeout: Duration::from_secs(30),
             capacity_refresh: Duration::from_secs(5),
             raft_id: 1,
             cluster: None,

@@ -418,6 +418,7 @@ fn api_spec(ctx: &Ctx) -> ChildSpec {
                 router,
                 data_dir: cfg.data_dir.clone(),
                 bound: ctx.bound.clone(),
+                header_timeout: cfg.api_header_timeout,
             };
             ApiServer::spawn_linked(Some(API_NAME.into()), ApiServer, args, sup)
                 .await

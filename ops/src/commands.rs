@@ -28,6 +28,7 @@ fn config(opts: &NodeOpts) -> anyhow::Result<NodeConfig> {
     cfg.queue = opts.queue.unwrap_or(cfg.slots);
     cfg.fsync = !opts.no_fsync;
     cfg.kill_grace = Duration::from_secs(opts.kill_grace_s);
+    cfg.api_header_timeout = Duration::from_secs(opts.api_header_timeout_s.max(1));
     cfg.fault_injection = opts.fault_injection;
     cfg.simulate_gpus = opts
         .simulate_gpus

@@ -262,6 +262,10 @@ pub struct NodeOpts {
     /// Snapshot the state and compact the Raft log every this many applied entries.
     #[arg(long, default_value_t = 1000, hide = true)]
     snapshot_every: u64,
+    /// Seconds an API connection may take to send a request's headers (also the idle limit of
+    /// a kept-alive connection).
+    #[arg(long, default_value_t = 30)]
+    api_header_timeout_s: u64,
 }
 
 /// Node secrets stay out of reach of tasks: the cookie (already read into the arguments) leaves

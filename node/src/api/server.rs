@@ -20,12 +20,16 @@ pub struct ApiArgs {
     pub data_dir: std::path::PathBuf,
     /// Where the bound address is published (port 0 picks one).
     pub bound: Arc<Mutex<Option<SocketAddr>>>,
+    /// Headers of each request (and the next request on a kept-alive connection) within this.
+    pub header_timeout: std::time::Duration,
 }
 
 pub struct ApiState {
     task: tokio::task::JoinHandle<()>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
 }
+
+pub use super::serve::{Limits, connection_cap};
 
 impl Actor for ApiServer {
     type Msg = ApiMsg;
@@ -44,7 +48,7 @@ impl Actor for ApiServer {
             .ok()
             .and_then(|b| *b)
             .unwrap_or(args.listen);
-        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        let listener = bind(listen).map_err(|e| {
             format!("cannot listen on {listen}: {e} (is another troupe running? pick another address: --listen for troupe dev, --api-listen for troupe node)")
         })?;
         let addr = listener.local_addr()?;
@@ -53,16 +57,14 @@ impl Actor for ApiServer {
         }
         let _ = std::fs::write(args.data_dir.join("api.addr"), addr.to_string());
         tracing::info!(%addr, "api listening");
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let router = args.router;
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, router).with_graceful_shutdown(async {
-                let _ = rx.await;
-            });
-            if let Err(e) = served.await {
-                let _ = me.cast(ApiMsg::ServerDied(e.to_string()));
-            }
-        });
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let limits = Limits {
+            connections: connection_cap(),
+            header_timeout: args.header_timeout,
+        };
+        tracing::info!(connections = limits.connections, header_timeout = ?limits.header_timeout, "api connection limits");
+        let task = tokio::spawn(super::serve::serve(listener, args.router, limits, rx));
+        let _ = me;
         Ok(ApiState {
             task,
             stop: Some(tx),
@@ -75,7 +77,7 @@ impl Actor for ApiServer {
         st: &mut ApiState,
     ) -> Result<(), ActorProcessingErr> {
         if let Some(stop) = st.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
         st.task.abort();
         Ok(())
@@ -92,6 +94,20 @@ impl Actor for ApiServer {
             ApiMsg::InjectPanic => panic!("injected panic in the api server"),
         }
     }
+}
+
+/// Connections the kernel queues for the accept loop (std's default is 128).
+const BACKLOG: u32 = 1024;
+
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 impl Drop for ApiState {
