@@ -34,6 +34,8 @@ pub struct FacadeArgs {
     /// This process start's incarnation (see `NodeInfo::incarnation`).
     pub incarnation: u64,
     pub strategy: troupe_scheduler::placement::Strategy,
+    /// Finished workflows are forgotten this long after they end (None: kept).
+    pub retain: Option<std::time::Duration>,
     /// Clusters: the leader's lease table and the lease length.
     pub lease: Option<(Arc<crate::leases::LeaseTable>, std::time::Duration)>,
     pub sink: Box<dyn Fn() -> Box<dyn EffectSink> + Send + Sync>,
@@ -60,6 +62,7 @@ impl Actor for RaftFacade {
                 node: a.node.clone(),
                 incarnation: a.incarnation,
                 strategy: a.strategy,
+                retain: a.retain,
                 lease: a.lease.clone(),
             };
             let h = hook(args, (a.sink)());

@@ -61,6 +61,8 @@ pub struct HookArgs {
     /// run them twice); in a cluster, lease renewals send lost deliveries again.
     pub incarnation: u64,
     pub strategy: Strategy,
+    /// Retention of finished workflows (the leader proposes `Collect`).
+    pub retain: Option<Duration>,
     /// Clusters: the leader's lease table and the lease length.
     pub lease: Option<(Arc<LeaseTable>, Duration)>,
 }
@@ -70,7 +72,8 @@ pub struct HookArgs {
 /// delivered once), plans placements and timeouts, and declares nodes whose lease expired lost.
 /// A follower resets the planner, so records of an earlier leadership are not trusted.
 pub fn hook(args: HookArgs, mut sink: Box<dyn EffectSink>) -> troupe_raft_log::Hook<Machine> {
-    let mut planner = Planner::with_strategy(args.strategy);
+    let mut planner = Planner::with_strategy(args.strategy)
+        .with_retention(args.retain.map(|d| d.as_millis() as u64));
     let mut was_leader = false;
     let mut lost_sent: BTreeSet<(String, u64)> = BTreeSet::new();
     let mut granted: std::collections::BTreeMap<String, u64> = Default::default();

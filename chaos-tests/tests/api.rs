@@ -350,3 +350,38 @@ fn a_huge_log_is_read_by_its_tail_without_loading_it() {
         "reading a 64 MB log grew the node from {before} kB to {after} kB"
     );
 }
+
+#[test]
+fn finished_workflows_their_keys_and_logs_are_collected_after_the_retention() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let node = TestNode::start(&data, &["--retain", "2s"]);
+    let spec = "name = \"short\"\n[[step]]\nid = \"a\"\nrun = [\"sh\", \"-c\", \"echo hi\"]\n";
+    let body = json!({ "spec_toml": spec, "idempotency_key": "nightly-1" });
+    let (code, v) = node.post("/v1/workflows", &body);
+    assert_eq!(code, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let long = node.submit(
+        "name = \"long\"\n[[step]]\nid = \"a\"\nhandler = \"sleep\"\nwith = { duration = \"6s\" }\n",
+    );
+    assert_eq!(
+        node.wait(&id, Duration::from_secs(30))["status"],
+        "succeeded"
+    );
+    assert!(data.join("logs").join(&id).exists());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while node.get(&format!("/v1/workflows/{id}")).0 != 404 || data.join("logs").join(&id).exists()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} was not collected"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A running workflow is kept, however old.
+    assert_eq!(node.get(&format!("/v1/workflows/{long}")).0, 200);
+    // The key's window ended with the workflow: it makes a new one.
+    let (code, v) = node.post("/v1/workflows", &body);
+    assert_eq!((code, &v["created"]), (201, &json!(true)), "{v}");
+    assert_ne!(v["id"], json!(id));
+}

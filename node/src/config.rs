@@ -43,6 +43,9 @@ pub struct NodeConfig {
     /// An API connection must send a request's headers within this long, also between the
     /// requests of a kept-alive connection (an idle connection is closed after it).
     pub api_header_timeout: Duration,
+    /// Finished workflows (with their idempotency keys and dead letters) and task logs are
+    /// deleted this long after the workflow ended (None: kept forever).
+    pub retain: Option<Duration>,
 }
 
 impl NodeConfig {
@@ -62,6 +65,7 @@ impl NodeConfig {
             labels: BTreeMap::new(),
             strategy: Strategy::BinPack,
             api_header_timeout: Duration::from_secs(30),
+            retain: Some(Duration::from_secs(7 * 24 * 3600)),
             capacity_refresh: Duration::from_secs(5),
             raft_id: 1,
             cluster: None,

@@ -125,6 +125,9 @@ pub async fn start(mut cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             "killed processes left by attempts of this node's previous run"
         );
     }
+    if let Some(retain) = cfg.retain {
+        tokio::spawn(crate::janitor::run(cfg.data_dir.join("logs"), retain));
+    }
     let ctx = Ctx {
         cfg: Arc::new(cfg),
         node: node.clone(),
@@ -210,6 +213,7 @@ fn raft_spec(ctx: &Ctx) -> ChildSpec {
         node: ctx.node.clone(),
         incarnation: ctx.incarnation,
         strategy: cfg.strategy,
+        retain: cfg.retain,
         lease,
         sink: Box::new(sink_factory(ctx.clone())),
     });

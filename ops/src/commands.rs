@@ -29,6 +29,14 @@ fn config(opts: &NodeOpts) -> anyhow::Result<NodeConfig> {
     cfg.fsync = !opts.no_fsync;
     cfg.kill_grace = Duration::from_secs(opts.kill_grace_s);
     cfg.api_header_timeout = Duration::from_secs(opts.api_header_timeout_s.max(1));
+    cfg.retain = match opts.retain.as_str() {
+        "forever" => None,
+        d => Some(Duration::from_millis(
+            troupe_scheduler::units::parse_duration_ms(d)
+                .map_err(|e| anyhow::anyhow!("--retain {d:?}: {e} (or `forever`)"))?
+                .max(1000),
+        )),
+    };
     cfg.fault_injection = opts.fault_injection;
     cfg.simulate_gpus = opts
         .simulate_gpus

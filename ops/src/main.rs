@@ -266,6 +266,10 @@ pub struct NodeOpts {
     /// a kept-alive connection).
     #[arg(long, default_value_t = 30)]
     api_header_timeout_s: u64,
+    /// Keep finished workflows (their history, outputs, idempotency keys, dead letters) and task
+    /// logs this long after they end (e.g. 7d, 12h, 10m); `forever` keeps them.
+    #[arg(long, default_value = "7d")]
+    retain: String,
 }
 
 /// Node secrets stay out of reach of tasks: the cookie (already read into the arguments) leaves

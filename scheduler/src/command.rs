@@ -59,6 +59,12 @@ pub enum Command {
         filter: DlqFilter,
         reason: String,
     },
+    /// Retention: forget workflows that finished more than `retain_ms` before this entry's time
+    /// (at most [`crate::state::COLLECT_MAX`] per command), with their idempotency keys and
+    /// dead letters.
+    Collect {
+        retain_ms: u64,
+    },
     /// The owner's instance actor records what it has seen (`seq` only grows).
     Checkpoint {
         wf: WorkflowId,

@@ -24,6 +24,10 @@ pub struct Planner {
     pending_timeouts: BTreeMap<WorkflowId, u64>,
     pending_evictions: BTreeMap<String, u64>,
     strategy: Strategy,
+    /// Retention: finished workflows are forgotten this long after they end (None: kept).
+    retain_ms: Option<u64>,
+    /// When the last `Collect` was proposed.
+    last_collect_ms: u64,
 }
 
 impl Planner {
@@ -36,6 +40,12 @@ impl Planner {
             strategy,
             ..Self::default()
         }
+    }
+
+    /// Forget finished workflows `retain_ms` after they end.
+    pub fn with_retention(mut self, retain_ms: Option<u64>) -> Self {
+        self.retain_ms = retain_ms;
+        self
     }
 
     /// Placements proposed and not yet applied.
@@ -64,6 +74,21 @@ impl Planner {
             if due && n.assigned > 0 && !self.pending_evictions.contains_key(&n.id) {
                 self.pending_evictions.insert(n.id.clone(), now_ms);
                 out.push(Command::Evict { node: n.id.clone() });
+            }
+        }
+        if let Some(retain) = self.retain_ms {
+            // Every quarter of the retention (1 s to 1 min): old finished workflows go.
+            let every = (retain / 4).clamp(1_000, 60_000);
+            if now_ms.saturating_sub(self.last_collect_ms) >= every {
+                self.last_collect_ms = now_ms;
+                let cutoff = now_ms.saturating_sub(retain);
+                let due = state
+                    .workflows
+                    .values()
+                    .any(|w| w.status.is_terminal() && w.finished_ms.is_some_and(|f| f < cutoff));
+                if due {
+                    out.push(Command::Collect { retain_ms: retain });
+                }
             }
         }
         for &(deadline, wf) in state.sched.deadlines.iter() {

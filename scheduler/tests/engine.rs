@@ -488,3 +488,36 @@ fn a_submit_with_broken_step_references_is_refused_in_apply() {
         "nothing was created, nothing panicked"
     );
 }
+
+#[test]
+fn collect_forgets_old_finished_workflows_their_keys_and_dead_letters() {
+    let mut sim = Sim::new(2);
+    let old = sim
+        .submit_key(
+            "name = \"o\"\n[[step]]\nid = \"a\"\nhandler = \"fail\"\non_failure = \"dead-letter\"\n",
+            Some("k"),
+        )
+        .unwrap();
+    sim.run(&builtin);
+    assert_eq!(sim.state.sched.dlq.len(), 1);
+    sim.now += 10_000;
+    let running = sim.submit_toml(
+        "name = \"r\"\n[[step]]\nid = \"a\"\nhandler = \"sleep\"\nwith = { duration = \"1h\" }\n",
+    );
+    sim.place();
+    let out = sim.apply(Command::Collect { retain_ms: 5_000 });
+    assert_eq!(
+        out,
+        Output::Counted {
+            accepted: 1,
+            refused: 0
+        }
+    );
+    assert!(!sim.state.workflows.contains_key(&old));
+    assert!(
+        sim.state.workflows.contains_key(&running),
+        "running work is kept"
+    );
+    assert!(sim.state.idempotency.is_empty());
+    assert!(sim.state.sched.dlq.is_empty());
+}

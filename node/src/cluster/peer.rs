@@ -317,5 +317,6 @@ fn command_kind(c: &Command) -> &'static str {
         Command::RedriveMany(_) => "RedriveMany",
         Command::Discard { .. } => "Discard",
         Command::Checkpoint { .. } => "Checkpoint",
+        Command::Collect { .. } => "Collect",
     }
 }

@@ -85,6 +85,7 @@ impl State {
                 }
             }
             Command::RedriveMany(filter) => self.redrive_many(&filter, at),
+            Command::Collect { retain_ms } => self.collect(at.saturating_sub(retain_ms)),
             Command::Discard { filter, reason } => self.discard(&filter, &reason, at),
             Command::Checkpoint { wf, seq, owner } => self.with_wf(wf, |_, w| {
                 if w.checkpoint.as_ref().is_some_and(|c| c.seq >= seq) {
@@ -107,6 +108,30 @@ impl State {
                 });
                 Output::Done
             }),
+        }
+    }
+
+    /// Forgets finished workflows older than `before_ms` (by their end), with their keys and
+    /// dead letters: the replicated state stays bounded over months.
+    fn collect(&mut self, before_ms: u64) -> Output {
+        let gone: std::collections::BTreeSet<WorkflowId> = self
+            .workflows
+            .values()
+            .filter(|w| w.status.is_terminal() && w.finished_ms.is_some_and(|f| f < before_ms))
+            .map(|w| w.id)
+            .take(COLLECT_MAX)
+            .collect();
+        for id in &gone {
+            if let Some(key) = self.workflows.remove(id).and_then(|w| w.idempotency_key) {
+                self.idempotency.remove(&key);
+            }
+        }
+        if !gone.is_empty() {
+            self.sched.dlq.retain(|_, d| !gone.contains(&d.task.wf));
+        }
+        Output::Counted {
+            accepted: gone.len() as u32,
+            refused: 0,
         }
     }
 

@@ -164,6 +164,9 @@ pub struct Task {
     pub requeued_from: Option<(u64, u32)>,
 }
 
+/// Most workflows one `Collect` forgets (bounds the time of one apply).
+pub const COLLECT_MAX: usize = 10_000;
+
 /// Node losses a task may go through; the next one dead-letters it (or fails its step): an
 /// attempt that keeps taking its node down must not be run without limit.
 pub const LOST_MAX: u32 = 3;
