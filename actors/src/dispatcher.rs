@@ -20,6 +20,17 @@ const FLUSH_AT: usize = 512;
 /// renewals, in case the proposal carrying them was lost with a leader.
 const RECENT_FOR: Duration = Duration::from_secs(10);
 const RECENT_MAX: usize = 4096;
+/// Most bytes of reports (outputs and errors) one lease renewal carries; the rest waits for the
+/// next renewal. Well under the cluster payload limit, so a renewal always decodes.
+pub const RENEW_REPORT_BYTES: usize = 1 << 20;
+
+/// The size a report adds to a renewal (its output or error, plus a fixed part).
+fn report_bytes(r: &Report) -> usize {
+    64 + match &r.outcome {
+        Outcome::Succeeded { output } => output.as_ref().map_or(0, |o| o.len()),
+        Outcome::Failed { error } => error.len(),
+    }
+}
 
 pub enum DispatchMsg {
     Run(Vec<RunSpec>),
@@ -220,7 +231,20 @@ impl Actor for Dispatcher {
                     node: st.info.node.clone(),
                     epoch: if st.fenced { 0 } else { st.epoch },
                     attempts,
-                    recent: st.recent.iter().map(|(_, r)| r.clone()).collect(),
+                    recent: {
+                        let mut budget = RENEW_REPORT_BYTES;
+                        st.recent
+                            .iter()
+                            .map(|(_, r)| r)
+                            .take_while(|r| {
+                                let b = report_bytes(r);
+                                let fits = b <= budget;
+                                budget = budget.saturating_sub(b);
+                                fits
+                            })
+                            .cloned()
+                            .collect()
+                    },
                 });
             }
             DispatchMsg::Fence => {

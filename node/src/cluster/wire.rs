@@ -40,6 +40,9 @@ pub struct RenewReply {
 /// Largest payload accepted from a peer (well under ractor_cluster's 16 MiB frame limit).
 pub const PAYLOAD_BYTES_MAX: usize = 8 << 20;
 
+// A renewal's reports fit a payload with room for its attempts (slots + queue, ~60 bytes each).
+const _: () = assert!(troupe_actors::dispatcher::RENEW_REPORT_BYTES * 4 <= PAYLOAD_BYTES_MAX);
+
 pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(v, bincode::config::standard()).unwrap_or_default()
 }
