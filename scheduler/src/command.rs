@@ -180,6 +180,10 @@ pub enum Output {
     },
     /// The command was refused; the text says why and what to do.
     Rejected(String),
+    /// What it names does not exist (a workflow, a node, a dead letter): HTTP 404.
+    NotFound(String),
+    /// It conflicts with what exists (an idempotency key used for another spec): HTTP 409.
+    Conflict(String),
     /// For batches: how many items were accepted and how many refused (stale or invalid).
     Counted {
         accepted: u32,

@@ -176,7 +176,7 @@ pub(super) async fn drain(
     )
     .await?
     {
-        Output::Rejected(m) if m.starts_with("no node") => Err(ApiError::not_found(m)),
+        Output::NotFound(m) => Err(ApiError::not_found(m)),
         Output::Rejected(m) => Err(ApiError(StatusCode::CONFLICT, m)),
         _ => ok(json!({ "node": id, "draining": draining })),
     }

@@ -149,7 +149,7 @@ fn bulk(out: Output, what: &str) -> Res {
 /// `POST /v1/dlq/{id}/redrive`: one entry.
 pub(super) async fn redrive_one(State(app): State<AppState>, Path(id): Path<u64>) -> Res {
     match propose(&app, Command::Redrive(id)).await? {
-        Output::Rejected(m) if m.starts_with("no dead letter") => Err(ApiError::not_found(m)),
+        Output::NotFound(m) => Err(ApiError::not_found(m)),
         Output::Rejected(m) => Err(ApiError(StatusCode::CONFLICT, m)),
         _ => ok(json!({ "id": id, "redriven": true })),
     }

@@ -229,9 +229,8 @@ async fn submit(
             };
             Ok((code, Json(json!({ "id": wf_name(id), "created": created }))))
         }
-        Output::Rejected(m) if m.contains("idempotency key") => {
-            Err(ApiError(StatusCode::CONFLICT, m))
-        }
+        Output::Conflict(m) => Err(ApiError(StatusCode::CONFLICT, m)),
+        Output::NotFound(m) => Err(ApiError::not_found(m)),
         Output::Rejected(m) => Err(ApiError::bad(m)),
         other => Err(ApiError(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -349,7 +348,7 @@ async fn control(State(app): State<AppState>, Path((id, action)): Path<(String, 
         }
     };
     match propose(&app, cmd).await? {
-        Output::Rejected(m) if m.starts_with("no workflow") => Err(ApiError::not_found(m)),
+        Output::NotFound(m) => Err(ApiError::not_found(m)),
         Output::Rejected(m) => Err(ApiError(StatusCode::CONFLICT, m)),
         _ => ok(json!({ "id": wf_name(id), "action": action, "ok": true })),
     }

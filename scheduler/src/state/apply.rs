@@ -17,7 +17,7 @@ impl State {
                     n.capacity = capacity;
                     Output::Done
                 }
-                None => Output::Rejected(format!("no node {node}")),
+                None => Output::NotFound(format!("no node {node}")),
             },
             Command::NodeLost { node, epoch } => self.node_lost(&node, epoch, at),
             Command::Evict { node } => self.evict(&node, at),
@@ -38,7 +38,7 @@ impl State {
                     Output::Done
                 }
                 Some(_) => Output::Rejected(format!("node {node} is down")),
-                None => Output::Rejected(format!("no node {node}")),
+                None => Output::NotFound(format!("no node {node}")),
             },
             Command::Submit(sub) => self.submit(*sub, at),
             Command::Assign(list) => self.assign(list, at),
@@ -76,7 +76,11 @@ impl State {
                     ids: vec![dlq],
                     ..Default::default()
                 };
+                let missing = !self.sched.dlq.contains_key(&dlq);
                 match self.redrive_many(&filter, at) {
+                    Output::Bulk {
+                        applied: 0, notes, ..
+                    } if missing => Output::NotFound(notes.join("; ")),
                     Output::Bulk {
                         applied: 0, notes, ..
                     } => Output::Rejected(notes.join("; ")),
@@ -151,7 +155,7 @@ impl State {
                 self.sched.effects.push(Effect::Changed(id));
                 out
             }
-            None => Output::Rejected(format!("no workflow {}", wf_name(id))),
+            None => Output::NotFound(format!("no workflow {}", wf_name(id))),
         }
     }
 
@@ -167,7 +171,7 @@ impl State {
             return if digest == sub.digest {
                 Output::Submitted { id, created: false }
             } else {
-                Output::Rejected(format!(
+                Output::Conflict(format!(
                     "idempotency key {key:?} was already used for {} with a different spec or params; use a new key",
                     wf_name(id)
                 ))

@@ -124,7 +124,7 @@ impl State {
                     "node {node} is not at epoch {epoch} or is already down"
                 ));
             }
-            None => return Output::Rejected(format!("no node {node}")),
+            None => return Output::NotFound(format!("no node {node}")),
         }
         self.requeue_node(
             node,
@@ -137,7 +137,7 @@ impl State {
 
     pub(super) fn evict(&mut self, node: &str, at: u64) -> Output {
         let Some(n) = self.sched.nodes.get(node) else {
-            return Output::Rejected(format!("no node {node}"));
+            return Output::NotFound(format!("no node {node}"));
         };
         if n.status != NodeStatus::Draining || n.drain_deadline_ms.is_none_or(|d| d > at) {
             return Output::Rejected(format!("node {node} has no drain deadline that passed"));
