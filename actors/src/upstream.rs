@@ -19,6 +19,15 @@ pub trait Upstream: Send + Sync + 'static {
     fn report(&self, cmds: Vec<Command>) -> Result<(), String>;
 }
 
+/// A new registration number (per process; with the incarnation it names one registration).
+pub fn registration_nonce() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// How often a registration that has not committed is sent again.
+pub const REGISTER_RESEND: Duration = Duration::from_millis(500);
+
 /// The local Raft engine.
 pub struct LocalUpstream(pub EngineHandle<Machine>);
 
@@ -31,7 +40,8 @@ impl LocalUpstream {
 }
 
 impl Upstream for LocalUpstream {
-    fn register(&self, info: NodeInfo) -> BoxFut<Result<u64, String>> {
+    fn register(&self, mut info: NodeInfo) -> BoxFut<Result<u64, String>> {
+        info.registration = registration_nonce();
         let engine = self.0.clone();
         let node = info.node.clone();
         let before = self.epoch_of(&node);
@@ -43,10 +53,9 @@ impl Upstream for LocalUpstream {
             let mut sent_at = None;
             loop {
                 let now = tokio::time::Instant::now();
-                // Proposed once: a second registration would bump the epoch past the one this
-                // dispatcher adopts. If it is lost, the timeout below fails the dispatcher, whose
-                // restart registers again.
-                if sent_at.is_none() {
+                // Sent again until it commits (a proposal forwarded as a leader changes can be
+                // lost); apply takes the same registration once.
+                if sent_at.is_none_or(|t: tokio::time::Instant| now - t >= REGISTER_RESEND) {
                     match engine.propose_nowait(vec![Command::RegisterNode(info.clone())]) {
                         Ok(()) => sent_at = Some(now),
                         Err(e) => tracing::debug!(%e, "registration not proposed yet"),

@@ -461,6 +461,7 @@ fn runners_spec(ctx: &Ctx) -> ChildSpec {
         api: String::new(), // set at each start, once the API is bound
         raft_id: cfg.raft_id,
         incarnation: ctx.incarnation,
+        registration: 0, // set by the upstream for each registration
         slots: cfg.slots,
         queue: cfg.queue,
         capacity: Default::default(), // read at each (re)start of the dispatcher

@@ -37,6 +37,7 @@ fn cluster(rng: &mut Rng) -> State {
             Vec::new()
         };
         let info = NodeInfo {
+            registration: 0,
             node: format!("node-{i:05}"),
             api: String::new(),
             raft_id: 0,

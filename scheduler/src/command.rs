@@ -123,6 +123,9 @@ pub struct NodeInfo {
     pub raft_id: u64,
     /// Random per process start: the engine hook of that process knows its own registration.
     pub incarnation: u64,
+    /// Distinct for each registration a process makes: the same registration sent again (it
+    /// is re-sent until it commits) is applied once.
+    pub registration: u64,
     pub slots: u32,
     pub queue: u32,
     pub capacity: Capacity,

@@ -47,22 +47,30 @@ async fn probe(node: &str) -> Option<(u64, bool)> {
 }
 
 impl Upstream for RemoteUpstream {
-    fn register(&self, info: NodeInfo) -> BoxFut<Result<u64, String>> {
+    fn register(&self, mut info: NodeInfo) -> BoxFut<Result<u64, String>> {
+        info.registration = troupe_actors::upstream::registration_nonce();
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            loop {
+            // The epoch before this registration, from the first answer (a re-sent copy of a
+            // registration that already committed changes nothing, so compare with this one).
+            let mut before = None;
+            for round in 0usize.. {
                 if tokio::time::Instant::now() > deadline {
                     return Err("no leader confirmed this node's registration within 60s".into());
                 }
-                let Some((before, _)) = probe(&info.node).await else {
+                let Some((now, _)) = probe(&info.node).await else {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 };
-                let cmds = encode(&vec![Command::RegisterNode(info.clone())]);
-                if let Some(s) = servers().first() {
-                    let _ = s.cast(PeerMsg::Propose(cmds));
+                let before = *before.get_or_insert(now);
+                // Each round through another server, in case a session is half-broken.
+                let all = servers();
+                if !all.is_empty() {
+                    let cmds = encode(&vec![Command::RegisterNode(info.clone())]);
+                    let _ = all[round % all.len()].cast(PeerMsg::Propose(cmds));
                 }
-                let until = tokio::time::Instant::now() + Duration::from_secs(5);
+                // Sent again if it has not committed (the same registration applies once).
+                let until = tokio::time::Instant::now() + troupe_actors::upstream::REGISTER_RESEND;
                 while tokio::time::Instant::now() < until {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     if let Some((epoch, true)) = probe(&info.node).await
@@ -72,6 +80,7 @@ impl Upstream for RemoteUpstream {
                     }
                 }
             }
+            unreachable!("the loop returns")
         })
     }
 

@@ -452,6 +452,8 @@ pub struct Node {
     pub raft_id: u64,
     /// The process start that registered this epoch.
     pub incarnation: u64,
+    /// Which registration of that process (see `NodeInfo::registration`).
+    pub registration: u64,
     /// When a drain with a deadline ends (attempts still running then are evicted).
     pub drain_deadline_ms: Option<u64>,
 }

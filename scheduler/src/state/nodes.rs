@@ -6,6 +6,14 @@ use crate::command::*;
 
 impl State {
     pub(super) fn register_node(&mut self, info: NodeInfo, at: u64) -> Output {
+        // The same registration re-sent (it is sent until it commits) is applied once.
+        if self.sched.nodes.get(&info.node).is_some_and(|n| {
+            n.incarnation == info.incarnation
+                && n.registration == info.registration
+                && n.status != NodeStatus::Down
+        }) {
+            return Output::Done;
+        }
         let epoch = self
             .sched
             .nodes
@@ -35,6 +43,7 @@ impl State {
                 api: info.api,
                 raft_id: info.raft_id,
                 incarnation: info.incarnation,
+                registration: info.registration,
                 drain_deadline_ms: drain.flatten(),
             },
         );

@@ -216,6 +216,11 @@ pub fn node_info(
         api: String::new(),
         raft_id: 0,
         incarnation: 0,
+        // Each call is a new registration (a restart), as a real node's would be.
+        registration: {
+            static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        },
         slots,
         queue: slots,
         capacity: placement::Capacity {
