@@ -85,3 +85,42 @@ fn a_follower_and_a_worker_forward_method_status_and_json_errors() {
     let v = cluster.servers[leader].wait(&id, std::time::Duration::from_secs(30));
     assert_eq!(v["status"], "succeeded");
 }
+
+#[test]
+fn a_paused_server_is_up_again_within_a_lease_after_it_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(tmp.path(), 37, 3, 0, &[]);
+    let leader = cluster.leader().expect("a leader");
+    let paused = (0..3).find(|&i| i != leader).unwrap();
+    let node_id = cluster.servers[paused].get("/v1/health").1["node"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let status = |c: &Cluster| -> String {
+        let (_, v) = c.servers[leader].get("/v1/nodes");
+        v["nodes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|n| n["id"] == node_id.as_str()))
+            .map(|n| n["status"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    cluster.servers[paused].signal(libc::SIGSTOP);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while status(&cluster) != "down" {
+        assert!(std::time::Instant::now() < deadline, "never declared lost");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    cluster.servers[paused].signal(libc::SIGCONT);
+    let resumed = std::time::Instant::now();
+    while status(&cluster) != "up" {
+        assert!(
+            resumed.elapsed() < std::time::Duration::from_secs(4),
+            "still {} {:?} after it resumed",
+            status(&cluster),
+            resumed.elapsed()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    println!("up again {:?} after it resumed", resumed.elapsed());
+}
