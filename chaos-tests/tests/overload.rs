@@ -27,7 +27,10 @@ run = ["sh", "-c", "i=${{TROUPE_TASK_ID##*/}}; echo $i $TROUPE_ATTEMPT >> {m}/at
     let v = cluster.any().wait(&id, Duration::from_secs(240));
     assert_eq!(v["status"], "succeeded", "{v}");
     let h = history(&v);
-    let losses: Vec<&String> = h.iter().filter(|l| l.contains("lost") || l.contains("restarted")).collect();
+    let losses: Vec<&String> = h
+        .iter()
+        .filter(|l| l.contains("lost") || l.contains("restarted"))
+        .collect();
     assert!(losses.is_empty(), "nodes were lost under load: {losses:?}");
     let attempts = std::fs::read_to_string(marks.join("attempts")).unwrap();
     let max = attempts

@@ -159,7 +159,7 @@ on_failure = "dead-letter"
     let (&dlq, entry) = sim.state.sched.dlq.iter().next().unwrap();
     assert_eq!(entry.task.item, 1);
     assert_eq!(entry.last_error, "bad item");
-    assert!(entry.log_stem.ends_with("score/1/attempt-1"));
+    assert!(entry.log_stem.ends_with("score/1-attempt-1"));
     assert_eq!(sim.apply(Command::Redrive(dlq)), Output::Done);
     assert_eq!(sim.wf(id).status, WfStatus::Running);
     sim.run(&builtin);

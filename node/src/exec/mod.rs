@@ -2,6 +2,7 @@
 
 mod builtin;
 mod process;
+mod spawn;
 
 pub use process::reap_orphans;
 

@@ -2,10 +2,10 @@
 //! and a timeout that sends SIGTERM, then SIGKILL, to the attempt's whole process group.
 
 use super::output_from_text;
+use super::spawn::{self, Child, Failure};
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
-use tokio::process::{Child, Command};
 use troupe_actors::executor::KillSignal;
 use troupe_scheduler::spec::OUTPUT_BYTES_MAX;
 use troupe_scheduler::units::format_ms;
@@ -23,60 +23,53 @@ pub async fn run(data_dir: &Path, spec: &RunSpec, kill: KillSignal, grace: Durat
         stem.with_extension("err"),
         stem.with_extension("json"),
     );
-    let files = (|| -> std::io::Result<_> {
-        std::fs::create_dir_all(stem.parent().unwrap_or(data_dir))?;
-        let _ = std::fs::remove_file(&json_path);
-        Ok((
-            std::fs::File::create(&out_path)?,
-            std::fs::File::create(&err_path)?,
-        ))
-    })();
-    let (out, err) = match files {
-        Ok(f) => f,
-        Err(e) => {
-            return Outcome::Failed {
-                error: format!("cannot create log files under {}: {e}", stem.display()),
-            };
-        }
-    };
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("TROUPE_WORKFLOW_ID", &spec.workflow)
-        .env("TROUPE_STEP", &spec.step_id)
-        .env(
-            "TROUPE_TASK_ID",
-            format!("{}/{}/{}", spec.workflow, spec.step_id, spec.task.item),
-        )
-        .env("TROUPE_ATTEMPT", spec.attempt.to_string())
-        .env("TROUPE_NODE", &spec.node)
-        .env("TROUPE_ITERATION", spec.iteration.to_string())
-        .env("TROUPE_OUTPUT", &json_path)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0);
-    die_with_the_node(&mut cmd);
-    // Only the GPUs placed on this attempt are visible to it (none if it asked for none).
-    cmd.env("CUDA_VISIBLE_DEVICES", spec.gpus.join(","));
-    cmd.env("TROUPE_GPUS", spec.gpus.join(","));
+    let mut vars = env.clone();
+    let task_id = format!("{}/{}/{}", spec.workflow, spec.step_id, spec.task.item);
+    for (k, v) in [
+        ("TROUPE_WORKFLOW_ID", spec.workflow.clone()),
+        ("TROUPE_STEP", spec.step_id.clone()),
+        ("TROUPE_TASK_ID", task_id),
+        ("TROUPE_ATTEMPT", spec.attempt.to_string()),
+        ("TROUPE_NODE", spec.node.clone()),
+        ("TROUPE_ITERATION", spec.iteration.to_string()),
+        ("TROUPE_OUTPUT", json_path.to_string_lossy().into_owned()),
+        // Only the GPUs placed on this attempt are visible to it (none if it asked for none).
+        ("CUDA_VISIBLE_DEVICES", spec.gpus.join(",")),
+        ("TROUPE_GPUS", spec.gpus.join(",")),
+    ] {
+        vars.push((k.to_string(), v));
+    }
     if let Some(item) = &spec.item {
         let text = match item.value() {
             serde_json::Value::String(s) => s,
             _ => item.0.clone(),
         };
-        cmd.env("TROUPE_ITEM", text);
+        vars.push(("TROUPE_ITEM".to_string(), text));
     }
     if let Some(input) = &spec.input {
         let text = match input.value() {
             serde_json::Value::String(s) => s,
             _ => input.0.clone(),
         };
-        cmd.env("TROUPE_INPUT", text);
+        vars.push(("TROUPE_INPUT".to_string(), text));
     }
-    let mut child = match cmd.spawn() {
+    let job = spawn::Job {
+        argv: argv.clone(),
+        env: vars,
+        out: out_path,
+        err: err_path.clone(),
+        json: json_path.clone(),
+        run_dir: data_dir.join(RUN_DIR),
+        node: spec.node.clone(),
+    };
+    let mut child = match spawn::spawn(job).await {
         Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(Failure::Files(e)) => {
+            return Outcome::Failed {
+                error: format!("cannot create log files under {}: {e}", stem.display()),
+            };
+        }
+        Err(Failure::Start(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             return Outcome::Failed {
                 error: format!(
                     "executable `{}` not found (is it installed and on PATH?)",
@@ -84,22 +77,12 @@ pub async fn run(data_dir: &Path, spec: &RunSpec, kill: KillSignal, grace: Durat
                 ),
             };
         }
-        Err(e) => {
+        Err(Failure::Start(e)) => {
             return Outcome::Failed {
                 error: format!("cannot start `{}`: {e}", argv[0]),
             };
         }
     };
-    // Remember the process group until the attempt ends, so a node that was killed can stop
-    // whatever its attempts left behind when it starts again (see `reap_orphans`).
-    let marker = child
-        .id()
-        .map(|pid| data_dir.join(RUN_DIR).join(pid.to_string()));
-    if let Some(m) = &marker {
-        let _ = std::fs::create_dir_all(data_dir.join(RUN_DIR))
-            .and_then(|_| std::fs::write(m, &spec.node));
-    }
-    let _cleanup = RemoveOnDrop(marker);
     let limit = spec
         .timeout_ms
         .map(Duration::from_millis)
@@ -113,36 +96,31 @@ pub async fn run(data_dir: &Path, spec: &RunSpec, kill: KillSignal, grace: Durat
     Outcome::Failed { error: why_stopped }
 }
 
-/// Where live attempts' process groups are recorded (one file per group, named by its id).
+/// `<data>/run/` holds a marker while process attempts may be running: written before the
+/// first process this node process starts on the data dir, cleared by `reap_orphans`.
 pub const RUN_DIR: &str = "run";
-
-struct RemoveOnDrop(Option<std::path::PathBuf>);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if let Some(p) = &self.0 {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
 
 /// At start-up: kill what attempts of an earlier run of this node left behind. PR_SET_PDEATHSIG
 /// only reaches an attempt's first process; its children (say, `sleep` under `sh`) outlive a
-/// SIGKILLed node. Only processes in a recorded group that carry this node's `TROUPE_NODE` are
-/// killed, so a recycled group id never hits an unrelated process.
+/// SIGKILLed node. If the earlier run started processes (`run/` is there), every process that
+/// carries this node's `TROUPE_NODE` in its environment is killed: attempts inherit it, and a
+/// node never has attempts running before this point.
 pub fn reap_orphans(data_dir: &Path, node: &str) -> usize {
-    let Ok(entries) = std::fs::read_dir(data_dir.join(RUN_DIR)) else {
+    let run_dir = data_dir.join(RUN_DIR);
+    if let Ok(abs) = std::path::absolute(&run_dir) {
+        spawn::marked().lock().unwrap().remove(&abs);
+    }
+    spawn::marked().lock().unwrap().remove(&run_dir);
+    let Ok(mut entries) = std::fs::read_dir(&run_dir) else {
         return 0;
     };
-    let groups: Vec<i64> = entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    let _ = std::fs::remove_dir_all(data_dir.join(RUN_DIR));
-    if groups.is_empty() {
+    let any = entries.next().is_some();
+    let _ = std::fs::remove_dir_all(&run_dir);
+    if !any {
         return 0;
     }
     let tag = format!("TROUPE_NODE={node}");
+    let me = std::process::id() as i32;
     let mut killed = 0;
     for proc_entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = proc_entry
@@ -152,13 +130,7 @@ pub fn reap_orphans(data_dir: &Path, node: &str) -> usize {
         else {
             continue;
         };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // Field 5 (after the parenthesized command) is the process group.
-        let pgrp = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(2))
-            .and_then(|g| g.parse::<i64>().ok());
-        if !pgrp.is_some_and(|g| groups.contains(&g)) {
+        if pid == me {
             continue;
         }
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
@@ -172,24 +144,6 @@ pub fn reap_orphans(data_dir: &Path, node: &str) -> usize {
     }
     killed
 }
-
-/// The attempt's process gets SIGKILL if the node process dies (kill -9 included): a dead node's
-/// attempts are requeued elsewhere as attempt + 1, so the old ones must not go on (self-fencing).
-#[cfg(target_os = "linux")]
-fn die_with_the_node(cmd: &mut Command) {
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn die_with_the_node(_cmd: &mut Command) {}
 
 /// SIGTERM to the process group, then SIGKILL after `grace`.
 async fn stop_group(child: &mut Child, grace: Duration) {
@@ -231,14 +185,19 @@ async fn finished(
                 std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
             ),
         };
-        let tail = last_line(err_path)
+        let path = err_path.to_path_buf();
+        let tail = tokio::task::spawn_blocking(move || last_line(&path))
+            .await
+            .ok()
+            .flatten()
             .map(|l| format!(": {l}"))
             .unwrap_or_default();
         return Outcome::Failed {
             error: format!("{how}{tail}"),
         };
     }
-    match tokio::fs::metadata(json_path).await {
+    // One stat in the directory the attempt's logs were just created in: no blocking hop.
+    match std::fs::metadata(json_path) {
         Err(_) => Outcome::Succeeded { output: None },
         Ok(m) if m.len() > OUTPUT_BYTES_MAX as u64 => Outcome::Failed {
             error: format!(
@@ -257,9 +216,13 @@ async fn finished(
 
 /// The last non-empty line of stderr (at most 300 characters), for the error message.
 fn last_line(path: &Path) -> Option<String> {
-    let text = std::fs::read(path).ok()?;
-    let tail = &text[text.len().saturating_sub(4096)..];
-    let line = String::from_utf8_lossy(tail)
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut tail = Vec::with_capacity(4096);
+    file.take(4096).read_to_end(&mut tail).ok()?;
+    let line = String::from_utf8_lossy(&tail)
         .lines()
         .rev()
         .find(|l| !l.trim().is_empty())?

@@ -45,10 +45,11 @@ impl PartialOrd for TaskRef {
 }
 
 impl TaskRef {
-    /// Log files of an attempt, relative to the node's data dir.
+    /// Log files of an attempt, relative to the node's data dir: one directory per step, no
+    /// dot in the stem (the extension is set with `Path::with_extension`).
     pub fn log_stem(&self, step_id: &str, attempt: u32) -> String {
         format!(
-            "logs/{}/{}/{}/attempt-{}",
+            "logs/{}/{}/{}-attempt-{}",
             wf_name(self.wf),
             step_id,
             self.item,
