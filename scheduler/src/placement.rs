@@ -248,9 +248,11 @@ impl<'a> Placer<'a> {
         let nodes: Vec<&Node> = nodes.filter(|n| n.status == NodeStatus::Up).collect();
         let extra = vec![Usage::default(); nodes.len()];
         let credits = nodes.iter().map(|n| n.credits() as i64).collect();
+        // Only nodes with a free credit can take anything: the index holds just those.
         let by_cpu = nodes
             .iter()
             .enumerate()
+            .filter(|(_, n)| n.credits() > 0)
             .map(|(i, n)| (n.free_cpu(), n.free_memory(), i))
             .collect();
         Placer {
@@ -260,6 +262,11 @@ impl<'a> Placer<'a> {
             by_cpu,
             strategy,
         }
+    }
+
+    /// True while some node can still take an attempt (has a free credit in this view).
+    pub fn has_credit(&self) -> bool {
+        !self.by_cpu.is_empty()
     }
 
     /// Counts a decision made earlier (proposed, not yet applied) against its node.
@@ -281,6 +288,9 @@ impl<'a> Placer<'a> {
     fn take(&mut self, i: usize, req: &Resources, gpus: &[String]) {
         let old = self.key(i);
         self.by_cpu.remove(&old);
+        if self.credits[i] <= 0 {
+            return;
+        }
         let e = &mut self.extra[i];
         e.cpu_milli += req.cpu_milli as u64;
         e.memory_bytes += req.memory_bytes;

@@ -152,7 +152,9 @@ impl Planner {
             .take_while(|(d, _)| *d <= now_ms)
             .map(|(_, r)| r);
         for r in due.chain(state.sched.queue.iter()) {
-            if out.len() >= ASSIGN_BATCH_MAX {
+            // Every attempt needs a credit: with none left anywhere, the rest of the queue waits
+            // (no walk over thousands of queued tasks after every commit).
+            if out.len() >= ASSIGN_BATCH_MAX || !placer.has_credit() {
                 break;
             }
             if self.pending.contains_key(r) {
