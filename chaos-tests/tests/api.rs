@@ -194,6 +194,15 @@ fn idempotency_key_gives_one_workflow_and_refuses_a_different_spec() {
         "{e}"
     );
     assert_eq!(workflow_count(&node), 1);
+    // The key finds its workflow, and lists show it.
+    let (_, found) = node.get("/v1/workflows?idempotency_key=nightly-2026-11-22");
+    assert_eq!(found["workflows"][0]["id"], a["id"], "{found}");
+    assert_eq!(
+        found["workflows"][0]["idempotency_key"],
+        "nightly-2026-11-22"
+    );
+    let (_, none) = node.get("/v1/workflows?idempotency_key=nope");
+    assert_eq!(none["workflows"].as_array().unwrap().len(), 0);
 }
 
 #[test]
@@ -384,4 +393,37 @@ fn finished_workflows_their_keys_and_logs_are_collected_after_the_retention() {
     let (code, v) = node.post("/v1/workflows", &body);
     assert_eq!((code, &v["created"]), (201, &json!(true)), "{v}");
     assert_ne!(v["id"], json!(id));
+}
+
+#[test]
+fn an_attempt_ends_with_its_main_process_and_takes_its_group_with_it() {
+    let (tmp, node) = node();
+    let pidfile = tmp.path().join("bg.pid");
+    let id = node.submit(&format!(
+        "name = \"bg\"\n[[step]]\nid = \"a\"\nrun = [\"sh\", \"-c\", \"sleep 60 & echo $! > {}; echo started\"]\n",
+        pidfile.display()
+    ));
+    assert_eq!(
+        node.wait(&id, Duration::from_secs(30))["status"],
+        "succeeded"
+    );
+    let pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    // Gone, or a zombie waiting for its (init) parent to reap it.
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+    };
+    while alive() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the background child {pid} outlived its attempt"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

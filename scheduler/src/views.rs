@@ -15,6 +15,7 @@ pub struct WorkflowSummary {
     pub steps: usize,
     pub steps_finished: usize,
     pub reason: Option<String>,
+    pub idempotency_key: Option<String>,
 }
 
 /// Where every item of a step is: each item is in exactly one bucket, and the buckets add up
@@ -109,7 +110,6 @@ pub struct WorkflowDetail {
     #[serde(flatten)]
     pub summary: WorkflowSummary,
     pub description: String,
-    pub idempotency_key: Option<String>,
     pub params: serde_json::Map<String, serde_json::Value>,
     pub deadline_ms: Option<u64>,
     pub step_runs: Vec<StepView>,
@@ -147,6 +147,7 @@ pub fn summary(wf: &Workflow) -> WorkflowSummary {
         steps: wf.steps.len(),
         steps_finished: wf.steps.iter().filter(|s| s.status.is_terminal()).count(),
         reason: wf.reason.clone(),
+        idempotency_key: wf.idempotency_key.clone(),
     }
 }
 
@@ -184,7 +185,6 @@ pub fn detail(wf: &Workflow) -> WorkflowDetail {
     WorkflowDetail {
         summary: summary(wf),
         description: wf.spec.description.clone(),
-        idempotency_key: wf.idempotency_key.clone(),
         params: wf
             .params
             .iter()

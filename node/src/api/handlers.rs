@@ -243,11 +243,24 @@ async fn submit(
 struct ListQuery {
     status: Option<String>,
     limit: Option<usize>,
+    /// The workflow submitted with this key (at most one).
+    idempotency_key: Option<String>,
 }
 
 async fn list(State(app): State<AppState>, Query(q): Query<ListQuery>) -> Res {
     linearize(&app).await?;
     let m = read(&app)?;
+    if let Some(key) = &q.idempotency_key {
+        let items: Vec<_> = m
+            .state
+            .idempotency
+            .get(key)
+            .and_then(|(id, _)| m.state.workflows.get(id))
+            .map(views::summary)
+            .into_iter()
+            .collect();
+        return ok(json!({ "workflows": items }));
+    }
     let items: Vec<_> = m
         .state
         .workflows

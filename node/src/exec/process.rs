@@ -87,8 +87,16 @@ pub async fn run(data_dir: &Path, spec: &RunSpec, kill: KillSignal, grace: Durat
         .timeout_ms
         .map(Duration::from_millis)
         .unwrap_or(Duration::MAX);
+    let group = child.id();
     let why_stopped = tokio::select! {
-        status = child.wait() => return finished(status, &err_path, &json_path).await,
+        status = child.wait() => {
+            // The attempt ends with its main process: what it left running in its process
+            // group (`sh -c "server &"`) is stopped, so nothing outlives the attempt.
+            if let Some(pid) = group {
+                signal_group(pid, libc::SIGKILL);
+            }
+            return finished(status, &err_path, &json_path).await;
+        }
         _ = tokio::time::sleep(limit) => format!("timed out after {}", format_ms(limit.as_millis() as u64)),
         _ = kill => "stopped: the attempt was cancelled".to_string(),
     };
