@@ -53,7 +53,7 @@ impl NodeConfig {
         NodeConfig {
             data_dir: data_dir.into(),
             listen: "127.0.0.1:7070".parse().expect("static address"),
-            slots: 256,
+            slots: default_slots(),
             queue: 256,
             fsync: true,
             kill_grace: Duration::from_secs(5),
@@ -93,4 +93,15 @@ pub fn node_id(cfg: &NodeConfig) -> std::io::Result<String> {
     let id = format!("node-{:08x}", troupe_scheduler::json::mix(&[seed]) as u32);
     std::fs::write(&path, &id)?;
     Ok(id)
+}
+
+/// Attempts a node runs at once by default: 4 per CPU core (at least 4). A node's cores must be
+/// able to run what it starts: 256 processes on 2 cores starved the node's own threads (lease
+/// renewals, apply) until it fenced itself, and the next node got the same load. Builtin
+/// handlers are not slowed by it: the queue (256) keeps a node's credits for placement.
+pub fn default_slots() -> u32 {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
+    (4 * cores).max(4)
 }

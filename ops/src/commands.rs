@@ -24,8 +24,8 @@ impl std::error::Error for Exit {}
 fn config(opts: &NodeOpts) -> anyhow::Result<NodeConfig> {
     let mut cfg = NodeConfig::dev(&opts.data);
     cfg.snapshot_every_entries = opts.snapshot_every.max(1);
-    cfg.slots = opts.slots.max(1);
-    cfg.queue = opts.queue.unwrap_or(cfg.slots);
+    cfg.slots = opts.slots.unwrap_or(cfg.slots).max(1);
+    cfg.queue = opts.queue.unwrap_or(cfg.queue);
     cfg.fsync = !opts.no_fsync;
     cfg.kill_grace = Duration::from_secs(opts.kill_grace_s);
     cfg.api_header_timeout = Duration::from_secs(opts.api_header_timeout_s.max(1));

@@ -55,8 +55,10 @@ pub fn run(n: u32, args: &DevArgs) -> anyhow::Result<()> {
             &api,
             "--data",
         ])
-        .arg(&data)
-        .args(["--slots", &args.opts.slots.to_string()]);
+        .arg(&data);
+        if let Some(slots) = args.opts.slots {
+            cmd.args(["--slots", &slots.to_string()]);
+        }
         if !join.is_empty() {
             cmd.arg("--join").arg(join.join(","));
         } else {

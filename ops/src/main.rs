@@ -228,10 +228,10 @@ pub struct NodeOpts {
     /// Data folder (Raft log, snapshots, task logs).
     #[arg(long, default_value = ".troupe/dev")]
     data: PathBuf,
-    /// Attempts run at once.
-    #[arg(long, default_value_t = 256)]
-    slots: u32,
-    /// Attempts held queued beyond the slots.
+    /// Attempts run at once [default: 4 per CPU core, at least 4].
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Attempts held queued beyond the slots [default: 256].
     #[arg(long)]
     queue: Option<u32>,
     /// Do not fsync the Raft log (throwaway runs only: a crash can lose acknowledged work).
