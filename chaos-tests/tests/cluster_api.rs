@@ -72,6 +72,21 @@ fn a_follower_and_a_worker_forward_method_status_and_json_errors() {
         assert_eq!(code, 415, "{v}");
         assert!(v["error"].is_string(), "{v}");
     }
+    // A condition of ~10^7 evaluations is refused before it reaches the log, and every server
+    // keeps answering at once.
+    let heavy = "name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"echo\"\n[[step]]\nid = \"b\"\nneeds = [\"a\"]\nhandler = \"noop\"\nwhen = \"steps.a.output.map(a, steps.a.output.map(b, steps.a.output.map(c, steps.a.output.map(d, steps.a.output.map(e, steps.a.output.map(f, steps.a.output.map(g, 1))))))).size() > 0\"\n";
+    let (code, v) = cluster.servers[follower].post("/v1/workflows", &json!({ "spec_toml": heavy }));
+    assert_eq!(code, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("nest 7 deep"), "{v}");
+    for s in &cluster.servers {
+        let t = std::time::Instant::now();
+        assert_eq!(s.get("/v1/health").0, 200);
+        assert!(
+            t.elapsed() < std::time::Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+    }
     // A write through the follower is applied once and readable everywhere.
     let id = {
         let f = &cluster.servers[follower];
