@@ -36,6 +36,8 @@ pub struct FacadeArgs {
     pub strategy: troupe_scheduler::placement::Strategy,
     /// Finished workflows are forgotten this long after they end (None: kept).
     pub retain: Option<std::time::Duration>,
+    /// How often replicas compare state hashes.
+    pub audit_every: std::time::Duration,
     /// Clusters: the leader's lease table and the lease length.
     pub lease: Option<(Arc<crate::leases::LeaseTable>, std::time::Duration)>,
     pub sink: Box<dyn Fn() -> Box<dyn EffectSink> + Send + Sync>,
@@ -63,6 +65,7 @@ impl Actor for RaftFacade {
                 incarnation: a.incarnation,
                 strategy: a.strategy,
                 retain: a.retain,
+                audit_every: a.audit_every,
                 lease: a.lease.clone(),
             };
             let h = hook(args, (a.sink)());

@@ -63,6 +63,8 @@ pub struct HookArgs {
     pub strategy: Strategy,
     /// Retention of finished workflows (the leader proposes `Collect`).
     pub retain: Option<Duration>,
+    /// How often the leader has the servers compare state hashes.
+    pub audit_every: Duration,
     /// Clusters: the leader's lease table and the lease length.
     pub lease: Option<(Arc<LeaseTable>, Duration)>,
 }
@@ -73,7 +75,8 @@ pub struct HookArgs {
 /// A follower resets the planner, so records of an earlier leadership are not trusted.
 pub fn hook(args: HookArgs, mut sink: Box<dyn EffectSink>) -> troupe_raft_log::Hook<Machine> {
     let mut planner = Planner::with_strategy(args.strategy)
-        .with_retention(args.retain.map(|d| d.as_millis() as u64));
+        .with_retention(args.retain.map(|d| d.as_millis() as u64))
+        .with_audit_every(args.audit_every.as_millis() as u64);
     let mut was_leader = false;
     let mut lost_sent: BTreeSet<(String, u64)> = BTreeSet::new();
     let mut granted: std::collections::BTreeMap<String, u64> = Default::default();
@@ -152,6 +155,7 @@ fn route(node: &str, epoch: u64, is_leader: bool, effects: Vec<Effect>, sink: &m
                 changed.insert(id);
             }
             Effect::Finished(id) => finished.push(id),
+            Effect::Diverged(why) => tracing::error!("{why}"),
             _ => {}
         }
     }

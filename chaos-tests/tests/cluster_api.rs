@@ -139,3 +139,28 @@ fn a_paused_server_is_up_again_within_a_lease_after_it_resumes() {
     }
     println!("up again {:?} after it resumed", resumed.elapsed());
 }
+
+#[test]
+fn servers_compare_their_state_and_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(tmp.path(), 39, 3, 0, &["--audit-every-s", "1"]);
+    let id = cluster.servers[0].submit(
+        "name = \"a\"\n[[step]]\nid = \"m\"\nhandler = \"echo\"\nmap = { range = [0, 50] }\n",
+    );
+    cluster.servers[0].wait(&id, std::time::Duration::from_secs(30));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for s in &cluster.servers {
+        loop {
+            let (code, h) = s.get("/v1/health");
+            assert_eq!(code, 200, "{h}");
+            if h["audit"]["matched"] == true {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no audit compared: {h}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+}

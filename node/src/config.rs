@@ -46,6 +46,8 @@ pub struct NodeConfig {
     /// Finished workflows (with their idempotency keys and dead letters) and task logs are
     /// deleted this long after the workflow ended (None: kept forever).
     pub retain: Option<Duration>,
+    /// How often the leader has the servers compare a hash of their applied state.
+    pub audit_every: Duration,
 }
 
 impl NodeConfig {
@@ -66,6 +68,7 @@ impl NodeConfig {
             strategy: Strategy::BinPack,
             api_header_timeout: Duration::from_secs(30),
             retain: Some(Duration::from_secs(7 * 24 * 3600)),
+            audit_every: Duration::from_secs(60),
             capacity_refresh: Duration::from_secs(5),
             raft_id: 1,
             cluster: None,

@@ -214,6 +214,7 @@ fn raft_spec(ctx: &Ctx) -> ChildSpec {
         incarnation: ctx.incarnation,
         strategy: cfg.strategy,
         retain: cfg.retain,
+        audit_every: cfg.audit_every,
         lease,
         sink: Box::new(sink_factory(ctx.clone())),
     });

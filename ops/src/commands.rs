@@ -29,6 +29,7 @@ fn config(opts: &NodeOpts) -> anyhow::Result<NodeConfig> {
     cfg.fsync = !opts.no_fsync;
     cfg.kill_grace = Duration::from_secs(opts.kill_grace_s);
     cfg.api_header_timeout = Duration::from_secs(opts.api_header_timeout_s.max(1));
+    cfg.audit_every = Duration::from_secs(opts.audit_every_s.max(1));
     cfg.retain = match opts.retain.as_str() {
         "forever" => None,
         d => Some(Duration::from_millis(

@@ -270,6 +270,9 @@ pub struct NodeOpts {
     /// logs this long after they end (e.g. 7d, 12h, 10m); `forever` keeps them.
     #[arg(long, default_value = "7d")]
     retain: String,
+    /// Seconds between replica audits (the servers compare a hash of their applied state).
+    #[arg(long, default_value_t = 60, hide = true)]
+    audit_every_s: u64,
 }
 
 /// Node secrets stay out of reach of tasks: the cookie (already read into the arguments) leaves

@@ -65,6 +65,16 @@ pub enum Command {
     Collect {
         retain_ms: u64,
     },
+    /// Replica audit: every server hashes its applied state at this point of the log (the same
+    /// state on every server) and keeps the hash, under `seq`.
+    Audit {
+        seq: u64,
+    },
+    /// The leader's hash for audit `seq`: a server whose own hash differs has diverged.
+    AuditResult {
+        seq: u64,
+        hash: u64,
+    },
     /// The owner's instance actor records what it has seen (`seq` only grows).
     Checkpoint {
         wf: WorkflowId,
@@ -219,6 +229,8 @@ pub enum Effect {
     },
     Changed(WorkflowId),
     Finished(WorkflowId),
+    /// This server's state differs from the leader's at an audit (the text says where).
+    Diverged(String),
 }
 
 /// Everything a runner needs to execute one attempt, templates already rendered.

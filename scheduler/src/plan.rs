@@ -28,7 +28,15 @@ pub struct Planner {
     retain_ms: Option<u64>,
     /// When the last `Collect` was proposed.
     last_collect_ms: u64,
+    /// Replica audits: when the last was proposed, and the one whose result is still to send.
+    last_audit_ms: u64,
+    audit_pending: Option<u64>,
+    /// How often to audit (default [`AUDIT_EVERY_MS`]).
+    audit_every_ms: Option<u64>,
 }
+
+/// How often the leader has the servers compare their state.
+pub const AUDIT_EVERY_MS: u64 = 60_000;
 
 impl Planner {
     pub fn new() -> Self {
@@ -48,6 +56,12 @@ impl Planner {
         self
     }
 
+    /// Audit the replicas this often (ms).
+    pub fn with_audit_every(mut self, ms: u64) -> Self {
+        self.audit_every_ms = Some(ms.max(100));
+        self
+    }
+
     /// Placements proposed and not yet applied.
     pub fn in_flight(&self) -> usize {
         self.pending.len()
@@ -58,6 +72,7 @@ impl Planner {
         self.pending.clear();
         self.pending_timeouts.clear();
         self.pending_evictions.clear();
+        self.audit_pending = None;
     }
 
     pub fn plan(&mut self, state: &State, now_ms: u64) -> Vec<Command> {
@@ -75,6 +90,23 @@ impl Planner {
                 self.pending_evictions.insert(n.id.clone(), now_ms);
                 out.push(Command::Evict { node: n.id.clone() });
             }
+        }
+        // Replica audit: hash at one log position on every server, then send the leader's hash.
+        if let Some(seq) = self.audit_pending
+            && let Some(&hash) = state.audit.hashes.get(&seq)
+        {
+            out.push(Command::AuditResult { seq, hash });
+            self.audit_pending = None;
+        }
+        if self.last_audit_ms == 0 {
+            self.last_audit_ms = now_ms;
+        }
+        if now_ms.saturating_sub(self.last_audit_ms)
+            >= self.audit_every_ms.unwrap_or(AUDIT_EVERY_MS)
+        {
+            self.last_audit_ms = now_ms;
+            self.audit_pending = Some(now_ms);
+            out.push(Command::Audit { seq: now_ms });
         }
         if let Some(retain) = self.retain_ms {
             // Every quarter of the retention (1 s to 1 min): old finished workflows go.

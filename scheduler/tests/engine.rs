@@ -523,3 +523,40 @@ fn collect_forgets_old_finished_workflows_their_keys_and_dead_letters() {
     assert!(sim.state.idempotency.is_empty());
     assert!(sim.state.sched.dlq.is_empty());
 }
+
+#[test]
+fn replicas_compare_state_hashes_and_a_divergence_is_surfaced() {
+    let mut a = Sim::new(2);
+    a.submit_toml("name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"noop\"\n");
+    a.run(&builtin);
+    let mut b = state::State::default();
+    // b is a replica: the same state (as a snapshot would give it), then the same commands.
+    b.clone_from(&a.state);
+    for s in [&mut a.state, &mut b] {
+        s.apply(a.now, Command::Audit { seq: 1 });
+    }
+    let hash = a.state.audit.hashes[&1];
+    b.apply(a.now, Command::AuditResult { seq: 1, hash });
+    assert_eq!(b.audit.last_checked, Some((1, true)));
+    assert!(b.audit.diverged.is_none());
+    // Now b drifts (a bug, a bad disk): the next audit says so, with where.
+    b.sched.stats.tasks_succeeded += 1;
+    a.state.apply(a.now, Command::Audit { seq: 2 });
+    b.apply(a.now, Command::Audit { seq: 2 });
+    let hash = a.state.audit.hashes[&2];
+    b.apply(a.now, Command::AuditResult { seq: 2, hash });
+    assert_eq!(b.audit.last_checked, Some((2, false)));
+    assert!(
+        b.audit
+            .diverged
+            .as_ref()
+            .is_some_and(|w| w.contains("replica diverged: at audit 2")),
+        "{:?}",
+        b.audit
+    );
+    assert!(
+        b.take_effects()
+            .iter()
+            .any(|e| matches!(e, Effect::Diverged(_)))
+    );
+}

@@ -25,11 +25,23 @@ pub(super) async fn health(State(app): State<AppState>) -> Res {
             })),
         ));
     }
-    let (workflows, stats) = app
+    let (workflows, stats, audit) = app
         .state
         .read()
-        .map(|m| (m.state.workflows.len(), m.state.sched.stats.clone()))
+        .map(|m| {
+            (
+                m.state.workflows.len(),
+                m.state.sched.stats.clone(),
+                m.state.audit.clone(),
+            )
+        })
         .unwrap_or_default();
+    if let Some(why) = &audit.diverged {
+        return Ok((
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "diverged", "node": app.node, "error": why })),
+        ));
+    }
     ok(json!({
         "status": "ok",
         "node": app.node,
@@ -50,6 +62,7 @@ pub(super) async fn health(State(app): State<AppState>) -> Res {
             "assignments_refused": stats.rejected_assignments,
         },
         "uptime_ms": app.started.elapsed().as_millis() as u64,
+        "audit": audit.last_checked.map(|(seq, same)| json!({ "seq": seq, "matched": same })),
     }))
 }
 

@@ -318,5 +318,7 @@ fn command_kind(c: &Command) -> &'static str {
         Command::Discard { .. } => "Discard",
         Command::Checkpoint { .. } => "Checkpoint",
         Command::Collect { .. } => "Collect",
+        Command::Audit { .. } => "Audit",
+        Command::AuditResult { .. } => "AuditResult",
     }
 }

@@ -90,6 +90,30 @@ impl State {
             }
             Command::RedriveMany(filter) => self.redrive_many(&filter, at),
             Command::Collect { retain_ms } => self.collect(at.saturating_sub(retain_ms)),
+            Command::Audit { seq } => {
+                let hash = self.hash();
+                self.audit.hashes.insert(seq, hash);
+                while self.audit.hashes.len() > AUDITS_KEPT {
+                    self.audit.hashes.pop_first();
+                }
+                Output::Done
+            }
+            Command::AuditResult { seq, hash } => {
+                // A server that joined (or restored a snapshot) after the audit has no hash.
+                if let Some(&mine) = self.audit.hashes.get(&seq) {
+                    let same = mine == hash;
+                    self.audit.last_checked = Some((seq, same));
+                    if !same && self.audit.diverged.is_none() {
+                        let why = format!(
+                            "replica diverged: at audit {seq} (command {}) this server's state hashes to {mine:016x}, the leader's to {hash:016x}; restore this server from the leader (move its data dir away and let it catch up by snapshot)",
+                            self.sched.stats.commands
+                        );
+                        self.audit.diverged = Some(why.clone());
+                        self.sched.effects.push(Effect::Diverged(why));
+                    }
+                }
+                Output::Done
+            }
             Command::Discard { filter, reason } => self.discard(&filter, &reason, at),
             Command::Checkpoint { wf, seq, owner } => self.with_wf(wf, |_, w| {
                 if w.checkpoint.as_ref().is_some_and(|c| c.seq >= seq) {
@@ -137,6 +161,14 @@ impl State {
             accepted: gone.len() as u32,
             refused: 0,
         }
+    }
+
+    /// A digest of the replicated state (its snapshot encoding): equal on every server at the
+    /// same index.
+    pub fn hash(&self) -> u64 {
+        let bytes =
+            bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default();
+        crate::json::fnv64(&bytes)
     }
 
     /// Drains the effects of the commands applied so far.

@@ -467,6 +467,31 @@ pub struct State {
     /// Idempotency key → (workflow, digest of spec + params).
     pub idempotency: BTreeMap<String, (WorkflowId, u64)>,
     pub sched: Sched,
+    /// This server's replica audits (not replicated, not in snapshots).
+    #[serde(skip)]
+    pub audit: Audit,
+}
+
+/// Hashes of this server's applied state at audit points, and what comparing them found.
+#[derive(Debug, Clone, Default)]
+pub struct Audit {
+    /// Audit seq → hash of the state when `Command::Audit` was applied (the newest few).
+    pub hashes: BTreeMap<u64, u64>,
+    /// The last audit compared with the leader's hash, and whether it matched.
+    pub last_checked: Option<(u64, bool)>,
+    /// Set once a comparison failed: where this replica diverged.
+    pub diverged: Option<String>,
+}
+
+/// Audit hashes kept (older ones are dropped).
+pub const AUDITS_KEPT: usize = 16;
+
+// The audit describes this server, not the replicated state: two replicas are equal whatever
+// their audits say.
+impl PartialEq for Audit {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// The parts of the state the DAG rules change beside one workflow (kept apart so a workflow
