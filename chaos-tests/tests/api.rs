@@ -427,3 +427,24 @@ fn an_attempt_ends_with_its_main_process_and_takes_its_group_with_it() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_log_is_capped_to_its_tail_and_the_cut_is_marked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = TestNode::start(&tmp.path().join("data"), &["--max-log-bytes", "1MiB"]);
+    // ~6 MB over ~2 s, so the cap acts while it runs and again at the end.
+    let id = node.submit(
+        "name = \"chatty\"\n[[step]]\nid = \"a\"\nrun = [\"sh\", \"-c\", \"for i in 1 2 3 4; do head -c 1500000 /dev/zero | tr '\\\\0' x; echo; sleep 0.5; done; echo LAST-LINE\"]\n",
+    );
+    assert_eq!(
+        node.wait(&id, Duration::from_secs(60))["status"],
+        "succeeded"
+    );
+    let (code, text) = node.get(&format!("/v1/workflows/{id}/logs?step=a"));
+    assert_eq!(code, 200);
+    let text = text.as_str().unwrap();
+    assert!(text.len() <= 1 << 20, "{} bytes kept", text.len());
+    assert!(text.starts_with("[troupe: "), "the cut is marked");
+    assert!(text.contains("were dropped (--max-log-bytes 1048576)"));
+    assert!(text.ends_with("LAST-LINE\n"), "the tail is kept");
+}

@@ -48,6 +48,8 @@ pub struct NodeConfig {
     pub retain: Option<Duration>,
     /// How often the leader has the servers compare a hash of their applied state.
     pub audit_every: Duration,
+    /// Most bytes kept of each attempt's stdout and stderr logs (the tail, marked as cut).
+    pub max_log_bytes: u64,
 }
 
 impl NodeConfig {
@@ -69,6 +71,7 @@ impl NodeConfig {
             api_header_timeout: Duration::from_secs(30),
             retain: Some(Duration::from_secs(7 * 24 * 3600)),
             audit_every: Duration::from_secs(60),
+            max_log_bytes: 64 << 20,
             capacity_refresh: Duration::from_secs(5),
             raft_id: 1,
             cluster: None,

@@ -472,6 +472,7 @@ fn runners_spec(ctx: &Ctx) -> ChildSpec {
     let executor: Arc<dyn Executor> = Arc::new(LocalExecutor {
         data_dir: cfg.data_dir.clone(),
         kill_grace: cfg.kill_grace,
+        max_log_bytes: cfg.max_log_bytes,
     });
     let ctx = ctx.clone();
     ChildSpec::new(RUNNERS_NAME, Restart::Permanent, move |sup: ActorCell| {

@@ -30,6 +30,9 @@ fn config(opts: &NodeOpts) -> anyhow::Result<NodeConfig> {
     cfg.kill_grace = Duration::from_secs(opts.kill_grace_s);
     cfg.api_header_timeout = Duration::from_secs(opts.api_header_timeout_s.max(1));
     cfg.audit_every = Duration::from_secs(opts.audit_every_s.max(1));
+    cfg.max_log_bytes = troupe_scheduler::units::parse_size_bytes(&opts.max_log_bytes)
+        .map_err(|e| anyhow::anyhow!("--max-log-bytes {:?}: {e}", opts.max_log_bytes))?
+        .max(4096);
     cfg.retain = match opts.retain.as_str() {
         "forever" => None,
         d => Some(Duration::from_millis(

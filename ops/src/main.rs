@@ -273,6 +273,10 @@ pub struct NodeOpts {
     /// Seconds between replica audits (the servers compare a hash of their applied state).
     #[arg(long, default_value_t = 60, hide = true)]
     audit_every_s: u64,
+    /// Most bytes kept of each attempt's stdout and stderr log (e.g. 64MiB): past it the
+    /// oldest part is dropped, the tail kept, and the cut marked in the log.
+    #[arg(long, default_value = "64MiB")]
+    max_log_bytes: String,
 }
 
 /// Node secrets stay out of reach of tasks: the cookie (already read into the arguments) leaves

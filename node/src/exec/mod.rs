@@ -1,6 +1,7 @@
 //! Executors: how a node runs an attempt — a process (argv) or a builtin handler.
 
 mod builtin;
+mod logcap;
 mod process;
 mod spawn;
 
@@ -19,6 +20,8 @@ pub struct LocalExecutor {
     pub data_dir: PathBuf,
     /// Time between SIGTERM and SIGKILL when an attempt is stopped.
     pub kill_grace: Duration,
+    /// Most bytes kept of each attempt log (`.out`, `.err`); the tail is kept.
+    pub max_log_bytes: u64,
 }
 
 impl Executor for LocalExecutor {
@@ -36,10 +39,13 @@ impl Executor for LocalExecutor {
     ) -> Pin<Box<dyn Future<Output = Outcome> + Send>> {
         let data_dir = self.data_dir.clone();
         let grace = self.kill_grace;
+        let max_log = self.max_log_bytes;
         Box::pin(async move {
             match &spec.launch {
                 Launch::Builtin { with, .. } => builtin::sleep(with, spec.timeout_ms, kill).await,
-                Launch::Process { .. } => process::run(&data_dir, &spec, kill, grace).await,
+                Launch::Process { .. } => {
+                    process::run(&data_dir, &spec, kill, grace, max_log).await
+                }
             }
         })
     }

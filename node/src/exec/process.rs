@@ -11,7 +11,13 @@ use troupe_scheduler::spec::OUTPUT_BYTES_MAX;
 use troupe_scheduler::units::format_ms;
 use troupe_scheduler::{Launch, Outcome, RunSpec};
 
-pub async fn run(data_dir: &Path, spec: &RunSpec, kill: KillSignal, grace: Duration) -> Outcome {
+pub async fn run(
+    data_dir: &Path,
+    spec: &RunSpec,
+    mut kill: KillSignal,
+    grace: Duration,
+    max_log: u64,
+) -> Outcome {
     let Launch::Process { argv, env } = &spec.launch else {
         return Outcome::Failed {
             error: "not a process".into(),
@@ -56,7 +62,7 @@ pub async fn run(data_dir: &Path, spec: &RunSpec, kill: KillSignal, grace: Durat
     let job = spawn::Job {
         argv: argv.clone(),
         env: vars,
-        out: out_path,
+        out: out_path.clone(),
         err: err_path.clone(),
         json: json_path.clone(),
         run_dir: data_dir.join(RUN_DIR),
@@ -88,20 +94,44 @@ pub async fn run(data_dir: &Path, spec: &RunSpec, kill: KillSignal, grace: Durat
         .map(Duration::from_millis)
         .unwrap_or(Duration::MAX);
     let group = child.id();
-    let why_stopped = tokio::select! {
-        status = child.wait() => {
-            // The attempt ends with its main process: what it left running in its process
-            // group (`sh -c "server &"`) is stopped, so nothing outlives the attempt.
-            if let Some(pid) = group {
-                signal_group(pid, libc::SIGKILL);
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
+    // While it runs, its logs are kept under --max-log-bytes (see `logcap`).
+    let mut check = tokio::time::interval_at(
+        tokio::time::Instant::now() + LOG_CHECK_EVERY,
+        LOG_CHECK_EVERY,
+    );
+    let why_stopped = loop {
+        tokio::select! {
+            status = child.wait() => {
+                // The attempt ends with its main process: what it left running in its process
+                // group (`sh -c "server &"`) is stopped, so nothing outlives the attempt.
+                if let Some(pid) = group {
+                    signal_group(pid, libc::SIGKILL);
+                }
+                cap_logs(&out_path, &err_path, &stem, max_log).await;
+                return finished(status, &err_path, &json_path).await;
             }
-            return finished(status, &err_path, &json_path).await;
+            _ = &mut deadline => break format!("timed out after {}", format_ms(limit.as_millis() as u64)),
+            _ = &mut kill => break "stopped: the attempt was cancelled".to_string(),
+            _ = check.tick() => cap_logs(&out_path, &err_path, &stem, max_log).await,
         }
-        _ = tokio::time::sleep(limit) => format!("timed out after {}", format_ms(limit.as_millis() as u64)),
-        _ = kill => "stopped: the attempt was cancelled".to_string(),
     };
     stop_group(&mut child, grace).await;
+    cap_logs(&out_path, &err_path, &stem, max_log).await;
     Outcome::Failed { error: why_stopped }
+}
+
+/// How often a running attempt's log sizes are checked.
+const LOG_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Cuts an attempt's logs that are over the cap (two `stat`s when they are not).
+async fn cap_logs(out: &Path, err: &Path, stem: &Path, max: u64) {
+    let over = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.len() > max);
+    if over(out) || over(err) {
+        let stem = stem.to_path_buf();
+        let _ = tokio::task::spawn_blocking(move || super::logcap::cap_both(&stem, max)).await;
+    }
 }
 
 /// `<data>/run/` holds a marker while process attempts may be running: written before the

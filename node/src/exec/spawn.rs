@@ -183,7 +183,8 @@ fn spawner(rx: mpsc::Receiver<Request>) {
 /// `.out` and `.err`, created empty. The step's directory is made on the first attempt that
 /// needs it; `.json` can only be left over when `.out` already existed (a reused data dir).
 fn log_files(job: &Job) -> io::Result<(File, File)> {
-    let create_new = |p: &Path| File::options().write(true).create_new(true).open(p);
+    // O_APPEND: the node may cut a log's head while the attempt writes (see `logcap`).
+    let create_new = |p: &Path| File::options().append(true).create_new(true).open(p);
     let out = match create_new(&job.out) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -194,11 +195,13 @@ fn log_files(job: &Job) -> io::Result<(File, File)> {
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             let _ = std::fs::remove_file(&job.json);
-            File::create(&job.out)?
+            let _ = std::fs::remove_file(&job.out);
+            create_new(&job.out)?
         }
         Err(e) => return Err(e),
     };
-    Ok((out, File::create(&job.err)?))
+    let _ = std::fs::remove_file(&job.err);
+    Ok((out, create_new(&job.err)?))
 }
 
 /// The node's environment with the job's variables over it, as `std`'s `Command` builds it.
