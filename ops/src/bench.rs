@@ -18,22 +18,28 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10)]
     trials: usize,
     /// Only these workloads (noop, dag, sleep, process, start, idle, placement, cluster-noop,
-    /// leader, worker-kill, worker-stop, map100k).
+    /// leader, worker-kill, worker-stop, map100k; `soak` runs only when named).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Measure without fsync (not the recorded configuration).
     #[arg(long)]
     no_fsync: bool,
+    /// Soak: how many workflows to push through one node.
+    #[arg(long, default_value_t = 1_000_000)]
+    soak_workflows: u64,
+    /// Soak: the node's --retain.
+    #[arg(long, default_value = "10m")]
+    soak_retain: String,
 }
 
-struct Node {
-    child: Child,
-    client: Client,
-    dir: PathBuf,
+pub(crate) struct Node {
+    pub(crate) child: Child,
+    pub(crate) client: Client,
+    pub(crate) dir: PathBuf,
 }
 
 impl Node {
-    fn start(extra: &[&str], fsync: bool) -> anyhow::Result<(Node, Instant)> {
+    pub(crate) fn start(extra: &[&str], fsync: bool) -> anyhow::Result<(Node, Instant)> {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("troupe-bench-{}-{n}", std::process::id()));
@@ -78,7 +84,7 @@ impl Node {
         ))
     }
 
-    fn rss_kb(&self) -> u64 {
+    pub(crate) fn rss_kb(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
         status
@@ -266,6 +272,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if want("placement") {
         crate::bench_placement::run(runs);
+    }
+    if args.only.iter().any(|o| o == "soak") {
+        crate::bench_soak::run(args.soak_workflows, &args.soak_retain, fsync)?;
+        return Ok(());
     }
     // The cluster figures start real processes on 127.0.x.y and take about a minute.
     crate::bench_cluster::run(&want, args.trials)?;

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_cluster;
 mod bench_placement;
+mod bench_soak;
 mod client;
 mod commands;
 mod dlq_cli;
