@@ -9,6 +9,10 @@ use troupe_scheduler::placement::Strategy;
 use troupe_scheduler::state::NodeStatus;
 use troupe_scheduler::{Command, Effect, Output, Planner, RunSpec, State, TaskRef, WorkflowId};
 
+/// Layout version of the state snapshot (a u16 before the bincode body). Bump it with any
+/// change to the state's types, and keep reading the old layout where it matters.
+pub const SNAPSHOT_VERSION: u16 = 2;
+
 /// `troupe_scheduler::State` behind the Raft log's `StateMachine` trait.
 #[derive(Default)]
 pub struct Machine {
@@ -25,12 +29,25 @@ impl StateMachine for Machine {
 
     fn snapshot(&self) -> Vec<u8> {
         // An empty snapshot would be compacted over and lose the state: fail-stop instead.
-        bincode::serde::encode_to_vec(&self.state, bincode::config::standard())
-            .expect("the scheduler state always encodes")
+        let body = bincode::serde::encode_to_vec(&self.state, bincode::config::standard())
+            .expect("the scheduler state always encodes");
+        let mut out = Vec::with_capacity(body.len() + 2);
+        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        out.extend_from_slice(&body);
+        out
     }
 
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
-        let (state, _) = bincode::serde::decode_from_slice(data, bincode::config::standard())
+        let (v, body) = match data {
+            [a, b, rest @ ..] => (u16::from_le_bytes([*a, *b]), rest),
+            _ => return Err("snapshot is too short to hold its version".into()),
+        };
+        if v != SNAPSHOT_VERSION {
+            return Err(format!(
+                "snapshot format version {v}; this build reads version {SNAPSHOT_VERSION}: run the troupe version that wrote it"
+            ));
+        }
+        let (state, _) = bincode::serde::decode_from_slice(body, bincode::config::standard())
             .map_err(|e| format!("snapshot does not decode: {e}"))?;
         self.state = state;
         Ok(())
@@ -167,5 +184,23 @@ fn route(node: &str, epoch: u64, is_leader: bool, effects: Vec<Effect>, sink: &m
     }
     if !(created.is_empty() && changed.is_empty() && finished.is_empty()) {
         sink.workflows(created, changed.into_iter().collect(), finished);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_carries_its_version_and_another_version_is_refused() {
+        let m = Machine::default();
+        let mut bytes = m.snapshot();
+        assert_eq!(&bytes[..2], &SNAPSHOT_VERSION.to_le_bytes());
+        let mut back = Machine::default();
+        back.restore(&bytes).unwrap();
+        bytes[0] = bytes[0].wrapping_add(1);
+        let err = back.restore(&bytes).unwrap_err();
+        assert!(err.contains("this build reads version"), "{err}");
+        assert!(back.restore(&[1]).is_err());
     }
 }
