@@ -97,7 +97,12 @@ pub fn hook(args: HookArgs, mut sink: Box<dyn EffectSink>) -> troupe_raft_log::H
     let mut was_leader = false;
     let mut lost_sent: BTreeSet<(String, u64)> = BTreeSet::new();
     let mut granted: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut last_call_ms: u64 = 0;
     Box::new(move |m: &mut Machine, now_ms: u64, is_leader: bool| {
+        // The hook runs every tick (50 ms). A gap of a whole lease means this process was
+        // paused or starved, not that every node died: its lease table is stale.
+        let gap = now_ms.saturating_sub(last_call_ms);
+        last_call_ms = now_ms;
         let effects = m.state.take_effects();
         let epoch = m
             .state
@@ -118,7 +123,14 @@ pub fn hook(args: HookArgs, mut sink: Box<dyn EffectSink>) -> troupe_raft_log::H
         }
         let mut cmds = planner.plan(&m.state, now_ms);
         if let Some((leases, lease)) = &args.lease {
-            if !was_leader {
+            let stalled = was_leader && gap >= lease.as_millis() as u64;
+            if stalled {
+                tracing::warn!(
+                    gap_ms = gap,
+                    "this leader did not run for a whole lease (paused or starved): giving every node a fresh lease instead of declaring them lost"
+                );
+            }
+            if !was_leader || stalled {
                 leases.grant_all(m.state.sched.nodes.keys().cloned());
                 lost_sent.clear();
             }
