@@ -103,6 +103,8 @@ struct Driver<M: StateMachine> {
     /// The commit index persisted before this open.
     open_commit: u64,
     ready_tx: Option<ReadyTx>,
+    /// When the last snapshot was taken and what it cost (snapshots are paced by their cost).
+    last_snapshot: Option<(Instant, Duration)>,
 }
 
 fn raft_err(e: raft::Error) -> RaftLogError {
@@ -203,6 +205,7 @@ impl<M: StateMachine> Driver<M> {
             single_voter,
             open_commit,
             ready_tx: None,
+            last_snapshot: None,
         })
     }
 

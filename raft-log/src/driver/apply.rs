@@ -15,6 +15,10 @@ use crate::StateMachine;
 use crate::envelope::{self, Envelope};
 use crate::error::RaftLogError;
 
+/// A snapshot may start only after 10 times its last cost has passed since it (10 % of the
+/// engine thread's time at most).
+const SNAPSHOT_COST_SHARE: u32 = 10;
+
 impl<M: StateMachine> Driver<M> {
     /// A snapshot sent by the leader (`MsgSnapshot`, to a follower that is behind the leader's
     /// compacted log): replaces the whole state. Already persisted by the caller.
@@ -152,7 +156,15 @@ impl<M: StateMachine> Driver<M> {
         let store = self.node.store();
         let snap_index = store.snapshot_metadata().index;
         let wanted = store.take_snapshot_request();
-        let due = self.applied.saturating_sub(snap_index) >= self.cfg.snapshot_every_entries
+        let behind = self.applied.saturating_sub(snap_index);
+        // Snapshots of a large state are paced by what they cost: at most a tenth of this
+        // thread's time goes to them (unless the log grew 100 intervals past the last one).
+        // A snapshot raft asks for (a follower behind the log) is never held back.
+        let paced = self.last_snapshot.is_some_and(|(at, cost)| {
+            at.elapsed() < cost * SNAPSHOT_COST_SHARE
+                && behind < self.cfg.snapshot_every_entries.saturating_mul(100)
+        });
+        let due = (behind >= self.cfg.snapshot_every_entries && !paced)
             || (wanted > snap_index && self.applied >= wanted);
         if !due || self.applied <= snap_index {
             return Ok(());
@@ -169,6 +181,7 @@ impl<M: StateMachine> Driver<M> {
         self.node
             .mut_store()
             .save_snapshot(meta, &image, self.applied)?;
+        self.last_snapshot = Some((Instant::now(), started.elapsed()));
         tracing::debug!(
             index = self.applied,
             bytes,
