@@ -18,6 +18,8 @@ use crate::error::RaftLogError;
 /// A snapshot may start only after 10 times its last cost has passed since it (10 % of the
 /// engine thread's time at most).
 const SNAPSHOT_COST_SHARE: u32 = 10;
+/// Snapshots cheaper than this are never held back.
+const SNAPSHOT_COST_PACED: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl<M: StateMachine> Driver<M> {
     /// A snapshot sent by the leader (`MsgSnapshot`, to a follower that is behind the leader's
@@ -161,7 +163,8 @@ impl<M: StateMachine> Driver<M> {
         // thread's time goes to them (unless the log grew 100 intervals past the last one).
         // A snapshot raft asks for (a follower behind the log) is never held back.
         let paced = self.last_snapshot.is_some_and(|(at, cost)| {
-            at.elapsed() < cost * SNAPSHOT_COST_SHARE
+            cost >= SNAPSHOT_COST_PACED
+                && at.elapsed() < cost * SNAPSHOT_COST_SHARE
                 && behind < self.cfg.snapshot_every_entries.saturating_mul(100)
         });
         let due = (behind >= self.cfg.snapshot_every_entries && !paced)
