@@ -29,7 +29,7 @@ pub struct ApiState {
     stop: Option<tokio::sync::watch::Sender<bool>>,
 }
 
-pub use super::serve::{Limits, connection_cap};
+use super::serve::{Limits, connection_cap};
 
 impl Actor for ApiServer {
     type Msg = ApiMsg;
@@ -63,8 +63,15 @@ impl Actor for ApiServer {
             header_timeout: args.header_timeout,
         };
         tracing::info!(connections = limits.connections, header_timeout = ?limits.header_timeout, "api connection limits");
-        let task = tokio::spawn(super::serve::serve(listener, args.router, limits, rx));
-        let _ = me;
+        let task = tokio::spawn(async move {
+            // The loop ends only when told to stop; if it ends otherwise, fail so the
+            // supervisor restarts the API.
+            let stopping = rx.clone();
+            super::serve::serve(listener, args.router, limits, rx).await;
+            if !*stopping.borrow() {
+                let _ = me.cast(ApiMsg::ServerDied("the accept loop ended".into()));
+            }
+        });
         Ok(ApiState {
             task,
             stop: Some(tx),
