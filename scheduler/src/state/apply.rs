@@ -259,6 +259,7 @@ impl State {
             wf.log(at, format!("instance on {owner}"));
             self.sched.effects.push(Effect::Owned { wf: id, owner });
         }
+        self.sched.running.insert(id);
         self.sched.advance(&mut wf, at);
         self.workflows.insert(id, wf);
         Output::Submitted { id, created: true }
@@ -608,6 +609,7 @@ impl Sched {
         self.dlq
             .retain(|_, d| !(d.task.wf == wf.id && reset_steps.contains(&d.task.step)));
         wf.status = WfStatus::Running;
+        self.running.insert(wf.id);
         wf.reason = None;
         wf.finished_ms = None;
         wf.paused = false;

@@ -348,6 +348,7 @@ impl Sched {
     }
 
     fn close(&mut self, wf: &mut Workflow, at: u64) {
+        self.running.remove(&wf.id);
         wf.finished_ms = Some(at);
         if let Some(d) = wf.deadline_ms {
             self.deadlines.remove(&(d, wf.id));

@@ -254,6 +254,7 @@ impl Sched {
             return;
         }
         wf.status = WfStatus::Running;
+        self.running.insert(wf.id);
         wf.finished_ms = None;
         wf.reason = None;
         if let Some(owner) = wf.owner.clone() {

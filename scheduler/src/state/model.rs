@@ -507,6 +507,9 @@ pub struct Sched {
     pub delayed: BTreeSet<(u64, TaskRef)>,
     /// Workflow deadlines: (deadline, workflow).
     pub deadlines: BTreeSet<(u64, WorkflowId)>,
+    /// Workflows that are not finished (so work per submit or per node event is in running
+    /// workflows, not in every workflow the state retains).
+    pub running: BTreeSet<WorkflowId>,
     /// Counters for the operator (and tests).
     pub stats: Stats,
     /// What the node must do after this apply (not replicated: drained by the shell).

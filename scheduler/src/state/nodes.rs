@@ -75,7 +75,15 @@ impl State {
             })
             .map(|n| (n.id.as_str(), 0))
             .collect();
-        for wf in self.workflows.values().filter(|w| !w.status.is_terminal()) {
+        if load.len() <= 1 {
+            return load.into_keys().next().map(str::to_string);
+        }
+        for wf in self
+            .sched
+            .running
+            .iter()
+            .filter_map(|id| self.workflows.get(id))
+        {
             if let Some(c) = wf.owner.as_deref().and_then(|o| load.get_mut(o)) {
                 *c += 1;
             }
@@ -89,9 +97,10 @@ impl State {
     /// server is down) a new owner; the new owner's instance rebuilds from the last checkpoint.
     pub(super) fn place_instances(&mut self, at: u64) {
         let orphans: Vec<WorkflowId> = self
-            .workflows
-            .values()
-            .filter(|w| !w.status.is_terminal())
+            .sched
+            .running
+            .iter()
+            .filter_map(|id| self.workflows.get(id))
             .filter(|w| match w.owner.as_deref() {
                 None => true,
                 Some(o) => self
@@ -152,7 +161,12 @@ impl State {
             return Output::Rejected(format!("node {node} has no drain deadline that passed"));
         }
         // Stop what runs there, then requeue it elsewhere.
-        for wf in self.workflows.values().filter(|w| !w.status.is_terminal()) {
+        for wf in self
+            .sched
+            .running
+            .iter()
+            .filter_map(|id| self.workflows.get(id))
+        {
             for (i, run) in wf.steps.iter().enumerate() {
                 for (item, task) in &run.tasks {
                     if task.state.placement().is_some_and(|(p, _)| p == node) {
@@ -184,11 +198,11 @@ impl State {
     /// "lost N times: it may be killing its nodes".
     fn requeue_node(&mut self, node: &str, at: u64, why: &str) {
         let sched = &mut self.sched;
-        for wf in self
-            .workflows
-            .values_mut()
-            .filter(|w| !w.status.is_terminal())
-        {
+        let running: Vec<WorkflowId> = sched.running.iter().copied().collect();
+        for id in running {
+            let Some(wf) = self.workflows.get_mut(&id) else {
+                continue;
+            };
             let (mut lost, mut give_up) = (0, Vec::new());
             for (i, run) in wf.steps.iter_mut().enumerate() {
                 for (item, task) in run.tasks.iter_mut() {

@@ -125,6 +125,17 @@ impl Sim {
     }
 
     pub fn check_invariants(&self) {
+        let running: std::collections::BTreeSet<u64> = self
+            .state
+            .workflows
+            .values()
+            .filter(|w| !w.status.is_terminal())
+            .map(|w| w.id)
+            .collect();
+        assert_eq!(
+            running, self.state.sched.running,
+            "the running index drifted"
+        );
         for wf in self.state.workflows.values() {
             for i in 0..wf.steps.len() {
                 let f = troupe_scheduler::views::funnel(wf, i);
