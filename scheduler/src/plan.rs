@@ -26,8 +26,9 @@ pub struct Planner {
     strategy: Strategy,
     /// Retention: finished workflows are forgotten this long after they end (None: kept).
     retain_ms: Option<u64>,
-    /// When the last `Collect` was proposed.
+    /// When the last `Collect` was proposed, and whether old workflows were left then.
     last_collect_ms: u64,
+    collect_backlog: bool,
     /// Replica audits: when the last was proposed, and the one whose result is still to send.
     last_audit_ms: u64,
     audit_pending: Option<u64>,
@@ -109,16 +110,24 @@ impl Planner {
             out.push(Command::Audit { seq: now_ms });
         }
         if let Some(retain) = self.retain_ms {
-            // Every quarter of the retention (1 s to 1 min): old finished workflows go.
-            let every = (retain / 4).clamp(1_000, 60_000);
+            // Every quarter of the retention (1 s to 1 min): old finished workflows go. While
+            // they come faster than one `Collect` (10,000) takes, every second.
+            let every = if self.collect_backlog {
+                1_000
+            } else {
+                (retain / 4).clamp(1_000, 60_000)
+            };
             if now_ms.saturating_sub(self.last_collect_ms) >= every {
                 self.last_collect_ms = now_ms;
                 let cutoff = now_ms.saturating_sub(retain);
-                let due = state
+                let old = state
                     .workflows
                     .values()
-                    .any(|w| w.status.is_terminal() && w.finished_ms.is_some_and(|f| f < cutoff));
-                if due {
+                    .filter(|w| w.status.is_terminal() && w.finished_ms.is_some_and(|f| f < cutoff))
+                    .take(crate::state::COLLECT_MAX + 1)
+                    .count();
+                self.collect_backlog = old > crate::state::COLLECT_MAX;
+                if old > 0 {
                     out.push(Command::Collect { retain_ms: retain });
                 }
             }
