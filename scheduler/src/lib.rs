@@ -23,6 +23,7 @@ pub mod cond;
 pub mod json;
 pub mod placement;
 pub mod plan;
+pub mod reconcile;
 pub mod spec;
 pub mod state;
 pub mod units;

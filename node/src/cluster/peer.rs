@@ -14,7 +14,7 @@ use troupe_actors::dispatcher::DispatchMsg;
 use troupe_actors::machine::Machine;
 use troupe_actors::sink::DISPATCHER_NAME;
 use troupe_raft_log::EngineHandle;
-use troupe_scheduler::state::{NodeStatus, TaskState};
+use troupe_scheduler::state::NodeStatus;
 use troupe_scheduler::{AttemptRef, Command, Outcome, Report, RunSpec};
 
 pub struct PeerActor;
@@ -32,12 +32,6 @@ pub struct PeerArgs {
 /// A new leader may not have applied what the old one committed: for this long it only sends
 /// runs again (harmless), it does not kill or fail attempts it does not know yet.
 const SETTLE_MS: u64 = 3_000;
-
-/// Attempts assigned longer ago than this and not held by their node are sent again.
-const RESEND_AFTER_MS: u64 = 1_000;
-/// Started attempts the node neither holds nor reported (reports are kept 10 s) are failed
-/// after this long.
-const VANISHED_AFTER_MS: u64 = 15_000;
 
 impl Actor for PeerActor {
     type Msg = PeerMsg;
@@ -184,63 +178,37 @@ fn renew(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let mut resend: Vec<RunSpec> = Vec::new();
-    let mut vanished: Vec<Report> = Vec::new();
-    for wf in m
-        .state
-        .workflows
-        .values()
-        .filter(|w| !w.status.is_terminal())
-    {
-        for (i, run) in wf.steps.iter().enumerate() {
-            for (item, task) in &run.tasks {
-                let r = troupe_scheduler::TaskRef {
-                    wf: wf.id,
-                    step: i as u16,
-                    item: *item,
-                };
-                let (node, epoch, since, assigned) = match &task.state {
-                    TaskState::Assigned {
-                        node, epoch, at_ms, ..
-                    } => (node, *epoch, *at_ms, true),
-                    TaskState::Running {
-                        node,
-                        epoch,
-                        since_ms,
-                        ..
-                    } => (node, *epoch, *since_ms, false),
-                    _ => continue,
-                };
-                let known =
-                    holds.contains(&(r, task.attempt)) || reported.contains(&(r, task.attempt));
-                if node != &held.node || epoch != held.epoch || known {
-                    continue;
-                }
-                let age = now.saturating_sub(since);
-                if assigned && age > RESEND_AFTER_MS {
-                    // The run was lost on the way: send it again (the node ignores duplicates).
-                    if let Some(spec) = m.state.run_spec_of(r, task.attempt) {
-                        resend.push(spec);
-                    }
-                } else if settled && !assigned && age > VANISHED_AFTER_MS {
-                    // It started, the node no longer has it and its report is gone: fail it (retried).
-                    let at = AttemptRef {
-                        task: r,
-                        attempt: task.attempt,
-                        epoch,
-                    };
-                    let error = format!(
-                        "the attempt vanished from node {} without a report",
-                        held.node
-                    );
-                    vanished.push(Report {
-                        at,
-                        outcome: Outcome::Failed { error },
-                    });
-                }
-            }
-        }
-    }
+    let repair = troupe_scheduler::reconcile::reconcile(
+        &m.state,
+        &troupe_scheduler::reconcile::Held {
+            node: &held.node,
+            epoch: held.epoch,
+            holds: &holds,
+            reported: &reported,
+        },
+        now,
+        settled,
+    );
+    // The run was lost on the way: send it again (the node ignores duplicates).
+    let resend: Vec<RunSpec> = repair
+        .resend
+        .iter()
+        .filter_map(|(r, attempt)| m.state.run_spec_of(*r, *attempt))
+        .collect();
+    // It started, the node no longer has it and its report is gone: fail it (retried).
+    let vanished: Vec<Report> = repair
+        .vanished
+        .into_iter()
+        .map(|at| Report {
+            at,
+            outcome: Outcome::Failed {
+                error: format!(
+                    "the attempt vanished from node {} without a report",
+                    held.node
+                ),
+            },
+        })
+        .collect();
     // Attempts the node runs that the log no longer wants (a kill was lost): stop them.
     let stale: Vec<(troupe_scheduler::TaskRef, u32)> = held
         .attempts
