@@ -105,7 +105,21 @@ impl Actor for Membership {
             }
             return Ok(());
         }
-        let open: BTreeSet<String> = sessions.values().map(|s| s.peer_addr.clone()).collect();
+        // A session is to a target when it was dialed there (peer_addr) or when the peer says
+        // that is its listen address (an accepted session's peer_addr is an ephemeral port):
+        // without the second, a server re-dialed peers it already had, and each duplicate
+        // was refused in the handshake and logged as an authentication failure.
+        let open: BTreeSet<String> = sessions
+            .values()
+            .flat_map(|s| {
+                std::iter::once(s.peer_addr.clone()).chain(
+                    s.peer_name
+                        .as_ref()
+                        .map(|n| n.connection_string.clone())
+                        .filter(|c| !c.is_empty()),
+                )
+            })
+            .collect();
         let now = Instant::now();
         for target in st.targets.clone() {
             if open.contains(&target.to_string()) {
