@@ -5,6 +5,7 @@
 
 mod compile;
 mod error;
+mod map;
 pub mod raw;
 mod template;
 

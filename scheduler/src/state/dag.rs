@@ -1,12 +1,11 @@
 //! The DAG rules: when steps start, how map windows fill, what success and failure of a task
 //! do to its step and workflow. Called only from apply, so every server derives the same result.
 
-use super::lane::{input_value, item_value};
 use super::model::*;
-use crate::command::{Effect, Launch, RunSpec};
+use crate::command::Effect;
 use crate::cond;
 use crate::json::{Json, mix};
-use crate::spec::{Action, MapSource, OnFailure, RetryPolicy, TemplateVars, render};
+use crate::spec::{MapSource, OnFailure, RetryPolicy};
 use serde_json::{Value, json};
 
 impl Sched {
@@ -505,93 +504,6 @@ impl Sched {
             }
         }
     }
-
-    /// Builds the runner's view of an assigned attempt (templates rendered now, deterministically).
-    pub(crate) fn run_spec(
-        wf: &Workflow,
-        r: TaskRef,
-        attempt: u32,
-        node: &str,
-        epoch: u64,
-        gpus: &[String],
-    ) -> Result<RunSpec, String> {
-        let i = r.step as usize;
-        let spec = &wf.spec.steps[i];
-        let run = &wf.steps[i];
-        let item = item_value(wf, i, r.item);
-        let input = input_value(wf, i, r.item);
-        let item_value = item.as_ref().map(Json::value);
-        let input_value = input.as_ref().map(Json::value);
-        let workflow = wf.name();
-        let names_steps = match &spec.action {
-            Action::Run(argv) => argv
-                .iter()
-                .chain(spec.env.iter().map(|(_, v)| v))
-                .any(|t| t.contains("steps.")),
-            Action::Builtin { with, .. } => with.0.contains("steps."),
-        };
-        let steps = names_steps.then(|| steps_value(wf));
-        let vars = TemplateVars {
-            params: &wf.params,
-            item: item_value.as_ref(),
-            input: input_value.as_ref(),
-            workflow_id: &workflow,
-            workflow_name: &wf.spec.name,
-            step_id: &spec.id,
-            iteration: run.iteration,
-            attempt,
-            steps: steps.as_ref(),
-        };
-        let launch = match &spec.action {
-            Action::Run(argv) => Launch::Process {
-                argv: argv
-                    .iter()
-                    .map(|a| render(a, &vars))
-                    .collect::<Result<_, _>>()?,
-                env: spec
-                    .env
-                    .iter()
-                    .map(|(k, v)| render(v, &vars).map(|v| (k.clone(), v)))
-                    .collect::<Result<_, _>>()?,
-            },
-            Action::Builtin { handler, with } => Launch::Builtin {
-                handler: *handler,
-                with: Json::from_value(&render_json(&with.value(), &vars)?),
-            },
-        };
-        Ok(RunSpec {
-            task: r,
-            attempt,
-            epoch,
-            node: node.to_string(),
-            log_stem: r.log_stem(&spec.id, attempt),
-            workflow,
-            step_id: spec.id.clone(),
-            item,
-            input,
-            iteration: run.iteration,
-            launch,
-            timeout_ms: spec.timeout_ms,
-            gpus: gpus.to_vec(),
-        })
-    }
-}
-
-fn render_json(v: &Value, vars: &TemplateVars<'_>) -> Result<Value, String> {
-    Ok(match v {
-        Value::String(s) => Value::String(render(s, vars)?),
-        Value::Array(a) => Value::Array(
-            a.iter()
-                .map(|x| render_json(x, vars))
-                .collect::<Result<_, _>>()?,
-        ),
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, x)| render_json(x, vars).map(|x| (k.clone(), x)))
-                .collect::<Result<_, _>>()?,
-        ),
-        other => other.clone(),
-    })
 }
 
 /// Delay before the next attempt: exponential (or fixed) from `initial`, capped at `max`, with

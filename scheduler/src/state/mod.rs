@@ -6,6 +6,7 @@ mod dlq;
 mod lane;
 mod model;
 mod nodes;
+mod render;
 
 pub use dag::{backoff_ms, step_output};
 pub use lane::{input_value, item_value};

@@ -1,0 +1,99 @@
+//! Rendering an assigned attempt into the runner's view (`RunSpec`): templates are rendered
+//! here, inside apply, so every server renders the same argv.
+
+use super::dag::steps_value;
+use super::lane::{input_value, item_value};
+use super::model::*;
+use crate::command::{Launch, RunSpec};
+use crate::json::Json;
+use crate::spec::{Action, TemplateVars, render};
+use serde_json::Value;
+
+impl Sched {
+    /// Builds the runner's view of an assigned attempt (templates rendered now, deterministically).
+    pub(crate) fn run_spec(
+        wf: &Workflow,
+        r: TaskRef,
+        attempt: u32,
+        node: &str,
+        epoch: u64,
+        gpus: &[String],
+    ) -> Result<RunSpec, String> {
+        let i = r.step as usize;
+        let spec = &wf.spec.steps[i];
+        let run = &wf.steps[i];
+        let item = item_value(wf, i, r.item);
+        let input = input_value(wf, i, r.item);
+        let item_value = item.as_ref().map(Json::value);
+        let input_value = input.as_ref().map(Json::value);
+        let workflow = wf.name();
+        let names_steps = match &spec.action {
+            Action::Run(argv) => argv
+                .iter()
+                .chain(spec.env.iter().map(|(_, v)| v))
+                .any(|t| t.contains("steps.")),
+            Action::Builtin { with, .. } => with.0.contains("steps."),
+        };
+        let steps = names_steps.then(|| steps_value(wf));
+        let vars = TemplateVars {
+            params: &wf.params,
+            item: item_value.as_ref(),
+            input: input_value.as_ref(),
+            workflow_id: &workflow,
+            workflow_name: &wf.spec.name,
+            step_id: &spec.id,
+            iteration: run.iteration,
+            attempt,
+            steps: steps.as_ref(),
+        };
+        let launch = match &spec.action {
+            Action::Run(argv) => Launch::Process {
+                argv: argv
+                    .iter()
+                    .map(|a| render(a, &vars))
+                    .collect::<Result<_, _>>()?,
+                env: spec
+                    .env
+                    .iter()
+                    .map(|(k, v)| render(v, &vars).map(|v| (k.clone(), v)))
+                    .collect::<Result<_, _>>()?,
+            },
+            Action::Builtin { handler, with } => Launch::Builtin {
+                handler: *handler,
+                with: Json::from_value(&render_json(&with.value(), &vars)?),
+            },
+        };
+        Ok(RunSpec {
+            task: r,
+            attempt,
+            epoch,
+            node: node.to_string(),
+            log_stem: r.log_stem(&spec.id, attempt),
+            workflow,
+            step_id: spec.id.clone(),
+            item,
+            input,
+            iteration: run.iteration,
+            launch,
+            timeout_ms: spec.timeout_ms,
+            gpus: gpus.to_vec(),
+        })
+    }
+}
+
+fn render_json(v: &Value, vars: &TemplateVars<'_>) -> Result<Value, String> {
+    Ok(match v {
+        Value::String(s) => Value::String(render(s, vars)?),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|x| render_json(x, vars))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, x)| render_json(x, vars).map(|x| (k.clone(), x)))
+                .collect::<Result<_, _>>()?,
+        ),
+        other => other.clone(),
+    })
+}
