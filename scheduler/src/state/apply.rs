@@ -413,11 +413,7 @@ impl State {
             .get_mut(r.task.step as usize)?
             .tasks
             .get_mut(&r.task.item)?;
-        let epoch = match &task.state {
-            TaskState::Assigned { epoch, .. } | TaskState::Running { epoch, .. } => *epoch,
-            _ => return None,
-        };
-        (task.attempt == r.attempt && epoch == r.epoch).then_some(task)
+        is_live(task, r).then_some(task)
     }
 
     /// Whether apply would accept this report now (read-only; for re-proposing reports).
@@ -425,58 +421,36 @@ impl State {
         let Some(wf) = self.workflows.get(&rep.at.task.wf) else {
             return false;
         };
-        let Some(task) = wf
-            .steps
+        wf.steps
             .get(rep.at.task.step as usize)
             .and_then(|r| r.tasks.get(&rep.at.task.item))
-        else {
-            return false;
-        };
-        let live = match &task.state {
-            TaskState::Assigned { epoch, .. } | TaskState::Running { epoch, .. } => {
-                task.attempt == rep.at.attempt && *epoch == rep.at.epoch
-            }
-            _ => false,
-        };
-        let late = !wf.status.is_terminal()
-            && matches!(rep.outcome, Outcome::Succeeded { .. })
-            && task.state == TaskState::Queued
-            && task.requeued_from == Some((rep.at.epoch, rep.at.attempt))
-            && task.attempt == rep.at.attempt + 1;
-        live || late
+            .is_some_and(|task| is_live(task, &rep.at) || is_late_but_safe(wf, task, rep))
     }
 
     /// A success reported by a node after it was declared lost (it was only slow): accepted if
     /// its task still waits to be placed again, so no other attempt of it has run or runs. The
     /// task takes back the reported attempt's number, and the result counts as that attempt's.
     fn late_but_safe(&mut self, rep: &Report) -> bool {
-        if !matches!(rep.outcome, Outcome::Succeeded { .. }) {
-            return false;
-        }
+        let at_ms = self.sched.stats.last_at_ms;
         let Some(wf) = self.workflows.get_mut(&rep.at.task.wf) else {
             return false;
         };
-        if wf.status.is_terminal() {
-            return false;
-        }
-        let Some(task) = wf
+        let i = rep.at.task.step as usize;
+        let safe = wf
             .steps
-            .get_mut(rep.at.task.step as usize)
-            .and_then(|r| r.tasks.get_mut(&rep.at.task.item))
-        else {
-            return false;
-        };
-        let safe = task.state == TaskState::Queued
-            && task.requeued_from == Some((rep.at.epoch, rep.at.attempt))
-            && task.attempt == rep.at.attempt + 1;
+            .get(i)
+            .and_then(|r| r.tasks.get(&rep.at.task.item))
+            .is_some_and(|task| is_late_but_safe(wf, task, rep));
         if safe {
-            task.attempt = rep.at.attempt;
+            if let Some(task) = wf.steps[i].tasks.get_mut(&rep.at.task.item) {
+                task.attempt = rep.at.attempt;
+            }
             wf.log(
-                self.sched.stats.last_at_ms,
+                at_ms,
                 format!(
                     "accepted a late result of {} step {} item {} attempt {} from a node declared lost (it had not been placed again)",
                     wf_name(rep.at.task.wf),
-                    wf.spec.steps[rep.at.task.step as usize].id,
+                    wf.spec.steps[i].id,
                     rep.at.task.item,
                     rep.at.attempt
                 ),
@@ -630,4 +604,24 @@ impl Sched {
         self.advance(wf, at);
         Output::Done
     }
+}
+
+/// The report's attempt is the task's current one, placed at the reporting epoch (fencing).
+fn is_live(task: &Task, r: &AttemptRef) -> bool {
+    match &task.state {
+        TaskState::Assigned { epoch, .. } | TaskState::Running { epoch, .. } => {
+            task.attempt == r.attempt && *epoch == r.epoch
+        }
+        _ => false,
+    }
+}
+
+/// A success of exactly the attempt that was requeued when its node was lost, while the task
+/// has not been placed again.
+fn is_late_but_safe(wf: &Workflow, task: &Task, rep: &Report) -> bool {
+    !wf.status.is_terminal()
+        && matches!(rep.outcome, Outcome::Succeeded { .. })
+        && task.state == TaskState::Queued
+        && task.requeued_from == Some((rep.at.epoch, rep.at.attempt))
+        && task.attempt == rep.at.attempt + 1
 }
