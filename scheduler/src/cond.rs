@@ -3,17 +3,20 @@
 //! The parser runs under `catch_unwind`: user input must never take the node down, whatever a
 //! parser version does with odd input.
 
-use cel_interpreter::{Context, Program, Value as Cel};
+use cel_interpreter::{Context, Expression, Value as Cel};
 use serde_json::Value;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
+mod cost;
+pub use cost::BUDGET;
+
 /// Compiles an expression; the error says what is wrong with it.
-pub fn compile(expr: &str) -> Result<Program, String> {
+pub fn compile(expr: &str) -> Result<Expression, String> {
     if expr.len() > 4096 {
         return Err("expression longer than 4096 characters".into());
     }
-    match catch_unwind(AssertUnwindSafe(|| Program::compile(expr))) {
+    match catch_unwind(AssertUnwindSafe(|| cel_parser::parse(expr))) {
         Ok(Ok(p)) => Ok(p),
         Ok(Err(e)) => Err(format!("invalid CEL expression {expr:?}: {e}")),
         Err(_) => Err(format!(
@@ -141,11 +144,11 @@ const CACHE_MAX: usize = 256;
 thread_local! {
     /// Per-item conditions are evaluated once per item with the same text: parse it once. The
     /// cache only saves work; the result is the same with or without it (deterministic).
-    static CACHE: std::cell::RefCell<std::collections::BTreeMap<String, std::rc::Rc<Program>>> =
+    static CACHE: std::cell::RefCell<std::collections::BTreeMap<String, std::rc::Rc<Expression>>> =
         const { std::cell::RefCell::new(std::collections::BTreeMap::new()) };
 }
 
-fn cached(expr: &str) -> Result<std::rc::Rc<Program>, String> {
+fn cached(expr: &str) -> Result<std::rc::Rc<Expression>, String> {
     if let Some(p) = CACHE.with(|c| c.borrow().get(expr).cloned()) {
         return Ok(p);
     }
@@ -160,14 +163,28 @@ fn cached(expr: &str) -> Result<std::rc::Rc<Program>, String> {
     Ok(p)
 }
 
-/// Evaluates a boolean expression with the given variables (JSON values).
+/// Evaluates a boolean expression with the given variables (JSON values), within
+/// [`cost::BUDGET`] counted steps: an expression over its budget is an error, the same on every
+/// server, whatever the machine.
 pub fn eval_bool(expr: &str, vars: &[(&str, &Value)]) -> Result<bool, String> {
     let program = cached(expr)?;
-    let mut ctx = Context::default();
-    for (name, value) in vars {
-        ctx.add_variable_from_value(*name, to_cel(value));
-    }
-    match catch_unwind(AssertUnwindSafe(|| program.execute(&ctx))) {
+    let scan = vars.iter().map(|(_, v)| cost::widest(v)).max().unwrap_or(1);
+    cost::ROOT.with(|root| {
+        let mut ctx = root.new_inner_scope();
+        for (name, value) in vars {
+            ctx.add_variable_from_value(*name, to_cel(value));
+        }
+        cost::start(scan);
+        let result = cost::charge(cost::weight(&program))
+            .map_err(|e| format!("condition {expr:?} failed: {e}"))
+            .and_then(|()| run(expr, &program, &ctx));
+        cost::stop();
+        result
+    })
+}
+
+fn run(expr: &str, program: &Expression, ctx: &Context) -> Result<bool, String> {
+    match catch_unwind(AssertUnwindSafe(|| Cel::resolve(program, ctx))) {
         Ok(Ok(Cel::Bool(b))) => Ok(b),
         Ok(Ok(other)) => Err(format!(
             "condition {expr:?} gave {other:?}, not true or false"
@@ -273,5 +290,96 @@ mod tests {
         );
         assert_eq!(macro_depth("a.map(x, x) + b.filter(y, (y))"), 1);
         assert_eq!(macro_depth("'.map(.map(' == s"), 0);
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn items(n: usize) -> Value {
+        json!({"a": {"output": (0..n).map(|i| json!({"score": i})).collect::<Vec<_>>()}})
+    }
+
+    #[test]
+    fn a_comprehension_within_the_budget_runs() {
+        let steps = items(10_000);
+        let ok = eval_bool("steps.a.output.all(x, x.score >= 0)", &[("steps", &steps)]);
+        assert_eq!(ok, Ok(true));
+    }
+
+    #[test]
+    fn a_comprehension_over_the_budget_is_an_error_not_a_stall() {
+        let steps = items(30_000);
+        // 30,000 items x a body of ~12 nodes > 100,000 steps: refused before it starts.
+        let expr = "steps.a.output.all(x, x.score >= 0 && x.score < 1000000 && x.score != 7)";
+        let err = eval_bool(expr, &[("steps", &steps)]).unwrap_err();
+        assert!(err.contains("over the budget of 100000 steps"), "{err}");
+    }
+
+    #[test]
+    fn walking_operators_in_a_body_weigh_the_widest_value() {
+        // `x in list` inside a comprehension over the same list is quadratic: 5,000 x 5,000.
+        let steps = json!({"a": {"output": (0..5_000).collect::<Vec<_>>()}});
+        let err = eval_bool(
+            "steps.a.output.all(x, x in steps.a.output)",
+            &[("steps", &steps)],
+        )
+        .unwrap_err();
+        assert!(err.contains("over the budget"), "{err}");
+        // `contains` is counted where it runs: 5,000 calls x 5,000 elements.
+        let err = eval_bool(
+            "steps.a.output.all(x, steps.a.output.contains(x))",
+            &[("steps", &steps)],
+        )
+        .unwrap_err();
+        assert!(err.contains("over the budget"), "{err}");
+    }
+
+    #[test]
+    fn the_cost_is_the_same_every_time() {
+        // Deterministic: the same expression over the same values is refused (or not) alike.
+        let steps = items(18_000);
+        let expr = "steps.a.output.exists(x, x.score == -1 || x.score == -2)";
+        let first = eval_bool(expr, &[("steps", &steps)]);
+        for _ in 0..3 {
+            assert_eq!(eval_bool(expr, &[("steps", &steps)]), first);
+        }
+        assert!(
+            eval_bool("1 < 2", &[]).unwrap(),
+            "the budget restarts per evaluation"
+        );
+    }
+
+    /// Prints how long the most expensive conditions within the budget take: `cargo test
+    /// --release -p troupe-scheduler budget_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    #[allow(clippy::disallowed_methods)] // a measurement, not a decision: it reads the clock
+    fn budget_timing() {
+        let cases: [(&str, Value); 3] = [
+            ("steps.a.output.all(x, x.score >= 0)", items(24_000)),
+            (
+                "steps.a.output.exists(x, x.score == -1 || x.score == -2 || x.score == -3)",
+                items(6_500),
+            ),
+            (
+                "steps.a.output.filter(x, x.score % 2 == 0).size() >= 0",
+                items(16_000),
+            ),
+        ];
+        for (expr, steps) in cases {
+            let t = std::time::Instant::now();
+            let r = eval_bool(expr, &[("steps", &steps)]);
+            let total = t.elapsed();
+            let t = std::time::Instant::now();
+            let _ = to_cel(&steps);
+            println!(
+                "{expr}: {r:?} in {:?} (of which converting the variables {:?})",
+                total,
+                t.elapsed()
+            );
+        }
     }
 }

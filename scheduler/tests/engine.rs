@@ -560,3 +560,47 @@ fn replicas_compare_state_hashes_and_a_divergence_is_surfaced() {
             .any(|e| matches!(e, Effect::Diverged(_)))
     );
 }
+
+#[test]
+fn a_condition_over_its_budget_fails_its_step_with_the_reason_and_nothing_else() {
+    let mut sim = Sim::new(2);
+    let id = sim.submit_toml(
+        r#"
+name = "costly"
+[[step]]
+id = "a"
+handler = "echo"
+[[step]]
+id = "b"
+needs = ["a"]
+when = "steps.a.output.all(x, x in steps.a.output)"
+handler = "noop"
+"#,
+    );
+    let other = sim.submit_toml("name = \"other\"\n[[step]]\nid = \"x\"\nhandler = \"noop\"\n");
+    // 12,000 numbers, and `x in list` inside a comprehension over the same list: 144M comparisons
+    // uncounted; counted, it is refused before it starts.
+    let big = |r: &RunSpec| {
+        if r.step_id == "a" {
+            let xs: Vec<String> = (0..12_000).map(|i| (i % 10).to_string()).collect();
+            Outcome::Succeeded {
+                output: Some(Json(format!("[{}]", xs.join(",")))),
+            }
+        } else {
+            builtin(r)
+        }
+    };
+    sim.run(&big);
+    let wf = sim.wf(id);
+    assert_eq!(wf.status, WfStatus::Failed);
+    let err = wf.steps[1].error.clone().unwrap_or_default();
+    assert!(
+        err.contains("when:") && err.contains("over the budget of 100000 steps"),
+        "{err}"
+    );
+    assert_eq!(
+        sim.wf(other).status,
+        WfStatus::Succeeded,
+        "other workflows go on"
+    );
+}
