@@ -28,13 +28,16 @@ impl StateMachine for Machine {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        // An empty snapshot would be compacted over and lose the state: fail-stop instead.
-        let body = bincode::serde::encode_to_vec(&self.state, bincode::config::standard())
-            .expect("the scheduler state always encodes");
-        let mut out = Vec::with_capacity(body.len() + 2);
-        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-        out.extend_from_slice(&body);
-        out
+        encode_snapshot(&self.state)
+    }
+
+    /// The retained workflows, keys and dead letters are persistent maps, so this clone shares
+    /// them and costs what the running work costs; the engine thread goes on while the clone is
+    /// serialized.
+    fn snapshot_image(&self) -> troupe_raft_log::SnapshotImage {
+        let mut state = self.state.clone();
+        state.sched.effects.clear();
+        Box::new(move || encode_snapshot(&state))
     }
 
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
@@ -52,6 +55,17 @@ impl StateMachine for Machine {
         self.state = state;
         Ok(())
     }
+}
+
+fn encode_snapshot(state: &State) -> Vec<u8> {
+    // An empty snapshot would be compacted over and lose the state: fail-stop instead (a panic
+    // here stops the engine with `RaftLogError::SnapshotFailed`).
+    let body = bincode::serde::encode_to_vec(state, bincode::config::standard())
+        .expect("the scheduler state always encodes");
+    let mut out = Vec::with_capacity(body.len() + 2);
+    out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    out.extend_from_slice(&body);
+    out
 }
 
 /// Where the effects of applied commands go (the actor side implements it).

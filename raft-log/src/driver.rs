@@ -105,6 +105,8 @@ struct Driver<M: StateMachine> {
     ready_tx: Option<ReadyTx>,
     /// When the last snapshot was taken and what it cost (snapshots are paced by their cost).
     last_snapshot: Option<(Instant, Duration)>,
+    /// The snapshot being built on the snapshot thread, if any (one at a time).
+    building: Option<apply::Building>,
 }
 
 fn raft_err(e: raft::Error) -> RaftLogError {
@@ -206,6 +208,7 @@ impl<M: StateMachine> Driver<M> {
             open_commit,
             ready_tx: None,
             last_snapshot: None,
+            building: None,
         })
     }
 

@@ -66,6 +66,17 @@ pub enum RaftLogError {
         /// The error returned by `restore`.
         detail: String,
     },
+    /// The thread building a snapshot died before it produced one (the state machine panicked
+    /// while serializing). Compacting without it would lose state, so the engine stops.
+    #[error(
+        "building the raft snapshot at index {index} failed: {detail}; the engine stopped rather than compact the log without it"
+    )]
+    SnapshotFailed {
+        /// Raft index the snapshot was for.
+        index: u64,
+        /// What happened.
+        detail: String,
+    },
     /// A committed entry does not decode (written by a newer version, or corrupt). Applying past
     /// it would let this replica diverge from the others, so the engine stops (fail-stop).
     #[error(

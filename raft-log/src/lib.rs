@@ -102,9 +102,21 @@ pub trait StateMachine: Send + Sync + 'static {
     fn apply(&mut self, at_ms: u64, cmd: Self::Command) -> Self::Output;
     /// Serializes the whole state (used for snapshots and compaction).
     fn snapshot(&self) -> Vec<u8>;
+    /// A copy of the state as of now, serialized later on the snapshot thread: the engine
+    /// thread only takes the copy, so heartbeats and apply go on while a snapshot of a large
+    /// state is built. The default serializes right here; a state whose clone is cheap
+    /// (persistent maps) returns a clone and serializes it in the closure. The bytes must be
+    /// what [`StateMachine::snapshot`] would have returned at this point.
+    fn snapshot_image(&self) -> SnapshotImage {
+        let bytes = self.snapshot();
+        Box::new(move || bytes)
+    }
     /// Replaces the whole state from a snapshot produced by [`StateMachine::snapshot`].
     fn restore(&mut self, data: &[u8]) -> Result<(), String>;
 }
+
+/// Builds a snapshot's bytes; run on the `troupe-snapshot` thread.
+pub type SnapshotImage = Box<dyn FnOnce() -> Vec<u8> + Send>;
 
 /// Called on the engine thread of every member (leader or not) after every cycle in which
 /// entries were applied, and at least once per tick, with write access to the state, this

@@ -18,6 +18,10 @@ struct Kv {
     blobs: u64,
     /// `blobs` when key "after-blobs" was first added (checks the order of retried commands).
     blobs_seen_by_marker: Option<u64>,
+    /// How long building a snapshot image takes (on the snapshot thread), in ms.
+    image_delay_ms: Arc<AtomicU64>,
+    /// Snapshot images finished.
+    images: Arc<AtomicU64>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -61,6 +65,19 @@ impl StateMachine for Kv {
 
     fn snapshot(&self) -> Vec<u8> {
         bincode::serde::encode_to_vec(&self.map, bincode::config::standard()).unwrap()
+    }
+
+    fn snapshot_image(&self) -> troupe_raft_log::SnapshotImage {
+        let (map, delay, images) = (
+            self.map.clone(),
+            self.image_delay_ms.load(Ordering::Relaxed),
+            Arc::clone(&self.images),
+        );
+        Box::new(move || {
+            std::thread::sleep(Duration::from_millis(delay));
+            images.fetch_add(1, Ordering::Relaxed);
+            bincode::serde::encode_to_vec(&map, bincode::config::standard()).unwrap()
+        })
     }
 
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
@@ -198,8 +215,11 @@ fn snapshot_compaction_and_recovery_by_snapshot_plus_replay() {
             .unwrap()
             .unwrap();
     }
+    // Snapshots are built on their own thread and stored a cycle later.
+    wait_until("a snapshot at 20 or later", || {
+        h.status().snapshot_index >= 20
+    });
     let st = h.status();
-    assert!(st.snapshot_index >= 20, "{st:?}");
     assert_eq!(
         st.first_index,
         st.snapshot_index + 1,
@@ -221,6 +241,56 @@ fn snapshot_compaction_and_recovery_by_snapshot_plus_replay() {
     );
     assert_eq!(st2.commands_applied, s.applies);
     assert!(st2.first_index > 2, "{st2:?}");
+}
+
+#[test]
+fn a_slow_snapshot_is_built_off_the_engine_thread_while_commands_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.snapshot_every_entries = 5;
+    let kv = Kv::default();
+    kv.image_delay_ms.store(1_500, Ordering::Relaxed);
+    let images = Arc::clone(&kv.images);
+    let engine = Engine::open(c.clone(), kv, no_hook()).unwrap();
+    let h = engine.handle();
+    for i in 1..=6 {
+        h.propose(vec![add("n", i)])
+            .unwrap()
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+    }
+    // A snapshot is being built now and takes 1.5 s; commands still commit at full speed.
+    let started = Instant::now();
+    for i in 7..=40 {
+        h.propose(vec![add("n", i)])
+            .unwrap()
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1_000),
+        "34 commands took {took:?} while a snapshot was being built"
+    );
+    assert_eq!(
+        images.load(Ordering::Relaxed),
+        0,
+        "the snapshot is still building"
+    );
+    let before = h.status().snapshot_index;
+    assert!(before < 6, "not stored before it is built: {before}");
+    wait_until("the built snapshot stored", || {
+        h.status().snapshot_index >= 6
+    });
+    assert_eq!(images.load(Ordering::Relaxed), 1);
+    engine.shutdown();
+    let engine = Engine::open(c, Kv::default(), no_hook()).unwrap();
+    assert_eq!(
+        engine.state().read().unwrap().map["n"],
+        (1..=40).sum::<i64>()
+    );
 }
 
 #[test]

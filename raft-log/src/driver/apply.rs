@@ -153,44 +153,101 @@ impl<M: StateMachine> Driver<M> {
     }
 
     /// Snapshots the state machine at `applied` and compacts the log when due, or when raft
-    /// asked for a newer snapshot than the stored one.
+    /// asked for a newer snapshot than the stored one. The engine thread only takes a copy of
+    /// the state ([`StateMachine::snapshot_image`]); the `troupe-snapshot` thread serializes it,
+    /// and a later cycle stores it and compacts ([`Self::finish_snapshot`]).
     pub(super) fn maybe_snapshot(&mut self) -> Result<(), RaftLogError> {
+        if self.building.is_some() {
+            return self.finish_snapshot();
+        }
         let store = self.node.store();
         let snap_index = store.snapshot_metadata().index;
-        let wanted = store.take_snapshot_request();
         let behind = self.applied.saturating_sub(snap_index);
-        // Snapshots of a large state are paced by what they cost: at most a tenth of this
-        // thread's time goes to them (unless the log grew 100 intervals past the last one).
+        // Snapshots of a large state are paced by what they cost: at most a tenth of the time
+        // goes to building them (unless the log grew 100 intervals past the last one).
         // A snapshot raft asks for (a follower behind the log) is never held back.
         let paced = self.last_snapshot.is_some_and(|(at, cost)| {
             cost >= SNAPSHOT_COST_PACED
                 && at.elapsed() < cost * SNAPSHOT_COST_SHARE
                 && behind < self.cfg.snapshot_every_entries.saturating_mul(100)
         });
+        let wanted = store.take_snapshot_request();
         let due = (behind >= self.cfg.snapshot_every_entries && !paced)
             || (wanted > snap_index && self.applied >= wanted);
         if !due || self.applied <= snap_index {
             return Ok(());
         }
-        let started = Instant::now();
-        let image = read_lock(&self.state).snapshot();
         let meta = SnapshotMetadata {
             index: self.applied,
             term: store.term(self.applied).map_err(raft_err)?,
             conf_state: Some(store.conf_state().clone()).into(),
             ..Default::default()
         };
-        let bytes = image.len();
-        self.node
-            .mut_store()
-            .save_snapshot(meta, &image, self.applied)?;
+        let started = Instant::now();
+        let image = read_lock(&self.state).snapshot_image();
+        let copied = started.elapsed();
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let index = meta.index;
+        std::thread::Builder::new()
+            .name("troupe-snapshot".into())
+            .spawn(move || {
+                let _ = tx.send(image());
+            })
+            .map_err(|e| RaftLogError::SnapshotFailed {
+                index,
+                detail: format!("cannot start the snapshot thread: {e}"),
+            })?;
+        tracing::debug!(
+            index,
+            copy_ms = copied.as_millis() as u64,
+            "raft snapshot started"
+        );
+        self.building = Some(Building { meta, started, rx });
+        Ok(())
+    }
+
+    /// Stores the snapshot the snapshot thread built, once it is ready, and compacts the log.
+    /// A snapshot the leader installed meanwhile supersedes it (it is then dropped).
+    fn finish_snapshot(&mut self) -> Result<(), RaftLogError> {
+        let Some(b) = self.building.as_ref() else {
+            return Ok(());
+        };
+        let image = match b.rx.try_recv() {
+            Ok(image) => image,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                return Err(RaftLogError::SnapshotFailed {
+                    index: b.meta.index,
+                    detail: "the state machine panicked while serializing".into(),
+                });
+            }
+        };
+        let Some(Building { meta, started, .. }) = self.building.take() else {
+            return Ok(());
+        };
+        let index = meta.index;
+        if index <= self.node.store().snapshot_metadata().index {
+            tracing::debug!(index, "raft snapshot superseded by a newer one; dropped");
+            return Ok(());
+        }
+        let (bytes, built) = (image.len(), started.elapsed());
+        let saving = Instant::now();
+        self.node.mut_store().save_snapshot(meta, &image, index)?;
         self.last_snapshot = Some((Instant::now(), started.elapsed()));
         tracing::debug!(
-            index = self.applied,
+            index,
             bytes,
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            built_ms = built.as_millis() as u64,
+            save_ms = saving.elapsed().as_millis() as u64,
             "raft snapshot taken, log compacted"
         );
         Ok(())
     }
+}
+
+/// A snapshot being built off the engine thread.
+pub(super) struct Building {
+    meta: SnapshotMetadata,
+    started: Instant,
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
 }

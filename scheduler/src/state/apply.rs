@@ -155,7 +155,7 @@ impl State {
             }
         }
         if !gone.is_empty() {
-            self.sched.dlq.retain(|_, d| !gone.contains(&d.task.wf));
+            super::model::retain(&mut self.sched.dlq, |_, d| !gone.contains(&d.task.wf));
         }
         Output::Counted {
             accepted: gone.len() as u32,
@@ -580,8 +580,9 @@ impl Sched {
             .filter(|(_, st)| reset.contains(&st.id))
             .map(|(i, _)| i as u16)
             .collect();
-        self.dlq
-            .retain(|_, d| !(d.task.wf == wf.id && reset_steps.contains(&d.task.step)));
+        super::model::retain(&mut self.dlq, |_, d| {
+            !(d.task.wf == wf.id && reset_steps.contains(&d.task.step))
+        });
         wf.status = WfStatus::Running;
         self.running.insert(wf.id);
         wf.reason = None;

@@ -234,8 +234,9 @@ impl Sched {
         }
         self.drop_tasks(wf, r);
         let step = r as u16;
-        self.dlq
-            .retain(|_, d| !(d.task.wf == wf.id && d.task.step == step));
+        super::model::retain(&mut self.dlq, |_, d| {
+            !(d.task.wf == wf.id && d.task.step == step)
+        });
         let run = &mut wf.steps[r];
         let trace = std::mem::take(&mut run.trace);
         let (floor, max) = (run.max_attempt, run.max_attempt);

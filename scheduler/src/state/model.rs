@@ -462,14 +462,32 @@ pub struct Node {
 /// The whole replicated state machine.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
-    pub workflows: BTreeMap<WorkflowId, Workflow>,
+    /// Persistent maps (`imbl::OrdMap`: ordered like a `BTreeMap`, and serialized the same way):
+    /// a clone shares them, so a snapshot copies the state in O(running work) and serializes it
+    /// off the Raft thread.
+    pub workflows: imbl::OrdMap<WorkflowId, Workflow>,
     pub next_workflow: WorkflowId,
     /// Idempotency key → (workflow, digest of spec + params).
-    pub idempotency: BTreeMap<String, (WorkflowId, u64)>,
+    pub idempotency: imbl::OrdMap<String, (WorkflowId, u64)>,
     pub sched: Sched,
     /// This server's replica audits (not replicated, not in snapshots).
     #[serde(skip)]
     pub audit: Audit,
+}
+
+/// Keeps the entries of `map` for which `keep` holds (`imbl::OrdMap` has no `retain`).
+pub fn retain<K: Ord + Clone, V: Clone>(
+    map: &mut imbl::OrdMap<K, V>,
+    mut keep: impl FnMut(&K, &V) -> bool,
+) {
+    let gone: Vec<K> = map
+        .iter()
+        .filter(|(k, v)| !keep(k, v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in gone {
+        map.remove(&k);
+    }
 }
 
 /// Hashes of this server's applied state at audit points, and what comparing them found.
@@ -498,7 +516,7 @@ impl PartialEq for Audit {
 /// and these can be borrowed at the same time).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sched {
-    pub dlq: BTreeMap<u64, DeadLetter>,
+    pub dlq: imbl::OrdMap<u64, DeadLetter>,
     pub next_dlq: u64,
     pub nodes: BTreeMap<String, Node>,
     /// Tasks ready to place, in order.
