@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use crate::config::EngineConfig;
 use crate::driver;
 use crate::error::{ProposeError, RaftLogError};
+use crate::wire_check::{self, Schema};
 use crate::{Hook, StateMachine};
 
 /// Where a waiting proposal's outputs go.
@@ -232,9 +233,15 @@ impl<M: StateMachine> EngineHandle<M> {
 
     /// An inbound raft message from a peer (the protobuf bytes its [`crate::Transport`] sent).
     /// Never blocks: dropped when the inbound queue is full (raft tolerates loss). Undecodable
-    /// bytes and messages addressed to another id are logged and dropped.
+    /// bytes, bytes the wire pre-check refuses (group tags, over [`crate::MESSAGE_BYTES_MAX`])
+    /// and messages addressed to another id are logged and dropped.
     pub fn step(&self, msg: Vec<u8>) {
         if self.stopped() {
+            return;
+        }
+        // Checked before protobuf 2.28 sees it (RUSTSEC-2024-0437, see `wire_check`).
+        if let Err(error) = wire_check::check(Schema::Message, &msg) {
+            tracing::warn!(bytes = msg.len(), %error, "dropping a refused raft message");
             return;
         }
         let m = match Message::parse_from_bytes(&msg) {

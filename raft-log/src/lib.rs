@@ -81,6 +81,7 @@ mod envelope;
 mod error;
 mod logger;
 mod storage;
+mod wire_check;
 
 pub use config::{Clock, DB_FILE_NAME, EngineConfig};
 pub use engine::{
@@ -88,6 +89,7 @@ pub use engine::{
     ReadReceiver,
 };
 pub use error::{ProposeError, RaftLogError};
+pub use wire_check::MESSAGE_BYTES_MAX;
 
 /// A deterministic state machine replicated by the log.
 pub trait StateMachine: Send + Sync + 'static {

@@ -14,6 +14,7 @@ use super::{Answer, Driver, raft_err, read_lock, write_lock};
 use crate::StateMachine;
 use crate::envelope::{self, Envelope};
 use crate::error::RaftLogError;
+use crate::wire_check::{self, Schema};
 
 /// A snapshot may start only after 10 times its last cost has passed since it (10 % of the
 /// engine thread's time at most).
@@ -118,19 +119,27 @@ impl<M: StateMachine> Driver<M> {
     }
 
     /// Applies a conf change entry (v1 or v2) to raft and persists the new conf state. An
-    /// invalid one (undecodable, or refused by raft) is logged and skipped: `Ok(Err(why))`.
+    /// invalid one (refused by the wire pre-check, undecodable, or refused by raft) is logged
+    /// and skipped: `Ok(Err(why))`. Its bytes came from a peer inside an entry, so they get the
+    /// same pre-check as a raft message (`wire_check`).
     fn apply_conf_change(&mut self, e: &Entry) -> Result<Result<ConfState, String>, RaftLogError> {
         let result = if e.get_entry_type() == EntryType::EntryConfChange {
-            ConfChange::parse_from_bytes(e.get_data())
+            wire_check::check(Schema::ConfChange, e.get_data())
                 .map_err(|err| err.to_string())
+                .and_then(|()| {
+                    ConfChange::parse_from_bytes(e.get_data()).map_err(|err| err.to_string())
+                })
                 .and_then(|cc| {
                     self.node
                         .apply_conf_change(&cc)
                         .map_err(|err| err.to_string())
                 })
         } else {
-            ConfChangeV2::parse_from_bytes(e.get_data())
+            wire_check::check(Schema::ConfChangeV2, e.get_data())
                 .map_err(|err| err.to_string())
+                .and_then(|()| {
+                    ConfChangeV2::parse_from_bytes(e.get_data()).map_err(|err| err.to_string())
+                })
                 .and_then(|cc| {
                     self.node
                         .apply_conf_change(&cc)
