@@ -50,8 +50,10 @@ impl StateMachine for Machine {
                 "snapshot format version {v}; this build reads version {SNAPSHOT_VERSION}: run the troupe version that wrote it"
             ));
         }
-        let (state, _) = bincode::serde::decode_from_slice(body, bincode::config::standard())
-            .map_err(|e| format!("snapshot does not decode: {e}"))?;
+        let (mut state, _): (State, _) =
+            bincode::serde::decode_from_slice(body, bincode::config::standard())
+                .map_err(|e| format!("snapshot does not decode: {e}"))?;
+        state.rebuild_indexes();
         self.state = state;
         Ok(())
     }

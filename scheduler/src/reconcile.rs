@@ -33,53 +33,42 @@ pub struct Repair {
 
 /// Compares a node's renewal with the log. `settled`: this leader has led long enough that
 /// what it has not applied yet cannot be mistaken for a loss (only then are attempts failed).
-/// Looks only at running workflows.
+/// Looks only at the node's own live tasks (`Sched::on_node`).
 pub fn reconcile(state: &State, held: &Held<'_>, now_ms: u64, settled: bool) -> Repair {
     let mut out = Repair::default();
-    for wf in state
-        .sched
-        .running
-        .iter()
-        .filter_map(|id| state.workflows.get(id))
-    {
-        for (i, run) in wf.steps.iter().enumerate() {
-            for (item, task) in &run.tasks {
-                let r = TaskRef {
-                    wf: wf.id,
-                    step: i as u16,
-                    item: *item,
-                };
-                let (node, epoch, since, assigned) = match &task.state {
-                    TaskState::Assigned {
-                        node, epoch, at_ms, ..
-                    } => (node, *epoch, *at_ms, true),
-                    TaskState::Running {
-                        node,
-                        epoch,
-                        since_ms,
-                        ..
-                    } => (node, *epoch, *since_ms, false),
-                    _ => continue,
-                };
-                let key = (r, task.attempt);
-                if node != held.node
-                    || epoch != held.epoch
-                    || held.holds.contains(&key)
-                    || held.reported.contains(&key)
-                {
-                    continue;
-                }
-                let age = now_ms.saturating_sub(since);
-                if assigned && age > RESEND_AFTER_MS {
-                    out.resend.push(key);
-                } else if settled && !assigned && age > VANISHED_AFTER_MS {
-                    out.vanished.push(AttemptRef {
-                        task: r,
-                        attempt: task.attempt,
-                        epoch,
-                    });
-                }
-            }
+    for r in state.sched.on_node.get(held.node).into_iter().flatten() {
+        let Some(task) = state.task(*r) else {
+            continue;
+        };
+        let (node, epoch, since, assigned) = match &task.state {
+            TaskState::Assigned {
+                node, epoch, at_ms, ..
+            } => (node, *epoch, *at_ms, true),
+            TaskState::Running {
+                node,
+                epoch,
+                since_ms,
+                ..
+            } => (node, *epoch, *since_ms, false),
+            _ => continue,
+        };
+        let key = (*r, task.attempt);
+        if node != held.node
+            || epoch != held.epoch
+            || held.holds.contains(&key)
+            || held.reported.contains(&key)
+        {
+            continue;
+        }
+        let age = now_ms.saturating_sub(since);
+        if assigned && age > RESEND_AFTER_MS {
+            out.resend.push(key);
+        } else if settled && !assigned && age > VANISHED_AFTER_MS {
+            out.vanished.push(AttemptRef {
+                task: *r,
+                attempt: task.attempt,
+                epoch,
+            });
         }
     }
     out

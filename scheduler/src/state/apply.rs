@@ -344,6 +344,7 @@ impl State {
             ..Task::queued(a.attempt)
         };
         s.unlink(a.task, &placeholder, req);
+        s.on_node.entry(a.node.clone()).or_default().insert(a.task);
         if let Some(n) = s.nodes.get_mut(&a.node) {
             n.assigned += 1;
             n.used.cpu_milli += req.cpu_milli as u64;

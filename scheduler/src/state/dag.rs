@@ -319,6 +319,9 @@ impl Sched {
                 self.delayed.remove(&(*due_ms, r));
             }
             TaskState::Assigned { node, gpus, .. } | TaskState::Running { node, gpus, .. } => {
+                if let Some(tasks) = self.on_node.get_mut(node) {
+                    tasks.remove(&r);
+                }
                 if let Some(n) = self.nodes.get_mut(node) {
                     n.assigned = n.assigned.saturating_sub(1);
                     n.used.cpu_milli = n.used.cpu_milli.saturating_sub(req.cpu_milli as u64);

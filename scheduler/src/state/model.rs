@@ -475,6 +475,44 @@ pub struct State {
     pub audit: Audit,
 }
 
+impl State {
+    /// One task, if it exists.
+    pub fn task(&self, r: TaskRef) -> Option<&Task> {
+        self.workflows
+            .get(&r.wf)?
+            .steps
+            .get(r.step as usize)?
+            .tasks
+            .get(&r.item)
+    }
+
+    /// Rebuilds the derived indexes (not in snapshots) from the workflows: call after decoding
+    /// a state.
+    pub fn rebuild_indexes(&mut self) {
+        let mut on_node: BTreeMap<String, BTreeSet<TaskRef>> = BTreeMap::new();
+        for id in &self.sched.running {
+            let Some(wf) = self.workflows.get(id) else {
+                continue;
+            };
+            for (i, run) in wf.steps.iter().enumerate() {
+                for (item, task) in &run.tasks {
+                    if let Some((node, _)) = task.state.placement() {
+                        on_node
+                            .entry(node.to_string())
+                            .or_default()
+                            .insert(TaskRef {
+                                wf: wf.id,
+                                step: i as u16,
+                                item: *item,
+                            });
+                    }
+                }
+            }
+        }
+        self.sched.on_node = on_node;
+    }
+}
+
 /// Keeps the entries of `map` for which `keep` holds (`imbl::OrdMap` has no `retain`).
 pub fn retain<K: Ord + Clone, V: Clone>(
     map: &mut imbl::OrdMap<K, V>,
@@ -528,6 +566,12 @@ pub struct Sched {
     /// Workflows that are not finished (so work per submit or per node event is in running
     /// workflows, not in every workflow the state retains).
     pub running: BTreeSet<WorkflowId>,
+    /// Live (assigned or running) tasks by node: reconciliation, node loss and eviction look at
+    /// a node's tasks, not at every task of every running workflow. Derived from the workflows
+    /// (not in snapshots; rebuilt by [`State::rebuild_indexes`] after a restore) and kept by
+    /// the one place that links a task to a node (assign) and the one that unlinks it.
+    #[serde(skip)]
+    pub on_node: BTreeMap<String, BTreeSet<TaskRef>>,
     /// Counters for the operator (and tests).
     pub stats: Stats,
     /// What the node must do after this apply (not replicated: drained by the shell).

@@ -3,6 +3,7 @@
 
 use super::model::*;
 use crate::command::*;
+use std::collections::BTreeSet;
 
 impl State {
     pub(super) fn register_node(&mut self, info: NodeInfo, at: u64) -> Output {
@@ -161,27 +162,13 @@ impl State {
             return Output::Rejected(format!("node {node} has no drain deadline that passed"));
         }
         // Stop what runs there, then requeue it elsewhere.
-        for wf in self
-            .sched
-            .running
-            .iter()
-            .filter_map(|id| self.workflows.get(id))
-        {
-            for (i, run) in wf.steps.iter().enumerate() {
-                for (item, task) in &run.tasks {
-                    if task.state.placement().is_some_and(|(p, _)| p == node) {
-                        let r = TaskRef {
-                            wf: wf.id,
-                            step: i as u16,
-                            item: *item,
-                        };
-                        self.sched.effects.push(Effect::Kill {
-                            task: r,
-                            attempt: task.attempt,
-                            node: node.to_string(),
-                        });
-                    }
-                }
+        for r in self.sched.on_node.get(node).into_iter().flatten() {
+            if let Some(task) = self.task(*r) {
+                self.sched.effects.push(Effect::Kill {
+                    task: *r,
+                    attempt: task.attempt,
+                    node: node.to_string(),
+                });
             }
         }
         self.requeue_node(node, at, &format!("node {node} drained past its deadline"));
@@ -198,7 +185,14 @@ impl State {
     /// "lost N times: it may be killing its nodes".
     fn requeue_node(&mut self, node: &str, at: u64, why: &str) {
         let sched = &mut self.sched;
-        let running: Vec<WorkflowId> = sched.running.iter().copied().collect();
+        // The workflows with a task on the node (its index is emptied: none is live there now).
+        let running: BTreeSet<WorkflowId> = sched
+            .on_node
+            .remove(node)
+            .unwrap_or_default()
+            .iter()
+            .map(|t| t.wf)
+            .collect();
         for id in running {
             let Some(wf) = self.workflows.get_mut(&id) else {
                 continue;

@@ -136,6 +136,23 @@ impl Sim {
             running, self.state.sched.running,
             "the running index drifted"
         );
+        let mut rebuilt = self.state.clone();
+        rebuilt.rebuild_indexes();
+        assert_eq!(
+            rebuilt
+                .sched
+                .on_node
+                .iter()
+                .filter(|(_, t)| !t.is_empty())
+                .collect::<Vec<_>>(),
+            self.state
+                .sched
+                .on_node
+                .iter()
+                .filter(|(_, t)| !t.is_empty())
+                .collect::<Vec<_>>(),
+            "the tasks-by-node index drifted"
+        );
         for wf in self.state.workflows.values() {
             for i in 0..wf.steps.len() {
                 let f = troupe_scheduler::views::funnel(wf, i);
@@ -164,6 +181,8 @@ impl Sim {
                 .filter(|t| t.state.placement().is_some_and(|(node, _)| node == n.id))
                 .count() as u32;
             assert_eq!(live, n.assigned, "node {} count drifted", n.id);
+            let listed = self.state.sched.on_node.get(&n.id).map_or(0, |t| t.len());
+            assert_eq!(listed as u32, live, "node {} task index drifted", n.id);
             assert!(
                 n.used.cpu_milli <= n.allocatable_cpu(),
                 "node {} cpu over-committed",
