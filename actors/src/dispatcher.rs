@@ -7,6 +7,7 @@
 
 use crate::runner::RunnerMsg;
 use crate::upstream::Upstream;
+use crate::workers::{WORKERS_NAME, WorkerHostMsg};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -43,6 +44,8 @@ pub enum DispatchMsg {
         runner: usize,
         actor: ActorRef<RunnerMsg>,
     },
+    /// Reports of worker-step attempts, from the worker host.
+    WorkerDone(Vec<Report>),
     Flush,
     Stats(RpcReplyPort<DispatchStats>),
     /// Fault injection for supervision tests: the dispatcher panics.
@@ -95,6 +98,8 @@ pub struct DispatchState {
     runners: Vec<Option<ActorRef<RunnerMsg>>>,
     busy: Vec<Option<AttemptRef>>,
     idle: Vec<usize>,
+    /// Attempts of worker steps handed to the worker host, not yet reported.
+    in_workers: HashSet<AttemptRef>,
     started: Vec<AttemptRef>,
     finished: Vec<Report>,
     flush_armed: bool,
@@ -124,6 +129,7 @@ impl Actor for Dispatcher {
             runners: Vec::new(),
             busy: Vec::new(),
             idle: Vec::new(),
+            in_workers: HashSet::new(),
             started: Vec::new(),
             finished: Vec::new(),
             flush_armed: false,
@@ -142,6 +148,8 @@ impl Actor for Dispatcher {
                 // (reconciliation, a second leader) for an attempt this node holds or just
                 // finished is a no-op.
                 let mut known: HashSet<AttemptRef> = st.busy.iter().flatten().copied().collect();
+                known.extend(st.in_workers.iter().copied());
+                let mut to_workers = Vec::new();
                 known.extend(st.queue.values().map(|q| AttemptRef {
                     task: q.task,
                     attempt: q.attempt,
@@ -158,12 +166,30 @@ impl Actor for Dispatcher {
                         && !st.recent_keys.contains(&at)
                         && known.insert(at)
                     {
-                        st.queue.insert((s.task, s.attempt), s);
+                        if matches!(s.launch, troupe_scheduler::Launch::Worker { .. }) {
+                            to_workers.push(s);
+                        } else {
+                            st.queue.insert((s.task, s.attempt), s);
+                        }
                     }
                 }
+                st.to_workers(to_workers);
                 st.pump();
             }
             DispatchMsg::Kill(kills) => {
+                let worker_kills: Vec<(TaskRef, u32)> = kills
+                    .iter()
+                    .filter(|(t, a)| {
+                        let before = st.in_workers.len();
+                        st.in_workers
+                            .retain(|w| !(w.task == *t && w.attempt == *a));
+                        st.in_workers.len() != before
+                    })
+                    .copied()
+                    .collect();
+                if !worker_kills.is_empty() {
+                    cast_workers(WorkerHostMsg::Kill(worker_kills));
+                }
                 for (task, attempt) in kills {
                     st.queue.remove(&(task, attempt));
                     for (i, b) in st.busy.iter().enumerate() {
@@ -209,6 +235,19 @@ impl Actor for Dispatcher {
                 st.idle.push(runner);
                 st.pump();
             }
+            DispatchMsg::WorkerDone(reports) => {
+                for report in reports {
+                    if !st.in_workers.remove(&report.at)
+                        || st.fenced
+                        || report.at.epoch != st.epoch
+                    {
+                        // Killed, fenced or from an earlier epoch: see `Done`.
+                        continue;
+                    }
+                    st.remember(&report);
+                    st.finished.push(report);
+                }
+            }
             DispatchMsg::Flush => {
                 st.flush_armed = false;
                 st.flush();
@@ -222,6 +261,7 @@ impl Actor for Dispatcher {
                     }
                 }
                 let mut attempts: Vec<AttemptRef> = st.busy.iter().flatten().copied().collect();
+                attempts.extend(st.in_workers.iter().copied());
                 attempts.extend(st.queue.values().map(|s| AttemptRef {
                     task: s.task,
                     attempt: s.attempt,
@@ -255,6 +295,8 @@ impl Actor for Dispatcher {
                     );
                     st.fenced = true;
                     st.queue.clear();
+                    st.in_workers.clear();
+                    cast_workers(WorkerHostMsg::StopAll);
                     for (i, b) in st.busy.iter().enumerate() {
                         if let (Some(a), Some(r)) = (b, &st.runners[i]) {
                             let _ = r.cast(RunnerMsg::Kill(a.task, a.attempt));
@@ -303,7 +345,42 @@ impl Actor for Dispatcher {
     }
 }
 
+/// Sends to the worker host; false when there is none (it is restarting).
+fn cast_workers(msg: WorkerHostMsg) -> bool {
+    ractor::registry::where_is(WORKERS_NAME)
+        .map(ActorRef::<WorkerHostMsg>::from)
+        .is_some_and(|w| w.cast(msg).is_ok())
+}
+
 impl DispatchState {
+    /// Hands worker-step attempts to the worker host (they count as started).
+    fn to_workers(&mut self, specs: Vec<RunSpec>) {
+        if specs.is_empty() {
+            return;
+        }
+        let ats: Vec<AttemptRef> = specs
+            .iter()
+            .map(|s| AttemptRef {
+                task: s.task,
+                attempt: s.attempt,
+                epoch: s.epoch,
+            })
+            .collect();
+        if cast_workers(WorkerHostMsg::Submit(specs)) {
+            self.in_workers.extend(ats.iter().copied());
+            self.started.extend(ats);
+        } else {
+            for at in ats {
+                self.finished.push(Report {
+                    at,
+                    outcome: Outcome::Failed {
+                        error: "the node's worker host is unavailable (restarting)".into(),
+                    },
+                });
+            }
+        }
+    }
+
     /// Keeps a finished report for re-sending with renewals (bounded by count and age).
     fn remember(&mut self, report: &Report) {
         self.recent

@@ -11,6 +11,7 @@
 //! - [`instance`] — WorkflowInstance, one per running workflow (checkpoints, waiters).
 //! - [`dispatcher`] and [`runner`] — the node's bounded runner queue and its TaskRunner slots.
 //! - [`sink`] — delivers applied effects to the actors by registered name.
+//! - [`workers`] — how the dispatcher hands attempts of worker steps to the node's worker host.
 //!
 //! Invariants: no actor blocks (fsync lives on the engine thread, processes in spawned tasks);
 //! no unbounded fan-out (the planner only places against a node's credits, so the dispatcher's
@@ -28,5 +29,6 @@ pub mod leases;
 pub mod machine;
 pub mod runner;
 pub mod sink;
+pub mod workers;
 pub mod supervisor;
 pub mod upstream;

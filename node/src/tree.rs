@@ -5,7 +5,8 @@
 //! ├── troupe.raft        RaftFacade: the durable Raft log + state machine
 //! ├── troupe.instances   Supervisor (one-for-one) → WorkflowInstance per running workflow
 //! ├── troupe.api         ApiServer
-//! ├── troupe.runners     Supervisor (rest-for-one) → Dispatcher,
+//! ├── troupe.runners     Supervisor (rest-for-one) → troupe.workers (WorkerHost: pools of
+//! │                      warm worker processes), Dispatcher,
 //! │                      troupe.slots Supervisor (one-for-one) → TaskRunner × slots
 //! └── troupe.monitor     ResourceMonitor: re-reads CPU / memory / NVML GPUs, commits changes
 //! ```
@@ -26,6 +27,7 @@ use crate::cluster::upstream::RemoteUpstream;
 use crate::cluster::{ClusterConfig, Role};
 use crate::config::{NodeConfig, node_id};
 use crate::exec::LocalExecutor;
+use crate::exec::worker::{HostArgs, WORKERS_NAME, WorkerHost};
 use crate::monitor::{MonitorArgs, ResourceMonitor};
 use anyhow::Context;
 use ractor::{Actor, ActorCell, ActorRef, SpawnErr, call_t, registry};
@@ -455,6 +457,27 @@ fn monitor_spec(ctx: &Ctx) -> ChildSpec {
     })
 }
 
+/// `troupe.workers`: the pools of warm worker processes (`node/src/exec/worker/`).
+fn workers_spec(ctx: &Ctx) -> ChildSpec {
+    let (node, data_dir, slots) = (
+        ctx.node.clone(),
+        ctx.cfg.data_dir.clone(),
+        ctx.cfg.slots as usize,
+    );
+    ChildSpec::new(WORKERS_NAME, Restart::Permanent, move |sup: ActorCell| {
+        let args = HostArgs {
+            node: node.clone(),
+            data_dir: data_dir.clone(),
+            slots,
+        };
+        async move {
+            WorkerHost::spawn_linked(Some(WORKERS_NAME.into()), WorkerHost, args, sup)
+                .await
+                .map(|(a, _)| a.get_cell())
+        }
+    })
+}
+
 fn runners_spec(ctx: &Ctx) -> ChildSpec {
     let cfg = &ctx.cfg;
     let info = NodeInfo {
@@ -516,6 +539,7 @@ fn runners_spec(ctx: &Ctx) -> ChildSpec {
                 },
             );
             let slots = ctx.cfg.slots as usize;
+            let workers = workers_spec(&ctx);
             let mut runners = Vec::with_capacity(slots);
             for index in 0..slots {
                 let executor = executor.clone();
@@ -552,7 +576,10 @@ fn runners_spec(ctx: &Ctx) -> ChildSpec {
                 period: Duration::from_secs(10),
                 ..Default::default()
             };
+            // The worker host first: if it restarts, the dispatcher after it restarts and
+            // registers the node again, which requeues what the host's workers held.
             let children = vec![
+                workers,
                 dispatch,
                 ChildSpec::supervisor(SLOTS_NAME, Restart::Permanent, slots_cfg, runners),
             ];

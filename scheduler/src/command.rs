@@ -264,4 +264,10 @@ pub enum Launch {
         handler: Builtin,
         with: Json,
     },
+    /// A task of a worker step: the node's worker pool for (workflow, step, argv, env) runs it.
+    Worker {
+        argv: Vec<String>,
+        env: Vec<(String, String)>,
+        worker: crate::spec::WorkerSpec,
+    },
 }

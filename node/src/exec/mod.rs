@@ -4,6 +4,7 @@ mod builtin;
 mod logcap;
 mod process;
 mod spawn;
+pub mod worker;
 
 pub use process::reap_orphans;
 
@@ -29,6 +30,10 @@ impl Executor for LocalExecutor {
         match &spec.launch {
             Launch::Builtin { handler, with } => builtin::inline(*handler, with, spec),
             Launch::Process { .. } => None,
+            // The dispatcher hands these to the worker host; a runner never sees one.
+            Launch::Worker { .. } => Some(Outcome::Failed {
+                error: "a worker-step attempt reached a task runner".into(),
+            }),
         }
     }
 
@@ -46,6 +51,9 @@ impl Executor for LocalExecutor {
                 Launch::Process { .. } => {
                     process::run(&data_dir, &spec, kill, grace, max_log).await
                 }
+                Launch::Worker { .. } => Outcome::Failed {
+                    error: "a worker-step attempt reached a task runner".into(),
+                },
             }
         })
     }

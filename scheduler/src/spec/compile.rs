@@ -266,20 +266,30 @@ fn compile_step(
         is_map,
         has_input: is_from,
     };
-    let action = match (&s.run, &s.handler) {
-        (Some(_), Some(_)) => {
+    let action = match (&s.run, &s.handler, &s.worker) {
+        (_, _, Some(w)) => {
+            if s.run.is_some() || s.handler.is_some() || s.with.is_some() {
+                return Err(err(
+                    "worker",
+                    "give one of `run`, `handler` or `worker` (and `with` only with `handler`)"
+                        .into(),
+                ));
+            }
+            Action::Worker(compile_worker(w, params, &need_ids).map_err(|m| err("worker", m))?)
+        }
+        (Some(_), Some(_), None) => {
             return Err(err(
                 "run",
                 "give either `run` or `handler`, not both".into(),
             ));
         }
-        (None, None) => {
+        (None, None, None) => {
             return Err(err(
                 "run",
-                "a step needs `run = [argv...]` or `handler = \"noop|sleep|fail|echo\"`".into(),
+                "a step needs `run = [argv...]`, `worker = { run = [argv...] }` or `handler = \"noop|sleep|fail|echo\"`".into(),
             ));
         }
-        (Some(argv), None) => {
+        (Some(argv), None, None) => {
             if argv.is_empty() || argv[0].trim().is_empty() {
                 return Err(err("run", "argv must start with a program name".into()));
             }
@@ -294,7 +304,7 @@ fn compile_step(
             }
             Action::Run(argv.clone())
         }
-        (None, Some(h)) => {
+        (None, Some(h), None) => {
             let handler = match h.as_str() {
                 "noop" => Builtin::Noop,
                 "sleep" => Builtin::Sleep,
@@ -331,7 +341,16 @@ fn compile_step(
                 format!("{k} is reserved: Troupe sets TROUPE_* itself"),
             ));
         }
-        template::check_in(v, params, scope, &need_ids).map_err(|m| err("env", m))?;
+        // A worker's environment is set once per worker process: it may not name the item.
+        let env_scope = if s.worker.is_some() {
+            template::Scope {
+                is_map: false,
+                has_input: false,
+            }
+        } else {
+            scope
+        };
+        template::check_in(v, params, env_scope, &need_ids).map_err(|m| err("env", m))?;
         env.push((k.clone(), v.clone()));
     }
     let resources = compile_resources(s.resources.as_ref().or(d.resources.as_ref()))
@@ -416,6 +435,52 @@ fn compile_step(
         optional: s.optional.unwrap_or(false),
         repeat,
         on_failure,
+    })
+}
+
+/// A worker's argv and timings. Its argv is rendered once per worker, so it may name params and
+/// the workflow, not the item or its input.
+fn compile_worker(
+    w: &super::raw::RawWorker,
+    params: &[(String, Json)],
+    need_ids: &[&str],
+) -> Result<WorkerSpec, String> {
+    if w.run.is_empty() || w.run[0].trim().is_empty() {
+        return Err("`run` must start with a program name".into());
+    }
+    let scope = template::Scope {
+        is_map: false,
+        has_input: false,
+    };
+    for a in &w.run {
+        template::check_in(a, params, scope, need_ids).map_err(|m| {
+            format!("{m} (a worker serves many items: items reach it on stdin, not in its argv)")
+        })?;
+    }
+    let batch = w.batch.unwrap_or(1);
+    if !(1..=WORKER_BATCH_MAX).contains(&batch) {
+        return Err(format!("`batch` is {batch}; it must be 1 to {WORKER_BATCH_MAX}"));
+    }
+    let ms = |v: &Option<String>, field: &str, default: u64| -> Result<u64, String> {
+        v.as_deref()
+            .map(|t| parse_duration_ms(t).map_err(|m| format!("`{field}`: {m}")))
+            .transpose()
+            .map(|d| d.unwrap_or(default))
+    };
+    let max_wait_ms = ms(&w.max_wait, "max_wait", 5)?;
+    let idle_ms = ms(&w.idle, "idle", 60_000)?.max(1);
+    let startup_timeout_ms = ms(&w.startup_timeout, "startup_timeout", 600_000)?.max(1);
+    let max_workers = w.max_workers.unwrap_or(0);
+    if max_workers > 4096 {
+        return Err(format!("`max_workers` is {max_workers}; at most 4096"));
+    }
+    Ok(WorkerSpec {
+        argv: w.run.clone(),
+        batch,
+        max_wait_ms,
+        max_workers,
+        idle_ms,
+        startup_timeout_ms,
     })
 }
 

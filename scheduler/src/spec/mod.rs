@@ -63,7 +63,29 @@ pub enum Action {
         handler: Builtin,
         with: Json,
     },
+    /// Long-lived worker processes fed items in batches (JSON lines over stdin/stdout).
+    Worker(WorkerSpec),
 }
+
+/// A warm worker step: see `docs/workflow-spec.md`, "Worker steps".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    /// The worker's argv (templates may not name the item: one worker serves many items).
+    pub argv: Vec<String>,
+    /// Most tasks in one batch (1..=4096).
+    pub batch: u32,
+    /// A batch that is not full is sent once its oldest task waited this long.
+    pub max_wait_ms: u64,
+    /// Most worker processes of this step on one node (0: the node's slots).
+    pub max_workers: u32,
+    /// A worker that had nothing to do for this long is stopped.
+    pub idle_ms: u64,
+    /// A worker must print `{"ready": true}` within this long of its start.
+    pub startup_timeout_ms: u64,
+}
+
+/// Most tasks in one worker batch.
+pub const WORKER_BATCH_MAX: u32 = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Builtin {

@@ -50,6 +50,9 @@ pub struct RawStep {
     pub run: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handler: Option<String>,
+    /// A warm worker: long-lived processes fed items in batches over stdin/stdout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<RawWorker>,
     /// Arguments of a builtin handler (`sleep`: `duration`; `fail`: `message`, `attempts`; `echo`: any value).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub with: Option<Value>,
@@ -146,4 +149,22 @@ impl OneOrMany {
 pub struct RawLoop {
     pub until: String,
     pub max_iterations: u32,
+}
+
+/// `worker = { run = [...], batch = 8, max_wait = "5ms", max_workers = 2, idle = "60s",
+/// startup_timeout = "10m" }`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorker {
+    pub run: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_workers: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_timeout: Option<String>,
 }

@@ -33,6 +33,11 @@ impl Sched {
                 .chain(spec.env.iter().map(|(_, v)| v))
                 .any(|t| t.contains("steps.")),
             Action::Builtin { with, .. } => with.0.contains("steps."),
+            Action::Worker(w) => w
+                .argv
+                .iter()
+                .chain(spec.env.iter().map(|(_, v)| v))
+                .any(|t| t.contains("steps.")),
         };
         let steps = names_steps.then(|| steps_value(wf));
         let vars = TemplateVars {
@@ -61,6 +66,19 @@ impl Sched {
             Action::Builtin { handler, with } => Launch::Builtin {
                 handler: *handler,
                 with: Json::from_value(&render_json(&with.value(), &vars)?),
+            },
+            Action::Worker(w) => Launch::Worker {
+                argv: w
+                    .argv
+                    .iter()
+                    .map(|a| render(a, &vars))
+                    .collect::<Result<_, _>>()?,
+                env: spec
+                    .env
+                    .iter()
+                    .map(|(k, v)| render(v, &vars).map(|v| (k.clone(), v)))
+                    .collect::<Result<_, _>>()?,
+                worker: w.clone(),
             },
         };
         Ok(RunSpec {

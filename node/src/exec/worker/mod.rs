@@ -1,0 +1,268 @@
+//! Worker steps: long-lived worker processes fed items in batches over JSON lines
+//! (`docs/workflow-spec.md`, "Worker steps").
+//!
+//! ```text
+//! troupe.runners
+//! ├── troupe.workers     WorkerHost: one Pool actor per (workflow, step, argv, env) on this node
+//! │   └── Pool           its worker processes (each run by a task that reports to the pool)
+//! ├── troupe.dispatcher  hands `Launch::Worker` attempts to troupe.workers
+//! └── troupe.slots       TaskRunners (everything else)
+//! ```
+//!
+//! The host supervises its pools: reports pass through it, so when a pool crashes the host
+//! fails the attempts that pool still held (retries apply) and the next submit starts a new
+//! pool. If the host itself restarts, rest-for-one restarts the dispatcher after it, which
+//! registers the node again and so requeues everything it held.
+
+mod pool;
+mod process;
+mod protocol;
+
+use pool::{Pool, PoolArgs, PoolMsg};
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use troupe_actors::dispatcher::DispatchMsg;
+use troupe_actors::sink::DISPATCHER_NAME;
+use troupe_actors::workers::WorkerHostMsg;
+use troupe_scheduler::{AttemptRef, Launch, Outcome, Report, RunSpec, WorkflowId};
+
+pub use troupe_actors::workers::WORKERS_NAME;
+
+/// The pools of one worker step share argv and env: (workflow, step, argv, env).
+type PoolKey = (WorkflowId, u16, Vec<String>, Vec<(String, String)>);
+
+pub struct HostArgs {
+    pub node: String,
+    pub data_dir: PathBuf,
+    /// Worker processes per step when the step sets no `max_workers`.
+    pub slots: usize,
+}
+
+pub struct WorkerHost;
+
+struct PoolEntry {
+    key: PoolKey,
+    actor: ActorRef<PoolMsg>,
+    /// Attempts submitted to it and not reported yet.
+    held: HashSet<AttemptRef>,
+}
+
+pub struct HostState {
+    a: HostArgs,
+    pools: HashMap<PoolKey, u64>,
+    by_id: HashMap<u64, PoolEntry>,
+    by_actor: HashMap<ActorId, u64>,
+    next_id: u64,
+}
+
+impl Actor for WorkerHost {
+    type Msg = WorkerHostMsg;
+    type State = HostState;
+    type Arguments = HostArgs;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<WorkerHostMsg>,
+        a: HostArgs,
+    ) -> Result<HostState, ActorProcessingErr> {
+        Ok(HostState {
+            a,
+            pools: HashMap::new(),
+            by_id: HashMap::new(),
+            by_actor: HashMap::new(),
+            next_id: 1,
+        })
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<WorkerHostMsg>,
+        msg: WorkerHostMsg,
+        st: &mut HostState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WorkerHostMsg::Submit(specs) => st.submit(&me, specs).await,
+            WorkerHostMsg::Kill(kills) => {
+                for e in st.by_id.values_mut() {
+                    e.held
+                        .retain(|a| !kills.contains(&(a.task, a.attempt)));
+                    let _ = e.actor.cast(PoolMsg::Kill(kills.clone()));
+                }
+            }
+            WorkerHostMsg::StopAll => {
+                for e in st.by_id.values_mut() {
+                    e.held.clear();
+                    let _ = e.actor.cast(PoolMsg::StopAll);
+                }
+            }
+            WorkerHostMsg::Done(id, reports) => {
+                let Some(e) = st.by_id.get_mut(&id) else {
+                    return Ok(());
+                };
+                let reports: Vec<Report> =
+                    reports.into_iter().filter(|r| e.held.remove(&r.at)).collect();
+                to_dispatcher(reports);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _me: ActorRef<WorkerHostMsg>,
+        evt: SupervisionEvent,
+        st: &mut HostState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why): (ActorCell, Option<String>) = match evt {
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            SupervisionEvent::ActorFailed(cell, e) => (cell, Some(e.to_string())),
+            _ => return Ok(()),
+        };
+        let Some(id) = st.by_actor.remove(&cell.get_id()) else {
+            return Ok(());
+        };
+        let Some(e) = st.by_id.remove(&id) else {
+            return Ok(());
+        };
+        st.pools.remove(&e.key);
+        let error = match why {
+            Some(w) => format!("the node's worker pool for this step crashed: {w}"),
+            None => "the node's worker pool for this step stopped".to_string(),
+        };
+        if why_logged(&e, &error) {
+            to_dispatcher(
+                e.held
+                    .into_iter()
+                    .map(|at| Report {
+                        at,
+                        outcome: Outcome::Failed {
+                            error: error.clone(),
+                        },
+                    })
+                    .collect(),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn why_logged(e: &PoolEntry, error: &str) -> bool {
+    if !e.held.is_empty() {
+        tracing::warn!(held = e.held.len(), %error, "worker pool ended with attempts in flight");
+    }
+    !e.held.is_empty()
+}
+
+fn to_dispatcher(reports: Vec<Report>) {
+    if reports.is_empty() {
+        return;
+    }
+    if let Some(d) = ractor::registry::where_is(DISPATCHER_NAME).map(ActorRef::<DispatchMsg>::from)
+    {
+        let _ = d.cast(DispatchMsg::WorkerDone(reports));
+    }
+}
+
+impl HostState {
+    async fn submit(&mut self, me: &ActorRef<WorkerHostMsg>, specs: Vec<RunSpec>) {
+        let mut groups: Vec<(PoolKey, Vec<RunSpec>)> = Vec::new();
+        for s in specs {
+            let Launch::Worker { argv, env, .. } = &s.launch else {
+                continue;
+            };
+            let key = (s.task.wf, s.task.step, argv.clone(), env.clone());
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, v)) => v.push(s),
+                None => groups.push((key, vec![s])),
+            }
+        }
+        for (key, specs) in groups {
+            let id = match self.pools.get(&key) {
+                Some(id) => *id,
+                None => match self.spawn_pool(me, &key, &specs[0]).await {
+                    Ok(id) => id,
+                    Err(e) => {
+                        to_dispatcher(
+                            specs
+                                .iter()
+                                .map(|s| Report {
+                                    at: at_of(s),
+                                    outcome: Outcome::Failed {
+                                        error: format!("cannot start a worker pool: {e}"),
+                                    },
+                                })
+                                .collect(),
+                        );
+                        continue;
+                    }
+                },
+            };
+            let Some(e) = self.by_id.get_mut(&id) else {
+                continue;
+            };
+            e.held.extend(specs.iter().map(at_of));
+            let _ = e.actor.cast(PoolMsg::Submit(specs));
+        }
+    }
+
+    async fn spawn_pool(
+        &mut self,
+        me: &ActorRef<WorkerHostMsg>,
+        key: &PoolKey,
+        first: &RunSpec,
+    ) -> Result<u64, String> {
+        let Launch::Worker { argv, env, worker } = &first.launch else {
+            return Err("not a worker step".into());
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let log_dir = self
+            .a
+            .data_dir
+            .join(&first.log_stem)
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_else(|| self.a.data_dir.join("logs"));
+        let cap = if worker.max_workers > 0 {
+            worker.max_workers as usize
+        } else {
+            self.a.slots
+        };
+        let args = PoolArgs {
+            label: format!("{}/{}", first.workflow, first.step_id),
+            node: self.a.node.clone(),
+            argv: argv.clone(),
+            env: env.clone(),
+            worker: worker.clone(),
+            timeout_ms: first.timeout_ms,
+            gpus: first.gpus.clone(),
+            log_dir,
+            cap,
+            host: me.clone(),
+            id,
+        };
+        let (actor, _) = Pool::spawn_linked(None, Pool, args, me.get_cell())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.by_actor.insert(actor.get_id(), id);
+        self.pools.insert(key.clone(), id);
+        self.by_id.insert(
+            id,
+            PoolEntry {
+                key: key.clone(),
+                actor,
+                held: HashSet::new(),
+            },
+        );
+        Ok(id)
+    }
+}
+
+fn at_of(s: &RunSpec) -> AttemptRef {
+    AttemptRef {
+        task: s.task,
+        attempt: s.attempt,
+        epoch: s.epoch,
+    }
+}
