@@ -181,8 +181,7 @@ impl Actor for Dispatcher {
                     .iter()
                     .filter(|(t, a)| {
                         let before = st.in_workers.len();
-                        st.in_workers
-                            .retain(|w| !(w.task == *t && w.attempt == *a));
+                        st.in_workers.retain(|w| !(w.task == *t && w.attempt == *a));
                         st.in_workers.len() != before
                     })
                     .copied()
@@ -237,9 +236,7 @@ impl Actor for Dispatcher {
             }
             DispatchMsg::WorkerDone(reports) => {
                 for report in reports {
-                    if !st.in_workers.remove(&report.at)
-                        || st.fenced
-                        || report.at.epoch != st.epoch
+                    if !st.in_workers.remove(&report.at) || st.fenced || report.at.epoch != st.epoch
                     {
                         // Killed, fenced or from an earlier epoch: see `Done`.
                         continue;

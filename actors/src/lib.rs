@@ -29,6 +29,6 @@ pub mod leases;
 pub mod machine;
 pub mod runner;
 pub mod sink;
-pub mod workers;
 pub mod supervisor;
 pub mod upstream;
+pub mod workers;

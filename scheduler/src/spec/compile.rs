@@ -459,7 +459,9 @@ fn compile_worker(
     }
     let batch = w.batch.unwrap_or(1);
     if !(1..=WORKER_BATCH_MAX).contains(&batch) {
-        return Err(format!("`batch` is {batch}; it must be 1 to {WORKER_BATCH_MAX}"));
+        return Err(format!(
+            "`batch` is {batch}; it must be 1 to {WORKER_BATCH_MAX}"
+        ));
     }
     let ms = |v: &Option<String>, field: &str, default: u64| -> Result<u64, String> {
         v.as_deref()

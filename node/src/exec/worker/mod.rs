@@ -85,8 +85,7 @@ impl Actor for WorkerHost {
             WorkerHostMsg::Submit(specs) => st.submit(&me, specs).await,
             WorkerHostMsg::Kill(kills) => {
                 for e in st.by_id.values_mut() {
-                    e.held
-                        .retain(|a| !kills.contains(&(a.task, a.attempt)));
+                    e.held.retain(|a| !kills.contains(&(a.task, a.attempt)));
                     let _ = e.actor.cast(PoolMsg::Kill(kills.clone()));
                 }
             }
@@ -100,8 +99,10 @@ impl Actor for WorkerHost {
                 let Some(e) = st.by_id.get_mut(&id) else {
                     return Ok(());
                 };
-                let reports: Vec<Report> =
-                    reports.into_iter().filter(|r| e.held.remove(&r.at)).collect();
+                let reports: Vec<Report> = reports
+                    .into_iter()
+                    .filter(|r| e.held.remove(&r.at))
+                    .collect();
                 to_dispatcher(reports);
             }
         }

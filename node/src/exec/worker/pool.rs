@@ -222,7 +222,11 @@ impl PoolState {
             return;
         };
         let Some((ids, _)) = w.outstanding.pop_front() else {
-            self.worker_failed(k, "broke the protocol: answered a batch it was not sent", now);
+            self.worker_failed(
+                k,
+                "broke the protocol: answered a batch it was not sent",
+                now,
+            );
             return;
         };
         w.last_busy = now;
@@ -258,7 +262,10 @@ impl PoolState {
         if let Some(stop) = w.stop.take() {
             let _ = stop.send(());
         }
-        let error = format!("worker {k} of {} on node {} {why}", self.a.label, self.a.node);
+        let error = format!(
+            "worker {k} of {} on node {} {why}",
+            self.a.label, self.a.node
+        );
         tracing::warn!(pool = %self.a.label, worker = k, %why, "worker failed");
         let ids: Vec<String> = w.outstanding.drain(..).flat_map(|(ids, _)| ids).collect();
         self.fail_ids(&ids, &error);
@@ -293,12 +300,22 @@ impl PoolState {
         let mut idle_ones = Vec::new();
         for (k, w) in &self.workers {
             if !w.ready && now.duration_since(w.started) >= startup {
-                failed.push((*k, format!("did not print {{\"ready\": true}} within {}", fmt(startup))));
+                failed.push((
+                    *k,
+                    format!("did not print {{\"ready\": true}} within {}", fmt(startup)),
+                ));
             } else if let (Some(limit), Some((_, since))) = (batch, w.outstanding.front())
                 && now.duration_since(*since) >= limit
             {
-                failed.push((*k, format!("did not answer a batch within the step's timeout of {}", fmt(limit))));
-            } else if w.ready && w.outstanding.is_empty() && now.duration_since(w.last_busy) >= idle {
+                failed.push((
+                    *k,
+                    format!(
+                        "did not answer a batch within the step's timeout of {}",
+                        fmt(limit)
+                    ),
+                ));
+            } else if w.ready && w.outstanding.is_empty() && now.duration_since(w.last_busy) >= idle
+            {
                 idle_ones.push(*k);
             }
         }
@@ -314,7 +331,8 @@ impl PoolState {
         self.workers.is_empty()
             && self.waiting.is_empty()
             && self.in_flight.is_empty()
-            && now.duration_since(self.last_activity) >= Duration::from_millis(self.a.worker.idle_ms)
+            && now.duration_since(self.last_activity)
+                >= Duration::from_millis(self.a.worker.idle_ms)
     }
 
     fn queued_tasks(&self) -> usize {

@@ -94,7 +94,8 @@ pub async fn run(launch: Launch, w: Wiring) {
 
 fn start(l: &Launch) -> Result<tokio::process::Child, String> {
     if let Some(dir) = l.stderr_log.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let err = std::fs::OpenOptions::new()
         .create(true)
@@ -174,7 +175,10 @@ async fn read_bounded(
     max: usize,
 ) -> Result<bool, String> {
     loop {
-        let buf = r.fill_buf().await.map_err(|e| format!("stdout failed: {e}"))?;
+        let buf = r
+            .fill_buf()
+            .await
+            .map_err(|e| format!("stdout failed: {e}"))?;
         if buf.is_empty() {
             return Ok(!out.is_empty());
         }

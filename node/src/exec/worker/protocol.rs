@@ -115,7 +115,10 @@ mod tests {
                 input: None,
             },
         ]);
-        assert!(line.ends_with('\n') && line.matches('\n').count() == 1, "{line}");
+        assert!(
+            line.ends_with('\n') && line.matches('\n').count() == 1,
+            "{line}"
+        );
         let v: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["tasks"][0]["id"], "wf-1/score/0@1");
         assert_eq!(v["tasks"][0]["item"]["doc"], "a\nb");
@@ -126,9 +129,9 @@ mod tests {
     #[test]
     fn answers_are_read_and_bad_lines_are_named() {
         assert_eq!(parse(br#"{"ready": true}"#), Ok(Line::Ready));
-        let Ok(Line::Results(r)) =
-            parse(br#"{"results": [{"id": "b", "error": "bad doc"}, {"id": "a", "output": {"p": 0.5}}]}"#)
-        else {
+        let Ok(Line::Results(r)) = parse(
+            br#"{"results": [{"id": "b", "error": "bad doc"}, {"id": "a", "output": {"p": 0.5}}]}"#,
+        ) else {
             panic!("results");
         };
         assert_eq!(r[0].0, "b");
@@ -145,7 +148,9 @@ mod tests {
     #[test]
     fn an_oversized_output_fails_its_task_only() {
         let big = "x".repeat(70_000);
-        let line = format!(r#"{{"results": [{{"id": "a", "output": "{big}"}}, {{"id": "b", "output": 1}}]}}"#);
+        let line = format!(
+            r#"{{"results": [{{"id": "a", "output": "{big}"}}, {{"id": "b", "output": 1}}]}}"#
+        );
         let Ok(Line::Results(r)) = parse(line.as_bytes()) else {
             panic!("results");
         };

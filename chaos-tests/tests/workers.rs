@@ -1,0 +1,158 @@
+//! Warm worker steps with real Python worker processes (clients/python's `troupe_worker`): a
+//! step's items are scored in batches by long-lived workers; a worker that crashes costs only
+//! its in-flight batch (retried as attempt + 1); a worker that never says ready, one that
+//! prints garbage and one that hangs each fail with a clear reason and lose nothing else.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use troupe_chaos_tests::{TestNode, history, step};
+
+fn python_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../clients/python")
+        .canonicalize()
+        .expect("clients/python")
+}
+
+/// A worker script: marks each start in `marks/starts`, loads for `load_s`, and scores items
+/// (`{"item": i, "attempt": n}`), crashing when it sees `crash_on` on attempt 1.
+fn worker_script(dir: &Path, load_s: f64, crash_on: i64) -> PathBuf {
+    let path = dir.join("worker.py");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+import os, sys, time
+import troupe_worker
+def load():
+    with open({marks:?}, "a") as f:
+        f.write("start\n")
+    time.sleep({load_s})
+    return None
+def score(model, task):
+    if task.item == {crash_on} and task.attempt == 1:
+        print("crashing on purpose", file=sys.stderr)
+        os._exit(3)
+    return {{"item": task.item, "attempt": task.attempt}}
+troupe_worker.serve(load=load, score=score, with_tasks=True)
+"#,
+            marks = dir.join("starts").display().to_string()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn worker_step(script: &Path, items: u32, extra: &str) -> String {
+    format!(
+        r#"
+name = "warm"
+[[step]]
+id = "score"
+map = {{ range = [0, {items}] }}
+retries = {{ attempts = 3, initial = "10ms" }}
+env = {{ PYTHONPATH = "{py}" }}
+worker = {{ run = ["python3", "{script}"], batch = 8, max_wait = "5ms" {extra} }}
+"#,
+        py = python_path().display(),
+        script = script.display(),
+    )
+}
+
+#[test]
+fn a_warm_worker_scores_every_item_and_a_crash_costs_only_its_batch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = worker_script(tmp.path(), 0.3, 50);
+    let node = TestNode::start(&tmp.path().join("n"), &["--slots", "2"]);
+    let id = node.submit(&worker_step(&script, 200, ""));
+    let v = node.wait(&id, Duration::from_secs(120));
+    assert_eq!(v["status"], "succeeded", "{v}\n{}", node.log());
+    let (code, out) = node.get(&format!("/v1/workflows/{id}/steps/score/output"));
+    assert_eq!(code, 200, "{out}");
+    let out = out.as_array().expect("outputs").clone();
+    assert_eq!(out.len(), 200, "every item has its output");
+    for (i, o) in out.iter().enumerate() {
+        assert_eq!(o["item"], i as i64, "output {i} is item {i}'s: {o}");
+    }
+    assert_eq!(
+        out[50]["attempt"], 2,
+        "item 50's output came from attempt 2"
+    );
+    // Only the crashed batch (at most 2 x 8 tasks in flight on that worker) ran again.
+    let again = out.iter().filter(|o| o["attempt"] != 1).count();
+    assert!((1..=16).contains(&again), "{again} items ran twice");
+    // Two workers for 2 slots, and a restart after the crash if work still waits: the model
+    // loaded 2 or 3 times, not 200.
+    let starts = std::fs::read_to_string(tmp.path().join("starts")).unwrap();
+    assert!(
+        (2..=3).contains(&starts.lines().count()),
+        "worker starts: {starts}"
+    );
+    let (_, item) = node.get(&format!("/v1/workflows/{id}/items/50"));
+    let err = item.to_string();
+    assert!(
+        err.contains("exited with code 3") && err.contains("crashing on purpose"),
+        "{item}"
+    );
+}
+
+/// A worker that breaks in a given way; each fails its step with a clear reason.
+fn broken(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.py"));
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+#[test]
+fn workers_that_never_get_ready_print_garbage_or_hang_fail_with_reasons_and_lose_nothing_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = TestNode::start(&tmp.path().join("n"), &["--slots", "2"]);
+    let cases = [
+        (
+            "never-ready",
+            "import time\ntime.sleep(60)\n",
+            ", startup_timeout = \"1s\"",
+            "5 starts in a row failed; last: did not print {\"ready\": true} within 1.0s",
+        ),
+        (
+            "garbage",
+            "import sys\nprint('{\"ready\": true}', flush=True)\nfor line in sys.stdin:\n    print('loading weights 40%', flush=True)\n",
+            "",
+            "broke the protocol: printed a line that is not JSON",
+        ),
+        (
+            "hangs",
+            "import sys, time\nprint('{\"ready\": true}', flush=True)\nfor line in sys.stdin:\n    time.sleep(60)\n",
+            "",
+            "did not answer a batch within the step's timeout of 1.0s",
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (name, body, extra, _) in &cases {
+        let script = broken(tmp.path(), name, body);
+        let spec = worker_step(&script, 4, extra)
+            .replace("name = \"warm\"", &format!("name = \"{name}\""))
+            .replace("attempts = 3", "attempts = 1")
+            .replace(
+                "[[step]]\nid = \"score\"",
+                "[[step]]\nid = \"score\"\ntimeout = \"1s\"",
+            );
+        ids.push(node.submit(&spec));
+    }
+    let fine = node.submit(
+        "name = \"fine\"\n[[step]]\nid = \"a\"\nmap = { range = [0, 20] }\nhandler = \"echo\"\n",
+    );
+    for ((name, _, _, reason), id) in cases.iter().zip(&ids) {
+        let v = node.wait(id, Duration::from_secs(60));
+        assert_eq!(v["status"], "failed", "{name}: {v}");
+        let text = history(&v).join("\n");
+        assert!(text.contains(reason), "{name}: no {reason:?} in {text}");
+        assert_eq!(step(&v, "score")["status"], "failed", "{name}");
+    }
+    let v = node.wait(&fine, Duration::from_secs(30));
+    assert_eq!(v["status"], "succeeded", "{v}");
+    let (_, out) = node.get(&format!("/v1/workflows/{fine}/steps/a/output"));
+    assert_eq!(out.as_array().map(Vec::len), Some(20), "{out}");
+    let _: Value = out;
+}
