@@ -173,7 +173,7 @@ impl Actor for Dispatcher {
                         }
                     }
                 }
-                st.to_workers(to_workers);
+                st.hand_to_workers(to_workers);
                 st.pump();
             }
             DispatchMsg::Kill(kills) => {
@@ -351,7 +351,7 @@ fn cast_workers(msg: WorkerHostMsg) -> bool {
 
 impl DispatchState {
     /// Hands worker-step attempts to the worker host (they count as started).
-    fn to_workers(&mut self, specs: Vec<RunSpec>) {
+    fn hand_to_workers(&mut self, specs: Vec<RunSpec>) {
         if specs.is_empty() {
             return;
         }

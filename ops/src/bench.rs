@@ -18,7 +18,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10)]
     trials: usize,
     /// Only these workloads (noop, dag, sleep, process, start, idle, placement, cluster-noop,
-    /// leader, worker-kill, worker-stop, map100k; `soak` runs only when named).
+    /// leader, worker-kill, worker-stop, map100k, warm, warm-noop; `soak` and `warm100k` run
+    /// only when named).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Measure without fsync (not the recorded configuration).
@@ -96,7 +97,7 @@ impl Node {
     }
 
     /// Submits and waits; returns the seconds from the request to the finished workflow.
-    fn run(&self, spec: &str) -> anyhow::Result<f64> {
+    pub(crate) fn run(&self, spec: &str) -> anyhow::Result<f64> {
         let t = Instant::now();
         let v = self
             .client
@@ -273,6 +274,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if want("placement") {
         crate::bench_placement::run(runs);
     }
+    let named = |n: &str| args.only.iter().any(|o| o == n);
+    crate::bench_warm::run(&want, &named, runs, fsync, &report)?;
     if args.only.iter().any(|o| o == "soak") {
         crate::bench_soak::run(args.soak_workflows, &args.soak_retain, fsync)?;
         return Ok(());

@@ -5,6 +5,7 @@ mod bench;
 mod bench_cluster;
 mod bench_placement;
 mod bench_soak;
+mod bench_warm;
 mod client;
 mod commands;
 mod dlq_cli;

@@ -285,10 +285,10 @@ impl PoolState {
     }
 
     fn stop_worker(&mut self, k: usize) {
-        if let Some(mut w) = self.workers.remove(&k) {
-            if let Some(stop) = w.stop.take() {
-                let _ = stop.send(());
-            }
+        if let Some(mut w) = self.workers.remove(&k)
+            && let Some(stop) = w.stop.take()
+        {
+            let _ = stop.send(());
         }
     }
 

@@ -1,0 +1,111 @@
+//! `troupe bench --only warm,warm-noop` (and `warm100k`, only when named): warm worker steps.
+//!
+//! - `warm`: the issue's batch-scoring workload: N = 200 items, a worker that loads for 1.0 s
+//!   and spends 5 ms of CPU per item, batch 8, 2 slots; against the ideal (load + N x 5 ms / 2).
+//! - `warm100k`: the same with N = 100,000 (about 4.5 minutes).
+//! - `warm-noop`: items/s of a no-op worker step (batch 64) on one node, fsync on.
+//!
+//! The worker is a standalone Python script written into the node's data dir (the protocol in
+//! a few lines, so the bench does not depend on where clients/python is).
+
+use crate::bench::Node;
+use anyhow::Context;
+
+/// The bench worker: `argv[1]` seconds of load, `argv[2]` ms of busy CPU per item.
+const WORKER: &str = r#"
+import json, sys, time
+load_s, item_ms = float(sys.argv[1]), float(sys.argv[2]) / 1000.0
+time.sleep(load_s)
+out = sys.stdout
+out.write('{"ready": true}\n'); out.flush()
+for line in sys.stdin:
+    tasks = json.loads(line)["tasks"]
+    res = []
+    for t in tasks:
+        if item_ms > 0:
+            end = time.perf_counter() + item_ms
+            while time.perf_counter() < end:
+                pass
+        res.append({"id": t["id"], "output": t["item"]})
+    out.write(json.dumps({"results": res}) + "\n"); out.flush()
+"#;
+
+/// A node's credits (slots + queue) bound the items in flight on it; a no-op worker step needs
+/// a deep queue to keep its workers busy (the default 256 gives ~50,000 items/s).
+const NOOP_NODE: [&str; 4] = ["--slots", "2", "--queue", "4096"];
+
+fn spec(script: &std::path::Path, n: u64, batch: u32, load_s: f64, item_ms: f64) -> String {
+    format!(
+        r#"name = "warm-bench"
+[[step]]
+id = "score"
+map = {{ range = [0, {n}] }}
+parallelism = 100000
+worker = {{ run = ["python3", "{}", "{load_s}", "{item_ms}"], batch = {batch}, max_wait = "5ms" }}
+"#,
+        script.display()
+    )
+}
+
+/// Seconds for N items on a fresh node with `slots` slots.
+fn once(
+    n: u64,
+    batch: u32,
+    load_s: f64,
+    item_ms: f64,
+    node_args: &[&str],
+    fsync: bool,
+) -> anyhow::Result<f64> {
+    let (node, _) = Node::start(node_args, fsync)?;
+    let script = node.dir.join("bench_worker.py");
+    std::fs::write(&script, WORKER).context("writing the bench worker")?;
+    node.run(&spec(&script, n, batch, load_s, item_ms))
+}
+
+/// Prints one workload's line: name, runs, unit, how to show the median.
+pub type Report = dyn Fn(&str, Vec<f64>, &str, &dyn Fn(f64) -> String);
+
+pub fn run(
+    want: &dyn Fn(&str) -> bool,
+    named: &dyn Fn(&str) -> bool,
+    runs: usize,
+    fsync: bool,
+    report: &Report,
+) -> anyhow::Result<()> {
+    if want("warm") {
+        let v = (0..runs)
+            .map(|_| once(200, 8, 1.0, 5.0, &["--slots", "2"], fsync))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let ideal = 1.0 + 200.0 * 0.005 / 2.0;
+        report(
+            "warm worker: 200 items, 1.0 s load, 5 ms each, batch 8, 2 slots (ideal 1.5 s)",
+            v,
+            "s",
+            &|s| format!("{:.2}x ideal", s / ideal),
+        );
+    }
+    if named("warm100k") {
+        let v = (0..runs.min(1))
+            .map(|_| once(100_000, 8, 1.0, 5.0, &["--slots", "2"], fsync))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let ideal = 1.0 + 100_000.0 * 0.005 / 2.0;
+        report(
+            "warm worker: 100,000 items, 1.0 s load, 5 ms each, batch 8, 2 slots (ideal 251 s)",
+            v,
+            "s",
+            &|s| format!("{:.1}% over ideal", (s / ideal - 1.0) * 100.0),
+        );
+    }
+    if want("warm-noop") {
+        let v = (0..runs)
+            .map(|_| once(100_000, 64, 0.0, 0.0, &NOOP_NODE, fsync))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        report(
+            "no-op worker step: 100,000 items, batch 64, 2 workers, --queue 4096",
+            v,
+            "s",
+            &|s| format!("{:.0} items/s", 100_000.0 / s),
+        );
+    }
+    Ok(())
+}
