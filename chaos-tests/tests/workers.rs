@@ -156,3 +156,55 @@ fn workers_that_never_get_ready_print_garbage_or_hang_fail_with_reasons_and_lose
     assert_eq!(out.as_array().map(Vec::len), Some(20), "{out}");
     let _: Value = out;
 }
+
+#[test]
+fn kill_9_of_a_worker_node_mid_step_finishes_every_item_exactly_once_on_the_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = tmp.path().join("slow.py");
+    std::fs::write(
+        &script,
+        "import os, time, troupe_worker\n\
+         def score(m, t):\n    time.sleep(0.02)\n    return {'item': t.item, 'node': os.environ['TROUPE_NODE']}\n\
+         troupe_worker.serve(score=score, with_tasks=True)\n",
+    )
+    .unwrap();
+    let mut c = troupe_chaos_tests::Cluster::start(
+        tmp.path(),
+        41,
+        3,
+        2,
+        &["--slots", "2", "--queue", "8", "--strategy", "spread"],
+    );
+    let spec = worker_step(&script, 400, "").replace("batch = 8", "batch = 4");
+    let id = c.any().submit(&spec);
+    // Let the step get going, with items on the first worker node.
+    let victim = c.workers[0].dir.clone();
+    let node_id = std::fs::read_to_string(victim.join("node-id")).unwrap_or_default();
+    c.any()
+        .wait_until(&id, Duration::from_secs(60), "a quarter done", |v| {
+            step(v, "score")["succeeded"].as_u64().unwrap_or(0) >= 100
+        });
+    c.workers[0].kill9();
+    let v = c.any().wait(&id, Duration::from_secs(120));
+    assert_eq!(v["status"], "succeeded", "{v}");
+    let (_, out) = c
+        .any()
+        .get(&format!("/v1/workflows/{id}/steps/score/output"));
+    let out = out.as_array().expect("outputs").clone();
+    assert_eq!(out.len(), 400);
+    for (i, o) in out.iter().enumerate() {
+        assert_eq!(o["item"], i as i64, "{o}");
+    }
+    let on_victim = out
+        .iter()
+        .filter(|o| !node_id.trim().is_empty() && o["node"] == node_id.trim())
+        .count();
+    assert!(
+        on_victim > 0,
+        "the killed worker node had scored items before it died"
+    );
+    assert!(
+        out.len() - on_victim > 0,
+        "the other nodes finished the step"
+    );
+}
