@@ -10,6 +10,7 @@ pub mod capacity;
 pub mod cluster;
 pub mod config;
 pub mod exec;
+pub mod fatal;
 pub mod janitor;
 pub mod monitor;
 pub mod tree;
