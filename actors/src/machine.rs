@@ -1,6 +1,6 @@
 //! The scheduler state machine as the Raft log drives it, and the leader's hook.
 
-use crate::leases::LeaseTable;
+use crate::leases::{LeaseJudge, LeaseTable};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -110,15 +110,11 @@ pub fn hook(args: HookArgs, mut sink: Box<dyn EffectSink>) -> troupe_raft_log::H
     let mut planner = Planner::with_strategy(args.strategy)
         .with_retention(args.retain.map(|d| d.as_millis() as u64))
         .with_audit_every(args.audit_every.as_millis() as u64);
-    let mut was_leader = false;
-    let mut lost_sent: BTreeSet<(String, u64)> = BTreeSet::new();
-    let mut granted: std::collections::BTreeMap<String, u64> = Default::default();
-    let mut last_call_ms: u64 = 0;
+    let mut judge = args
+        .lease
+        .as_ref()
+        .map(|(table, lease)| LeaseJudge::new(table.clone(), *lease));
     Box::new(move |m: &mut Machine, now_ms: u64, is_leader: bool| {
-        // The hook runs every tick (50 ms). A gap of a whole lease means this process was
-        // paused or starved, not that every node died: its lease table is stale.
-        let gap = now_ms.saturating_sub(last_call_ms);
-        last_call_ms = now_ms;
         let effects = m.state.take_effects();
         let epoch = m
             .state
@@ -134,45 +130,22 @@ pub fn hook(args: HookArgs, mut sink: Box<dyn EffectSink>) -> troupe_raft_log::H
         }
         if !is_leader {
             planner.reset();
-            was_leader = false;
+            if let Some(j) = judge.as_mut() {
+                j.follow();
+            }
             return Vec::new();
         }
         let mut cmds = planner.plan(&m.state, now_ms);
-        if let Some((leases, lease)) = &args.lease {
-            let stalled = was_leader && gap >= lease.as_millis() as u64;
-            if stalled {
-                tracing::warn!(
-                    gap_ms = gap,
-                    "this leader did not run for a whole lease (paused or starved): giving every node a fresh lease instead of declaring them lost"
-                );
-            }
-            if !was_leader || stalled {
-                leases.grant_all(m.state.sched.nodes.keys().cloned());
-                lost_sent.clear();
-            }
-            for n in m
+        if let Some(j) = judge.as_mut() {
+            let nodes: Vec<_> = m
                 .state
                 .sched
                 .nodes
                 .values()
-                .filter(|n| n.status != NodeStatus::Down)
-            {
-                // A node that (re)registered gets a full lease from that moment.
-                if granted.get(&n.id) != Some(&n.epoch) {
-                    granted.insert(n.id.clone(), n.epoch);
-                    leases.renew(&n.id);
-                    continue;
-                }
-                if leases.expired(&n.id, *lease) && lost_sent.insert((n.id.clone(), n.epoch)) {
-                    tracing::warn!(node = %n.id, epoch = n.epoch, "lease expired: declaring the node lost");
-                    cmds.push(Command::NodeLost {
-                        node: n.id.clone(),
-                        epoch: n.epoch,
-                    });
-                }
-            }
+                .map(|n| (n.id.as_str(), n.epoch, n.status == NodeStatus::Down))
+                .collect();
+            cmds.extend(j.judge(&nodes, std::time::Instant::now()));
         }
-        was_leader = true;
         cmds
     })
 }

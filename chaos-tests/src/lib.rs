@@ -9,7 +9,7 @@
 
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn troupe_bin() -> PathBuf {
@@ -51,21 +51,7 @@ impl TestNode {
     /// Starts `troupe ARGS` (its data in `dir`) and waits until its API answers (and, with
     /// `registered`, until the node shows in /v1/nodes).
     pub fn spawn(dir: &Path, args: &[String], registered: bool) -> TestNode {
-        let _ = std::fs::remove_file(dir.join("api.addr"));
-        std::fs::create_dir_all(dir).expect("data dir");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("node.log"))
-            .expect("log file");
-        let child = Command::new(troupe_bin())
-            .args(args)
-            .env("RUST_LOG", "info,raft=warn")
-            .env("TROUPE_COOKIE", "chaos-test-cookie")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start troupe");
+        let child = launch(dir, args);
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
@@ -216,6 +202,88 @@ impl Drop for TestNode {
     }
 }
 
+/// Starts `troupe ARGS` with the tests' cookie in `TROUPE_COOKIE` (a `--cookie` in `args`
+/// wins), its stderr appended to `dir/node.log`.
+fn launch(dir: &Path, args: &[String]) -> Child {
+    let _ = std::fs::remove_file(dir.join("api.addr"));
+    std::fs::create_dir_all(dir).expect("data dir");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("node.log"))
+        .expect("log file");
+    Command::new(troupe_bin())
+        .args(args)
+        .env("RUST_LOG", "info,raft=warn")
+        .env("TROUPE_COOKIE", "chaos-test-cookie")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start troupe")
+}
+
+/// Runs `troupe ARGS` (data and log in `dir`) until it exits, for at most `limit` (then it is
+/// killed: `None`). Returns how it exited, after how long, and its log.
+pub fn run_to_exit(
+    dir: &Path,
+    args: &[String],
+    limit: Duration,
+) -> (Option<ExitStatus>, Duration, String) {
+    let start = Instant::now();
+    let mut child = launch(dir, args);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for troupe") {
+            break Some(status);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();
+    (status, start.elapsed(), log)
+}
+
+/// The arguments of cluster node `i` (0-based) on 127.0.NET.i+1:7500, of a cluster whose
+/// servers are the first `servers` of them; its data in `dir/n<i+1>`.
+pub fn node_args(dir: &Path, net: u8, i: usize, role: &str, servers: usize) -> Vec<String> {
+    let addr = |i: usize| format!("127.0.{net}.{}:7500", i + 1);
+    let join: Vec<String> = (0..servers).map(addr).collect();
+    let mut args: Vec<String> = [
+        "node",
+        role,
+        "--listen",
+        &addr(i),
+        "--join",
+        &join.join(","),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend([
+        "--api-listen".to_string(),
+        format!("127.0.{net}.{}:0", i + 1),
+        "--data".to_string(),
+        dir.join(format!("n{}", i + 1)).display().to_string(),
+    ]);
+    args
+}
+
+/// Log lines that speak of a refused handshake or an authentication failure: a cluster whose
+/// nodes all have the same cookie must log none, whatever it goes through.
+pub fn refusal_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            ["authentication", "auth_fail", "cookie", "handshake"]
+                .iter()
+                .any(|w| l.contains(w))
+        })
+        .collect()
+}
+
 /// The step of a workflow detail, by id.
 pub fn step<'a>(detail: &'a Value, id: &str) -> &'a Value {
     detail["step_runs"]
@@ -232,26 +300,9 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(dir: &Path, net: u8, servers: usize, workers: usize, extra: &[&str]) -> Cluster {
-        let addr = |i: usize| format!("127.0.{net}.{}:7500", i + 1);
-        let all: Vec<String> = (0..servers).map(addr).collect();
-        let join = all.join(",");
+        let n = servers;
         let launch = |i: usize, role: &str| {
-            let ip = format!("127.0.{net}.{}", i + 1);
-            let mut args: Vec<String> = [
-                "node",
-                role,
-                "--listen",
-                &addr(i),
-                "--join",
-                &join,
-                "--api-listen",
-                &format!("{ip}:0"),
-                "--data",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            args.push(dir.join(format!("n{}", i + 1)).display().to_string());
+            let mut args = node_args(dir, net, i, role, n);
             args.extend(extra.iter().map(|s| s.to_string()));
             TestNode::spawn(&dir.join(format!("n{}", i + 1)), &args, false)
         };

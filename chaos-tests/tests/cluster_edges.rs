@@ -1,8 +1,9 @@
-//! Cluster edges: a peer with a wrong cookie is refused (and the refusal is logged), and a
-//! 100,000-item map completes on a small cluster with bounded memory on every node.
+//! Cluster edges: a node with a wrong cookie is refused and exits saying so (a worker, and a
+//! server among servers that accept each other), and a 100,000-item map completes on a small
+//! cluster with bounded memory on every node.
 
 use std::time::{Duration, Instant};
-use troupe_chaos_tests::{Cluster, TestNode, step};
+use troupe_chaos_tests::{Cluster, TestNode, node_args, run_to_exit, step};
 
 fn rss_mb(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -14,43 +15,92 @@ fn rss_mb(pid: u32) -> f64 {
         / 1024.0
 }
 
+/// The refused node's own account: it exits non-zero within `limit`, its log names the
+/// cookie and every server, and nothing panicked on the way.
+fn assert_refused_and_gone(
+    who: &str,
+    (status, took, log): (Option<std::process::ExitStatus>, Duration, String),
+    servers: &[&str],
+    limit: Duration,
+) {
+    let status = status.unwrap_or_else(|| panic!("{who} still ran after {limit:?}; log:\n{log}"));
+    assert!(!status.success(), "{who} exited {status}; log:\n{log}");
+    assert!(took < limit, "{who} took {took:?}");
+    let reason = log
+        .lines()
+        .find(|l| l.starts_with("error: ") && l.contains("cookie"))
+        .unwrap_or_else(|| panic!("{who} gave no reason; log:\n{log}"));
+    for s in servers {
+        assert!(reason.contains(s), "the reason names {s}: {reason}");
+    }
+    assert!(!log.contains("panic"), "{who} panicked:\n{log}");
+    eprintln!("{who} exited ({status}) after {took:?}: {reason}");
+}
+
 #[test]
-fn a_worker_with_a_wrong_cookie_is_refused() {
+fn a_worker_with_a_wrong_cookie_exits_saying_so() {
     let tmp = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(tmp.path(), 31, 1, 0, &[]);
-    let dir = tmp.path().join("intruder");
-    let args: Vec<String> = [
-        "node",
-        "--worker",
-        "--listen",
-        "127.0.31.9:7500",
-        "--join",
-        "127.0.31.1:7500",
-        "--api-listen",
-        "127.0.31.9:0",
-        "--cookie",
-        "not-the-cookie",
-        "--data",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([dir.display().to_string()])
-    .collect();
-    let intruder = TestNode::spawn(&dir, &args, false);
-    // Give it several dial attempts; it must never join.
-    std::thread::sleep(Duration::from_secs(3));
+    let cluster = Cluster::start(tmp.path(), 31, 3, 0, &[]);
+    let mut args = node_args(tmp.path(), 31, 8, "--worker", 3);
+    args.extend(["--cookie".into(), "not-the-cookie".into()]);
+    let limit = Duration::from_secs(10);
+    let exit = run_to_exit(&tmp.path().join("n9"), &args, limit);
+    let servers = ["127.0.31.1:7500", "127.0.31.2:7500", "127.0.31.3:7500"];
+    assert_refused_and_gone("the worker with a wrong cookie", exit, &servers, limit);
     let (_, nodes) = cluster.servers[0].get("/v1/nodes");
     assert_eq!(
         nodes["nodes"].as_array().unwrap().len(),
-        1,
+        3,
         "the intruder registered: {nodes}"
     );
-    let log = cluster.servers[0].log();
-    assert!(
-        log.contains("authentication failure") || log.contains("auth_fail"),
-        "the refusal is logged:\n{log}"
-    );
-    drop(intruder);
+    for s in &cluster.servers {
+        let log = s.log();
+        assert!(
+            log.contains("refused a handshake from 127.0.31.9:7500: its cookie differs"),
+            "the refusal is logged:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn a_server_with_a_wrong_cookie_exits_and_the_others_form_the_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Server 3 sorts last: it dials nobody, so it learns of the refusals from the dials it
+    // refuses. Servers 1 and 2 are refused by it, but accept each other.
+    let good: Vec<TestNode> = (0..2)
+        .map(|i| {
+            let args = node_args(tmp.path(), 40, i, "--server", 3);
+            TestNode::spawn(&tmp.path().join(format!("n{}", i + 1)), &args, false)
+        })
+        .collect();
+    let mut args = node_args(tmp.path(), 40, 2, "--server", 3);
+    args.extend(["--cookie".into(), "not-the-cookie".into()]);
+    let limit = Duration::from_secs(15);
+    let exit = run_to_exit(&tmp.path().join("n3"), &args, limit);
+    let servers = ["127.0.40.1:7500", "127.0.40.2:7500"];
+    assert_refused_and_gone("the server with a wrong cookie", exit, &servers, limit);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = good[0].get("/v1/nodes");
+        let up = v["nodes"].as_array().map_or(0, |a| a.len());
+        if up == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "servers 1 and 2 did not form: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (i, mut s) in good.into_iter().enumerate() {
+        assert!(s.alive(), "server {} exited:\n{}", i + 1, s.log());
+        assert!(
+            !s.log().contains("every server refused"),
+            "server {} gave up:\n{}",
+            i + 1,
+            s.log()
+        );
+    }
 }
 
 #[test]

@@ -50,6 +50,9 @@ pub struct NodeConfig {
     pub audit_every: Duration,
     /// Most bytes kept of each attempt's stdout and stderr logs (the tail, marked as cut).
     pub max_log_bytes: u64,
+    /// Raised when the node cannot go on (every server refused its cookie); the process that
+    /// runs the node waits on it and exits with the reason.
+    pub fatal: crate::fatal::Fatal,
 }
 
 impl NodeConfig {
@@ -75,6 +78,7 @@ impl NodeConfig {
             capacity_refresh: Duration::from_secs(5),
             raft_id: 1,
             cluster: None,
+            fatal: Default::default(),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod capacity;
 pub mod cluster;
 pub mod config;
 pub mod exec;
+pub mod fatal;
 pub mod janitor;
 pub mod monitor;
 pub mod tree;
@@ -17,11 +18,27 @@ pub mod tree;
 pub use config::NodeConfig;
 pub use tree::{RunningNode, start};
 
+/// ractor_cluster's own lines, unless `RUST_LOG` names `ractor_cluster`: its warnings about
+/// streams and TLS stay; its session lines do not. They call a duplicate session refused in the
+/// handshake an "authentication failure" and log every session's opening and exit; the
+/// membership actor logs what those mean instead (`cluster::sessions`).
+const TRANSPORT_LOG_DEFAULTS: [&str; 3] = [
+    "ractor_cluster=warn",
+    "ractor_cluster::node=error",
+    "ractor_cluster::node::node_session=warn",
+];
+
 /// Logs to stderr through `tracing` (`RUST_LOG` filters), and routes panics to it too.
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter =
+    let rust_log = std::env::var("RUST_LOG").unwrap_or_default();
+    let mut filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,raft=warn"));
+    if !rust_log.contains("ractor_cluster") {
+        for d in TRANSPORT_LOG_DEFAULTS {
+            filter = filter.add_directive(d.parse().expect("a static directive"));
+        }
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -267,9 +267,10 @@ fn sink_factory(ctx: Ctx) -> impl Fn() -> Box<dyn EffectSink> + Send + Sync {
 }
 
 fn membership_spec(ctx: &Ctx) -> ChildSpec {
-    let (cluster, node) = (
+    let (cluster, node, fatal) = (
         ctx.cfg.cluster.clone().expect("cluster mode"),
         ctx.node.clone(),
+        ctx.cfg.fatal.clone(),
     );
     ChildSpec::new(
         MEMBERSHIP_NAME,
@@ -278,6 +279,7 @@ fn membership_spec(ctx: &Ctx) -> ChildSpec {
             let args = MembershipArgs {
                 cluster: cluster.clone(),
                 node: node.clone(),
+                fatal: fatal.clone(),
             };
             async move {
                 Membership::spawn_linked(Some(MEMBERSHIP_NAME.into()), Membership, args, sup)

@@ -127,8 +127,14 @@ fn serve(cfg: NodeConfig, run: Option<std::path::PathBuf>, who: &str) -> anyhow:
         .enable_all()
         .build()?;
     let data = cfg.data_dir.clone();
-    rt.block_on(async move {
-        let node = troupe_node::start(cfg).await?;
+    let fatal = cfg.fatal.clone();
+    let out = rt.block_on(async move {
+        // The node can be refused while it starts (every server refusing its cookie): the
+        // start does not finish then, so wait for either.
+        let node = tokio::select! {
+            node = troupe_node::start(cfg) => node?,
+            why = fatal.wait() => anyhow::bail!(why),
+        };
         let api = format!("http://{}", node.addr);
         eprintln!("{who}: node {} serving {api} (data in {})", node.node_id, data.display());
         if let Some(file) = run {
@@ -150,8 +156,12 @@ fn serve(cfg: NodeConfig, run: Option<std::path::PathBuf>, who: &str) -> anyhow:
                 Ok(())
             }
             _ = &mut join => anyhow::bail!("the node's root supervisor stopped (restart budget spent); see the log above"),
+            why = fatal.wait() => anyhow::bail!(why),
         }
-    })
+    });
+    // Without waiting for the node's actors: a refused node stops mid-start.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    out
 }
 
 async fn shutdown_signal() {

@@ -2,9 +2,13 @@
 //! keeps sessions to the servers open. ractor_cluster never reconnects by itself, so every
 //! `every` this actor lists the open sessions and dials the servers it is missing (with
 //! backoff per address). To avoid duplicate sessions, a server dials only servers whose
-//! address sorts after its own; workers dial every server.
+//! address sorts after its own; workers dial every server. It also follows every session's
+//! handshake ([`super::sessions`]): it logs what each came to, and a node that every server
+//! refuses for its cookie (and none ever accepted) raises that as fatal: the process exits.
 
+use super::sessions::{Handshakes, SessionEvent, Subscription};
 use super::{ClusterConfig, Role};
+use crate::fatal::Fatal;
 use ractor::{Actor, ActorProcessingErr, ActorRef, call_t};
 use ractor_cluster::{NodeServer, NodeServerMessage};
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,6 +19,8 @@ pub enum MembershipMsg {
     Tick,
     /// Tear down the session with this ractor node id (a suspected peer); it is dialed again.
     Suspect(u64),
+    /// A session opened, authenticated or closed (from the node server).
+    Session(SessionEvent),
 }
 
 /// The registered name of the membership actor (the tree registers it under this name).
@@ -28,6 +34,8 @@ pub struct Membership;
 pub struct MembershipArgs {
     pub cluster: ClusterConfig,
     pub node: String,
+    /// Raised when every server refuses this node's cookie.
+    pub fatal: Fatal,
 }
 
 pub struct MembershipState {
@@ -36,6 +44,10 @@ pub struct MembershipState {
     targets: Vec<SocketAddr>,
     /// Next dial allowed per address, and the current backoff.
     backoff: BTreeMap<SocketAddr, (Instant, Duration)>,
+    handshakes: Handshakes,
+    /// Every server but this node: the peers whose refusals make it give up.
+    servers: Vec<String>,
+    fatal: Fatal,
 }
 
 const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -79,6 +91,7 @@ impl Actor for Membership {
             Role::Worker => c.servers(),
             Role::Server => c.servers().into_iter().filter(|s| *s > c.listen).collect(),
         };
+        subscribe(&server, me.clone())?;
         me.send_interval(Duration::from_millis(250), || MembershipMsg::Tick);
         let _ = me.cast(MembershipMsg::Tick);
         tracing::info!(listen = %c.listen, ?targets, "cluster transport up");
@@ -87,6 +100,14 @@ impl Actor for Membership {
             tls,
             targets,
             backoff: BTreeMap::new(),
+            handshakes: Handshakes::default(),
+            servers: c
+                .servers()
+                .into_iter()
+                .filter(|s| *s != c.listen)
+                .map(|s| s.to_string())
+                .collect(),
+            fatal: args.fatal,
         })
     }
 
@@ -96,70 +117,127 @@ impl Actor for Membership {
         msg: MembershipMsg,
         st: &mut MembershipState,
     ) -> Result<(), ActorProcessingErr> {
-        let sessions =
-            call_t!(st.server, NodeServerMessage::GetSessions, 1_000).unwrap_or_default();
-        if let MembershipMsg::Suspect(node_id) = msg {
-            if let Some(s) = sessions.get(&node_id) {
-                tracing::warn!(peer = %s.peer_addr, "tearing down the session of a suspected peer");
-                s.actor.stop(Some("suspected: no lease answers".into()));
-            }
-            return Ok(());
-        }
-        // A session is to a target when it was dialed there (peer_addr) or when the peer says
-        // that is its listen address (an accepted session's peer_addr is an ephemeral port):
-        // without the second, a server re-dialed peers it already had, and each duplicate
-        // was refused in the handshake and logged as an authentication failure.
-        let open: BTreeSet<String> = sessions
-            .values()
-            .flat_map(|s| {
-                std::iter::once(s.peer_addr.clone()).chain(
-                    s.peer_name
-                        .as_ref()
-                        .map(|n| n.connection_string.clone())
-                        .filter(|c| !c.is_empty()),
-                )
-            })
-            .collect();
-        let now = Instant::now();
-        for target in st.targets.clone() {
-            if open.contains(&target.to_string()) {
-                st.backoff.remove(&target);
-                continue;
-            }
-            let (next, delay) = st
-                .backoff
-                .get(&target)
-                .copied()
-                .unwrap_or((now, Duration::from_millis(100)));
-            if now < next {
-                continue;
-            }
-            st.backoff
-                .insert(target, (now + delay, (delay * 2).min(DIAL_BACKOFF_MAX)));
-            let (server, tls) = (st.server.clone(), st.tls.clone());
-            // Dial in the background: a peer that is down must not stall this loop.
-            tokio::spawn(async move {
-                let dial = async {
-                    match tls {
-                        Some(t) => {
-                            ractor_cluster::client_connect_enc(
-                                &server,
-                                target,
-                                t.connector,
-                                t.server_name,
-                            )
-                            .await
-                        }
-                        None => ractor_cluster::client_connect(&server, target).await,
-                    }
-                };
-                match tokio::time::timeout(Duration::from_secs(1), dial).await {
-                    Ok(Ok(())) => tracing::debug!(%target, "dialed"),
-                    Ok(Err(e)) => tracing::debug!(%target, error = %e, "dial failed"),
-                    Err(_) => tracing::debug!(%target, "dial timed out"),
+        match msg {
+            MembershipMsg::Session(e) => {
+                if let Some(note) = st.handshakes.event(e, Instant::now()) {
+                    note.log();
                 }
-            });
+            }
+            MembershipMsg::Suspect(node_id) => suspect(st, node_id).await,
+            MembershipMsg::Tick => {
+                judge_handshakes(st);
+                dial_missing(st).await;
+            }
         }
         Ok(())
     }
+}
+
+/// Follows the node server's session events (they come back as `MembershipMsg::Session`).
+fn subscribe(
+    server: &ActorRef<NodeServerMessage>,
+    me: ActorRef<MembershipMsg>,
+) -> Result<(), ActorProcessingErr> {
+    let forward = move |e| {
+        let _ = me.cast(MembershipMsg::Session(e));
+    };
+    server
+        .cast(NodeServerMessage::SubscribeToEvents {
+            id: MEMBERSHIP_ACTOR.into(),
+            subscription: Box::new(Subscription(forward)),
+        })
+        .map_err(|e| format!("cannot follow the cluster sessions: {e}").into())
+}
+
+async fn suspect(st: &MembershipState, node_id: u64) {
+    let sessions = call_t!(st.server, NodeServerMessage::GetSessions, 1_000).unwrap_or_default();
+    if let Some(s) = sessions.get(&node_id) {
+        tracing::warn!(peer = %s.peer_addr, "tearing down the session of a suspected peer");
+        s.actor.stop(Some("suspected: no lease answers".into()));
+    }
+}
+
+/// Logs what the handshakes that failed came to; gives up when every server refuses this node.
+fn judge_handshakes(st: &mut MembershipState) {
+    for note in st.handshakes.judge(Instant::now()) {
+        note.log();
+    }
+    if let Some(why) = st.handshakes.refused_by_all(&st.servers)
+        && !st.fatal.is_raised()
+    {
+        tracing::error!("{why}; exiting");
+        st.fatal.raise(why);
+    }
+}
+
+/// Dials every target without a session (backoff per address, each dial in the background).
+async fn dial_missing(st: &mut MembershipState) {
+    let sessions = call_t!(st.server, NodeServerMessage::GetSessions, 1_000).unwrap_or_default();
+    let open = connected(&sessions);
+    let now = Instant::now();
+    for target in st.targets.clone() {
+        if open.contains(&target.to_string()) {
+            st.backoff.remove(&target);
+        } else if due(&mut st.backoff, target, now) {
+            dial(st.server.clone(), st.tls.clone(), target);
+        }
+    }
+}
+
+/// The addresses that have a session. A session is to a target when it was dialed there
+/// (peer_addr) or when the peer says that is its listen address (an accepted session's
+/// peer_addr is an ephemeral port): without the second, a server re-dialed peers it already
+/// had, and each duplicate was refused in the handshake.
+fn connected(
+    sessions: &std::collections::HashMap<u64, ractor_cluster::node::NodeServerSessionInformation>,
+) -> BTreeSet<String> {
+    sessions
+        .values()
+        .flat_map(|s| {
+            std::iter::once(s.peer_addr.clone()).chain(
+                s.peer_name
+                    .as_ref()
+                    .map(|n| super::sessions::addr_key(&n.connection_string))
+                    .filter(|c| !c.is_empty()),
+            )
+        })
+        .collect()
+}
+
+/// Whether `target` may be dialed now; if so, its backoff doubles (100 ms up to 2 s).
+fn due(
+    backoff: &mut BTreeMap<SocketAddr, (Instant, Duration)>,
+    target: SocketAddr,
+    now: Instant,
+) -> bool {
+    let (next, delay) = backoff
+        .get(&target)
+        .copied()
+        .unwrap_or((now, Duration::from_millis(100)));
+    if now < next {
+        return false;
+    }
+    backoff.insert(target, (now + delay, (delay * 2).min(DIAL_BACKOFF_MAX)));
+    true
+}
+
+/// Dials in the background: a peer that is down must not stall the loop. Each dial gives up
+/// after 1 s; how the handshake ends comes back as session events.
+fn dial(server: ActorRef<NodeServerMessage>, tls: Option<super::tls::Tls>, target: SocketAddr) {
+    tokio::spawn(async move {
+        let dial = async {
+            match tls {
+                Some(t) => {
+                    ractor_cluster::client_connect_enc(&server, target, t.connector, t.server_name)
+                        .await
+                }
+                None => ractor_cluster::client_connect(&server, target).await,
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(1), dial).await {
+            Ok(Ok(())) => tracing::debug!(%target, "dialed"),
+            Ok(Err(e)) => tracing::debug!(%target, error = %e, "dial failed"),
+            Err(_) => tracing::debug!(%target, "dial timed out"),
+        }
+    });
 }

@@ -4,6 +4,7 @@
 //!
 //! - [`wire`] — the one cluster message type and its payloads (bincode, versioned by variant).
 //! - [`membership`] — the ractor_cluster NodeServer and the dialing / reconnect loop.
+//! - [`sessions`] — what each session's handshake came to; a node every server refuses.
 //! - [`peer`] — the per-node actor that receives Raft messages, runs, proposals and renewals.
 //! - [`lease`] — renewals and self-fencing on every node; the leader's lease table.
 //! - [`transport`] — raft-log's `Transport` over pg groups.
@@ -11,6 +12,7 @@
 pub mod lease;
 pub mod membership;
 pub mod peer;
+pub mod sessions;
 pub mod tls;
 pub mod transport;
 pub mod upstream;
