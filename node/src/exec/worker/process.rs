@@ -51,10 +51,14 @@ pub async fn run(launch: Launch, w: Wiring) {
         let _ = pool.cast(PoolMsg::Exited(worker, "has no stdin or stdout".into()));
         return;
     };
+    // After a failed write (the worker died) requests are still taken and dropped, so the pool
+    // hears how the worker ended (`Exited`, with its exit code) rather than a closed channel.
     let writer = tokio::spawn(async move {
+        let mut open = true;
         while let Some(line) = requests.recv().await {
-            if stdin.write_all(line.as_bytes()).await.is_err() || stdin.flush().await.is_err() {
-                break;
+            if open {
+                open =
+                    stdin.write_all(line.as_bytes()).await.is_ok() && stdin.flush().await.is_ok();
             }
         }
     });
@@ -71,7 +75,6 @@ pub async fn run(launch: Launch, w: Wiring) {
         }
     }
     let _ = child.wait().await;
-    writer.abort();
     // Let the reader deliver what the worker printed before it exited.
     let _ = tokio::time::timeout(std::time::Duration::from_millis(200), reader).await;
     if let Some(status) = ended {
@@ -90,6 +93,8 @@ pub async fn run(launch: Launch, w: Wiring) {
             .unwrap_or_default();
         let _ = pool.cast(PoolMsg::Exited(worker, format!("{how}{tail}")));
     }
+    // Only now: until the pool has heard how the worker ended, its requests are still taken.
+    writer.abort();
 }
 
 fn start(l: &Launch) -> Result<tokio::process::Child, String> {
