@@ -208,3 +208,49 @@ fn kill_9_of_a_worker_node_mid_step_finishes_every_item_exactly_once_on_the_othe
         "the other nodes finished the step"
     );
 }
+
+#[test]
+fn a_gpu_worker_is_pinned_to_the_gpu_its_items_were_placed_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = tmp.path().join("gpu.py");
+    std::fs::write(
+        &script,
+        format!(
+            "import os, troupe_worker\n\
+             with open({:?}, 'a') as f:\n    f.write(os.environ['CUDA_VISIBLE_DEVICES'] + '\\n')\n\
+             def score(m, t):\n    return {{'item': t.item, 'gpu': os.environ['CUDA_VISIBLE_DEVICES']}}\n\
+             troupe_worker.serve(score=score, with_tasks=True)\n",
+            tmp.path().join("starts").display().to_string()
+        ),
+    )
+    .unwrap();
+    // SIMULATION: two made-up GPUs (no NVML here); placement hands each attempt one of them.
+    let node = TestNode::start(
+        &tmp.path().join("n"),
+        &["--slots", "4", "--simulate-gpus", "2xA10G:24GiB"],
+    );
+    let spec = worker_step(&script, 40, ", max_workers = 1")
+        .replace("retries =", "resources = { gpu = 1 }\nretries =");
+    let id = node.submit(&spec);
+    let v = node.wait(&id, Duration::from_secs(60));
+    assert_eq!(v["status"], "succeeded", "{v}");
+    let starts = std::fs::read_to_string(tmp.path().join("starts")).unwrap();
+    let mut gpus: Vec<&str> = starts.lines().collect();
+    gpus.sort();
+    gpus.dedup();
+    assert_eq!(gpus.len(), 2, "one worker per GPU: {starts}");
+    assert!(
+        gpus.iter()
+            .all(|g| g.starts_with("SIM-") && !g.contains(',')),
+        "{starts}"
+    );
+    assert_eq!(starts.lines().count(), 2, "each started once: {starts}");
+    let (_, out) = node.get(&format!("/v1/workflows/{id}/steps/score/output"));
+    let used: std::collections::BTreeSet<String> = out
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["gpu"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(used.len(), 2, "both GPUs scored items: {used:?}");
+}

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! troupe.runners
-//! ├── troupe.workers     WorkerHost: one Pool actor per (workflow, step, argv, env) on this node
+//! ├── troupe.workers     WorkerHost: one Pool actor per (workflow, step, argv, env, GPUs) here
 //! │   └── Pool           its worker processes (each run by a task that reports to the pool)
 //! ├── troupe.dispatcher  hands `Launch::Worker` attempts to troupe.workers
 //! └── troupe.slots       TaskRunners (everything else)
@@ -29,8 +29,17 @@ use troupe_scheduler::{AttemptRef, Launch, Outcome, Report, RunSpec, WorkflowId}
 
 pub use troupe_actors::workers::WORKERS_NAME;
 
-/// The pools of one worker step share argv and env: (workflow, step, argv, env).
-type PoolKey = (WorkflowId, u16, Vec<String>, Vec<(String, String)>);
+/// The pools of one worker step share argv, env and GPUs: (workflow, step, argv, env, GPUs). A
+/// step with `gpu` resources gets one pool per GPU set its attempts were placed on, so a worker
+/// is pinned to its GPUs (`CUDA_VISIBLE_DEVICES`) from start to exit and only serves attempts
+/// placed on them.
+type PoolKey = (
+    WorkflowId,
+    u16,
+    Vec<String>,
+    Vec<(String, String)>,
+    Vec<String>,
+);
 
 pub struct HostArgs {
     pub node: String,
@@ -172,7 +181,13 @@ impl HostState {
             let Launch::Worker { argv, env, .. } = &s.launch else {
                 continue;
             };
-            let key = (s.task.wf, s.task.step, argv.clone(), env.clone());
+            let key = (
+                s.task.wf,
+                s.task.step,
+                argv.clone(),
+                env.clone(),
+                s.gpus.clone(),
+            );
             match groups.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, v)) => v.push(s),
                 None => groups.push((key, vec![s])),
