@@ -303,6 +303,7 @@ fn peer_spec(ctx: &Ctx) -> ChildSpec {
             let engine = if server { Some(raft().await?.0) } else { None };
             let args = PeerArgs {
                 leading: None,
+                stalls: None,
                 node,
                 raft_id,
                 engine,

@@ -13,6 +13,7 @@ pub mod lease;
 pub mod membership;
 pub mod peer;
 pub mod sessions;
+pub mod stall;
 pub mod tls;
 pub mod transport;
 pub mod upstream;

@@ -27,6 +27,8 @@ pub struct PeerArgs {
     pub leases: Arc<LeaseTable>,
     /// The term this server became leader in, and when it noticed (set by the actor).
     pub leading: Option<(u64, std::time::Instant)>,
+    /// Whether this process stalled lately (set by the actor at start).
+    pub stalls: Option<Arc<super::stall::Stalls>>,
 }
 
 /// A new leader may not have applied what the old one committed: for this long it only sends
@@ -43,6 +45,8 @@ impl Actor for PeerActor {
         me: ActorRef<PeerMsg>,
         args: PeerArgs,
     ) -> Result<PeerArgs, ActorProcessingErr> {
+        let mut args = args;
+        args.stalls = Some(super::stall::Stalls::start());
         pg::join(exec_group(&args.node), vec![me.get_cell()]);
         if args.engine.is_some() {
             pg::join(raft_group(args.raft_id), vec![me.get_cell()]);
@@ -116,7 +120,16 @@ impl Actor for PeerActor {
                                         .1
                                 }
                             };
-                            since.elapsed() >= std::time::Duration::from_millis(SETTLE_MS)
+                            // A leader that just resumed from a pause may not know yet that
+                            // a new one took over: its state may be behind what the nodes
+                            // run, so it settles again before it kills or fails anything.
+                            let quiet = st.stalls.as_ref().is_none_or(|s| {
+                                s.quiet_for(std::time::Duration::from_millis(SETTLE_MS))
+                            });
+                            if !quiet {
+                                st.leading = Some((status.term, std::time::Instant::now()));
+                            }
+                            quiet && since.elapsed() >= std::time::Duration::from_millis(SETTLE_MS)
                         } else {
                             false
                         };
