@@ -319,3 +319,133 @@ with = {{ url = "{}", headers = {{ Authorization = "Bearer ${{env:MODEL_API_KEY}
     );
     assert!(server.seen("/nokey").is_empty());
 }
+
+/// A throwaway CA and a server certificate for 127.0.0.1 (openssl, as in `cluster_tls.rs`).
+fn make_certs(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is installed (.ci/run installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    let ec: Vec<&str> = ec.split(' ').collect();
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=http-test-ca",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "srv.key",
+            "-out",
+            "srv.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+}
+
+/// An HTTPS server (python3's http.server in a TLS socket) that echoes the JSON it is sent.
+const TLS_SERVER: &str = r#"
+import http.server, json, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        out = json.dumps({"tls": True, "got": json.loads(body or b"null")}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+    def log_message(self, *a):
+        pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn https_works_with_the_ca_bundle_of_ssl_cert_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    make_certs(tmp.path());
+    let p = |f: &str| tmp.path().join(f).display().to_string();
+    std::fs::write(tmp.path().join("srv.py"), TLS_SERVER).unwrap();
+    let mut child = std::process::Command::new("python3")
+        .args([p("srv.py"), p("srv.pem"), p("srv.key")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 is installed");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _server = Killed(child);
+    let port: u16 = line.trim().parse().expect("the server's port");
+    let ca = p("ca.pem");
+    let (_t, node) = node(&[("SSL_CERT_FILE", ca.as_str())]);
+    let id = node.submit(&format!(
+        "name = \"tls\"\n[[step]]\nid = \"call\"\nhandler = \"http\"\nmap = {{ items = [1, 2] }}\nwith = {{ url = \"https://127.0.0.1:{port}/v1\" }}\n"
+    ));
+    let v = node.wait(&id, Duration::from_secs(30));
+    assert_eq!(v["status"], "succeeded", "{v}");
+    let (_, out) = node.get(&format!("/v1/workflows/{id}/steps/call/output"));
+    assert_eq!(
+        out,
+        json!([{"tls": true, "got": 1}, {"tls": true, "got": 2}])
+    );
+}

@@ -13,10 +13,11 @@ use troupe_scheduler::{Json, Launch, Outcome, RetryHint, RunSpec};
 /// What the server saw of each request: method, path, headers, body.
 type Seen = Arc<Mutex<Vec<(String, String, Vec<(String, String)>, String)>>>;
 
-/// A server answering every request with `answer(path)` = (status, headers, body).
-async fn server(
-    answer: fn(&str) -> (u16, Vec<(&'static str, &'static str)>, String),
-) -> (String, Seen) {
+/// What the test server answers for a path: status, headers, body.
+type Answer = (u16, Vec<(&'static str, &'static str)>, String);
+
+/// A server answering every request with `answer(path)`.
+async fn server(answer: fn(&str) -> Answer) -> (String, Seen) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen: Seen = Arc::default();
@@ -65,7 +66,7 @@ async fn server(
     (format!("http://{addr}"), seen)
 }
 
-fn answer(path: &str) -> (u16, Vec<(&'static str, &'static str)>, String) {
+fn answer(path: &str) -> Answer {
     match path {
         "/ok" => (
             200,
