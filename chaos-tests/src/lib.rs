@@ -48,10 +48,33 @@ impl TestNode {
         Self::spawn(dir, &args, true)
     }
 
+    /// [`TestNode::start`] with these variables added to the node's environment.
+    pub fn start_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> TestNode {
+        let mut args = vec![
+            "dev".to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data".into(),
+            dir.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn_env(dir, &args, true, env)
+    }
+
     /// Starts `troupe ARGS` (its data in `dir`) and waits until its API answers (and, with
     /// `registered`, until the node shows in /v1/nodes).
     pub fn spawn(dir: &Path, args: &[String], registered: bool) -> TestNode {
-        let child = launch(dir, args);
+        Self::spawn_env(dir, args, registered, &[])
+    }
+
+    /// [`TestNode::spawn`] with these variables added to the node's environment.
+    pub fn spawn_env(
+        dir: &Path,
+        args: &[String],
+        registered: bool,
+        env: &[(&str, &str)],
+    ) -> TestNode {
+        let child = launch_env(dir, args, env);
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
@@ -205,6 +228,10 @@ impl Drop for TestNode {
 /// Starts `troupe ARGS` with the tests' cookie in `TROUPE_COOKIE` (a `--cookie` in `args`
 /// wins), its stderr appended to `dir/node.log`.
 fn launch(dir: &Path, args: &[String]) -> Child {
+    launch_env(dir, args, &[])
+}
+
+fn launch_env(dir: &Path, args: &[String], env: &[(&str, &str)]) -> Child {
     let _ = std::fs::remove_file(dir.join("api.addr"));
     std::fs::create_dir_all(dir).expect("data dir");
     let log = std::fs::OpenOptions::new()
@@ -216,6 +243,7 @@ fn launch(dir: &Path, args: &[String]) -> Child {
         .args(args)
         .env("RUST_LOG", "info,raft=warn")
         .env("TROUPE_COOKIE", "chaos-test-cookie")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

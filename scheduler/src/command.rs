@@ -179,8 +179,29 @@ pub struct Report {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
-    Succeeded { output: Option<Json> },
-    Failed { error: String },
+    Succeeded {
+        output: Option<Json>,
+    },
+    Failed {
+        error: String,
+    },
+    /// A failure that also says when a retry may start, or that none should (an `http`
+    /// attempt answered 429 or 5xx with `Retry-After`, or another 4xx). Appended last: the
+    /// variants before it keep their bincode index, so older log entries decode unchanged.
+    FailedRetry {
+        error: String,
+        retry: RetryHint,
+    },
+}
+
+/// What a failed attempt says about its retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RetryHint {
+    /// Not sooner than this long after the report is applied (the later of this and the
+    /// step's backoff).
+    After { ms: u64 },
+    /// Do not retry: the task fails (or is dead-lettered) now, whatever attempts are left.
+    Never,
 }
 
 /// What applying a command answered.

@@ -31,7 +31,7 @@ pub mod views;
 
 pub use command::{
     Assignment, AttemptRef, Command, DlqFilter, Effect, Launch, NodeInfo, Outcome, Output, Report,
-    RunSpec, Submission,
+    RetryHint, RunSpec, Submission,
 };
 pub use json::Json;
 pub use plan::Planner;

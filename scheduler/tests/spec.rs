@@ -146,3 +146,63 @@ fn the_examples_in_the_repo_compile() {
     }
     assert!(n >= 2, "expected the bundled examples");
 }
+
+#[test]
+fn http_with_errors_name_the_field_and_line() {
+    let head = "name = \"x\"\n[[step]]\nid = \"a\"\nhandler = \"http\"\n";
+    let cases = [
+        ("", "step \"a\".with: http needs `with = { url"),
+        (
+            "with = { method = \"GET\" }\n",
+            "step \"a\".with.url: http needs",
+        ),
+        (
+            "with = { url = \"ftp://h/x\" }\n",
+            "step \"a\".with.url: \"ftp://h/x\" must start with http:// or https://",
+        ),
+        (
+            "with = { url = \"http://h\", method = \"FETCH\" }\n",
+            "step \"a\".with.method: unknown method \"FETCH\"",
+        ),
+        (
+            "with = { url = \"http://h\", rate = \"lots\" }\n",
+            "step \"a\".with.rate: rate = \"lots\"",
+        ),
+        (
+            "with = { url = \"http://h\", concurrency = 0 }\n",
+            "step \"a\".with.concurrency: concurrency = 0",
+        ),
+        (
+            "with = { url = \"http://h\", concurrency = 20000 }\n",
+            "from 1 to 10000",
+        ),
+        (
+            "with = { url = \"http://h\", timeout = \"30\" }\n",
+            "step \"a\".with.timeout: bad duration",
+        ),
+        (
+            "with = { url = \"http://h\", headers = { X = \"${env:BAD-NAME}\" } }\n",
+            "step \"a\".with.headers.X:",
+        ),
+        (
+            "with = { url = \"http://h\", retries = 3 }\n",
+            "step \"a\".with.retries: unknown field `retries`",
+        ),
+    ];
+    for (with, want) in cases {
+        let e = error_of(&format!("{head}{with}"));
+        assert!(e.contains(want), "for {with:?} wanted {want:?}, got {e}");
+        // Without `with`, the error points at the step.
+        let line = if with.is_empty() { 2 } else { 5 };
+        assert!(e.starts_with(&format!("wf.toml:{line}: ")), "{e}");
+    }
+    // A good one compiles.
+    load_str(
+        &format!(
+            "{head}map = {{ range = [0, 3] }}\nwith = {{ url = \"http://127.0.0.1:8000/v1/completions\", headers = {{ Authorization = \"Bearer ${{env:API_KEY}}\" }}, body = {{ prompt = \"{{{{ item }}}}\" }}, concurrency = 3, rate = \"100/s\", timeout = \"10s\" }}\n"
+        ),
+        Some("wf.toml"),
+        std::path::Path::new("."),
+    )
+    .unwrap();
+}

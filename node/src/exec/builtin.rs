@@ -1,4 +1,5 @@
-//! Builtin handlers for tests, examples and benchmarks: `noop`, `echo`, `fail`, `sleep`.
+//! Builtin handlers for tests, examples and benchmarks: `noop`, `echo`, `fail`, `sleep` (and
+//! `http`, in `http/`).
 
 use super::output_from_text;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use troupe_scheduler::spec::Builtin;
 use troupe_scheduler::units::{format_ms, parse_duration_ms};
 use troupe_scheduler::{Json, Outcome, RunSpec};
 
-/// `noop`, `echo` and `fail` finish at once; `sleep` needs a timer (`None`).
+/// `noop`, `echo` and `fail` finish at once; `sleep` and `http` run in a task (`None`).
 pub fn inline(handler: Builtin, with: &Json, spec: &RunSpec) -> Option<Outcome> {
     let w = with.value();
     Some(match handler {
@@ -32,7 +33,7 @@ pub fn inline(handler: Builtin, with: &Json, spec: &RunSpec) -> Option<Outcome> 
                 },
             }
         }
-        Builtin::Sleep => return None,
+        Builtin::Sleep | Builtin::Http => return None,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Executors: how a node runs an attempt — a process (argv) or a builtin handler.
 
 mod builtin;
+mod http;
 mod logcap;
 mod process;
 mod spawn;
@@ -13,7 +14,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 use troupe_actors::executor::{Executor, KillSignal};
-use troupe_scheduler::spec::OUTPUT_BYTES_MAX;
+use troupe_scheduler::spec::{Builtin, OUTPUT_BYTES_MAX};
 use troupe_scheduler::{Json, Launch, Outcome, RunSpec};
 
 /// Runs processes under the node's data dir and the builtin handlers.
@@ -47,6 +48,10 @@ impl Executor for LocalExecutor {
         let max_log = self.max_log_bytes;
         Box::pin(async move {
             match &spec.launch {
+                Launch::Builtin {
+                    handler: Builtin::Http,
+                    with,
+                } => http::run(&spec, with, kill).await,
                 Launch::Builtin { with, .. } => builtin::sleep(with, spec.timeout_ms, kill).await,
                 Launch::Process { .. } => {
                     process::run(&data_dir, &spec, kill, grace, max_log).await

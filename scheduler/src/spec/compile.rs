@@ -310,16 +310,27 @@ fn compile_step(
                 "sleep" => Builtin::Sleep,
                 "fail" => Builtin::Fail,
                 "echo" => Builtin::Echo,
+                "http" => Builtin::Http,
                 other => {
                     return Err(err(
                         "handler",
                         format!(
-                            "unknown handler \"{other}\"; builtins are noop, sleep, fail, echo"
+                            "unknown handler \"{other}\"; builtins are noop, sleep, fail, echo, http"
                         ),
                     ));
                 }
             };
             let with = s.with.clone().unwrap_or(serde_json::Value::Null);
+            if handler == Builtin::Http {
+                super::http::HttpArgs::parse(&with).map_err(|(field, m)| {
+                    let key = if field.is_empty() {
+                        "with".to_string()
+                    } else {
+                        format!("with.{field}")
+                    };
+                    err(&key, m)
+                })?;
+            }
             check_with(handler, &with).map_err(|m| err("with", m))?;
             check_json_templates(&with, params, scope, &need_ids).map_err(|m| err("with", m))?;
             Action::Builtin {
@@ -503,7 +514,8 @@ fn check_with(handler: Builtin, with: &serde_json::Value) -> Result<(), String> 
                     .into(),
             ),
         },
-        Builtin::Noop | Builtin::Echo => Ok(()),
+        // Checked field by field by `HttpArgs::parse` (the error names the field).
+        Builtin::Noop | Builtin::Echo | Builtin::Http => Ok(()),
     }
 }
 

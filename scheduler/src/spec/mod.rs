@@ -5,6 +5,7 @@
 
 mod compile;
 mod error;
+pub mod http;
 mod map;
 pub mod raw;
 mod template;
@@ -13,7 +14,7 @@ pub use compile::{
     compile, load_file, load_str, parse_json, parse_toml, resolve_lines, spec_digest,
 };
 pub use error::{SpecError, line_col, locate_toml};
-pub use template::{TemplateVars, render};
+pub use template::{TemplateVars, render, render_escaped};
 
 use crate::json::Json;
 use serde::{Deserialize, Serialize};
@@ -93,6 +94,8 @@ pub enum Builtin {
     Sleep,
     Fail,
     Echo,
+    /// One request per attempt to an HTTP service; its JSON answer is the output.
+    Http,
 }
 
 impl Builtin {
@@ -102,6 +105,7 @@ impl Builtin {
             Builtin::Sleep => "sleep",
             Builtin::Fail => "fail",
             Builtin::Echo => "echo",
+            Builtin::Http => "http",
         }
     }
 }

@@ -43,6 +43,16 @@ pub fn references(template: &str) -> Result<Vec<String>, String> {
 
 /// Renders a template; an unknown or missing value is an error naming it.
 pub fn render(template: &str, vars: &TemplateVars<'_>) -> Result<String, String> {
+    render_escaped(template, vars, &|v| v)
+}
+
+/// [`render`], passing each value a template brings in through `escape` (the literal text of
+/// the template is kept as it is).
+pub fn render_escaped(
+    template: &str,
+    vars: &TemplateVars<'_>,
+    escape: &dyn Fn(String) -> String,
+) -> Result<String, String> {
     if !template.contains("{{") {
         return Ok(template.to_string());
     }
@@ -55,7 +65,7 @@ pub fn render(template: &str, vars: &TemplateVars<'_>) -> Result<String, String>
             .find("}}")
             .ok_or_else(|| format!("unclosed `{{{{` in {template:?}"))?;
         let path = after[..end].trim();
-        out.push_str(&lookup(path, vars)?);
+        out.push_str(&escape(lookup(path, vars)?));
         rest = &after[end + 2..];
     }
     out.push_str(rest);

@@ -484,6 +484,10 @@ impl State {
                     output => self.sched.task_succeeded(wf, rep.at.task, output, at),
                 },
                 Outcome::Failed { error } => self.sched.task_failed(wf, rep.at.task, error, at),
+                Outcome::FailedRetry { error, retry } => {
+                    self.sched
+                        .task_failed_with(wf, rep.at.task, error, at, Some(retry))
+                }
             }
         }
         Output::Counted { accepted, refused }

@@ -2,7 +2,7 @@
 //! do to its step and workflow. Called only from apply, so every server derives the same result.
 
 use super::model::*;
-use crate::command::Effect;
+use crate::command::{Effect, RetryHint};
 use crate::cond;
 use crate::json::{Json, mix};
 use crate::spec::{MapSource, OnFailure, RetryPolicy};
@@ -447,6 +447,19 @@ impl Sched {
 
     /// An attempt failed: retry with backoff, dead-letter, or fail the step.
     pub(crate) fn task_failed(&mut self, wf: &mut Workflow, r: TaskRef, error: String, at: u64) {
+        self.task_failed_with(wf, r, error, at, None);
+    }
+
+    /// [`Self::task_failed`], with what the attempt said about its retry: not before a delay
+    /// (the later of it and the backoff), or none at all.
+    pub(crate) fn task_failed_with(
+        &mut self,
+        wf: &mut Workflow,
+        r: TaskRef,
+        error: String,
+        at: u64,
+        hint: Option<RetryHint>,
+    ) {
         let i = r.step as usize;
         let policy = wf.spec.steps[i].retry.clone();
         let on_failure = wf.spec.steps[i].on_failure;
@@ -465,9 +478,13 @@ impl Sched {
         let id = wf.spec.steps[i].id.clone();
         // Per-item events of map steps belong to the item trace, not the workflow history.
         let per_item = wf.spec.steps[i].map.is_some();
-        if task.failures < policy.attempts {
+        if task.failures < policy.attempts && hint != Some(RetryHint::Never) {
             let seed = [r.wf, r.step as u64, r.item as u64, task.attempt as u64];
-            let due = at.saturating_add(backoff_ms(&policy, task.failures, &seed));
+            let mut delay = backoff_ms(&policy, task.failures, &seed);
+            if let Some(RetryHint::After { ms }) = hint {
+                delay = delay.max(ms.min(crate::spec::http::RETRY_AFTER_MAX_MS));
+            }
+            let due = at.saturating_add(delay);
             if !per_item {
                 wf.log(
                     at,

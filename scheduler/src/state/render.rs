@@ -6,7 +6,8 @@ use super::lane::{input_value, item_value};
 use super::model::*;
 use crate::command::{Launch, RunSpec};
 use crate::json::Json;
-use crate::spec::{Action, TemplateVars, render};
+use crate::spec::http::escape_dollars;
+use crate::spec::{Action, Builtin, TemplateVars, render, render_escaped};
 use serde_json::Value;
 
 impl Sched {
@@ -63,6 +64,13 @@ impl Sched {
                     .map(|(k, v)| render(v, &vars).map(|v| (k.clone(), v)))
                     .collect::<Result<_, _>>()?,
             },
+            Action::Builtin {
+                handler: Builtin::Http,
+                with,
+            } => Launch::Builtin {
+                handler: Builtin::Http,
+                with: Json::from_value(&render_http(&with.value(), &vars)?),
+            },
             Action::Builtin { handler, with } => Launch::Builtin {
                 handler: *handler,
                 with: Json::from_value(&render_json(&with.value(), &vars)?),
@@ -114,4 +122,32 @@ fn render_json(v: &Value, vars: &TemplateVars<'_>) -> Result<Value, String> {
         ),
         other => other.clone(),
     })
+}
+
+/// `with` of an `http` step: like [`render_json`], but in `url` and the header values the text a
+/// template brings in has its `$` doubled, so only `${env:NAME}` written in the spec itself is
+/// replaced on the node (an item cannot make the node send one of its variables).
+fn render_http(v: &Value, vars: &TemplateVars<'_>) -> Result<Value, String> {
+    let Value::Object(m) = v else {
+        return render_json(v, vars);
+    };
+    let esc = |s: &str| render_escaped(s, vars, &|t| escape_dollars(&t));
+    m.iter()
+        .map(|(k, x)| {
+            let x = match (k.as_str(), x) {
+                ("url", Value::String(s)) => Value::String(esc(s)?),
+                ("headers", Value::Object(h)) => Value::Object(
+                    h.iter()
+                        .map(|(hk, hv)| match hv {
+                            Value::String(s) => esc(s).map(|s| (hk.clone(), Value::String(s))),
+                            other => Ok((hk.clone(), other.clone())),
+                        })
+                        .collect::<Result<_, String>>()?,
+                ),
+                _ => render_json(x, vars)?,
+            };
+            Ok((k.clone(), x))
+        })
+        .collect::<Result<serde_json::Map<_, _>, String>>()
+        .map(Value::Object)
 }
