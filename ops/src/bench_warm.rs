@@ -57,6 +57,22 @@ fn once(
     fsync: bool,
 ) -> anyhow::Result<f64> {
     let (node, _) = Node::start(node_args, fsync)?;
+    // Timed from the submit to a running node (registered, capacity read), as Ray's figure is
+    // timed after `ray.init()`.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while node.client.get("/v1/nodes").ok().and_then(|v| {
+        v["nodes"]
+            .as_array()
+            .map(|a| a.iter().any(|n| n["status"] == "up"))
+    }) != Some(true)
+    {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the node did not register"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+
     let script = node.dir.join("bench_worker.py");
     std::fs::write(&script, WORKER).context("writing the bench worker")?;
     node.run(&spec(&script, n, batch, load_s, item_ms))

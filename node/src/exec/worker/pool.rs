@@ -385,7 +385,15 @@ impl PoolState {
     }
 
     fn send_batch(&mut self, k: usize, batch: usize, now: Instant) {
-        let n = batch.min(self.waiting.len());
+        // At the tail (fewer tasks than a batch for each worker that can take one) the tasks are
+        // shared out, so one worker does not score a whole batch while another idles.
+        let takers = self
+            .workers
+            .values()
+            .filter(|w| w.ready && w.outstanding.len() < 2)
+            .count()
+            .max(1);
+        let n = batch.min(self.waiting.len().div_ceil(takers)).max(1);
         let tasks: Vec<Waiting> = self.waiting.drain(..n).collect();
         let line = protocol::request(
             &tasks
