@@ -95,6 +95,15 @@ impl EffectSink for ActorSink {
                 }
             }
         }
+        if !finished.is_empty()
+            && let Some(w) = registry::where_is(crate::workers::WORKERS_NAME)
+                .map(ActorRef::<crate::workers::WorkerHostMsg>::from)
+        {
+            // Their worker processes have nothing left to score here.
+            let _ = w.cast(crate::workers::WorkerHostMsg::WorkflowsEnded(
+                finished.clone(),
+            ));
+        }
         for (ids, finished) in [(changed, false), (finished, true)] {
             for id in ids {
                 if let Some(a) =

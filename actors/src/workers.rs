@@ -15,6 +15,9 @@ pub enum WorkerHostMsg {
     Kill(Vec<(TaskRef, u32)>),
     /// Self-fencing: stop every worker process and drop every attempt.
     StopAll,
+    /// These workflows ended (applied on this server): stop their pools and worker processes
+    /// now rather than after `idle`. Nodes that apply nothing (cluster workers) rely on `idle`.
+    WorkflowsEnded(Vec<troupe_scheduler::WorkflowId>),
     /// From one of the host's own pools (by its id): reports to pass on to the dispatcher.
     Done(u64, Vec<troupe_scheduler::Report>),
 }

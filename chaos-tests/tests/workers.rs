@@ -27,7 +27,7 @@ import os, sys, time
 import troupe_worker
 def load():
     with open({marks:?}, "a") as f:
-        f.write("start\n")
+        f.write("%d\n" % os.getpid())
     time.sleep({load_s})
     return None
 def score(model, task):
@@ -89,6 +89,16 @@ fn a_warm_worker_scores_every_item_and_a_crash_costs_only_its_batch() {
         (2..=3).contains(&starts.lines().count()),
         "worker starts: {starts}"
     );
+    // The workflow ended: its workers are stopped now, not after `idle` (60 s).
+    let gone = |pid: &str| !Path::new(&format!("/proc/{pid}")).exists();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !starts.lines().all(gone) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workers still running: {starts}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (_, item) = node.get(&format!("/v1/workflows/{id}/items/50"));
     let err = item.to_string();
     assert!(

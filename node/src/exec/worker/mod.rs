@@ -104,6 +104,15 @@ impl Actor for WorkerHost {
                     let _ = e.actor.cast(PoolMsg::StopAll);
                 }
             }
+            WorkerHostMsg::WorkflowsEnded(ended) => {
+                for e in st.by_id.values() {
+                    if ended.contains(&e.key.0) {
+                        // Its attempts were all reported or killed with the workflow; the
+                        // pool's post_stop stops its workers.
+                        e.actor.stop(Some("its workflow ended".into()));
+                    }
+                }
+            }
             WorkerHostMsg::Done(id, reports) => {
                 let Some(e) = st.by_id.get_mut(&id) else {
                     return Ok(());
