@@ -18,7 +18,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10)]
     trials: usize,
     /// Only these workloads (noop, dag, sleep, process, start, idle, placement, cluster-noop,
-    /// leader, worker-kill, worker-stop, map100k, warm, warm-noop; `soak` and `warm100k` run
+    /// leader, worker-kill, worker-stop, map100k, warm, warm-noop, cluster-warm-noop; `soak` and `warm100k` run
     /// only when named).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,

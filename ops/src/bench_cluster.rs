@@ -226,6 +226,35 @@ pub fn run(want: &dyn Fn(&str) -> bool, trials: usize) -> anyhow::Result<()> {
             v.iter().map(|x| x.round()).collect::<Vec<_>>()
         );
     }
+    if want("cluster-warm-noop") {
+        // 3 servers + 2 workers, every node 2 workers deep with a 4,096 queue (see bench_warm).
+        let c = cluster(26, 3, &[&[], &[]], &["--slots", "2", "--queue", "4096"])?;
+        let l = leader(&c).context("no leader")?;
+        let client = c.servers[l].client();
+        let script = c.root.join("bench_worker.py");
+        std::fs::write(&script, crate::bench_warm::WORKER)?;
+        let spec = crate::bench_warm::spec(&script, 100_000, 64, 0.0, 0.0);
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let id = client.post("/v1/workflows", &json!({ "spec_toml": spec }))?["id"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let d = wait_done(&client, &id)?;
+            if d["status"] != "succeeded" {
+                bail!("warm no-op workflow ended {}", d["status"]);
+            }
+            v.push(100_000.0 / t.elapsed().as_secs_f64());
+        }
+        println!(
+            "{:<58} {:>10.0}/s {:>12}  {:?}",
+            "no-op worker step items/s, batch 64, 3 servers + 2 workers",
+            pct(v.clone(), 0.5),
+            "median",
+            v.iter().map(|x| x.round()).collect::<Vec<_>>()
+        );
+    }
     if want("leader") {
         let mut c = cluster(22, 3, &[], &[])?;
         let mut v = Vec::new();

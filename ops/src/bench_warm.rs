@@ -12,7 +12,7 @@ use crate::bench::Node;
 use anyhow::Context;
 
 /// The bench worker: `argv[1]` seconds of load, `argv[2]` ms of busy CPU per item.
-const WORKER: &str = r#"
+pub(crate) const WORKER: &str = r#"
 import json, sys, time
 load_s, item_ms = float(sys.argv[1]), float(sys.argv[2]) / 1000.0
 time.sleep(load_s)
@@ -34,7 +34,13 @@ for line in sys.stdin:
 /// a deep queue to keep its workers busy (the default 256 gives ~50,000 items/s).
 const NOOP_NODE: [&str; 4] = ["--slots", "2", "--queue", "4096"];
 
-fn spec(script: &std::path::Path, n: u64, batch: u32, load_s: f64, item_ms: f64) -> String {
+pub(crate) fn spec(
+    script: &std::path::Path,
+    n: u64,
+    batch: u32,
+    load_s: f64,
+    item_ms: f64,
+) -> String {
     format!(
         r#"name = "warm-bench"
 [[step]]
