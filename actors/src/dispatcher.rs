@@ -29,7 +29,9 @@ pub const RENEW_REPORT_BYTES: usize = 1 << 20;
 fn report_bytes(r: &Report) -> usize {
     64 + match &r.outcome {
         Outcome::Succeeded { output } => output.as_ref().map_or(0, |o| o.len()),
-        Outcome::Failed { error } | Outcome::FailedRetry { error, .. } => error.len(),
+        Outcome::Failed { error }
+        | Outcome::FailedRetry { error, .. }
+        | Outcome::WorkerBroken { error } => error.len(),
     }
 }
 

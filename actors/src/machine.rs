@@ -6,12 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 use troupe_raft_log::StateMachine;
 use troupe_scheduler::placement::Strategy;
-use troupe_scheduler::state::NodeStatus;
+use troupe_scheduler::state::{GroupKey, NodeStatus};
 use troupe_scheduler::{Command, Effect, Output, Planner, RunSpec, State, TaskRef, WorkflowId};
 
 /// Layout version of the state snapshot (a u16 before the bincode body). Bump it with any
 /// change to the state's types, and keep reading the old layout where it matters.
-pub const SNAPSHOT_VERSION: u16 = 2;
+///
+/// Version 3 appends a second section, the warm worker table (`state::Workers`), after the
+/// version 2 body: a version 2 snapshot restores as the same state with no worker groups (its
+/// worker-step attempts were placed before groups existed and are requeued, like every
+/// attempt, when their nodes register again).
+pub const SNAPSHOT_VERSION: u16 = 3;
+/// The oldest layout this build restores.
+pub const SNAPSHOT_VERSION_MIN: u16 = 2;
 
 /// `troupe_scheduler::State` behind the Raft log's `StateMachine` trait.
 #[derive(Default)]
@@ -45,14 +52,19 @@ impl StateMachine for Machine {
             [a, b, rest @ ..] => (u16::from_le_bytes([*a, *b]), rest),
             _ => return Err("snapshot is too short to hold its version".into()),
         };
-        if v != SNAPSHOT_VERSION {
+        if !(SNAPSHOT_VERSION_MIN..=SNAPSHOT_VERSION).contains(&v) {
             return Err(format!(
-                "snapshot format version {v}; this build reads version {SNAPSHOT_VERSION}: run the troupe version that wrote it"
+                "snapshot format version {v}; this build reads versions {SNAPSHOT_VERSION_MIN} to {SNAPSHOT_VERSION}: run the troupe version that wrote it"
             ));
         }
-        let (mut state, _): (State, _) =
-            bincode::serde::decode_from_slice(body, bincode::config::standard())
-                .map_err(|e| format!("snapshot does not decode: {e}"))?;
+        let cfg = bincode::config::standard();
+        let (mut state, used): (State, _) = bincode::serde::decode_from_slice(body, cfg)
+            .map_err(|e| format!("snapshot does not decode: {e}"))?;
+        if v >= 3 {
+            let (workers, _) = bincode::serde::decode_from_slice(&body[used..], cfg)
+                .map_err(|e| format!("snapshot's worker table does not decode: {e}"))?;
+            state.sched.workers = workers;
+        }
         state.rebuild_indexes();
         self.state = state;
         Ok(())
@@ -62,11 +74,15 @@ impl StateMachine for Machine {
 fn encode_snapshot(state: &State) -> Vec<u8> {
     // An empty snapshot would be compacted over and lose the state: fail-stop instead (a panic
     // here stops the engine with `RaftLogError::SnapshotFailed`).
-    let body = bincode::serde::encode_to_vec(state, bincode::config::standard())
-        .expect("the scheduler state always encodes");
-    let mut out = Vec::with_capacity(body.len() + 2);
+    let cfg = bincode::config::standard();
+    let body =
+        bincode::serde::encode_to_vec(state, cfg).expect("the scheduler state always encodes");
+    let workers = bincode::serde::encode_to_vec(&state.sched.workers, cfg)
+        .expect("the worker table always encodes");
+    let mut out = Vec::with_capacity(body.len() + workers.len() + 2);
     out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
     out.extend_from_slice(&body);
+    out.extend_from_slice(&workers);
     out
 }
 
@@ -82,6 +98,8 @@ pub trait EffectSink: Send + 'static {
         changed: Vec<WorkflowId>,
         finished: Vec<WorkflowId>,
     );
+    /// Worker groups released: their nodes stop those workers (`GroupKey::node`).
+    fn stop_workers(&mut self, groups: Vec<GroupKey>);
 }
 
 /// What the engine hook needs besides the sink.
@@ -153,6 +171,7 @@ pub fn hook(args: HookArgs, mut sink: Box<dyn EffectSink>) -> troupe_raft_log::H
 fn route(node: &str, epoch: u64, is_leader: bool, effects: Vec<Effect>, sink: &mut dyn EffectSink) {
     let mut runs = Vec::new();
     let mut kills = Vec::new();
+    let mut stops = Vec::new();
     let (mut created, mut changed, mut finished) = (Vec::new(), BTreeSet::new(), Vec::new());
     for e in effects {
         match e {
@@ -174,11 +193,15 @@ fn route(node: &str, epoch: u64, is_leader: bool, effects: Vec<Effect>, sink: &m
             }
             Effect::Finished(id) => finished.push(id),
             Effect::Diverged(why) => tracing::error!("{why}"),
+            Effect::StopWorkers(groups) if is_leader => stops.extend(groups),
             _ => {}
         }
     }
     if !kills.is_empty() {
         sink.kill(kills);
+    }
+    if !stops.is_empty() {
+        sink.stop_workers(stops);
     }
     if !runs.is_empty() {
         sink.run(runs);
@@ -201,7 +224,51 @@ mod tests {
         back.restore(&bytes).unwrap();
         bytes[0] = bytes[0].wrapping_add(1);
         let err = back.restore(&bytes).unwrap_err();
+        assert!(err.contains("this build reads versions"), "{err}");
+        bytes[0] = 1;
+        let err = back.restore(&bytes).unwrap_err();
         assert!(err.contains("this build reads version"), "{err}");
         assert!(back.restore(&[1]).is_err());
+    }
+
+    fn with_a_worker_group() -> Machine {
+        let mut m = Machine::default();
+        m.state.sched.workers.groups.insert(
+            GroupKey {
+                node: "n1".into(),
+                wf: 1,
+                step: 0,
+                gpus: vec!["GPU-a".into()],
+            },
+            troupe_scheduler::state::WorkerGroup {
+                workers: 1,
+                tasks: 3,
+                depth: 8,
+                idle_since_ms: None,
+                idle_ms: 60_000,
+            },
+        );
+        m
+    }
+
+    #[test]
+    fn the_worker_table_travels_in_the_snapshot_and_counts_in_the_audit_hash() {
+        let m = with_a_worker_group();
+        let mut back = Machine::default();
+        back.restore(&m.snapshot()).unwrap();
+        assert_eq!(back.state.sched.workers, m.state.sched.workers);
+        assert_ne!(m.state.hash(), Machine::default().state.hash());
+    }
+
+    #[test]
+    fn a_version_2_snapshot_restores_with_no_worker_groups() {
+        let m = with_a_worker_group();
+        let body = bincode::serde::encode_to_vec(&m.state, bincode::config::standard()).unwrap();
+        let mut v2 = 2u16.to_le_bytes().to_vec();
+        v2.extend_from_slice(&body);
+        let mut back = Machine::default();
+        back.restore(&v2).unwrap();
+        assert!(back.state.sched.workers.groups.is_empty());
+        assert_eq!(back.state.sched.nodes, m.state.sched.nodes);
     }
 }

@@ -6,13 +6,23 @@ use crate::instance::{InstanceArgs, InstanceMsg, WorkflowInstance, instance_name
 use crate::machine::EffectSink;
 use crate::supervisor::{ChildSpec, Restart, SupervisorMsg};
 use ractor::{Actor, ActorRef, registry};
+use troupe_scheduler::state::GroupKey;
 use troupe_scheduler::{RunSpec, TaskRef, WorkflowId};
 
 pub const DISPATCHER_NAME: &str = "troupe.dispatcher";
 pub const INSTANCES_NAME: &str = "troupe.instances";
 
-/// Delivers runs and kills to another node (clusters): (node, runs, kills).
-pub type Remote = Box<dyn Fn(&str, Vec<RunSpec>, Vec<(TaskRef, u32)>) + Send>;
+/// What the leader delivers to another node (clusters).
+#[derive(Default)]
+pub struct Delivery {
+    pub runs: Vec<RunSpec>,
+    pub kills: Vec<(TaskRef, u32)>,
+    /// Worker groups released: stop their workers.
+    pub stop_workers: Vec<GroupKey>,
+}
+
+/// Delivers to another node (clusters).
+pub type Remote = Box<dyn Fn(&str, Delivery) + Send>;
 
 pub struct ActorSink {
     /// This node.
@@ -59,7 +69,14 @@ impl EffectSink for ActorSink {
                     ),
                 }
             } else if let Some(remote) = &self.remote {
-                remote(&node, specs, Vec::new());
+                let runs = specs;
+                remote(
+                    &node,
+                    Delivery {
+                        runs,
+                        ..Default::default()
+                    },
+                );
             }
         }
     }
@@ -76,7 +93,33 @@ impl EffectSink for ActorSink {
                     let _ = d.cast(DispatchMsg::Kill(kills));
                 }
             } else if let Some(remote) = &self.remote {
-                remote(&node, Vec::new(), kills);
+                remote(
+                    &node,
+                    Delivery {
+                        kills,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+    }
+
+    fn stop_workers(&mut self, groups: Vec<GroupKey>) {
+        let mut by_node: std::collections::BTreeMap<String, Vec<GroupKey>> = Default::default();
+        for g in groups {
+            by_node.entry(g.node.clone()).or_default().push(g);
+        }
+        for (node, stop_workers) in by_node {
+            if node == self.node {
+                crate::workers::stop_groups(stop_workers);
+            } else if let Some(remote) = &self.remote {
+                remote(
+                    &node,
+                    Delivery {
+                        stop_workers,
+                        ..Default::default()
+                    },
+                );
             }
         }
     }

@@ -234,21 +234,18 @@ fn sink_factory(ctx: Ctx) -> impl Fn() -> Box<dyn EffectSink> + Send + Sync {
     move || {
         let (node, slot) = (ctx.node.clone(), ctx.slot.clone());
         let remote: Option<troupe_actors::sink::Remote> = ctx.cfg.cluster.as_ref().map(|_| {
-            Box::new(
-                |node: &str,
-                 runs: Vec<troupe_scheduler::RunSpec>,
-                 kills: Vec<(troupe_scheduler::TaskRef, u32)>| {
-                    if !runs.is_empty() {
-                        crate::cluster::peer::deliver(node, runs);
-                    }
-                    if !kills.is_empty() {
-                        crate::cluster::peer::send_exec(
-                            node,
-                            crate::cluster::wire::ExecMsg::Kill(kills),
-                        );
-                    }
-                },
-            ) as troupe_actors::sink::Remote
+            Box::new(|node: &str, d: troupe_actors::sink::Delivery| {
+                use crate::cluster::wire::ExecMsg;
+                if !d.runs.is_empty() {
+                    crate::cluster::peer::deliver(node, d.runs);
+                }
+                if !d.kills.is_empty() {
+                    crate::cluster::peer::send_exec(node, ExecMsg::Kill(d.kills));
+                }
+                if !d.stop_workers.is_empty() {
+                    crate::cluster::peer::send_exec(node, ExecMsg::StopWorkers(d.stop_workers));
+                }
+            }) as troupe_actors::sink::Remote
         });
         Box::new(ActorSink {
             node: node.clone(),

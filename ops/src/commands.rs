@@ -272,6 +272,23 @@ pub(crate) fn client_command(api: &str, as_json: bool, cmd: Cmd) -> anyhow::Resu
                             .join(", ")
                     );
                 }
+                for w in n["workers"].as_array().into_iter().flatten() {
+                    let gpus = w["gpus"].as_array().map_or(0, |g| g.len());
+                    println!(
+                        "  workers {}: {} warm, {} item(s) here{}",
+                        s(&w["step"]),
+                        w["workers"],
+                        w["tasks"],
+                        if gpus > 0 {
+                            format!(", pinned to {gpus} GPU(s)")
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+                for b in n["broken_workers"].as_array().into_iter().flatten() {
+                    println!("  broken worker {}", s(b));
+                }
                 for g in n["gpus"].as_array().into_iter().flatten() {
                     println!(
                         "  gpu {} {} {} {:.0} GiB{}",

@@ -81,6 +81,9 @@ pub enum Command {
         seq: u64,
         owner: String,
     },
+    /// The leader saw these worker groups hold nothing for their step's `idle`: release them
+    /// (apply re-checks that they are still idle). Appended last, so older entries decode.
+    ReleaseWorkers(Vec<crate::state::GroupKey>),
 }
 
 /// Which dead letters a bulk operation takes. Fields combine with AND; an empty filter
@@ -192,6 +195,12 @@ pub enum Outcome {
         error: String,
         retry: RetryHint,
     },
+    /// The step's worker is broken on the reporting node (its restart budget is spent there):
+    /// the attempt fails, and the step is not placed on that node again until it restarts.
+    /// Appended last, like `FailedRetry`.
+    WorkerBroken {
+        error: String,
+    },
 }
 
 /// What a failed attempt says about its retry.
@@ -252,6 +261,9 @@ pub enum Effect {
     Finished(WorkflowId),
     /// This server's state differs from the leader's at an audit (the text says where).
     Diverged(String),
+    /// These worker groups were released (their step or workflow ended, they sat idle, their
+    /// node was reset): their nodes stop those workers.
+    StopWorkers(Vec<crate::state::GroupKey>),
 }
 
 /// Everything a runner needs to execute one attempt, templates already rendered.
@@ -290,5 +302,17 @@ pub enum Launch {
         argv: Vec<String>,
         env: Vec<(String, String)>,
         worker: crate::spec::WorkerSpec,
+        /// Worker processes the node's group for this step (and GPU set) holds now: the node
+        /// runs at most this many (`scheduler/src/state/workers.rs`).
+        workers: u32,
     },
+}
+
+impl RunSpec {
+    /// Sets the worker count of a worker step's launch (no-op for other launches).
+    pub fn set_workers(&mut self, n: u32) {
+        if let Launch::Worker { workers, .. } = &mut self.launch {
+            *workers = n;
+        }
+    }
 }

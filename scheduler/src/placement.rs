@@ -317,6 +317,15 @@ impl<'a> Placer<'a> {
     /// most [`CANDIDATES`] feasible nodes, walking the free-CPU index from the tightest fit
     /// (bin-pack) or the emptiest node (spread).
     pub fn choose(&mut self, req: &Resources) -> Option<(String, u64, Vec<String>)> {
+        self.choose_where(req, |_| true)
+    }
+
+    /// [`Self::choose`] among the nodes `ok` accepts.
+    pub fn choose_where(
+        &mut self,
+        req: &Resources,
+        ok: impl Fn(&Node) -> bool,
+    ) -> Option<(String, u64, Vec<String>)> {
         let start = (req.cpu_milli as u64, 0, 0);
         let walk: Box<dyn Iterator<Item = &(u64, u64, usize)>> = match self.strategy {
             Strategy::BinPack => Box::new(self.by_cpu.range(start..)),
@@ -325,7 +334,7 @@ impl<'a> Placer<'a> {
         let order: Vec<usize> = walk
             .filter(|k| k.1 >= req.memory_bytes)
             .map(|k| k.2)
-            .filter(|i| self.feasible(*i, req))
+            .filter(|i| ok(self.nodes[*i]) && self.feasible(*i, req))
             .take(CANDIDATES)
             .collect();
         self.best_of(order, req)

@@ -7,8 +7,11 @@
 
 use crate::command::{Assignment, Command};
 use crate::placement::{Placer, Strategy};
-use crate::state::{State, TaskRef, TaskState, WorkflowId};
-use std::collections::BTreeMap;
+use crate::spec::{StepSpec, WorkerSpec};
+use crate::state::{
+    GroupKey, Node, NodeStatus, State, TaskRef, TaskState, WorkflowId, max_workers, worker_of,
+};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A proposal not seen applied after this long is planned again.
 pub const PENDING_TTL_MS: u64 = 3_000;
@@ -23,6 +26,8 @@ pub struct Planner {
     /// Proposed timeouts and evictions, with when they were proposed.
     pending_timeouts: BTreeMap<WorkflowId, u64>,
     pending_evictions: BTreeMap<String, u64>,
+    /// Proposed releases of idle worker groups.
+    pending_releases: BTreeMap<GroupKey, u64>,
     strategy: Strategy,
     /// Retention: finished workflows are forgotten this long after they end (None: kept).
     retain_ms: Option<u64>,
@@ -73,6 +78,7 @@ impl Planner {
         self.pending.clear();
         self.pending_timeouts.clear();
         self.pending_evictions.clear();
+        self.pending_releases.clear();
         self.audit_pending = None;
     }
 
@@ -91,6 +97,19 @@ impl Planner {
                 self.pending_evictions.insert(n.id.clone(), now_ms);
                 out.push(Command::Evict { node: n.id.clone() });
             }
+        }
+        let idle: Vec<GroupKey> = state
+            .sched
+            .workers
+            .idle_groups(now_ms)
+            .into_iter()
+            .filter(|k| !self.pending_releases.contains_key(k))
+            .collect();
+        if !idle.is_empty() {
+            for k in &idle {
+                self.pending_releases.insert(k.clone(), now_ms);
+            }
+            out.push(Command::ReleaseWorkers(idle));
         }
         // Replica audit: hash at one log position on every server, then send the leader's hash.
         if let Some(seq) = self.audit_pending
@@ -168,6 +187,8 @@ impl Planner {
                     .get(wf)
                     .is_some_and(|w| !w.status.is_terminal())
         });
+        self.pending_releases
+            .retain(|k, at| fresh(at) && state.sched.workers.groups.contains_key(k));
         self.pending_evictions.retain(|n, at| {
             fresh(at)
                 && state
@@ -180,11 +201,18 @@ impl Planner {
 
     fn place(&mut self, state: &State, now_ms: u64) -> Vec<Assignment> {
         let mut placer = Placer::new(state.sched.nodes.values(), self.strategy);
+        let mut warm = WarmView::new(state);
         for (r, (_, node, gpus, _)) in &self.pending {
-            if let Some(req) = resources(state, r) {
-                placer.hold(node, req, gpus);
+            let Some(step) = step_of(state, r) else {
+                continue;
+            };
+            if worker_of(step).is_some() {
+                warm.hold(r, node, gpus);
+            } else {
+                placer.hold(node, &step.resources, gpus);
             }
         }
+        warm.hold_new_workers(state, &mut placer);
         let mut out = Vec::new();
         let due = state
             .sched
@@ -193,9 +221,10 @@ impl Planner {
             .take_while(|(d, _)| *d <= now_ms)
             .map(|(_, r)| r);
         for r in due.chain(state.sched.queue.iter()) {
-            // Every attempt needs a credit: with none left anywhere, the rest of the queue waits
-            // (no walk over thousands of queued tasks after every commit).
-            if out.len() >= ASSIGN_BATCH_MAX || !placer.has_credit() {
+            // Every attempt needs a credit or room in a warm worker: with neither left
+            // anywhere, the rest of the queue waits (no walk over thousands of queued tasks
+            // after every commit).
+            if out.len() >= ASSIGN_BATCH_MAX || (!placer.has_credit() && warm.room_total <= 0) {
                 break;
             }
             if self.pending.contains_key(r) {
@@ -208,12 +237,16 @@ impl Planner {
             else {
                 continue;
             };
-            let Some(req) = resources(state, r) else {
+            let Some(step) = step_of(state, r) else {
                 continue;
             };
             // A task that fits nowhere now waits in the queue (it fits somewhere once work finishes:
             // submit refused requests no node could ever run).
-            let Some((node, epoch, gpus)) = placer.choose(req) else {
+            let chosen = match worker_of(step) {
+                Some(w) => warm.choose(state, &mut placer, r, step, w),
+                None => placer.choose(&step.resources),
+            };
+            let Some((node, epoch, gpus)) = chosen else {
                 continue;
             };
             self.pending
@@ -230,10 +263,162 @@ impl Planner {
     }
 }
 
-fn resources<'a>(state: &'a State, r: &TaskRef) -> Option<&'a crate::spec::Resources> {
+/// The planner's view of the warm worker groups for one plan: room left in each (applied
+/// groups, less what this planner placed into them and has not seen applied), and the workers
+/// it started that apply has not seen yet.
+struct WarmView {
+    room: BTreeMap<GroupKey, i64>,
+    /// Workers of (node, wf, step) started by pending placements.
+    started: BTreeMap<(String, WorkflowId, u16), u32>,
+    /// Steps that can take no more items in this plan.
+    full: BTreeSet<(WorkflowId, u16)>,
+    room_total: i64,
+}
+
+impl WarmView {
+    fn new(state: &State) -> Self {
+        let room: BTreeMap<GroupKey, i64> = state
+            .sched
+            .workers
+            .groups
+            .iter()
+            .filter(|(k, _)| {
+                state
+                    .sched
+                    .nodes
+                    .get(&k.node)
+                    .is_some_and(|n| n.status == NodeStatus::Up)
+                    && !state.sched.workers.is_broken(&k.node, k.wf, k.step)
+            })
+            .map(|(k, g)| (k.clone(), g.room() as i64))
+            .collect();
+        let room_total = room.values().sum();
+        WarmView {
+            room,
+            started: BTreeMap::new(),
+            full: BTreeSet::new(),
+            room_total,
+        }
+    }
+
+    /// A placement proposed earlier and not yet applied.
+    fn hold(&mut self, r: &TaskRef, node: &str, gpus: &[String]) {
+        let key = GroupKey {
+            node: node.to_string(),
+            wf: r.wf,
+            step: r.step,
+            gpus: gpus.to_vec(),
+        };
+        *self.room.entry(key).or_insert(0) -= 1;
+        self.room_total -= 1;
+    }
+
+    /// Pending placements beyond a group's room started new workers: they hold credits and
+    /// resources in this plan's view of the nodes.
+    fn hold_new_workers(&mut self, state: &State, placer: &mut Placer) {
+        for (k, room) in self.room.iter_mut().filter(|(_, r)| **r < 0) {
+            let Some(step) = state
+                .workflows
+                .get(&k.wf)
+                .and_then(|w| w.spec.steps.get(k.step as usize))
+            else {
+                continue;
+            };
+            let Some(w) = worker_of(step) else {
+                continue;
+            };
+            let depth = crate::state::worker_depth(w) as i64;
+            let n = (-*room + depth - 1) / depth;
+            for _ in 0..n {
+                placer.hold(&k.node, &step.resources, &k.gpus);
+            }
+            *room += n * depth;
+            self.room_total += n * depth;
+            *self
+                .started
+                .entry((k.node.clone(), k.wf, k.step))
+                .or_default() += n as u32;
+        }
+    }
+
+    /// Where a worker step's item goes: the warm group with the most room (an item never waits
+    /// for a worker that is not started), else a new worker on the node the placer picks among
+    /// those under `max_workers` (nodes where the step's worker is broken only if no other
+    /// can take it).
+    fn choose(
+        &mut self,
+        state: &State,
+        placer: &mut Placer,
+        r: &TaskRef,
+        step: &StepSpec,
+        w: &WorkerSpec,
+    ) -> Option<(String, u64, Vec<String>)> {
+        if self.full.contains(&(r.wf, r.step)) {
+            return None;
+        }
+        let best = self
+            .room
+            .iter_mut()
+            .filter(|(k, room)| k.wf == r.wf && k.step == r.step && **room > 0)
+            .max_by_key(|(_, room)| **room);
+        if let Some((k, room)) = best {
+            *room -= 1;
+            self.room_total -= 1;
+            let epoch = state.sched.nodes.get(&k.node)?.epoch;
+            return Some((k.node.clone(), epoch, k.gpus.clone()));
+        }
+        let workers = &state.sched.workers;
+        let under_max = |n: &Node| {
+            let started = self
+                .started
+                .get(&(n.id.clone(), r.wf, r.step))
+                .copied()
+                .unwrap_or(0);
+            workers.count(&n.id, r.wf, r.step) + started < max_workers(w, n)
+        };
+        // Where the step's worker is broken, one worker at a time (apply lets no item into a
+        // broken group), and only when no other node can take the item.
+        let room = &self.room;
+        let draining = |n: &Node| {
+            room.keys()
+                .chain(workers.groups.keys())
+                .any(|k| k.node == n.id && k.wf == r.wf && k.step == r.step)
+        };
+        let chosen = placer
+            .choose_where(&step.resources, |n| {
+                under_max(n) && !workers.is_broken(&n.id, r.wf, r.step)
+            })
+            .or_else(|| placer.choose_where(&step.resources, |n| under_max(n) && !draining(n)));
+        let Some((node, epoch, gpus)) = chosen else {
+            self.full.insert((r.wf, r.step));
+            return None;
+        };
+        // A worker started where the step's worker is broken takes this one item (apply lets
+        // no other into a broken group).
+        let room = if workers.is_broken(&node, r.wf, r.step) {
+            0
+        } else {
+            crate::state::worker_depth(w) as i64 - 1
+        };
+        let key = GroupKey {
+            node: node.clone(),
+            wf: r.wf,
+            step: r.step,
+            gpus: gpus.clone(),
+        };
+        *self.room.entry(key).or_insert(0) += room;
+        self.room_total += room;
+        *self
+            .started
+            .entry((node.clone(), r.wf, r.step))
+            .or_default() += 1;
+        Some((node, epoch, gpus))
+    }
+}
+
+fn step_of<'a>(state: &'a State, r: &TaskRef) -> Option<&'a StepSpec> {
     state
         .workflows
         .get(&r.wf)
         .and_then(|w| w.spec.steps.get(r.step as usize))
-        .map(|s| &s.resources)
 }

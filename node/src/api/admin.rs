@@ -129,6 +129,7 @@ pub(super) async fn nodes(State(app): State<AppState>) -> Res {
         .nodes
         .values()
         .map(|n| {
+            let (workers, broken) = m.state.node_workers(&n.id);
             json!({
                 "id": n.id,
                 "status": format!("{:?}", n.status).to_lowercase(),
@@ -143,6 +144,10 @@ pub(super) async fn nodes(State(app): State<AppState>) -> Res {
                     "index": g.index, "uuid": g.uuid, "model": g.model, "memory_bytes": g.memory_bytes,
                     "in_use": n.used.gpus.contains(&g.uuid),
                 })).collect::<Vec<_>>(),
+                // Warm workers: each group holds a credit and the step's resources per worker.
+                "workers": workers,
+                // Steps whose worker is broken here ("wf-N/<step>: why"): placed elsewhere.
+                "broken_workers": broken,
             })
         })
         .collect();

@@ -71,13 +71,18 @@ impl Actor for PeerActor {
                 let Some(m) = decode::<ExecMsg>(&bytes) else {
                     return Ok(());
                 };
+                let m = match m {
+                    ExecMsg::Run(specs) => DispatchMsg::Run(specs),
+                    ExecMsg::Kill(k) => DispatchMsg::Kill(k),
+                    ExecMsg::StopWorkers(groups) => {
+                        troupe_actors::workers::stop_groups(groups);
+                        return Ok(());
+                    }
+                };
                 if let Some(d) =
                     registry::where_is(DISPATCHER_NAME).map(ActorRef::<DispatchMsg>::from)
                 {
-                    let _ = d.cast(match m {
-                        ExecMsg::Run(specs) => DispatchMsg::Run(specs),
-                        ExecMsg::Kill(k) => DispatchMsg::Kill(k),
-                    });
+                    let _ = d.cast(m);
                 }
             }
             PeerMsg::Propose(bytes) => {
@@ -298,6 +303,7 @@ fn command_kind(c: &Command) -> &'static str {
         Command::RedriveMany(_) => "RedriveMany",
         Command::Discard { .. } => "Discard",
         Command::Checkpoint { .. } => "Checkpoint",
+        Command::ReleaseWorkers(_) => "ReleaseWorkers",
         Command::Collect { .. } => "Collect",
         Command::Audit { .. } => "Audit",
         Command::AuditResult { .. } => "AuditResult",

@@ -24,6 +24,9 @@ pub enum PeerMsg {
 pub enum ExecMsg {
     Run(Vec<RunSpec>),
     Kill(Vec<(TaskRef, u32)>),
+    /// Worker groups released in the replicated state: stop their workers. Appended last, so
+    /// the variants before it keep their bincode index.
+    StopWorkers(Vec<troupe_scheduler::state::GroupKey>),
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! Apply: one committed command changes the state, the same way on every server.
 
 use super::model::*;
+use super::workers::*;
 use crate::command::*;
 use crate::spec::OUTPUT_BYTES_MAX;
 
@@ -115,6 +116,25 @@ impl State {
                 Output::Done
             }
             Command::Discard { filter, reason } => self.discard(&filter, &reason, at),
+            Command::ReleaseWorkers(keys) => {
+                let keys: std::collections::BTreeSet<GroupKey> = keys.into_iter().collect();
+                let workflows = &self.workflows;
+                self.sched.release_workers(
+                    &|wf, step| {
+                        workflows
+                            .get(&wf)
+                            .and_then(|w| w.spec.steps.get(step as usize))
+                            .map(|s| s.resources.clone())
+                    },
+                    |k, g| {
+                        keys.contains(k)
+                            && g.tasks == 0
+                            && g.idle_since_ms
+                                .is_some_and(|t| at.saturating_sub(t) >= g.idle_ms)
+                    },
+                );
+                Output::Done
+            }
             Command::Checkpoint { wf, seq, owner } => self.with_wf(wf, |_, w| {
                 if w.checkpoint.as_ref().is_some_and(|c| c.seq >= seq) {
                     return Output::Rejected(format!(
@@ -166,8 +186,9 @@ impl State {
     /// A digest of the replicated state (its snapshot encoding): equal on every server at the
     /// same index.
     pub fn hash(&self) -> u64 {
-        let bytes =
-            bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default();
+        let cfg = bincode::config::standard();
+        let mut bytes = bincode::serde::encode_to_vec(self, cfg).unwrap_or_default();
+        bytes.extend(bincode::serde::encode_to_vec(&self.sched.workers, cfg).unwrap_or_default());
         crate::json::fnv64(&bytes)
     }
 
@@ -283,7 +304,7 @@ impl State {
         let Some(node) = s.nodes.get(&a.node) else {
             return false;
         };
-        if node.epoch != a.epoch || node.credits() == 0 {
+        if node.epoch != a.epoch {
             return false;
         }
         let Some(wf) = self.workflows.get_mut(&a.task.wf) else {
@@ -306,22 +327,45 @@ impl State {
         if task.attempt != a.attempt || !ready {
             return false;
         }
-        // Re-check the fit against committed state: a plan made on a stale view is refused here.
-        let req = &wf.spec.steps[a.task.step as usize].resources;
-        let distinct: std::collections::BTreeSet<&String> = a.gpus.iter().collect();
-        let fits = crate::placement::fit(node, req, &Default::default()).is_ok()
-            && a.gpus.len() == req.gpu as usize
-            && distinct.len() == a.gpus.len()
-            && a.gpus.iter().all(|g| {
-                !node.used.gpus.contains(g)
-                    && node
-                        .capacity
-                        .gpus
-                        .iter()
-                        .any(|x| &x.uuid == g && crate::placement::gpu_matches(x, req))
-            });
-        if !fits {
+        let step = &wf.spec.steps[a.task.step as usize];
+        let req = &step.resources;
+        let group = worker_of(step).map(|w| {
+            let key = GroupKey {
+                node: a.node.clone(),
+                wf: a.task.wf,
+                step: a.task.step,
+                gpus: a.gpus.clone(),
+            };
+            (s.workers.admit(node, &key, w), key, w)
+        });
+        // A worker step's item joins a warm worker's group without taking anything; a new
+        // worker takes a credit and the step's resources (for its whole life), like an attempt.
+        let takes = match &group {
+            Some((Admit::Join, ..)) => false,
+            Some((Admit::NewWorker, ..)) => true,
+            Some((Admit::No, ..)) => return false,
+            None => node.credits() > 0,
+        };
+        if !takes && group.is_none() {
             return false;
+        }
+        // Re-check the fit against committed state: a plan made on a stale view is refused here.
+        if takes {
+            let distinct: std::collections::BTreeSet<&String> = a.gpus.iter().collect();
+            let fits = crate::placement::fit(node, req, &Default::default()).is_ok()
+                && a.gpus.len() == req.gpu as usize
+                && distinct.len() == a.gpus.len()
+                && a.gpus.iter().all(|g| {
+                    !node.used.gpus.contains(g)
+                        && node
+                            .capacity
+                            .gpus
+                            .iter()
+                            .any(|x| &x.uuid == g && crate::placement::gpu_matches(x, req))
+                });
+            if !fits {
+                return false;
+            }
         }
         let old = std::mem::replace(
             &mut task.state,
@@ -343,9 +387,27 @@ impl State {
             state: old,
             ..Task::queued(a.attempt)
         };
-        s.unlink(a.task, &placeholder, req);
+        s.unlink(a.task, &placeholder, step);
         s.on_node.entry(a.node.clone()).or_default().insert(a.task);
-        if let Some(n) = s.nodes.get_mut(&a.node) {
+        let mut workers = 0;
+        if let Some((_, key, w)) = &group {
+            let g = s
+                .workers
+                .groups
+                .entry(key.clone())
+                .or_insert_with(|| WorkerGroup {
+                    depth: crate::state::worker_depth(w),
+                    idle_ms: w.idle_ms,
+                    ..Default::default()
+                });
+            g.tasks += 1;
+            g.idle_since_ms = None;
+            if takes {
+                g.workers += 1;
+            }
+            workers = g.workers;
+        }
+        if let (true, Some(n)) = (takes, s.nodes.get_mut(&a.node)) {
             n.assigned += 1;
             n.used.cpu_milli += req.cpu_milli as u64;
             n.used.memory_bytes += req.memory_bytes;
@@ -362,7 +424,10 @@ impl State {
             );
         }
         match Sched::run_spec(wf, a.task, a.attempt, &a.node, a.epoch, &a.gpus) {
-            Ok(spec) => s.effects.push(Effect::Run(Box::new(spec))),
+            Ok(mut spec) => {
+                spec.set_workers(workers);
+                s.effects.push(Effect::Run(Box::new(spec)))
+            }
             Err(e) => s.task_failed(wf, a.task, format!("cannot render the step: {e}"), at),
         }
         true
@@ -488,6 +553,7 @@ impl State {
                     self.sched
                         .task_failed_with(wf, rep.at.task, error, at, Some(retry))
                 }
+                Outcome::WorkerBroken { error } => self.sched.worker_broken(wf, &rep.at, error, at),
             }
         }
         Output::Counted { accepted, refused }

@@ -2,6 +2,7 @@
 //! do to its step and workflow. Called only from apply, so every server derives the same result.
 
 use super::model::*;
+use super::workers::{GroupKey, worker_of};
 use crate::command::{Effect, RetryHint};
 use crate::cond;
 use crate::json::{Json, mix};
@@ -233,6 +234,7 @@ impl Sched {
         why: Option<String>,
     ) {
         self.drop_tasks(wf, i);
+        self.release_step_workers(wf, i);
         let id = wf.spec.steps[i].id.clone();
         let run = &mut wf.steps[i];
         run.status = status;
@@ -296,7 +298,7 @@ impl Sched {
                 step: i as u16,
                 item,
             };
-            self.unlink(r, &task, &wf.spec.steps[i].resources);
+            self.unlink(r, &task, &wf.spec.steps[i]);
             if let Some((node, _)) = task.state.placement() {
                 let node = node.to_string();
                 self.effects.push(Effect::Kill {
@@ -308,9 +310,9 @@ impl Sched {
         }
     }
 
-    /// Takes a task out of the queue, the delay set or its node (credit, CPU, memory, GPUs),
-    /// whichever holds it.
-    pub(crate) fn unlink(&mut self, r: TaskRef, task: &Task, req: &crate::spec::Resources) {
+    /// Takes a task out of the queue, the delay set or its node (credit, CPU, memory, GPUs, or
+    /// its place in a worker group), whichever holds it.
+    pub(crate) fn unlink(&mut self, r: TaskRef, task: &Task, step: &crate::spec::StepSpec) {
         match &task.state {
             TaskState::Queued => {
                 self.queue.remove(&r);
@@ -322,6 +324,23 @@ impl Sched {
                 if let Some(tasks) = self.on_node.get_mut(node) {
                     tasks.remove(&r);
                 }
+                if worker_of(step).is_some() {
+                    // Its worker holds the credit and the resources, not the item.
+                    let key = GroupKey {
+                        node: node.clone(),
+                        wf: r.wf,
+                        step: r.step,
+                        gpus: gpus.clone(),
+                    };
+                    self.workers.task_left(&key, self.stats.last_at_ms);
+                    let drained = self.workers.groups.get(&key).is_some_and(|g| g.tasks == 0);
+                    if drained && self.workers.is_broken(node, r.wf, r.step) {
+                        let req = step.resources.clone();
+                        self.release_workers(&|_, _| Some(req.clone()), |k, _| *k == key);
+                    }
+                    return;
+                }
+                let req = &step.resources;
                 if let Some(n) = self.nodes.get_mut(node) {
                     n.assigned = n.assigned.saturating_sub(1);
                     n.used.cpu_milli = n.used.cpu_milli.saturating_sub(req.cpu_milli as u64);
@@ -332,6 +351,32 @@ impl Sched {
                 }
             }
         }
+    }
+
+    /// Releases the worker groups that `pick` chooses (their credits and resources go back to
+    /// their nodes) and tells the nodes to stop those workers.
+    pub(crate) fn release_workers(
+        &mut self,
+        specs: &dyn Fn(WorkflowId, u16) -> Option<crate::spec::Resources>,
+        pick: impl FnMut(&GroupKey, &super::workers::WorkerGroup) -> bool,
+    ) {
+        let gone = self.workers.release(&mut self.nodes, specs, pick);
+        if !gone.is_empty() {
+            self.effects.push(Effect::StopWorkers(gone));
+        }
+    }
+
+    /// A step ended (or its workflow did): its workers everywhere have nothing left to do.
+    fn release_step_workers(&mut self, wf: &Workflow, i: usize) {
+        if worker_of(&wf.spec.steps[i]).is_none() {
+            return;
+        }
+        let req = wf.spec.steps[i].resources.clone();
+        let (id, step) = (wf.id, i as u16);
+        self.release_workers(&|_, _| Some(req.clone()), |k, _| {
+            k.wf == id && k.step == step
+        });
+        self.workers.broken.remove(&(id, step));
     }
 
     fn finalize(&mut self, wf: &mut Workflow, at: u64) {
@@ -370,7 +415,7 @@ impl Sched {
         let Some(task) = wf.steps[i].tasks.remove(&r.item) else {
             return;
         };
-        self.unlink(r, &task, &wf.spec.steps[i].resources);
+        self.unlink(r, &task, &wf.spec.steps[i]);
         self.stats.tasks_succeeded += 1;
         match output.filter(|o| !o.is_null()) {
             Some(out) => {
@@ -429,6 +474,44 @@ impl Sched {
         self.lane_resolved(wf, i, r.item, at);
     }
 
+    /// The step's worker is broken on the node that ran this attempt: the attempt fails (its
+    /// retries apply), the node's group of the step takes no more items and is released once
+    /// its last attempt reports, and the planner places the step's items on other nodes while
+    /// any other node can run them.
+    pub(crate) fn worker_broken(
+        &mut self,
+        wf: &mut Workflow,
+        at_ref: &crate::command::AttemptRef,
+        error: String,
+        at: u64,
+    ) {
+        let r = at_ref.task;
+        let i = r.step as usize;
+        let node = wf.steps[i]
+            .tasks
+            .get(&r.item)
+            .and_then(|t| t.state.placement())
+            .map(|(n, _)| n.to_string());
+        if let Some(node) = &node {
+            let first = self
+                .workers
+                .broken
+                .entry((wf.id, r.step))
+                .or_default()
+                .insert(node.clone(), error.clone())
+                .is_none();
+            if first {
+                let id = &wf.spec.steps[i].id;
+                wf.log(
+                    at,
+                    format!("step {id}: its worker is broken on node {node}: {error}; its items go to other nodes"),
+                );
+            }
+        }
+        // Its group drains: released when its last attempt leaves (`unlink`).
+        self.task_failed(wf, r, error, at);
+    }
+
     /// A task is given up on whatever retries it has left (lost with its node too often).
     pub(crate) fn task_failed_for_good(
         &mut self,
@@ -466,7 +549,7 @@ impl Sched {
         let Some(mut task) = wf.steps[i].tasks.remove(&r.item) else {
             return;
         };
-        self.unlink(r, &task, &wf.spec.steps[i].resources);
+        self.unlink(r, &task, &wf.spec.steps[i]);
         self.stats.tasks_failed += 1;
         task.failures += 1;
         task.last_error = Some(error.clone());

@@ -572,6 +572,11 @@ pub struct Sched {
     /// the one place that links a task to a node (assign) and the one that unlinks it.
     #[serde(skip)]
     pub on_node: BTreeMap<String, BTreeSet<TaskRef>>,
+    /// Warm workers: each node's worker groups and where a step's worker is broken. Replicated,
+    /// but kept apart in snapshots (a second section after the state, so snapshots from before
+    /// it restore with none): see [`super::workers`].
+    #[serde(skip)]
+    pub workers: super::workers::Workers,
     /// Counters for the operator (and tests).
     pub stats: Stats,
     /// What the node must do after this apply (not replicated: drained by the shell).

@@ -2,6 +2,7 @@
 //! node held as attempt + 1.
 
 use super::model::*;
+use super::workers::GroupKey;
 use crate::command::*;
 use std::collections::BTreeSet;
 
@@ -53,6 +54,11 @@ impl State {
         {
             n.status = NodeStatus::Draining;
         }
+        // A restarted node gets another chance with the workers that broke there.
+        self.sched.workers.broken.retain(|_, on| {
+            on.remove(&info.node);
+            !on.is_empty()
+        });
         // Attempts the node held in an earlier epoch are lost: run them again as attempt + 1.
         self.requeue_node(
             &info.node,
@@ -184,6 +190,17 @@ impl State {
     /// lost [`LOST_MAX`] times is given up on instead: dead-lettered (or its step fails) as
     /// "lost N times: it may be killing its nodes".
     fn requeue_node(&mut self, node: &str, at: u64, why: &str) {
+        // Its workers are gone with its attempts (the callers reset the node's usage).
+        let workflows = &self.workflows;
+        self.sched.release_workers(
+            &|wf, step| {
+                workflows
+                    .get(&wf)
+                    .and_then(|w| w.spec.steps.get(step as usize))
+                    .map(|s| s.resources.clone())
+            },
+            |k, _| k.node == node,
+        );
         let sched = &mut self.sched;
         // The workflows with a task on the node (its index is emptied: none is live there now).
         let running: BTreeSet<WorkflowId> = sched
@@ -261,6 +278,13 @@ impl State {
         if t.attempt != attempt {
             return None;
         }
-        Sched::run_spec(wf, task, attempt, node, epoch, gpus).ok()
+        let mut spec = Sched::run_spec(wf, task, attempt, node, epoch, gpus).ok()?;
+        spec.set_workers(self.sched.workers.workers_in(&GroupKey {
+            node: node.to_string(),
+            wf: task.wf,
+            step: task.step,
+            gpus: gpus.to_vec(),
+        }));
+        Some(spec)
     }
 }

@@ -87,6 +87,7 @@ impl Sched {
                     .map(|(k, v)| render(v, &vars).map(|v| (k.clone(), v)))
                     .collect::<Result<_, _>>()?,
                 worker: w.clone(),
+                workers: 1,
             },
         };
         Ok(RunSpec {

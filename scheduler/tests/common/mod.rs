@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use troupe_scheduler::spec::{self, Builtin};
+use troupe_scheduler::state::{GroupKey, worker_of};
 use troupe_scheduler::*;
 
 pub struct Sim {
@@ -173,16 +174,70 @@ impl Sim {
                 n.assigned,
                 n.slots + n.queue
             );
-            let live: u32 = self
-                .state
-                .workflows
-                .values()
-                .flat_map(|w| w.steps.iter().flat_map(|s| s.tasks.values()))
-                .filter(|t| t.state.placement().is_some_and(|(node, _)| node == n.id))
-                .count() as u32;
-            assert_eq!(live, n.assigned, "node {} count drifted", n.id);
+            // Live attempts on the node: a worker step's are held by its workers' groups.
+            let mut live = 0u32;
+            let (mut cpu, mut mem) = (0u64, 0u64);
+            let mut gpus: Vec<String> = Vec::new();
+            let mut in_groups: std::collections::BTreeMap<GroupKey, u32> = Default::default();
+            for w in self.state.workflows.values() {
+                for (i, run) in w.steps.iter().enumerate() {
+                    for t in run.tasks.values() {
+                        let Some((node, g)) = t.state.placement() else {
+                            continue;
+                        };
+                        if node != n.id {
+                            continue;
+                        }
+                        live += 1;
+                        if worker_of(&w.spec.steps[i]).is_some() {
+                            *in_groups
+                                .entry(GroupKey {
+                                    node: node.to_string(),
+                                    wf: w.id,
+                                    step: i as u16,
+                                    gpus: g.to_vec(),
+                                })
+                                .or_default() += 1;
+                        } else {
+                            cpu += w.spec.steps[i].resources.cpu_milli as u64;
+                            mem += w.spec.steps[i].resources.memory_bytes;
+                            gpus.extend(g.iter().cloned());
+                        }
+                    }
+                }
+            }
             let listed = self.state.sched.on_node.get(&n.id).map_or(0, |t| t.len());
             assert_eq!(listed as u32, live, "node {} task index drifted", n.id);
+            let mut held = live - in_groups.values().sum::<u32>();
+            for (k, g) in self
+                .state
+                .sched
+                .workers
+                .groups
+                .iter()
+                .filter(|(k, _)| k.node == n.id)
+            {
+                assert_eq!(
+                    in_groups.remove(k).unwrap_or(0),
+                    g.tasks,
+                    "worker group {k:?} task count drifted"
+                );
+                assert!(g.workers >= 1, "an empty worker group {k:?}");
+                let req = &self.state.workflows[&k.wf].spec.steps[k.step as usize].resources;
+                held += g.workers;
+                cpu += req.cpu_milli as u64 * g.workers as u64;
+                mem += req.memory_bytes * g.workers as u64;
+                gpus.extend(k.gpus.iter().cloned());
+            }
+            assert!(
+                in_groups.is_empty(),
+                "worker-step attempts outside any group: {in_groups:?}"
+            );
+            if n.status != troupe_scheduler::state::NodeStatus::Down {
+                assert_eq!(held, n.assigned, "node {} count drifted", n.id);
+                assert_eq!(cpu, n.used.cpu_milli, "node {} cpu use drifted", n.id);
+                assert_eq!(mem, n.used.memory_bytes, "node {} memory use drifted", n.id);
+            }
             assert!(
                 n.used.cpu_milli <= n.allocatable_cpu(),
                 "node {} cpu over-committed",
@@ -193,19 +248,6 @@ impl Sim {
                 "node {} memory over-committed",
                 n.id
             );
-            let gpus: Vec<String> = self
-                .state
-                .workflows
-                .values()
-                .flat_map(|w| w.steps.iter().flat_map(|s| s.tasks.values()))
-                .filter_map(|t| {
-                    t.state
-                        .placement()
-                        .filter(|(node, _)| *node == n.id)
-                        .map(|(_, g)| g.to_vec())
-                })
-                .flatten()
-                .collect();
             let unique: std::collections::BTreeSet<&String> = gpus.iter().collect();
             assert_eq!(
                 unique.len(),

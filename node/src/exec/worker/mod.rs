@@ -104,6 +104,20 @@ impl Actor for WorkerHost {
                     let _ = e.actor.cast(PoolMsg::StopAll);
                 }
             }
+            WorkerHostMsg::StopGroups(groups) => {
+                for e in st.by_id.values() {
+                    let released = groups.iter().any(|g| {
+                        g.node == st.a.node
+                            && g.wf == e.key.0
+                            && g.step == e.key.1
+                            && g.gpus == e.key.4
+                    });
+                    if released {
+                        // The replicated state released the group: nothing of it is live here.
+                        e.actor.stop(Some("its worker group was released".into()));
+                    }
+                }
+            }
             WorkerHostMsg::WorkflowsEnded(ended) => {
                 for e in st.by_id.values() {
                     if ended.contains(&e.key.0) {
@@ -237,7 +251,13 @@ impl HostState {
         key: &PoolKey,
         first: &RunSpec,
     ) -> Result<u64, String> {
-        let Launch::Worker { argv, env, worker } = &first.launch else {
+        let Launch::Worker {
+            argv,
+            env,
+            worker,
+            workers,
+        } = &first.launch
+        else {
             return Err("not a worker step".into());
         };
         let id = self.next_id;
@@ -249,10 +269,12 @@ impl HostState {
             .parent()
             .map(|p| p.to_path_buf())
             .unwrap_or_else(|| self.a.data_dir.join("logs"));
-        let cap = if worker.max_workers > 0 {
-            worker.max_workers as usize
-        } else {
-            self.a.slots
+        // The replicated state says how many workers the group holds (each with its credit
+        // and resources); a spec from before groups existed says 0.
+        let cap = match *workers {
+            0 if worker.max_workers > 0 => worker.max_workers as usize,
+            0 => self.a.slots,
+            n => n as usize,
         };
         let args = PoolArgs {
             label: format!("{}/{}", first.workflow, first.step_id),

@@ -140,6 +140,10 @@ impl Actor for Pool {
             PoolMsg::Submit(specs) => {
                 st.last_activity = now;
                 for s in specs {
+                    // The group grows as the replicated state gives it workers.
+                    if let troupe_scheduler::Launch::Worker { workers, .. } = &s.launch {
+                        st.a.cap = st.a.cap.max(*workers as usize);
+                    }
                     let id = format!("{}/{}/{}@{}", s.workflow, s.step_id, s.task.item, s.attempt);
                     st.waiting.push_back(Waiting {
                         at: AttemptRef {
@@ -204,13 +208,20 @@ impl PoolState {
     }
 
     fn fail_ids(&mut self, ids: &[String], error: &str) {
+        let broken = self.broken.is_some();
         let reports = ids
             .iter()
             .filter_map(|id| self.in_flight.remove(id))
             .map(|at| Report {
                 at,
-                outcome: Outcome::Failed {
-                    error: error.to_string(),
+                outcome: if broken {
+                    Outcome::WorkerBroken {
+                        error: error.to_string(),
+                    }
+                } else {
+                    Outcome::Failed {
+                        error: error.to_string(),
+                    }
                 },
             })
             .collect();
@@ -268,7 +279,6 @@ impl PoolState {
         );
         tracing::warn!(pool = %self.a.label, worker = k, %why, "worker failed");
         let ids: Vec<String> = w.outstanding.drain(..).flat_map(|(ids, _)| ids).collect();
-        self.fail_ids(&ids, &error);
         if !w.answered_one {
             self.failures += 1;
         }
@@ -282,6 +292,8 @@ impl PoolState {
         } else {
             self.restart_at = Some(now + backoff(self.failures));
         }
+        // Failed as broken once the budget is spent: the scheduler sends the step elsewhere.
+        self.fail_ids(&ids, &error);
     }
 
     fn stop_worker(&mut self, k: usize) {
@@ -347,7 +359,7 @@ impl PoolState {
                 .drain(..)
                 .map(|w| Report {
                     at: w.at,
-                    outcome: Outcome::Failed { error: why.clone() },
+                    outcome: Outcome::WorkerBroken { error: why.clone() },
                 })
                 .collect();
             self.report(reports);
