@@ -126,9 +126,8 @@ impl Tokens {
             if t.name.trim().is_empty() {
                 return Err(format!("{f}:{line}: a token has an empty name"));
             }
-            let role = Role::parse(&t.role).ok_or_else(|| {
-                format!("{at}: role {:?}: use read, operate or admin", t.role)
-            })?;
+            let role = Role::parse(&t.role)
+                .ok_or_else(|| format!("{at}: role {:?}: use read, operate or admin", t.role))?;
             if t.secret.chars().count() < SECRET_CHARS_MIN {
                 return Err(format!(
                     "{at}: the secret is shorter than {SECRET_CHARS_MIN} characters"
@@ -209,7 +208,8 @@ impl Auth {
     pub fn from_file(path: &Path) -> Result<Auth, String> {
         let tokens = Tokens::load(path)?;
         Ok(Auth {
-            file: Some(path.to_path_buf()),
+            // Re-read from the same file even if the working directory changes.
+            file: Some(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())),
             tokens: Arc::new(RwLock::new(Some(Arc::new(tokens)))),
         })
     }
@@ -223,7 +223,10 @@ impl Auth {
     }
 
     fn current(&self) -> Option<Arc<Tokens>> {
-        self.tokens.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Reads the file again. A bad file keeps the tokens in use and returns why.
@@ -374,16 +377,13 @@ pub async fn check(State(auth): State<Auth>, req: Request, next: Next) -> Respon
             ),
         ),
     };
-    tracing::warn!(
-        %source,
-        forwarded_for = %via,
-        %method,
-        %route,
-        token = %token,
-        needed = needed.as_str(),
-        status = status.as_u16(),
-        "api call refused"
-    );
+    let needed = needed.as_str();
+    let code = status.as_u16();
+    if via.is_empty() {
+        tracing::warn!(%source, %method, %route, %token, needed, status = code, "api call refused");
+    } else {
+        tracing::warn!(%source, forwarded_for = %via, %method, %route, %token, needed, status = code, "api call refused");
+    }
     refuse(status, msg)
 }
 
@@ -409,10 +409,11 @@ mod tests {
     #[test]
     fn a_bad_file_names_the_line() {
         let bad_role = GOOD.replace("role = \"operate\"", "role = \"root\"");
-        let e = Tokens::parse(&bad_role, Path::new("t.toml"))
-            .err()
-            .unwrap();
-        assert!(e.starts_with("t.toml:6: token \"ops\": role \"root\""), "{e}");
+        let e = Tokens::parse(&bad_role, Path::new("t.toml")).err().unwrap();
+        assert!(
+            e.starts_with("t.toml:6: token \"ops\": role \"root\""),
+            "{e}"
+        );
         let short = GOOD.replace("read-secret-0123456789", "short");
         let e = Tokens::parse(&short, Path::new("t.toml")).err().unwrap();
         assert!(e.starts_with("t.toml:1: token \"ro\""), "{e}");
@@ -441,7 +442,10 @@ mod tests {
             let p = format!("/v1/workflows/wf-1/{a}");
             assert_eq!(required(&post, &p), Some(Role::Operate), "{p}");
         }
-        assert_eq!(required(&post, "/v1/workflows/wf-1/delete"), Some(Role::Admin));
+        assert_eq!(
+            required(&post, "/v1/workflows/wf-1/delete"),
+            Some(Role::Admin)
+        );
         assert_eq!(required(&post, "/v1/dlq/redrive"), Some(Role::Operate));
         assert_eq!(required(&post, "/v1/dlq/discard"), Some(Role::Operate));
         assert_eq!(required(&post, "/v1/dlq/7/redrive"), Some(Role::Operate));

@@ -77,9 +77,11 @@ pub fn proxy_router(w: super::WorkerApi) -> Router {
         )
         .route(
             "/v1/node/logs",
-            get(move |Query(q): Query<super::logs::NodeLogQuery>| async move {
-                super::logs::node_logs(&data_dir, q).await
-            }),
+            get(
+                move |Query(q): Query<super::logs::NodeLogQuery>| async move {
+                    super::logs::node_logs(&data_dir, q).await
+                },
+            ),
         )
         .fallback(move |req: axum::extract::Request| {
             let api = leader_api.clone();

@@ -57,7 +57,11 @@ struct LogFile {
 
 impl LogFile {
     fn ext(&self) -> &'static str {
-        if self.stream == "stderr" { "err" } else { "out" }
+        if self.stream == "stderr" {
+            "err"
+        } else {
+            "out"
+        }
     }
 
     fn path(&self, data_dir: &std::path::Path) -> PathBuf {
@@ -187,7 +191,10 @@ pub(super) async fn logs(
             let r = remote(&app, n, &api, down, &at.file, q.offset, auth).await?;
             (n.clone(), r)
         }
-        Some(_) => (app.node.clone(), local(&app.data_dir, &at.file, q.offset).await?),
+        Some(_) => (
+            app.node.clone(),
+            local(&app.data_dir, &at.file, q.offset).await?,
+        ),
         None => search(&app, &at, q.offset, auth).await?,
     };
     let h = resp.headers_mut();
@@ -264,7 +271,11 @@ async fn remote(
     offset: Option<u64>,
     auth: Option<HeaderValue>,
 ) -> Result<Response, ApiError> {
-    let url = format!("{}/v1/node/logs?{}", app.outbound.base(api), f.query(offset));
+    let url = format!(
+        "{}/v1/node/logs?{}",
+        app.outbound.base(api),
+        f.query(offset)
+    );
     let mut req = Request::get(url)
         .body(Body::empty())
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -312,11 +323,17 @@ async fn remote(
         StatusCode::NOT_FOUND => no_log(f),
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ApiError(
             status,
-            format!("node {node}, which has the log of {}, refused your token: {why} (give every node the same --tokens file)", f.what()),
+            format!(
+                "node {node}, which has the log of {}, refused your token: {why} (give every node the same --tokens file)",
+                f.what()
+            ),
         ),
         _ => ApiError(
             StatusCode::BAD_GATEWAY,
-            format!("node {node}, which has the log of {}, answered {status}: {why}", f.what()),
+            format!(
+                "node {node}, which has the log of {}, answered {status}: {why}",
+                f.what()
+            ),
         ),
     })
 }
@@ -341,8 +358,7 @@ pub(super) async fn node_logs(
     // - or _).
     let valid = !q.step.is_empty()
         && q.step.len() <= 64
-        && q
-            .step
+        && q.step
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if !valid {

@@ -16,10 +16,10 @@ pub mod tls;
 
 pub use auth::{Auth, Role};
 pub use forward::Route;
-pub use outbound::Outbound;
-pub use tls::{ApiTls, ApiTlsFiles};
 pub use handlers::{proxy_router, router};
+pub use outbound::Outbound;
 pub use server::{ApiArgs, ApiMsg, ApiServer};
+pub use tls::{ApiTls, ApiTlsFiles};
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};

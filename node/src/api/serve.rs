@@ -80,9 +80,7 @@ pub async fn serve(
                 None => connection(TokioIo::new(stream), peer, router, limits, stop).await,
                 Some(tls) => {
                     match tokio::time::timeout(limits.header_timeout, tls.accept(stream)).await {
-                        Ok(Ok(s)) => {
-                            connection(TokioIo::new(s), peer, router, limits, stop).await
-                        }
+                        Ok(Ok(s)) => connection(TokioIo::new(s), peer, router, limits, stop).await,
                         Ok(Err(e)) => {
                             tracing::info!(%peer, error = %e, "api tls handshake failed")
                         }
@@ -106,10 +104,11 @@ async fn connection<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(peer));
-        tower_service::Service::call(&mut router.clone(), req)
-    });
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            tower_service::Service::call(&mut router.clone(), req)
+        });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)

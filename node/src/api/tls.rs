@@ -44,9 +44,7 @@ impl ApiTls {
         let mut server = ServerConfig::builder()
             .with_no_client_auth()
             .with_single_cert(chain, key)
-            .map_err(|e| {
-                format!("the API certificate and key do not fit together: {e}")
-            })?;
+            .map_err(|e| format!("the API certificate and key do not fit together: {e}"))?;
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
         let connector = match &f.ca {
             None => None,
