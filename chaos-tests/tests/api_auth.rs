@@ -232,10 +232,7 @@ fn tokens_are_checked_through_a_follower_and_logs_come_from_the_worker_that_ran_
         .position(|n| *n == node.as_str())
         .unwrap_or_else(|| panic!("{id} ran on {node:?}, not on a worker ({ids:?})"));
     let other = 1 - ran;
-    let via = [
-        follower.clone(),
-        cluster.workers[other].api.clone(),
-    ];
+    let via = [follower.clone(), cluster.workers[other].api.clone()];
     for api in &via {
         // A worker learns the leader's API address from its lease renewals: wait for it.
         wait_for(Duration::from_secs(15), "forwarding", || {

@@ -300,7 +300,7 @@ async fn remote(
     };
     let resp = match tokio::time::timeout(REMOTE_ANSWER_LIMIT, app.outbound.request(req)).await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => return Err(unreachable(e.to_string())),
+        Ok(Err(e)) => return Err(unreachable(causes(&e))),
         Err(_) => {
             return Err(unreachable(format!(
                 "no answer within {}s",
@@ -336,6 +336,19 @@ async fn remote(
             ),
         ),
     })
+}
+
+/// An error with its causes (`client error (Connect): tcp connect error: Connection refused`).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    // Bounded: error chains are short, but a cycle must not loop forever.
+    for _ in 0..8 {
+        let Some(c) = next else { break };
+        out.push_str(&format!(": {c}"));
+        next = c.source();
+    }
+    out
 }
 
 #[derive(Deserialize)]
