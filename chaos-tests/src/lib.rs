@@ -31,6 +31,8 @@ pub struct TestNode {
     pub dir: PathBuf,
     pub api: String,
     agent: ureq::Agent,
+    /// Sent as `Authorization: Bearer TOKEN` on every call (nodes started with `--tokens`).
+    pub token: Option<String>,
 }
 
 impl TestNode {
@@ -74,6 +76,17 @@ impl TestNode {
         registered: bool,
         env: &[(&str, &str)],
     ) -> TestNode {
+        Self::spawn_token(dir, args, registered, env, None)
+    }
+
+    /// [`TestNode::spawn_env`] for a node started with `--tokens`: every call sends `token`.
+    pub fn spawn_token(
+        dir: &Path,
+        args: &[String],
+        registered: bool,
+        env: &[(&str, &str)],
+        token: Option<&str>,
+    ) -> TestNode {
         let child = launch_env(dir, args, env);
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -85,6 +98,7 @@ impl TestNode {
             dir: dir.to_path_buf(),
             api: String::new(),
             agent,
+            token: token.map(str::to_string),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -162,15 +176,56 @@ impl TestNode {
     }
 
     pub fn get(&self, path: &str) -> (u16, Value) {
-        Self::answer(self.agent.get(&format!("{}{path}", self.api)).call())
+        let r = self.agent.get(&format!("{}{path}", self.api));
+        let r = match &self.token {
+            Some(t) => r.header("authorization", &format!("Bearer {t}")),
+            None => r,
+        };
+        Self::answer(r.call())
     }
 
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        Self::answer(
-            self.agent
-                .post(&format!("{}{path}", self.api))
-                .send_json(body),
-        )
+        let r = self.agent.post(&format!("{}{path}", self.api));
+        let r = match &self.token {
+            Some(t) => r.header("authorization", &format!("Bearer {t}")),
+            None => r,
+        };
+        Self::answer(r.send_json(body))
+    }
+
+    /// Starts `troupe ARGS` and waits only for it to write `api.addr` (an HTTPS node, which
+    /// the harness's plain client cannot ask); `api` is then `https://ADDR`.
+    pub fn spawn_https(dir: &Path, args: &[String]) -> TestNode {
+        let child = launch_env(dir, args, &[]);
+        let mut node = TestNode {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            api: String::new(),
+            agent: ureq::Agent::config_builder().build().into(),
+            token: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(addr) = std::fs::read_to_string(dir.join("api.addr"))
+                && !addr.is_empty()
+            {
+                node.api = format!("https://{addr}");
+                return node;
+            }
+            if let Some(status) = node
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("troupe exited at start ({status}); log:\n{}", node.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node did not start in 30s; log:\n{}",
+                node.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Submits TOML; panics unless it was accepted. Returns the workflow id.
@@ -326,13 +381,40 @@ pub struct Cluster {
     pub workers: Vec<TestNode>,
 }
 
+/// What [`Cluster::start_with`] adds to every node, or to the workers only.
+#[derive(Default)]
+pub struct ClusterOpts<'a> {
+    pub extra: &'a [&'a str],
+    pub worker_extra: &'a [&'a str],
+    /// The harness's token, for nodes started with `--tokens`.
+    pub token: Option<&'a str>,
+}
+
 impl Cluster {
     pub fn start(dir: &Path, net: u8, servers: usize, workers: usize, extra: &[&str]) -> Cluster {
+        let opts = ClusterOpts {
+            extra,
+            ..Default::default()
+        };
+        Self::start_with(dir, net, servers, workers, &opts)
+    }
+
+    pub fn start_with(
+        dir: &Path,
+        net: u8,
+        servers: usize,
+        workers: usize,
+        opts: &ClusterOpts,
+    ) -> Cluster {
         let n = servers;
         let launch = |i: usize, role: &str| {
             let mut args = node_args(dir, net, i, role, n);
-            args.extend(extra.iter().map(|s| s.to_string()));
-            TestNode::spawn(&dir.join(format!("n{}", i + 1)), &args, false)
+            args.extend(opts.extra.iter().map(|s| s.to_string()));
+            if role == "--worker" {
+                args.extend(opts.worker_extra.iter().map(|s| s.to_string()));
+            }
+            let dir = dir.join(format!("n{}", i + 1));
+            TestNode::spawn_token(&dir, &args, false, &[], opts.token)
         };
         let servers: Vec<TestNode> = (0..servers).map(|i| launch(i, "--server")).collect();
         let workers: Vec<TestNode> = (servers.len()..servers.len() + workers)

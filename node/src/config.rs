@@ -50,6 +50,10 @@ pub struct NodeConfig {
     pub audit_every: Duration,
     /// Most bytes kept of each attempt's stdout and stderr logs (the tail, marked as cut).
     pub max_log_bytes: u64,
+    /// API tokens with roles (`--tokens`); without a file the API is open.
+    pub api_auth: crate::api::Auth,
+    /// Serve the API over HTTPS (`--api-tls-cert`, `--api-tls-key`, `--api-tls-ca`).
+    pub api_tls: Option<crate::api::ApiTls>,
     /// Raised when the node cannot go on (every server refused its cookie); the process that
     /// runs the node waits on it and exits with the reason.
     pub fatal: crate::fatal::Fatal,
@@ -78,6 +82,8 @@ impl NodeConfig {
             capacity_refresh: Duration::from_secs(5),
             raft_id: 1,
             cluster: None,
+            api_auth: crate::api::Auth::open(),
+            api_tls: None,
             fatal: Default::default(),
         }
     }

@@ -386,8 +386,15 @@ fn api_spec(ctx: &Ctx) -> ChildSpec {
         let ctx = ctx.clone();
         async move {
             let cfg = &ctx.cfg;
+            let outbound = crate::api::Outbound::new(cfg.api_tls.as_ref());
             let router = if ctx.role() == Some(Role::Worker) {
-                crate::api::proxy_router(ctx.node.clone(), ctx.leader_api.clone())
+                crate::api::proxy_router(crate::api::WorkerApi {
+                    node: ctx.node.clone(),
+                    data_dir: cfg.data_dir.clone(),
+                    leader_api: ctx.leader_api.clone(),
+                    auth: cfg.api_auth.clone(),
+                    outbound,
+                })
             } else {
                 let (engine, state) = raft().await?;
                 let route: Arc<dyn Fn() -> Route + Send + Sync> = if cfg.cluster.is_some() {
@@ -417,6 +424,8 @@ fn api_spec(ctx: &Ctx) -> ChildSpec {
                     fault_injection: cfg.fault_injection,
                     linearizable: cfg.cluster.is_some(),
                     route,
+                    auth: cfg.api_auth.clone(),
+                    outbound,
                 };
                 crate::api::router(app)
             };
@@ -426,6 +435,7 @@ fn api_spec(ctx: &Ctx) -> ChildSpec {
                 data_dir: cfg.data_dir.clone(),
                 bound: ctx.bound.clone(),
                 header_timeout: cfg.api_header_timeout,
+                tls: cfg.api_tls.as_ref().map(|t| t.acceptor.clone()),
             };
             ApiServer::spawn_linked(Some(API_NAME.into()), ApiServer, args, sup)
                 .await

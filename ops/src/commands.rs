@@ -42,6 +42,21 @@ fn config(opts: &NodeOpts) -> anyhow::Result<NodeConfig> {
         )),
     };
     cfg.fault_injection = opts.fault_injection;
+    if let Some(file) = &opts.tokens {
+        cfg.api_auth = troupe_node::api::Auth::from_file(file)
+            .map_err(|e| anyhow::anyhow!("--tokens: {e}"))?;
+    }
+    if let (Some(cert), Some(key)) = (&opts.api_tls_cert, &opts.api_tls_key) {
+        let files = troupe_node::api::ApiTlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: opts.api_tls_ca.clone(),
+        };
+        cfg.api_tls = Some(
+            troupe_node::api::ApiTls::load(&files)
+                .map_err(|e| anyhow::anyhow!("--api-tls-cert: {e}"))?,
+        );
+    }
     cfg.simulate_gpus = opts
         .simulate_gpus
         .as_deref()
@@ -73,9 +88,33 @@ fn config(opts: &NodeOpts) -> anyhow::Result<NodeConfig> {
     Ok(cfg)
 }
 
-pub fn dev(args: DevArgs) -> anyhow::Result<()> {
+/// Without tokens the API is open: fine on loopback (said once at start), refused on any other
+/// address unless `--insecure-api` says so.
+fn check_open_api(cfg: &NodeConfig, insecure: bool, who: &str) -> anyhow::Result<()> {
+    if cfg.api_auth.enabled() {
+        return Ok(());
+    }
+    let addr = cfg.listen;
+    if addr.ip().is_loopback() {
+        eprintln!(
+            "{who}: no --tokens: the API on {addr} is open to every local user and process (loopback only)"
+        );
+        return Ok(());
+    }
+    if insecure {
+        eprintln!(
+            "{who}: WARNING: no --tokens and --insecure-api: anyone who can reach {addr} may do anything"
+        );
+        return Ok(());
+    }
+    anyhow::bail!(
+        "the API would listen on {addr}, which is not loopback, without tokens: anyone who can reach it could run commands on this machine. Give a tokens file (--tokens FILE, see docs/operations.md), listen on 127.0.0.1, or pass --insecure-api"
+    )
+}
+
+pub fn dev(args: DevArgs, token: Option<String>) -> anyhow::Result<()> {
     if let Some(n) = args.nodes {
-        return crate::local_cluster::run(n, &args);
+        return crate::local_cluster::run(n, &args, token);
     }
     let mut cfg = config(&args.opts)?;
     let default = if args.run.is_some() {
@@ -86,7 +125,13 @@ pub fn dev(args: DevArgs) -> anyhow::Result<()> {
     cfg.listen = args
         .listen
         .unwrap_or_else(|| default.parse().expect("static address"));
-    serve(cfg, args.run, "troupe dev")
+    check_open_api(&cfg, args.opts.insecure_api, "troupe dev")?;
+    if args.run.is_some() && cfg.api_tls.is_some() {
+        anyhow::bail!(
+            "--run does not go with --api-tls-cert; start the node, then `troupe --api https://... --ca FILE submit --wait FILE`"
+        );
+    }
+    serve(cfg, args.run.map(|f| (f, token)), "troupe dev")
 }
 
 pub fn node(args: NodeArgs) -> anyhow::Result<()> {
@@ -117,10 +162,17 @@ pub fn node(args: NodeArgs) -> anyhow::Result<()> {
         },
         join_existing: args.join_existing,
     });
+    check_open_api(&cfg, args.opts.insecure_api, "troupe node")?;
     serve(cfg, None, "troupe node")
 }
 
-fn serve(cfg: NodeConfig, run: Option<std::path::PathBuf>, who: &str) -> anyhow::Result<()> {
+/// Runs the node until a signal; with `run`, submits that file (with that token), follows it
+/// and stops the node when it ends.
+fn serve(
+    cfg: NodeConfig,
+    run: Option<(std::path::PathBuf, Option<String>)>,
+    who: &str,
+) -> anyhow::Result<()> {
     troupe_node::init_tracing();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -128,18 +180,21 @@ fn serve(cfg: NodeConfig, run: Option<std::path::PathBuf>, who: &str) -> anyhow:
         .build()?;
     let data = cfg.data_dir.clone();
     let fatal = cfg.fatal.clone();
+    let (auth, https) = (cfg.api_auth.clone(), cfg.api_tls.is_some());
     let out = rt.block_on(async move {
+        auth.reload_on_sighup();
         // The node can be refused while it starts (every server refusing its cookie): the
         // start does not finish then, so wait for either.
         let node = tokio::select! {
             node = troupe_node::start(cfg) => node?,
             why = fatal.wait() => anyhow::bail!(why),
         };
-        let api = format!("http://{}", node.addr);
+        let scheme = if https { "https" } else { "http" };
+        let api = format!("{scheme}://{}", node.addr);
         eprintln!("{who}: node {} serving {api} (data in {})", node.node_id, data.display());
-        if let Some(file) = run {
+        if let Some((file, token)) = run {
             let code = tokio::task::spawn_blocking(move || {
-                let client = Client::new(&api);
+                let client = Client::with(&api, &crate::client::Access { token, ca: None })?;
                 submit(&client, false, &file, &[], None, true)
             })
             .await?;
@@ -172,8 +227,13 @@ async fn shutdown_signal() {
     }
 }
 
-pub(crate) fn client_command(api: &str, as_json: bool, cmd: Cmd) -> anyhow::Result<()> {
-    let client = Client::new(api);
+pub(crate) fn client_command(
+    api: &str,
+    access: &crate::client::Access,
+    as_json: bool,
+    cmd: Cmd,
+) -> anyhow::Result<()> {
+    let client = Client::with(api, access)?;
     match cmd {
         Cmd::Submit {
             file,
@@ -220,20 +280,18 @@ pub(crate) fn client_command(api: &str, as_json: bool, cmd: Cmd) -> anyhow::Resu
             item,
             attempt,
             stderr,
-        } => {
-            let mut q = format!(
-                "step={step}&stream={}",
-                if stderr { "stderr" } else { "stdout" }
-            );
-            if let Some(i) = item {
-                q.push_str(&format!("&item={i}"));
-            }
-            if let Some(a) = attempt {
-                q.push_str(&format!("&attempt={a}"));
-            }
-            print!("{}", client.text(&format!("/v1/workflows/{id}/logs?{q}"))?);
-            Ok(())
-        }
+            follow,
+        } => crate::logs_cli::run(
+            &client,
+            &crate::logs_cli::LogArgs {
+                id,
+                step,
+                item,
+                attempt,
+                stderr,
+                follow,
+            },
+        ),
         Cmd::Cancel { id } => control(&client, as_json, &id, "cancel"),
         Cmd::Pause { id } => control(&client, as_json, &id, "pause"),
         Cmd::Resume { id } => control(&client, as_json, &id, "resume"),

@@ -19,9 +19,17 @@ impl Drop for Children {
     }
 }
 
-pub fn run(n: u32, args: &DevArgs) -> anyhow::Result<()> {
+pub fn run(n: u32, args: &DevArgs, token: Option<String>) -> anyhow::Result<()> {
     if !(1..=7).contains(&n) {
         bail!("--nodes {n}: use 1 to 7 (3 or 5 for a fault-tolerant Raft group)");
+    }
+    if args.opts.api_tls_cert.is_some() {
+        bail!("--nodes does not use TLS; start the nodes with `troupe node` for HTTPS");
+    }
+    if args.opts.tokens.is_some() && token.is_none() {
+        bail!(
+            "--nodes with --tokens: give a token of the file (--token or TROUPE_TOKEN) to check the cluster formed"
+        );
     }
     let exe = std::env::current_exe()?;
     // A random cookie: nothing outside these processes can guess it.
@@ -90,6 +98,9 @@ pub fn run(n: u32, args: &DevArgs) -> anyhow::Result<()> {
             &o.strategy,
         ]);
         cmd.args(["--reserve-cpu", &o.reserve_cpu.to_string()]);
+        if let Some(t) = &o.tokens {
+            cmd.arg("--tokens").arg(t);
+        }
         cmd.env("TROUPE_COOKIE", &cookie)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(data.join("node.log"))?);
@@ -100,7 +111,13 @@ pub fn run(n: u32, args: &DevArgs) -> anyhow::Result<()> {
     }
     // Wait until a leader answers writes through node 1's API.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let client = Client::new(&apis[0]);
+    let client = Client::with(
+        &apis[0],
+        &crate::client::Access {
+            token: token.clone(),
+            ca: None,
+        },
+    )?;
     loop {
         if client
             .get("/v1/nodes")

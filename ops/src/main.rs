@@ -10,6 +10,7 @@ mod client;
 mod commands;
 mod dlq_cli;
 mod local_cluster;
+mod logs_cli;
 mod progress;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,12 @@ struct Cli {
     /// Print JSON instead of text (for scripts).
     #[arg(long, global = true)]
     json: bool,
+    /// API token (sent as `Authorization: Bearer TOKEN`); prefer the variable (`ps` shows arguments).
+    #[arg(long, global = true, env = "TROUPE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The CA certificate (PEM) that signed the API's certificate, for an https:// --api.
+    #[arg(long, global = true, env = "TROUPE_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -75,6 +82,9 @@ enum Cmd {
         attempt: Option<u32>,
         #[arg(long)]
         stderr: bool,
+        /// Keep printing what a running attempt writes until it ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
     /// Cancel a workflow: running attempts are stopped.
     Cancel { id: String },
@@ -279,6 +289,24 @@ pub struct NodeOpts {
     /// oldest part is dropped, the tail kept, and the cut marked in the log.
     #[arg(long, default_value = "64MiB")]
     max_log_bytes: String,
+    /// API tokens with roles (TOML: [[token]] name, secret, role = read|operate|admin);
+    /// re-read on SIGHUP. Give every node of a cluster the same file.
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<PathBuf>,
+    /// Serve the API over HTTPS: this certificate chain (PEM; needs --api-tls-key).
+    #[arg(long, value_name = "FILE", requires = "api_tls_key")]
+    api_tls_cert: Option<PathBuf>,
+    /// The API certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "api_tls_cert")]
+    api_tls_key: Option<PathBuf>,
+    /// The CA (PEM) of the other nodes' API certificates, trusted when this node forwards a
+    /// call or fetches a log over HTTPS [default: the system's CA bundle].
+    #[arg(long, value_name = "FILE", requires = "api_tls_cert")]
+    api_tls_ca: Option<PathBuf>,
+    /// Allow an API without tokens on an address other than loopback (anyone who can reach it
+    /// may do anything).
+    #[arg(long)]
+    insecure_api: bool,
 }
 
 /// Node secrets stay out of reach of tasks: the cookie (already read into the arguments) leaves
@@ -300,7 +328,7 @@ fn main() {
         keep_secrets();
     }
     let result = match cli.cmd {
-        Cmd::Dev(args) => commands::dev(args),
+        Cmd::Dev(args) => commands::dev(args, cli.token),
         Cmd::Node(args) => commands::node(args),
         Cmd::Bench(args) => bench::run(args),
         other => {
@@ -311,7 +339,11 @@ fn main() {
             unsafe {
                 libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             }
-            commands::client_command(&cli.api, cli.json, other)
+            let access = client::Access {
+                token: cli.token,
+                ca: cli.ca,
+            };
+            commands::client_command(&cli.api, &access, cli.json, other)
         }
     };
     if let Err(e) = result {

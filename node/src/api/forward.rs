@@ -7,14 +7,17 @@
 //! one; a write answers 503 at once, since the old leader may or may not have applied it
 //! (retry it, with the same idempotency key for a submit). A forwarded call never waits on a
 //! silent leader for longer than it takes the cluster to elect a new one.
+//!
+//! Authentication: this node checked the caller's token before forwarding (`auth::check`
+//! runs before `to_leader`), and the forwarded call keeps the caller's `Authorization` header,
+//! so the leader checks it again. No node trusts another's word for who the caller is: a
+//! follower is no way around the leader's tokens, and nothing but the caller's own secret
+//! travels (over HTTPS when the API uses TLS).
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -39,15 +42,9 @@ const FOLLOW_EVERY: Duration = Duration::from_millis(100);
 /// A forwarded call gives up after this long in any case (the longest `?wait=` is 10 minutes).
 const FORWARD_LIMIT: Duration = Duration::from_secs(660);
 
-fn client() -> &'static Client<HttpConnector, Body> {
-    static C: OnceLock<Client<HttpConnector, Body>> = OnceLock::new();
-    C.get_or_init(|| {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(1)));
-        connector.set_nodelay(true);
-        Client::builder(TokioExecutor::new()).build(connector)
-    })
-}
+/// The address of the client a forwarded call came from (for the leader's log of a refused
+/// call; never trusted for anything else).
+pub const FORWARDED_FOR: &str = "x-troupe-forwarded-for";
 
 fn slots() -> &'static Arc<Semaphore> {
     static S: OnceLock<Arc<Semaphore>> = OnceLock::new();
@@ -67,6 +64,7 @@ fn unavailable(msg: &str) -> Response {
 
 /// Forwards `req` to `target`, the leader that `route()` names now, following it if it changes.
 pub async fn forward(
+    out: &super::outbound::Outbound,
     route: Arc<dyn Fn() -> Route + Send + Sync>,
     target: String,
     req: Request,
@@ -76,7 +74,14 @@ pub async fn forward(
             "this node is forwarding {FORWARDS_MAX} calls to the leader already; retry, or call the leader directly"
         ));
     };
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    if let Some(peer) = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .and_then(|c| HeaderValue::from_str(&c.0.to_string()).ok())
+    {
+        parts.headers.insert(FORWARDED_FOR, peer);
+    }
     let idempotent = matches!(parts.method, Method::GET | Method::HEAD);
     // A read may be sent again to a new leader, so keep its (small) body; a write's body is
     // streamed through once.
@@ -89,20 +94,20 @@ pub async fn forward(
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        let Ok(uri) = format!("http://{target}{path}").parse::<Uri>() else {
+        let Ok(uri) = format!("{}{path}", out.base(&target)).parse::<Uri>() else {
             return unavailable("the leader's API address is not valid");
         };
-        let mut out = Request::new(if idempotent {
+        let mut req_out = Request::new(if idempotent {
             Body::empty()
         } else {
             body.take().unwrap_or_else(Body::empty)
         });
-        *out.method_mut() = parts.method.clone();
-        *out.uri_mut() = uri;
-        *out.headers_mut() = parts.headers.clone();
-        out.headers_mut().remove(header::HOST);
-        out.headers_mut().remove(header::CONNECTION);
-        let call = client().request(out);
+        *req_out.method_mut() = parts.method.clone();
+        *req_out.uri_mut() = uri;
+        *req_out.headers_mut() = parts.headers.clone();
+        req_out.headers_mut().remove(header::HOST);
+        req_out.headers_mut().remove(header::CONNECTION);
+        let call = out.request(req_out);
         tokio::pin!(call);
         let mut follow = tokio::time::interval(FOLLOW_EVERY);
         let moved = loop {

@@ -18,13 +18,14 @@ pub fn router(app: AppState) -> Router {
     let here = Router::new()
         .route("/v1/health", get(super::admin::health))
         .route("/v1/chaos/panic/{actor}", post(super::admin::inject_panic))
+        .route("/v1/node/logs", get(super::logs::node_logs_here))
         .with_state(app.clone());
     let led = Router::new()
         .route("/v1/workflows", post(submit).get(list))
         .route("/v1/workflows/{id}", get(detail))
         .route("/v1/workflows/{id}/{action}", post(control))
         .route("/v1/workflows/{id}/steps/{step}/output", get(output))
-        .route("/v1/workflows/{id}/logs", get(logs))
+        .route("/v1/workflows/{id}/logs", get(super::logs::logs))
         .route("/v1/nodes", get(super::admin::nodes))
         .route(
             "/v1/servers",
@@ -38,12 +39,16 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/workflows/{id}/items/{index}", get(super::dlq::item))
         .layer(axum::middleware::from_fn_with_state(app.clone(), to_leader))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
-        .with_state(app);
+        .with_state(app.clone());
     here.merge(led)
+        .layer(axum::middleware::from_fn_with_state(
+            app.auth.clone(),
+            super::auth::check,
+        ))
         .layer(axum::middleware::from_fn(super::errors::json_errors))
 }
 
-/// Everything but health and fault injection is served by the leader.
+/// Everything but health, fault injection and this node's own logs is served by the leader.
 async fn to_leader(
     State(app): State<AppState>,
     req: axum::extract::Request,
@@ -51,14 +56,18 @@ async fn to_leader(
 ) -> axum::response::Response {
     match (app.route)() {
         super::Route::Here => next.run(req).await,
-        super::Route::To(target) => super::forward::forward(app.route.clone(), target, req).await,
+        super::Route::To(target) => {
+            super::forward::forward(&app.outbound, app.route.clone(), target, req).await
+        }
         super::Route::Unknown => super::forward::no_leader(),
     }
 }
 
-/// A worker's API: its own health, everything else forwarded to the leader.
-pub fn proxy_router(node: String, leader_api: std::sync::Arc<std::sync::Mutex<String>>) -> Router {
-    let health_node = node.clone();
+/// A worker's API: its own health and task logs, everything else forwarded to the leader.
+pub fn proxy_router(w: super::WorkerApi) -> Router {
+    let health_node = w.node.clone();
+    let data_dir = w.data_dir.clone();
+    let (leader_api, outbound) = (w.leader_api.clone(), w.outbound.clone());
     Router::new()
         .route(
             "/v1/health",
@@ -66,8 +75,17 @@ pub fn proxy_router(node: String, leader_api: std::sync::Arc<std::sync::Mutex<St
                 Json(json!({ "status": "ok", "node": health_node, "role": "worker" }))
             }),
         )
+        .route(
+            "/v1/node/logs",
+            get(
+                move |Query(q): Query<super::logs::NodeLogQuery>| async move {
+                    super::logs::node_logs(&data_dir, q).await
+                },
+            ),
+        )
         .fallback(move |req: axum::extract::Request| {
             let api = leader_api.clone();
+            let outbound = outbound.clone();
             let route: std::sync::Arc<dyn Fn() -> super::Route + Send + Sync> =
                 std::sync::Arc::new(move || match api.lock().map(|a| a.clone()) {
                     Ok(a) if !a.is_empty() => super::Route::To(a),
@@ -75,12 +93,18 @@ pub fn proxy_router(node: String, leader_api: std::sync::Arc<std::sync::Mutex<St
                 });
             async move {
                 match route() {
-                    super::Route::To(target) => super::forward::forward(route, target, req).await,
+                    super::Route::To(target) => {
+                        super::forward::forward(&outbound, route, target, req).await
+                    }
                     _ => super::forward::no_leader(),
                 }
             }
         })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(axum::middleware::from_fn_with_state(
+            w.auth.clone(),
+            super::auth::check,
+        ))
         .layer(axum::middleware::from_fn(super::errors::json_errors))
 }
 
@@ -377,90 +401,4 @@ async fn output(State(app): State<AppState>, Path((id, step)): Path<(String, Str
         .step_index(&step)
         .ok_or_else(|| ApiError::not_found(format!("{} has no step {step:?}", wf_name(id))))?;
     ok(troupe_scheduler::state::step_output(wf, i))
-}
-
-#[derive(Deserialize)]
-struct LogQuery {
-    step: String,
-    item: Option<u32>,
-    attempt: Option<u32>,
-    stream: Option<String>,
-}
-
-async fn logs(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    Query(q): Query<LogQuery>,
-) -> Result<String, ApiError> {
-    let id = wf_id(&id)?;
-    let item = q.item.unwrap_or(0);
-    let attempt = {
-        let m = read(&app)?;
-        let wf = workflow(&m, id)?;
-        let i = wf.spec.step_index(&q.step).ok_or_else(|| {
-            ApiError::not_found(format!("{} has no step {:?}", wf_name(id), q.step))
-        })?;
-        q.attempt.unwrap_or_else(|| {
-            let run = &wf.steps[i];
-            run.tasks
-                .get(&item)
-                .map(|t| t.attempt)
-                .unwrap_or(run.max_attempt.max(1))
-        })
-    };
-    let ext = match q.stream.as_deref() {
-        None | Some("stdout") => "out",
-        Some("stderr") => "err",
-        Some(other) => {
-            return Err(ApiError::bad(format!(
-                "stream {other:?}: use stdout or stderr"
-            )));
-        }
-    };
-    let r = troupe_scheduler::TaskRef {
-        wf: id,
-        step: 0,
-        item,
-    };
-    // Without --attempt: the newest attempt of this item that left a log.
-    let attempt = if q.attempt.is_some() {
-        attempt
-    } else {
-        (1..=attempt)
-            .rev()
-            .find(|a| {
-                app.data_dir
-                    .join(r.log_stem(&q.step, *a))
-                    .with_extension(ext)
-                    .exists()
-            })
-            .unwrap_or(attempt)
-    };
-    let path = app
-        .data_dir
-        .join(r.log_stem(&q.step, attempt))
-        .with_extension(ext);
-    match read_tail(&path, LOG_TAIL_BYTES).await {
-        Ok(bytes) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
-        Err(_) => Err(ApiError::not_found(format!(
-            "no {ext} log for {} step {} item {item} attempt {attempt} (builtin handlers write none)",
-            wf_name(id),
-            q.step
-        ))),
-    }
-}
-
-/// The most of a log `GET .../logs` returns: its end.
-const LOG_TAIL_BYTES: u64 = 1 << 20;
-
-/// The last `max` bytes of a file, read by seeking (a 1 GB log costs 1 MiB of memory, not 1 GB).
-async fn read_tail(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut f = tokio::fs::File::open(path).await?;
-    let len = f.metadata().await?.len();
-    f.seek(std::io::SeekFrom::Start(len.saturating_sub(max)))
-        .await?;
-    let mut out = Vec::with_capacity(len.min(max) as usize);
-    f.take(max).read_to_end(&mut out).await?;
-    Ok(out)
 }

@@ -1,18 +1,25 @@
 //! The HTTP API (JSON): submit, get, list, cancel, pause, resume, retry, outputs, logs, DLQ,
-//! health. Reads come from the applied state (on a single voter this is linearizable: the
+//! health; authentication ([`auth`]) and HTTPS ([`tls`]). Reads come from the applied state (on a single voter this is linearizable: the
 //! leader applies before it answers); writes go through the Raft log and answer after commit.
 
 mod admin;
+pub mod auth;
 mod dlq;
 mod errors;
 mod forward;
 mod handlers;
+pub mod logs;
+mod outbound;
 mod serve;
 mod server;
+pub mod tls;
 
+pub use auth::{Auth, Role};
 pub use forward::Route;
 pub use handlers::{proxy_router, router};
+pub use outbound::Outbound;
 pub use server::{ApiArgs, ApiMsg, ApiServer};
+pub use tls::{ApiTls, ApiTlsFiles};
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -37,6 +44,22 @@ pub struct AppState {
     pub linearizable: bool,
     /// Serve here, or forward to the leader (clusters).
     pub route: Arc<dyn Fn() -> Route + Send + Sync>,
+    /// The tokens every call is checked against (open without a tokens file).
+    pub auth: Auth,
+    /// Calls to other nodes' APIs (forwarding, fetching a log from the node that ran it).
+    pub outbound: Outbound,
+}
+
+/// What a worker's API needs: it holds no state, serves its own health and task logs, and
+/// forwards the rest to the leader.
+#[derive(Clone)]
+pub struct WorkerApi {
+    pub node: String,
+    pub data_dir: PathBuf,
+    /// The leader's API address, learnt from lease renewals (empty while unknown).
+    pub leader_api: Arc<std::sync::Mutex<String>>,
+    pub auth: Auth,
+    pub outbound: Outbound,
 }
 
 /// An API error: a status and a message that says what to do.

@@ -2,11 +2,14 @@
 //! `serve` has none of these knobs): at most `connections` open at once (a flood of idle
 //! connections cannot take the file descriptors tasks need), a deadline for each request's
 //! headers that also closes kept-alive connections left idle, and accept errors (EMFILE under a
-//! flood) waited out instead of ending the server.
+//! flood) waited out instead of ending the server. Each request carries the caller's address
+//! (axum's `ConnectInfo`, for the log of a refused call); with TLS, the handshake must finish
+//! within the header deadline too.
 
+use axum::extract::ConnectInfo;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -49,6 +52,7 @@ pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.connections));
@@ -58,7 +62,7 @@ pub async fn serve(
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = stop.changed() => return,
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
@@ -70,22 +74,51 @@ pub async fn serve(
             _ = stop.changed() => return,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let mut stop = stop.clone();
+        let (router, tls, stop) = (router.clone(), tls.clone(), stop.clone());
         tokio::spawn(async move {
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+            match tls {
+                None => connection(TokioIo::new(stream), peer, router, limits, stop).await,
+                Some(tls) => {
+                    match tokio::time::timeout(limits.header_timeout, tls.accept(stream)).await {
+                        Ok(Ok(s)) => connection(TokioIo::new(s), peer, router, limits, stop).await,
+                        Ok(Err(e)) => {
+                            tracing::info!(%peer, error = %e, "api tls handshake failed")
+                        }
+                        Err(_) => tracing::info!(%peer, "api tls handshake timed out"),
+                    }
                 }
             }
             drop(permit);
         });
+    }
+}
+
+/// Serves one connection until it closes, or until the server stops (then gracefully, for at
+/// most 5 s).
+async fn connection<I>(
+    io: I,
+    peer: SocketAddr,
+    router: axum::Router,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            tower_service::Service::call(&mut router.clone(), req)
+        });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
     }
 }

@@ -22,6 +22,8 @@ pub struct ApiArgs {
     pub bound: Arc<Mutex<Option<SocketAddr>>>,
     /// Headers of each request (and the next request on a kept-alive connection) within this.
     pub header_timeout: std::time::Duration,
+    /// Serve HTTPS with this (`--api-tls-cert`).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 pub struct ApiState {
@@ -56,7 +58,7 @@ impl Actor for ApiServer {
             *b = Some(addr);
         }
         let _ = std::fs::write(args.data_dir.join("api.addr"), addr.to_string());
-        tracing::info!(%addr, "api listening");
+        tracing::info!(%addr, https = args.tls.is_some(), "api listening");
         let (tx, rx) = tokio::sync::watch::channel(false);
         let limits = Limits {
             connections: connection_cap(),
@@ -67,7 +69,7 @@ impl Actor for ApiServer {
             // The loop ends only when told to stop; if it ends otherwise, fail so the
             // supervisor restarts the API.
             let stopping = rx.clone();
-            super::serve::serve(listener, args.router, limits, rx).await;
+            super::serve::serve(listener, args.router, limits, args.tls, rx).await;
             if !*stopping.borrow() {
                 let _ = me.cast(ApiMsg::ServerDied("the accept loop ended".into()));
             }

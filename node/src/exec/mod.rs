@@ -1,7 +1,7 @@
 //! Executors: how a node runs an attempt — a process (argv) or a builtin handler.
 
 mod builtin;
-mod http;
+pub(crate) mod http;
 mod logcap;
 mod process;
 mod spawn;

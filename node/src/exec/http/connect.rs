@@ -32,7 +32,7 @@ pub fn client() -> &'static HttpClient {
         http.set_connect_timeout(Some(Duration::from_secs(10)));
         Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(Connector { http })
+            .build(Connector { http, tls: None })
     })
 }
 
@@ -82,6 +82,15 @@ fn tls() -> Result<tokio_rustls::TlsConnector, String> {
 #[derive(Clone)]
 pub struct Connector {
     http: HttpConnector,
+    /// For `https://`: this TLS client (its own roots) instead of the system bundle's.
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl Connector {
+    /// A connector whose `https://` calls trust `tls`'s roots (the system bundle's without it).
+    pub fn new(http: HttpConnector, tls: Option<tokio_rustls::TlsConnector>) -> Connector {
+        Connector { http, tls }
+    }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -97,6 +106,7 @@ impl Service<Uri> for Connector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let mut http = self.http.clone();
+        let fixed = self.tls.clone();
         Box::pin(async move {
             let https = uri.scheme_str() == Some("https");
             let tcp = http.call(uri.clone()).await?.into_inner();
@@ -111,7 +121,11 @@ impl Service<Uri> for Connector {
                 .to_string();
             let name = ServerName::try_from(host)
                 .map_err(|e| format!("https: not a valid server name: {e}"))?;
-            let tls = tls()?.connect(name, tcp).await?;
+            let tls = match fixed {
+                Some(t) => t,
+                None => tls()?,
+            };
+            let tls = tls.connect(name, tcp).await?;
             Ok(TokioIo::new(Stream::Tls(Box::new(tls))))
         })
     }

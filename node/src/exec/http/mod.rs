@@ -9,7 +9,7 @@
 //!   just before sending; the values never leave this function except on the wire (messages
 //!   show the url as written, and any value that a server echoes into an error is masked).
 
-mod connect;
+pub(crate) mod connect;
 mod limit;
 #[cfg(test)]
 mod tests;
