@@ -86,7 +86,8 @@ pub fn dev(args: DevArgs) -> anyhow::Result<()> {
     cfg.listen = args
         .listen
         .unwrap_or_else(|| default.parse().expect("static address"));
-    serve(cfg, args.run, "troupe dev")
+    let log = args.opts.log_format;
+    serve(cfg, args.run, log, "troupe dev")
 }
 
 pub fn node(args: NodeArgs) -> anyhow::Result<()> {
@@ -117,11 +118,24 @@ pub fn node(args: NodeArgs) -> anyhow::Result<()> {
         },
         join_existing: args.join_existing,
     });
-    serve(cfg, None, "troupe node")
+    serve(cfg, None, args.opts.log_format, "troupe node")
 }
 
-fn serve(cfg: NodeConfig, run: Option<std::path::PathBuf>, who: &str) -> anyhow::Result<()> {
-    troupe_node::init_tracing();
+fn serve(
+    cfg: NodeConfig,
+    run: Option<std::path::PathBuf>,
+    log: troupe_node::LogFormat,
+    who: &str,
+) -> anyhow::Result<()> {
+    // With --run the terminal shows the workflow's progress; the node's log goes to a file.
+    let log_file = run.as_ref().map(|_| cfg.data_dir.join("node.log"));
+    if let Some(f) = &log_file {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+        eprintln!("{who}: node log in {}", f.display());
+    }
+    troupe_node::init_tracing(log, log_file.as_deref())
+        .with_context(|| format!("cannot open the node log {:?}", log_file))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -136,7 +150,10 @@ fn serve(cfg: NodeConfig, run: Option<std::path::PathBuf>, who: &str) -> anyhow:
             why = fatal.wait() => anyhow::bail!(why),
         };
         let api = format!("http://{}", node.addr);
-        eprintln!("{who}: node {} serving {api} (data in {})", node.node_id, data.display());
+        say(
+            log,
+            &format!("{who}: node {} serving {api} (data in {})", node.node_id, data.display()),
+        );
         if let Some(file) = run {
             let code = tokio::task::spawn_blocking(move || {
                 let client = Client::new(&api);
@@ -150,7 +167,7 @@ fn serve(cfg: NodeConfig, run: Option<std::path::PathBuf>, who: &str) -> anyhow:
         let mut join = node.join;
         tokio::select! {
             _ = shutdown_signal() => {
-                eprintln!("{who}: stopping");
+                say(log, &format!("{who}: stopping"));
                 node.root.stop(Some("signal".into()));
                 let _ = tokio::time::timeout(Duration::from_secs(10), &mut join).await;
                 Ok(())
@@ -162,6 +179,15 @@ fn serve(cfg: NodeConfig, run: Option<std::path::PathBuf>, who: &str) -> anyhow:
     // Without waiting for the node's actors: a refused node stops mid-start.
     rt.shutdown_timeout(Duration::from_secs(2));
     out
+}
+
+/// A line for the operator: on stderr, or a log event when the log is JSON (so every line a
+/// log shipper reads parses).
+fn say(log: troupe_node::LogFormat, line: &str) {
+    match log {
+        troupe_node::LogFormat::Json => tracing::info!("{line}"),
+        troupe_node::LogFormat::Text => eprintln!("{line}"),
+    }
 }
 
 async fn shutdown_signal() {

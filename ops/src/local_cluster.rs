@@ -90,6 +90,9 @@ pub fn run(n: u32, args: &DevArgs) -> anyhow::Result<()> {
             &o.strategy,
         ]);
         cmd.args(["--reserve-cpu", &o.reserve_cpu.to_string()]);
+        if o.log_format == troupe_node::LogFormat::Json {
+            cmd.args(["--log-format", "json"]);
+        }
         cmd.env("TROUPE_COOKIE", &cookie)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(data.join("node.log"))?);

@@ -12,13 +12,21 @@ pub const LATENCY_BUCKETS_S: [f64; 16] = [
     5.0, 10.0,
 ];
 
-/// A histogram of durations with fixed buckets ([`LATENCY_BUCKETS_S`], then +Inf).
-#[derive(Debug, Default)]
+/// A histogram of durations with fixed bucket bounds (by default [`LATENCY_BUCKETS_S`]; then
+/// +Inf). Observing is three relaxed atomic adds.
+#[derive(Debug)]
 pub struct LatencyHistogram {
+    bounds: &'static [f64],
     /// Observations per bucket (not cumulative); the last one is +Inf.
-    buckets: [AtomicU64; LATENCY_BUCKETS_S.len() + 1],
+    buckets: Vec<AtomicU64>,
     sum_nanos: AtomicU64,
     count: AtomicU64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self::new(&LATENCY_BUCKETS_S)
+    }
 }
 
 /// A point-in-time copy of a [`LatencyHistogram`].
@@ -31,12 +39,24 @@ pub struct HistogramSnapshot {
 }
 
 impl LatencyHistogram {
+    /// A histogram with these upper bounds (seconds, ascending).
+    pub fn new(bounds: &'static [f64]) -> Self {
+        debug_assert!(bounds.windows(2).all(|w| w[0] < w[1]), "ascending bounds");
+        LatencyHistogram {
+            bounds,
+            buckets: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_nanos: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
     pub fn observe(&self, d: Duration) {
         let s = d.as_secs_f64();
-        let i = LATENCY_BUCKETS_S
+        let i = self
+            .bounds
             .iter()
             .position(|b| s <= *b)
-            .unwrap_or(LATENCY_BUCKETS_S.len());
+            .unwrap_or(self.bounds.len());
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
@@ -44,7 +64,8 @@ impl LatencyHistogram {
     }
 
     pub fn snapshot(&self) -> HistogramSnapshot {
-        let buckets = LATENCY_BUCKETS_S
+        let buckets = self
+            .bounds
             .iter()
             .copied()
             .chain([f64::INFINITY])

@@ -7,6 +7,7 @@ mod dlq;
 mod errors;
 mod forward;
 mod handlers;
+mod openapi;
 mod serve;
 mod server;
 
