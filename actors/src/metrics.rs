@@ -89,7 +89,11 @@ fn step_key(t: TaskRef) -> TaskRef {
 
 fn live(state: &State, at: &AttemptRef) -> Option<TaskState> {
     let wf = state.workflows.get(&at.task.wf)?;
-    let task = wf.steps.get(at.task.step as usize)?.tasks.get(&at.task.item)?;
+    let task = wf
+        .steps
+        .get(at.task.step as usize)?
+        .tasks
+        .get(&at.task.item)?;
     let epoch = match &task.state {
         TaskState::Assigned { epoch, .. } | TaskState::Running { epoch, .. } => *epoch,
         _ => return None,

@@ -28,7 +28,10 @@ fn claims_spec() -> String {
         .map(|l| format!("{l:?}"))
         .collect();
     let lines = "map = { lines = \"claims/claims.txt\" }";
-    assert!(spec.contains(lines), "the example changed: {lines} not found");
+    assert!(
+        spec.contains(lines),
+        "the example changed: {lines} not found"
+    );
     let script = repo().join("examples/claims/step.sh");
     spec.replace(lines, &format!("map = {{ items = [{}] }}", docs.join(", ")))
         .replace(
@@ -49,7 +52,9 @@ fn parse(text: &str) -> Vec<Sample> {
 }
 
 fn parse_line(line: &str) -> Sample {
-    let split = line.find(['{', ' ']).unwrap_or_else(|| panic!("bad line {line:?}"));
+    let split = line
+        .find(['{', ' '])
+        .unwrap_or_else(|| panic!("bad line {line:?}"));
     let (name, mut rest) = line.split_at(split);
     let mut labels = BTreeMap::new();
     if let Some(body) = rest.strip_prefix('{') {

@@ -512,7 +512,10 @@ impl<M: StateMachine> Inbox<M> {
     fn push(&mut self, input: Input<M>, shared: &Shared) {
         match input {
             Input::Propose { cmds, reply } => {
-                shared.stats.queued_proposals.fetch_sub(1, Ordering::Relaxed);
+                shared
+                    .stats
+                    .queued_proposals
+                    .fetch_sub(1, Ordering::Relaxed);
                 self.batch.push(Proposal { cmds, reply })
             }
             Input::ConfChange { change, reply } => self.confs.push((change, reply)),

@@ -3,8 +3,8 @@
 
 use super::ApiError;
 use super::AppState;
-use super::openapi::ErrorBody;
 use super::handlers::{Res, linearize, ok, propose, read, wf_id, workflow};
+use super::openapi::ErrorBody;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;

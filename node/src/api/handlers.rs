@@ -63,7 +63,11 @@ pub(crate) fn leader_routes() -> Routes {
         .add(Method::GET, "/v1/workflows", list)
         .add(Method::GET, "/v1/workflows/{id}", detail)
         .add(Method::POST, "/v1/workflows/{id}/{action}", control)
-        .add(Method::GET, "/v1/workflows/{id}/steps/{step}/output", output)
+        .add(
+            Method::GET,
+            "/v1/workflows/{id}/steps/{step}/output",
+            output,
+        )
         .add(Method::GET, "/v1/workflows/{id}/logs", logs)
         .add(Method::GET, "/v1/workflows/{id}/items/{index}", dlq::item)
         .add(Method::GET, "/v1/nodes", admin::nodes)
@@ -419,7 +423,10 @@ async fn wait_finished(app: &AppState, id: WorkflowId, limit: Duration) {
     params(("id" = String, Path, description = "Workflow id, like wf-12"), ("action" = String, Path, description = "cancel, pause, resume or retry")),
     responses((status = 200, description = "Applied", body = Object), (status = 404, description = "No such workflow, step or entry", body = ErrorBody),
         (status = 409, description = "Not possible in the workflow's status", body = ErrorBody), (status = 429, description = "The admission queue is full; retry after a second (Retry-After: 1)", body = ErrorBody)))]
-pub(super) async fn control(State(app): State<AppState>, Path((id, action)): Path<(String, String)>) -> Res {
+pub(super) async fn control(
+    State(app): State<AppState>,
+    Path((id, action)): Path<(String, String)>,
+) -> Res {
     let id = wf_id(&id)?;
     let cmd = match action.as_str() {
         "cancel" => Command::Cancel(id),
@@ -442,7 +449,10 @@ pub(super) async fn control(State(app): State<AppState>, Path((id, action)): Pat
 #[utoipa::path(get, path = "/v1/workflows/{id}/steps/{step}/output", tag = "workflows",
     params(("id" = String, Path, description = "Workflow id, like wf-12"), ("step" = String, Path, description = "Step id")),
     responses((status = 200, description = "The step's output (a list for map steps)", body = Object), (status = 404, description = "No such workflow, step or entry", body = ErrorBody)))]
-pub(super) async fn output(State(app): State<AppState>, Path((id, step)): Path<(String, String)>) -> Res {
+pub(super) async fn output(
+    State(app): State<AppState>,
+    Path((id, step)): Path<(String, String)>,
+) -> Res {
     linearize(&app).await?;
     let id = wf_id(&id)?;
     let m = read(&app)?;

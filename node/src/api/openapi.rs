@@ -106,7 +106,13 @@ mod tests {
             );
             n += 1;
         }
-        assert_eq!(n, paths.values().map(|p| p.as_object().map_or(0, |o| o.len())).sum::<usize>(),
-            "the document names a route the router does not serve");
+        assert_eq!(
+            n,
+            paths
+                .values()
+                .map(|p| p.as_object().map_or(0, |o| o.len()))
+                .sum::<usize>(),
+            "the document names a route the router does not serve"
+        );
     }
 }

@@ -136,7 +136,9 @@ pub fn render(app: Option<&crate::api::AppState>) -> String {
 /// `GET /metrics` on a server or the embedded node.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format 0.0.4 (see docs/operations.md, Metrics)", content_type = "text/plain; version=0.0.4", body = String)))]
-pub async fn serve(axum::extract::State(app): axum::extract::State<crate::api::AppState>) -> Response {
+pub async fn serve(
+    axum::extract::State(app): axum::extract::State<crate::api::AppState>,
+) -> Response {
     exposition(render(Some(&app)))
 }
 

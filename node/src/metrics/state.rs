@@ -153,11 +153,7 @@ fn nodes(m: &Machine) -> Vec<NodeRow> {
             },
             slots: n.slots,
             attempts: n.assigned,
-            cpu: [
-                n.capacity.cpu_milli,
-                n.allocatable_cpu(),
-                n.used.cpu_milli,
-            ],
+            cpu: [n.capacity.cpu_milli, n.allocatable_cpu(), n.used.cpu_milli],
             memory: [
                 n.capacity.memory_bytes,
                 n.capacity
@@ -234,22 +230,72 @@ impl StateCollector {
     fn encode_raft(&self, enc: &mut DescriptorEncoder) -> Fmt {
         let st = &self.status;
         gauge(enc, "raft_term", "Current Raft term", st.term as f64)?;
-        gauge(enc, "raft_commit_index", "Raft commit index", st.commit as f64)?;
-        gauge(enc, "raft_applied_index", "Index of the last applied Raft entry", st.applied as f64)?;
-        gauge(enc, "raft_last_index", "Index of the last entry in the Raft log", st.last_index as f64)?;
-        gauge(enc, "raft_snapshot_index", "Index of the latest Raft snapshot", st.snapshot_index as f64)?;
-        gauge(enc, "raft_leader", "1 if this server is the Raft leader", f64::from(u8::from(st.is_leader)))?;
-        gauge(enc, "raft_leader_id", "Raft id of the leader as this server knows it (0: none)", st.leader_id as f64)?;
-        gauge(enc, "raft_voters", "Voters of the applied Raft configuration", st.voters.len() as f64)?;
+        gauge(
+            enc,
+            "raft_commit_index",
+            "Raft commit index",
+            st.commit as f64,
+        )?;
+        gauge(
+            enc,
+            "raft_applied_index",
+            "Index of the last applied Raft entry",
+            st.applied as f64,
+        )?;
+        gauge(
+            enc,
+            "raft_last_index",
+            "Index of the last entry in the Raft log",
+            st.last_index as f64,
+        )?;
+        gauge(
+            enc,
+            "raft_snapshot_index",
+            "Index of the latest Raft snapshot",
+            st.snapshot_index as f64,
+        )?;
+        gauge(
+            enc,
+            "raft_leader",
+            "1 if this server is the Raft leader",
+            f64::from(u8::from(st.is_leader)),
+        )?;
+        gauge(
+            enc,
+            "raft_leader_id",
+            "Raft id of the leader as this server knows it (0: none)",
+            st.leader_id as f64,
+        )?;
+        gauge(
+            enc,
+            "raft_voters",
+            "Voters of the applied Raft configuration",
+            st.voters.len() as f64,
+        )?;
         gauge(
             enc,
             "raft_proposal_queue_depth",
             "Proposals queued for the Raft engine thread, held retries included",
             self.queue_depth as f64,
         )?;
-        gauge(enc, "raft_snapshot_size_bytes", "Size of the latest stored Raft snapshot", self.snapshot_bytes as f64)?;
-        counter(enc, "raft_commands_applied", "Commands applied since the engine opened (replay included)", st.commands_applied)?;
-        counter(enc, "raft_proposals_refused_busy", "Proposals refused because the engine queue was full", self.busy)?;
+        gauge(
+            enc,
+            "raft_snapshot_size_bytes",
+            "Size of the latest stored Raft snapshot",
+            self.snapshot_bytes as f64,
+        )?;
+        counter(
+            enc,
+            "raft_commands_applied",
+            "Commands applied since the engine opened (replay included)",
+            st.commands_applied,
+        )?;
+        counter(
+            enc,
+            "raft_proposals_refused_busy",
+            "Proposals refused because the engine queue was full",
+            self.busy,
+        )?;
         histogram(
             enc,
             "raft_commit_latency_seconds",
@@ -273,39 +319,52 @@ impl StateCollector {
                 .iter()
                 .map(|(s, n)| (vec![("status", s.to_string())], *n as f64)),
         )?;
-        gauge(enc, "dlq_entries", "Dead letters in the queue", self.dlq as f64)?;
+        gauge(
+            enc,
+            "dlq_entries",
+            "Dead letters in the queue",
+            self.dlq as f64,
+        )?;
         let rows = &self.steps;
         gauges(
             enc,
             "step_tasks",
             "Live tasks of running workflows by step and state (queued: ready to place; waiting: retry backoff)",
             rows.iter().flat_map(|(w, s, r)| {
-                [("queued", r.queued), ("waiting", r.waiting), ("assigned", r.assigned), ("running", r.running)]
-                    .into_iter()
-                    .map(move |(state, n)| {
-                        let mut l = step_labels(w, s);
-                        l.push(("state", state.to_string()));
-                        (l, n as f64)
-                    })
+                [
+                    ("queued", r.queued),
+                    ("waiting", r.waiting),
+                    ("assigned", r.assigned),
+                    ("running", r.running),
+                ]
+                .into_iter()
+                .map(move |(state, n)| {
+                    let mut l = step_labels(w, s);
+                    l.push(("state", state.to_string()));
+                    (l, n as f64)
+                })
             }),
         )?;
         gauges(
             enc,
             "step_queue_depth",
             "Work of running workflows waiting to be placed: tasks ready to place plus lane items waiting for room in the step's window",
-            rows.iter().map(|(w, s, r)| (step_labels(w, s), (r.queued + r.window) as f64)),
+            rows.iter()
+                .map(|(w, s, r)| (step_labels(w, s), (r.queued + r.window) as f64)),
         )?;
         gauges(
             enc,
             "step_blocked_items",
             "Items waiting behind an upstream dead letter",
-            rows.iter().map(|(w, s, r)| (step_labels(w, s), r.blocked as f64)),
+            rows.iter()
+                .map(|(w, s, r)| (step_labels(w, s), r.blocked as f64)),
         )?;
         gauges(
             enc,
             "step_dead_lettered_items",
             "Items of the step in the dead-letter queue",
-            rows.iter().map(|(w, s, r)| (step_labels(w, s), r.dead as f64)),
+            rows.iter()
+                .map(|(w, s, r)| (step_labels(w, s), r.dead as f64)),
         )?;
         self.encode_tasks(enc)
     }
@@ -314,28 +373,59 @@ impl StateCollector {
         type Pick = fn(&StepCounters) -> u64;
         let families: [(&str, &str, Pick); 5] = [
             ("tasks_started", "Attempts started, by step", |c| c.started),
-            ("tasks_succeeded", "Items a step finished successfully", |c| c.succeeded),
-            ("tasks_failed", "Failed attempts (each retry's failure counts)", |c| c.failed),
-            ("tasks_retried", "Failed attempts given another try", |c| c.retried),
-            ("tasks_dead_lettered", "Items sent to the dead-letter queue", |c| c.dead_lettered),
+            (
+                "tasks_succeeded",
+                "Items a step finished successfully",
+                |c| c.succeeded,
+            ),
+            (
+                "tasks_failed",
+                "Failed attempts (each retry's failure counts)",
+                |c| c.failed,
+            ),
+            ("tasks_retried", "Failed attempts given another try", |c| {
+                c.retried
+            }),
+            (
+                "tasks_dead_lettered",
+                "Items sent to the dead-letter queue",
+                |c| c.dead_lettered,
+            ),
         ];
         for (name, help, pick) in families {
             counters(
                 enc,
                 name,
                 help,
-                self.counters.iter().map(|(w, s, c)| (step_labels(w, s), pick(c))),
+                self.counters
+                    .iter()
+                    .map(|(w, s, c)| (step_labels(w, s), pick(c))),
             )?;
         }
-        histogram(enc, "task_duration_seconds", "From an attempt's start to its accepted result (log time)", &self.duration)?;
+        histogram(
+            enc,
+            "task_duration_seconds",
+            "From an attempt's start to its accepted result (log time)",
+            &self.duration,
+        )?;
         histogram(
             enc,
             "task_queue_wait_seconds",
             "From an attempt's placement to its start (the node's queue and process start; log time)",
             &self.queue_wait,
         )?;
-        counter(enc, "assignments_refused", "Placements apply refused (the state changed between plan and apply)", self.assignments_refused)?;
-        counter(enc, "stale_reports_refused", "Reports fenced off (not for the current attempt and epoch)", self.stale_reports)
+        counter(
+            enc,
+            "assignments_refused",
+            "Placements apply refused (the state changed between plan and apply)",
+            self.assignments_refused,
+        )?;
+        counter(
+            enc,
+            "stale_reports_refused",
+            "Reports fenced off (not for the current attempt and epoch)",
+            self.stale_reports,
+        )
     }
 
     fn encode_nodes(&self, enc: &mut DescriptorEncoder) -> Fmt {
@@ -350,14 +440,26 @@ impl StateCollector {
                 (l, 1.0)
             }),
         )?;
-        gauges(enc, "node_slots", "Attempts a node runs at once", self.nodes.iter().map(|n| (node(n), f64::from(n.slots))))?;
-        gauges(enc, "node_attempts", "Attempts placed on a node", self.nodes.iter().map(|n| (node(n), f64::from(n.attempts))))?;
+        gauges(
+            enc,
+            "node_slots",
+            "Attempts a node runs at once",
+            self.nodes.iter().map(|n| (node(n), f64::from(n.slots))),
+        )?;
+        gauges(
+            enc,
+            "node_attempts",
+            "Attempts placed on a node",
+            self.nodes.iter().map(|n| (node(n), f64::from(n.attempts))),
+        )?;
         for (i, what) in ["capacity", "allocatable", "allocated"].iter().enumerate() {
             gauges(
                 enc,
                 &format!("node_cpu_{what}_cores"),
                 &format!("CPU cores: {what}"),
-                self.nodes.iter().map(|n| (node(n), n.cpu[i] as f64 / 1000.0)),
+                self.nodes
+                    .iter()
+                    .map(|n| (node(n), n.cpu[i] as f64 / 1000.0)),
             )?;
             gauges(
                 enc,
@@ -378,15 +480,19 @@ impl StateCollector {
             enc,
             "node_gpu_memory_bytes",
             "Memory of each GPU of a node",
-            self.nodes.iter().flat_map(|n| n.gpus.iter().map(move |g| (gpu(n, g), g.3 as f64))),
+            self.nodes
+                .iter()
+                .flat_map(|n| n.gpus.iter().map(move |g| (gpu(n, g), g.3 as f64))),
         )?;
         gauges(
             enc,
             "node_gpu_allocated",
             "1 if a live attempt holds the GPU",
-            self.nodes
-                .iter()
-                .flat_map(|n| n.gpus.iter().map(move |g| (gpu(n, g), f64::from(u8::from(g.4))))),
+            self.nodes.iter().flat_map(|n| {
+                n.gpus
+                    .iter()
+                    .map(move |g| (gpu(n, g), f64::from(u8::from(g.4))))
+            }),
         )
     }
 }
@@ -410,10 +516,28 @@ impl Collector for ProcessCollector {
             &mut enc,
             "build_info",
             "The troupe version of this process",
-            [(vec![("version", env!("CARGO_PKG_VERSION").to_string())], 1.0)],
+            [(
+                vec![("version", env!("CARGO_PKG_VERSION").to_string())],
+                1.0,
+            )],
         )?;
-        counter(&mut enc, "lease_renewals", "Lease renewals this node accepted as the leader", renewed)?;
-        counter(&mut enc, "lease_expirations", "Nodes this node declared lost as the leader (lease expired)", expired)?;
-        counter(&mut enc, "fences", "Times this node fenced itself (its lease lapsed or the leader disowned its epoch)", fenced)
+        counter(
+            &mut enc,
+            "lease_renewals",
+            "Lease renewals this node accepted as the leader",
+            renewed,
+        )?;
+        counter(
+            &mut enc,
+            "lease_expirations",
+            "Nodes this node declared lost as the leader (lease expired)",
+            expired,
+        )?;
+        counter(
+            &mut enc,
+            "fences",
+            "Times this node fenced itself (its lease lapsed or the leader disowned its epoch)",
+            fenced,
+        )
     }
 }
