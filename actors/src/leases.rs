@@ -13,6 +13,7 @@ pub struct LeaseTable {
 
 impl LeaseTable {
     pub fn renew(&self, node: &str) {
+        crate::metrics::bump(&crate::metrics::LEASES.renewed);
         self.renew_at(node, Instant::now());
     }
 
@@ -164,6 +165,7 @@ impl LeaseJudge {
             return None;
         }
         tracing::debug!(node = %id, epoch, "lease expired: proposing that the node is lost");
+        crate::metrics::bump(&crate::metrics::LEASES.expired);
         Some(Command::NodeLost {
             node: id.to_string(),
             epoch,

@@ -12,6 +12,7 @@
 //! - [`dispatcher`] and [`runner`] — the node's bounded runner queue and its TaskRunner slots.
 //! - [`sink`] — delivers applied effects to the actors by registered name.
 //! - [`workers`] — how the dispatcher hands attempts of worker steps to the node's worker host.
+//! - [`metrics`] — task counters kept by apply, lease counters (read by the node's exporter).
 //!
 //! Invariants: no actor blocks (fsync lives on the engine thread, processes in spawned tasks);
 //! no unbounded fan-out (the planner only places against a node's credits, so the dispatcher's
@@ -27,6 +28,7 @@ pub mod facade;
 pub mod instance;
 pub mod leases;
 pub mod machine;
+pub mod metrics;
 pub mod runner;
 pub mod sink;
 pub mod supervisor;

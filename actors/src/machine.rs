@@ -24,6 +24,8 @@ pub const SNAPSHOT_VERSION_MIN: u16 = 2;
 #[derive(Default)]
 pub struct Machine {
     pub state: State,
+    /// Counted as commands are applied; not replicated, not in snapshots (`crate::metrics`).
+    pub metrics: crate::metrics::TaskMetrics,
 }
 
 impl StateMachine for Machine {
@@ -31,7 +33,12 @@ impl StateMachine for Machine {
     type Output = Output;
 
     fn apply(&mut self, at_ms: u64, cmd: Command) -> Output {
-        self.state.apply(at_ms, cmd)
+        let watch = crate::metrics::TaskMetrics::before(&self.state, &cmd);
+        let out = self.state.apply(at_ms, cmd);
+        if let Some(w) = watch {
+            self.metrics.after(&self.state, at_ms, w);
+        }
+        out
     }
 
     fn snapshot(&self) -> Vec<u8> {

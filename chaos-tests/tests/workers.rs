@@ -239,8 +239,9 @@ fn a_gpu_worker_is_pinned_to_the_gpu_its_items_were_placed_on() {
         &tmp.path().join("n"),
         &["--slots", "4", "--simulate-gpus", "2xA10G:24GiB"],
     );
-    let spec = worker_step(&script, 40, ", max_workers = 1")
-        .replace("retries =", "resources = { gpu = 1 }\nretries =");
+    // No max_workers: the node's two GPUs bound the step to two workers (each holds its GPU).
+    let spec =
+        worker_step(&script, 40, "").replace("retries =", "resources = { gpu = 1 }\nretries =");
     let id = node.submit(&spec);
     let v = node.wait(&id, Duration::from_secs(60));
     assert_eq!(v["status"], "succeeded", "{v}");

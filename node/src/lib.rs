@@ -12,6 +12,7 @@ pub mod config;
 pub mod exec;
 pub mod fatal;
 pub mod janitor;
+pub mod metrics;
 pub mod monitor;
 pub mod tree;
 
@@ -28,9 +29,34 @@ const TRANSPORT_LOG_DEFAULTS: [&str; 3] = [
     "ractor_cluster::node::node_session=warn",
 ];
 
-/// Logs to stderr through `tracing` (`RUST_LOG` filters), and routes panics to it too.
-pub fn init_tracing() {
+/// How the node's log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One line of text per event; ANSI colours only when the output is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (for log shippers): `timestamp`, `level`, `target`, `fields`
+    /// (with `message`), and the span.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("log format {other:?}: use text or json")),
+        }
+    }
+}
+
+/// Logs through `tracing` (`RUST_LOG` filters) to stderr, or to `file` (appended), and routes
+/// panics to it too. Text goes without ANSI codes unless it goes to a terminal.
+pub fn init_tracing(format: LogFormat, file: Option<&std::path::Path>) -> std::io::Result<()> {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let rust_log = std::env::var("RUST_LOG").unwrap_or_default();
     let mut filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,raft=warn"));
@@ -39,11 +65,28 @@ pub fn init_tracing() {
             filter = filter.add_directive(d.parse().expect("a static directive"));
         }
     }
-    let _ = tracing_subscriber::fmt()
+    let (writer, ansi) = match file {
+        Some(path) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            (BoxMakeWriter::new(std::sync::Mutex::new(f)), false)
+        }
+        None => (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::stderr().is_terminal(),
+        ),
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(writer);
+    let _ = match format {
+        LogFormat::Text => builder.with_ansi(ansi).try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
     std::panic::set_hook(Box::new(|info| {
         tracing::error!(panic = %info, "panic (the supervisor decides what restarts)");
     }));
+    Ok(())
 }

@@ -131,7 +131,8 @@ pub fn dev(args: DevArgs, token: Option<String>) -> anyhow::Result<()> {
             "--run does not go with --api-tls-cert; start the node, then `troupe --api https://... --ca FILE submit --wait FILE`"
         );
     }
-    serve(cfg, args.run.map(|f| (f, token)), "troupe dev")
+    let log = args.opts.log_format;
+    serve(cfg, args.run.map(|f| (f, token)), log, "troupe dev")
 }
 
 pub fn node(args: NodeArgs) -> anyhow::Result<()> {
@@ -163,7 +164,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<()> {
         join_existing: args.join_existing,
     });
     check_open_api(&cfg, args.opts.insecure_api, "troupe node")?;
-    serve(cfg, None, "troupe node")
+    serve(cfg, None, args.opts.log_format, "troupe node")
 }
 
 /// Runs the node until a signal; with `run`, submits that file (with that token), follows it
@@ -171,9 +172,18 @@ pub fn node(args: NodeArgs) -> anyhow::Result<()> {
 fn serve(
     cfg: NodeConfig,
     run: Option<(std::path::PathBuf, Option<String>)>,
+    log: troupe_node::LogFormat,
     who: &str,
 ) -> anyhow::Result<()> {
-    troupe_node::init_tracing();
+    // With --run the terminal shows the workflow's progress; the node's log goes to a file.
+    let log_file = run.as_ref().map(|_| cfg.data_dir.join("node.log"));
+    if let Some(f) = &log_file {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+        eprintln!("{who}: node log in {}", f.display());
+    }
+    troupe_node::init_tracing(log, log_file.as_deref())
+        .with_context(|| format!("cannot open the node log {:?}", log_file))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -191,7 +201,10 @@ fn serve(
         };
         let scheme = if https { "https" } else { "http" };
         let api = format!("{scheme}://{}", node.addr);
-        eprintln!("{who}: node {} serving {api} (data in {})", node.node_id, data.display());
+        say(
+            log,
+            &format!("{who}: node {} serving {api} (data in {})", node.node_id, data.display()),
+        );
         if let Some((file, token)) = run {
             let code = tokio::task::spawn_blocking(move || {
                 let client = Client::with(&api, &crate::client::Access { token, ca: None })?;
@@ -205,7 +218,7 @@ fn serve(
         let mut join = node.join;
         tokio::select! {
             _ = shutdown_signal() => {
-                eprintln!("{who}: stopping");
+                say(log, &format!("{who}: stopping"));
                 node.root.stop(Some("signal".into()));
                 let _ = tokio::time::timeout(Duration::from_secs(10), &mut join).await;
                 Ok(())
@@ -217,6 +230,15 @@ fn serve(
     // Without waiting for the node's actors: a refused node stops mid-start.
     rt.shutdown_timeout(Duration::from_secs(2));
     out
+}
+
+/// A line for the operator: on stderr, or a log event when the log is JSON (so every line a
+/// log shipper reads parses).
+fn say(log: troupe_node::LogFormat, line: &str) {
+    match log {
+        troupe_node::LogFormat::Json => tracing::info!("{line}"),
+        troupe_node::LogFormat::Text => eprintln!("{line}"),
+    }
 }
 
 async fn shutdown_signal() {

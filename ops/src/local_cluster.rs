@@ -101,6 +101,9 @@ pub fn run(n: u32, args: &DevArgs, token: Option<String>) -> anyhow::Result<()> 
         if let Some(t) = &o.tokens {
             cmd.arg("--tokens").arg(t);
         }
+        if o.log_format == troupe_node::LogFormat::Json {
+            cmd.args(["--log-format", "json"]);
+        }
         cmd.env("TROUPE_COOKIE", &cookie)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(data.join("node.log"))?);

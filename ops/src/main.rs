@@ -177,7 +177,8 @@ pub struct DevArgs {
     /// API address [default: 127.0.0.1:7070; with --run, a free port].
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Submit this spec once the node is up, show its progress, and exit when it finishes.
+    /// Submit this spec once the node is up, show its progress, and exit when it finishes
+    /// (the node's log then goes to <data>/node.log, not between the progress lines).
     #[arg(long, value_name = "FILE")]
     run: Option<PathBuf>,
     /// Start a local cluster of this many server processes on 127.0.0.1 instead of one
@@ -307,6 +308,10 @@ pub struct NodeOpts {
     /// may do anything).
     #[arg(long)]
     insecure_api: bool,
+    /// The node log's format: text (no colours unless stderr is a terminal) or json (one object
+    /// per line, for log shippers).
+    #[arg(long, default_value = "text", value_name = "FORMAT")]
+    log_format: troupe_node::LogFormat,
 }
 
 /// Node secrets stay out of reach of tasks: the cookie (already read into the arguments) leaves

@@ -107,7 +107,14 @@ struct Driver<M: StateMachine> {
     last_snapshot: Option<(Instant, Duration)>,
     /// The snapshot being built on the snapshot thread, if any (one at a time).
     building: Option<apply::Building>,
+    /// Entries this leader proposed and has not applied yet: (index, when), oldest first, at
+    /// most [`INFLIGHT_MAX`] (for the commit latency histogram).
+    inflight: std::collections::VecDeque<(u64, Instant)>,
 }
+
+/// Most proposed entries whose commit latency is being timed at once (older ones are dropped
+/// untimed).
+const INFLIGHT_MAX: usize = 4096;
 
 fn raft_err(e: raft::Error) -> RaftLogError {
     RaftLogError::Raft(e.to_string())
@@ -174,6 +181,10 @@ impl<M: StateMachine> Driver<M> {
         let open_commit = store.hard_state().commit;
         let snap_index = store.snapshot_metadata().index;
         let image = store.snapshot_data()?;
+        shared
+            .stats
+            .snapshot_bytes
+            .store(image.len() as u64, Ordering::Relaxed);
         if !image.is_empty() {
             write_lock(&state)
                 .restore(&image)
@@ -209,6 +220,7 @@ impl<M: StateMachine> Driver<M> {
             ready_tx: None,
             last_snapshot: None,
             building: None,
+            inflight: std::collections::VecDeque::new(),
         })
     }
 
@@ -312,9 +324,16 @@ impl<M: StateMachine> Driver<M> {
         self.send_messages(rd.take_messages());
         let snap = (!rd.snapshot().is_empty()).then(|| rd.snapshot().clone());
         // Entries + hard state (+ snapshot) in one transaction, fsynced when raft needs it.
+        let timed = rd.must_sync()
+            && self.cfg.fsync
+            && (!rd.entries().is_empty() || rd.hs().is_some() || snap.is_some());
+        let writing = Instant::now();
         self.node
             .mut_store()
             .persist(rd.entries(), rd.hs(), snap.as_ref(), rd.must_sync())?;
+        if timed {
+            self.shared.stats.fsync_latency.observe(writing.elapsed());
+        }
         if let Some(s) = &snap {
             self.install_snapshot(s)?;
         }
@@ -334,6 +353,9 @@ impl<M: StateMachine> Driver<M> {
 
     fn on_role(&mut self, role: StateRole) {
         let leader = role == StateRole::Leader;
+        if !leader {
+            self.inflight.clear();
+        }
         if self.was_leader && !leader {
             tracing::warn!(?role, "lost raft leadership");
             for (_, reply) in self.pending.drain() {
@@ -389,6 +411,9 @@ impl<M: StateMachine> Driver<M> {
             .store(raft.state == StateRole::Leader, Ordering::Release);
         s.leader_id.store(raft.leader_id, Ordering::Release);
         s.running.store(true, Ordering::Release);
+        s.stats
+            .retried_proposals
+            .store(self.retry.len() as u64, Ordering::Relaxed);
         membership::publish_members(s, store.conf_state());
     }
 
@@ -486,7 +511,13 @@ impl<M: StateMachine> Driver<M> {
 impl<M: StateMachine> Inbox<M> {
     fn push(&mut self, input: Input<M>, shared: &Shared) {
         match input {
-            Input::Propose { cmds, reply } => self.batch.push(Proposal { cmds, reply }),
+            Input::Propose { cmds, reply } => {
+                shared
+                    .stats
+                    .queued_proposals
+                    .fetch_sub(1, Ordering::Relaxed);
+                self.batch.push(Proposal { cmds, reply })
+            }
             Input::ConfChange { change, reply } => self.confs.push((change, reply)),
             // Cleared before the inbound queue is drained, so at most one wake-up is queued.
             Input::Wake => shared.wake_pending.store(false, Ordering::Release),

@@ -116,6 +116,8 @@ pub(crate) struct Shared {
     pub wake_pending: AtomicBool,
     /// Sorted (voters, learners) of the applied conf state.
     pub members: Mutex<(Vec<u64>, Vec<u64>)>,
+    /// Queue depth, latencies and sizes for metrics.
+    pub stats: crate::stats::EngineStats,
 }
 
 /// A point-in-time view of the log, read from atomics (no round trip to the engine thread).
@@ -213,7 +215,22 @@ impl<M: StateMachine> EngineHandle<M> {
         if reply.is_some() && !self.shared.is_leader.load(Ordering::Acquire) {
             return Err(ProposeError::NotLeader);
         }
-        self.enqueue(Input::Propose { cmds, reply })
+        let stats = &self.shared.stats;
+        // Counted before the send, so the engine thread's decrement never comes first.
+        stats.queued_proposals.fetch_add(1, Ordering::Relaxed);
+        let sent = self.enqueue(Input::Propose { cmds, reply });
+        if let Err(e) = &sent {
+            stats.queued_proposals.fetch_sub(1, Ordering::Relaxed);
+            if *e == ProposeError::Busy {
+                stats.busy_total.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        sent
+    }
+
+    /// Queue depth, latencies and snapshot size of the engine (atomics; never waits).
+    pub fn stats(&self) -> &crate::stats::EngineStats {
+        &self.shared.stats
     }
 
     fn stopped(&self) -> bool {

@@ -68,7 +68,8 @@
 //!    answering them, a removed leader's hand-over.
 //! 5. `envelope.rs`: the entry payload format and packing.
 //! 6. `storage.rs`: the redb store and its write side; `storage/raft_impl.rs`: `raft::Storage`.
-//! 7. `error.rs`, `logger.rs` (slog -> tracing bridge, target `raft`).
+//! 7. `error.rs`, `logger.rs` (slog -> tracing bridge, target `raft`), `stats.rs` (queue depth,
+//!    commit and fsync latency histograms, snapshot size: [`EngineStats`], for an exporter).
 //!
 //! Tests: `driver/tests.rs`, `storage/tests.rs`, `tests/engine.rs` (public API end to end,
 //! single voter), `tests/cluster.rs` (three engines over the in-memory transport of
@@ -80,6 +81,7 @@ mod engine;
 mod envelope;
 mod error;
 mod logger;
+pub mod stats;
 mod storage;
 mod wire_check;
 
@@ -89,6 +91,7 @@ pub use engine::{
     ReadReceiver,
 };
 pub use error::{ProposeError, RaftLogError};
+pub use stats::{EngineStats, HistogramSnapshot, LatencyHistogram};
 pub use wire_check::MESSAGE_BYTES_MAX;
 
 /// A deterministic state machine replicated by the log.

@@ -1,6 +1,7 @@
 //! Operator routes: health, nodes and drain, the Raft group's servers, fault injection.
 
 use super::handlers::{Res, linearize, ok, propose};
+use super::openapi::ErrorBody;
 use super::{ApiError, AppState};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -12,6 +13,9 @@ use troupe_actors::instance::{InstanceMsg, instance_name};
 use troupe_scheduler::state::parse_wf;
 use troupe_scheduler::{Command, Output};
 
+#[utoipa::path(get, path = "/v1/health", tag = "operations",
+    responses((status = 200, description = "Role, Raft figures, counters", body = Object),
+        (status = 503, description = "The Raft engine stopped, or this replica diverged", body = Object)))]
 pub(super) async fn health(State(app): State<AppState>) -> Res {
     let st = app.engine.status();
     if !st.running {
@@ -68,6 +72,11 @@ pub(super) async fn health(State(app): State<AppState>) -> Res {
 
 /// Fault injection (only with `--fault-injection`): make one actor panic, to watch its
 /// supervisor restart it. Targets: raft, api, dispatcher, runner-N, wf-N.
+#[utoipa::path(post, path = "/v1/chaos/panic/{actor}", tag = "operations",
+    params(("actor" = String, Path, description = "raft, api, dispatcher, runner-N or wf-N")),
+    responses((status = 200, description = "The panic was sent", body = Object),
+        (status = 403, description = "The node was started without --fault-injection", body = ErrorBody),
+        (status = 404, description = "No such workflow, step or entry", body = ErrorBody)))]
 pub(super) async fn inject_panic(State(app): State<AppState>, Path(actor): Path<String>) -> Res {
     use ractor::{ActorRef, registry};
     if !app.fault_injection {
@@ -117,6 +126,8 @@ pub(super) async fn inject_panic(State(app): State<AppState>, Path(actor): Path<
     }
 }
 
+#[utoipa::path(get, path = "/v1/nodes", tag = "cluster",
+    responses((status = 200, description = "Nodes with capacity, allocation, GPUs and status", body = Object), (status = 503, description = "No leader, or no quorum confirmed the read; retry", body = ErrorBody)))]
 pub(super) async fn nodes(State(app): State<AppState>) -> Res {
     linearize(&app).await?;
     let m = app
@@ -154,7 +165,7 @@ pub(super) async fn nodes(State(app): State<AppState>) -> Res {
     ok(json!({ "nodes": list }))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 pub(super) struct DrainBody {
     /// `false` returns a drained node to service.
     #[serde(default = "yes")]
@@ -168,6 +179,9 @@ fn yes() -> bool {
 }
 
 /// Drain: the node takes no new work; running attempts finish.
+#[utoipa::path(post, path = "/v1/nodes/{id}/drain", tag = "cluster",
+    params(("id" = String, Path, description = "Node id")), request_body(content = Option<DrainBody>),
+    responses((status = 200, description = "Applied", body = Object), (status = 404, description = "No such workflow, step or entry", body = ErrorBody), (status = 400, description = "Bad request (the message says which field)", body = ErrorBody)))]
 pub(super) async fn drain(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -201,6 +215,8 @@ pub(super) async fn drain(
 }
 
 /// The Raft group: voters, learners and the leader.
+#[utoipa::path(get, path = "/v1/servers", tag = "cluster",
+    responses((status = 200, description = "Voters, learners, leader and term", body = Object), (status = 503, description = "No leader, or no quorum confirmed the read; retry", body = ErrorBody)))]
 pub(super) async fn servers(State(app): State<AppState>) -> Res {
     linearize(&app).await?;
     let st = app.engine.status();
@@ -209,7 +225,7 @@ pub(super) async fn servers(State(app): State<AppState>) -> Res {
     )
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ServerChange {
     raft_id: u64,
@@ -218,6 +234,10 @@ pub(super) struct ServerChange {
 }
 
 /// Adds or removes a server (a Raft voter) at run time, one change at a time.
+#[utoipa::path(post, path = "/v1/servers", tag = "cluster", request_body = ServerChange,
+    responses((status = 200, description = "The voters after the change", body = Object), (status = 400, description = "Bad request (the message says which field)", body = ErrorBody),
+        (status = 409, description = "Another change is pending; retry", body = ErrorBody),
+        (status = 504, description = "Not confirmed in time", body = ErrorBody)))]
 pub(super) async fn change_servers(
     State(app): State<AppState>,
     body: Result<Json<ServerChange>, axum::extract::rejection::JsonRejection>,

@@ -4,6 +4,7 @@
 use super::ApiError;
 use super::AppState;
 use super::handlers::{Res, linearize, ok, propose, read, wf_id, workflow};
+use super::openapi::ErrorBody;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -20,7 +21,8 @@ const IDS_MAX: usize = 100_000;
 const PAGE_MAX: usize = 10_000;
 
 /// The filter, as a query string or a JSON body.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FilterBody {
     #[serde(default)]
@@ -88,6 +90,8 @@ fn now_ms() -> u64 {
 }
 
 /// `GET /v1/dlq?workflow=&step=&grep=&since=&limit=&offset=`: matching entries by id, paged.
+#[utoipa::path(get, path = "/v1/dlq", tag = "dlq", params(FilterBody),
+    responses((status = 200, description = "Matching dead letters, paged", body = super::openapi::DeadLetterPage), (status = 400, description = "Bad request (the message says which field)", body = ErrorBody), (status = 503, description = "No leader, or no quorum confirmed the read; retry", body = ErrorBody)))]
 pub(super) async fn list(State(app): State<AppState>, Query(q): Query<FilterBody>) -> Res {
     linearize(&app).await?;
     let filter = q.filter()?;
@@ -113,6 +117,8 @@ pub(super) async fn list(State(app): State<AppState>, Query(q): Query<FilterBody
 }
 
 /// `POST /v1/dlq/redrive` with a filter: every match runs again, in one command.
+#[utoipa::path(post, path = "/v1/dlq/redrive", tag = "dlq", request_body = FilterBody,
+    responses((status = 200, description = "How many were redriven, refused, and why", body = Object), (status = 400, description = "Bad request (the message says which field)", body = ErrorBody), (status = 429, description = "The admission queue is full; retry after a second (Retry-After: 1)", body = ErrorBody)))]
 pub(super) async fn redrive(State(app): State<AppState>, Json(b): Json<FilterBody>) -> Res {
     let filter = b.filter()?;
     bulk(
@@ -122,6 +128,8 @@ pub(super) async fn redrive(State(app): State<AppState>, Json(b): Json<FilterBod
 }
 
 /// `POST /v1/dlq/discard` with a filter and a reason.
+#[utoipa::path(post, path = "/v1/dlq/discard", tag = "dlq", request_body = FilterBody,
+    responses((status = 200, description = "How many were discarded, refused, and why", body = Object), (status = 400, description = "Bad request (the message says which field)", body = ErrorBody), (status = 429, description = "The admission queue is full; retry after a second (Retry-After: 1)", body = ErrorBody)))]
 pub(super) async fn discard(State(app): State<AppState>, Json(b): Json<FilterBody>) -> Res {
     let filter = b.filter()?;
     let reason = b.reason.clone().unwrap_or_default();
@@ -147,6 +155,10 @@ fn bulk(out: Output, what: &str) -> Res {
 }
 
 /// `POST /v1/dlq/{id}/redrive`: one entry.
+#[utoipa::path(post, path = "/v1/dlq/{id}/redrive", tag = "dlq",
+    params(("id" = u64, Path, description = "Dead letter id")),
+    responses((status = 200, description = "Redriven", body = Object), (status = 404, description = "No such workflow, step or entry", body = ErrorBody),
+        (status = 409, description = "Not possible now", body = ErrorBody)))]
 pub(super) async fn redrive_one(State(app): State<AppState>, Path(id): Path<u64>) -> Res {
     match propose(&app, Command::Redrive(id)).await? {
         Output::NotFound(m) => Err(ApiError::not_found(m)),
@@ -156,6 +168,9 @@ pub(super) async fn redrive_one(State(app): State<AppState>, Path(id): Path<u64>
 }
 
 /// `GET /v1/workflows/{id}/items/{index}`: one item's path through the steps.
+#[utoipa::path(get, path = "/v1/workflows/{id}/items/{index}", tag = "workflows",
+    params(("id" = String, Path, description = "Workflow id, like wf-12"), ("index" = u32, Path, description = "Item index, from 0")),
+    responses((status = 200, description = "The item's path through the steps", body = Object), (status = 404, description = "No such workflow, step or entry", body = ErrorBody)))]
 pub(super) async fn item(
     State(app): State<AppState>,
     Path((id, index)): Path<(String, u32)>,

@@ -1,9 +1,10 @@
 //! Route handlers.
 
+use super::openapi::ErrorBody;
 use super::{ApiError, AppState, BODY_BYTES_MAX};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::http::{Method, StatusCode};
+use axum::routing::{MethodFilter, get, on};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -14,33 +15,82 @@ use troupe_scheduler::spec::{self, SpecError};
 use troupe_scheduler::state::{WorkflowId, parse_wf, wf_name};
 use troupe_scheduler::{Command, Output, Submission, views};
 
-pub fn router(app: AppState) -> Router {
-    let here = Router::new()
-        .route("/v1/health", get(super::admin::health))
-        .route("/v1/chaos/panic/{actor}", post(super::admin::inject_panic))
-        .route("/v1/node/logs", get(super::logs::node_logs_here))
-        .with_state(app.clone());
-    let led = Router::new()
-        .route("/v1/workflows", post(submit).get(list))
-        .route("/v1/workflows/{id}", get(detail))
-        .route("/v1/workflows/{id}/{action}", post(control))
-        .route("/v1/workflows/{id}/steps/{step}/output", get(output))
-        .route("/v1/workflows/{id}/logs", get(super::logs::logs))
-        .route("/v1/nodes", get(super::admin::nodes))
-        .route(
-            "/v1/servers",
-            get(super::admin::servers).post(super::admin::change_servers),
+/// A router that records every `(method, path)` it serves, so tests can walk the routes (and
+/// check each is in the OpenAPI document).
+pub(crate) struct Routes {
+    router: Router<AppState>,
+    pub(crate) list: Vec<(Method, &'static str)>,
+}
+
+impl Routes {
+    fn new() -> Self {
+        Routes {
+            router: Router::new(),
+            list: Vec::new(),
+        }
+    }
+
+    fn add<H, T>(mut self, method: Method, path: &'static str, handler: H) -> Self
+    where
+        H: axum::handler::Handler<T, AppState>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(method.clone()).expect("a standard method");
+        self.router = self.router.route(path, on(filter, handler));
+        self.list.push((method, path));
+        self
+    }
+}
+
+/// Served on every server (never forwarded): health, metrics, the API document, fault injection.
+pub(crate) fn local_routes() -> Routes {
+    Routes::new()
+        .add(Method::GET, "/v1/health", super::admin::health)
+        .add(Method::GET, "/metrics", crate::metrics::serve)
+        .add(Method::GET, "/v1/openapi.json", super::openapi::document)
+        .add(Method::GET, "/v1/node/logs", super::logs::node_logs_here)
+        .add(
+            Method::POST,
+            "/v1/chaos/panic/{actor}",
+            super::admin::inject_panic,
         )
-        .route("/v1/nodes/{id}/drain", post(super::admin::drain))
-        .route("/v1/dlq", get(super::dlq::list))
-        .route("/v1/dlq/redrive", post(super::dlq::redrive))
-        .route("/v1/dlq/discard", post(super::dlq::discard))
-        .route("/v1/dlq/{id}/redrive", post(super::dlq::redrive_one))
-        .route("/v1/workflows/{id}/items/{index}", get(super::dlq::item))
+}
+
+/// Served by the leader (forwarded there by followers).
+pub(crate) fn leader_routes() -> Routes {
+    use super::{admin, dlq};
+    Routes::new()
+        .add(Method::POST, "/v1/workflows", submit)
+        .add(Method::GET, "/v1/workflows", list)
+        .add(Method::GET, "/v1/workflows/{id}", detail)
+        .add(Method::POST, "/v1/workflows/{id}/{action}", control)
+        .add(
+            Method::GET,
+            "/v1/workflows/{id}/steps/{step}/output",
+            output,
+        )
+        .add(Method::GET, "/v1/workflows/{id}/logs", super::logs::logs)
+        .add(Method::GET, "/v1/workflows/{id}/items/{index}", dlq::item)
+        .add(Method::GET, "/v1/nodes", admin::nodes)
+        .add(Method::POST, "/v1/nodes/{id}/drain", admin::drain)
+        .add(Method::GET, "/v1/servers", admin::servers)
+        .add(Method::POST, "/v1/servers", admin::change_servers)
+        .add(Method::GET, "/v1/dlq", dlq::list)
+        .add(Method::POST, "/v1/dlq/redrive", dlq::redrive)
+        .add(Method::POST, "/v1/dlq/discard", dlq::discard)
+        .add(Method::POST, "/v1/dlq/{id}/redrive", dlq::redrive_one)
+}
+
+pub fn router(app: AppState) -> Router {
+    let here = local_routes().router.with_state(app.clone());
+    let led = leader_routes()
+        .router
         .layer(axum::middleware::from_fn_with_state(app.clone(), to_leader))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(app.clone());
     here.merge(led)
+        // Inside routing, so each request is counted under its matched route template.
+        .route_layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(axum::middleware::from_fn_with_state(
             app.auth.clone(),
             super::auth::check,
@@ -48,7 +98,7 @@ pub fn router(app: AppState) -> Router {
         .layer(axum::middleware::from_fn(super::errors::json_errors))
 }
 
-/// Everything but health, fault injection and this node's own logs is served by the leader.
+/// Everything but health and fault injection is served by the leader.
 async fn to_leader(
     State(app): State<AppState>,
     req: axum::extract::Request,
@@ -63,7 +113,7 @@ async fn to_leader(
     }
 }
 
-/// A worker's API: its own health and task logs, everything else forwarded to the leader.
+/// A worker's API: its own health, everything else forwarded to the leader.
 pub fn proxy_router(w: super::WorkerApi) -> Router {
     let health_node = w.node.clone();
     let data_dir = w.data_dir.clone();
@@ -83,6 +133,7 @@ pub fn proxy_router(w: super::WorkerApi) -> Router {
                 },
             ),
         )
+        .route("/metrics", get(crate::metrics::serve_local))
         .fallback(move |req: axum::extract::Request| {
             let api = leader_api.clone();
             let outbound = outbound.clone();
@@ -101,6 +152,8 @@ pub fn proxy_router(w: super::WorkerApi) -> Router {
             }
         })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        // Outside routing: forwarded calls match no route here and count as `unmatched`.
+        .layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(axum::middleware::from_fn_with_state(
             w.auth.clone(),
             super::auth::check,
@@ -156,15 +209,19 @@ pub(super) async fn propose(app: &AppState, cmd: Command) -> Result<Output, ApiE
         .ok_or_else(|| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "no output".into()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SubmitBody {
+pub(super) struct SubmitBody {
     /// The spec in its JSON form (the same model as the TOML file).
+    #[schema(value_type = Option<Object>)]
     spec: Option<Value>,
     /// Or the TOML text itself.
     spec_toml: Option<String>,
+    /// Overrides of declared params.
     #[serde(default)]
+    #[schema(value_type = Object)]
     params: BTreeMap<String, Value>,
+    /// Submitting again with the same key returns the same workflow.
     idempotency_key: Option<String>,
 }
 
@@ -188,7 +245,14 @@ fn spec_error(e: SpecError) -> ApiError {
     ApiError::bad(format!("invalid spec: {e}"))
 }
 
-async fn submit(
+#[utoipa::path(post, path = "/v1/workflows", tag = "workflows", request_body = SubmitBody,
+    responses(
+        (status = 201, description = "Submitted", body = super::openapi::Submitted),
+        (status = 200, description = "Already submitted with this idempotency key", body = super::openapi::Submitted),
+        (status = 400, description = "Bad request (the message says which field)", body = ErrorBody),
+        (status = 409, description = "The idempotency key names another spec or params", body = ErrorBody),
+        (status = 429, description = "The admission queue is full; retry after a second (Retry-After: 1)", body = ErrorBody), (status = 503, description = "No leader, or no quorum confirmed the read; retry", body = ErrorBody)))]
+pub(super) async fn submit(
     State(app): State<AppState>,
     body: Result<Json<SubmitBody>, axum::extract::rejection::JsonRejection>,
 ) -> Res {
@@ -263,15 +327,20 @@ async fn submit(
     }
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ListQuery {
+    /// Only workflows in this status (running, succeeded, degraded, failed, cancelled, timed_out).
     status: Option<String>,
+    /// Most workflows returned (default 100, at most 10,000).
     limit: Option<usize>,
     /// The workflow submitted with this key (at most one).
     idempotency_key: Option<String>,
 }
 
-async fn list(State(app): State<AppState>, Query(q): Query<ListQuery>) -> Res {
+#[utoipa::path(get, path = "/v1/workflows", tag = "workflows", params(ListQuery),
+    responses((status = 200, description = "Workflow summaries, newest first", body = super::openapi::WorkflowList), (status = 503, description = "No leader, or no quorum confirmed the read; retry", body = ErrorBody)))]
+pub(super) async fn list(State(app): State<AppState>, Query(q): Query<ListQuery>) -> Res {
     linearize(&app).await?;
     let m = read(&app)?;
     if let Some(key) = &q.idempotency_key {
@@ -297,13 +366,16 @@ async fn list(State(app): State<AppState>, Query(q): Query<ListQuery>) -> Res {
     ok(json!({ "workflows": items }))
 }
 
-#[derive(Deserialize)]
-struct DetailQuery {
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct DetailQuery {
     /// Wait up to this long (`"30s"`) for the workflow to finish.
     wait: Option<String>,
 }
 
-async fn detail(
+#[utoipa::path(get, path = "/v1/workflows/{id}", tag = "workflows", params(("id" = String, Path, description = "Workflow id, like wf-12"), DetailQuery),
+    responses((status = 200, description = "The workflow: status, steps with their funnels, history", body = Object), (status = 404, description = "No such workflow, step or entry", body = ErrorBody), (status = 503, description = "No leader, or no quorum confirmed the read; retry", body = ErrorBody)))]
+pub(super) async fn detail(
     State(app): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<DetailQuery>,
@@ -371,7 +443,14 @@ async fn wait_finished(app: &AppState, id: WorkflowId, limit: Duration) {
     }
 }
 
-async fn control(State(app): State<AppState>, Path((id, action)): Path<(String, String)>) -> Res {
+#[utoipa::path(post, path = "/v1/workflows/{id}/{action}", tag = "workflows",
+    params(("id" = String, Path, description = "Workflow id, like wf-12"), ("action" = String, Path, description = "cancel, pause, resume or retry")),
+    responses((status = 200, description = "Applied", body = Object), (status = 404, description = "No such workflow, step or entry", body = ErrorBody),
+        (status = 409, description = "Not possible in the workflow's status", body = ErrorBody), (status = 429, description = "The admission queue is full; retry after a second (Retry-After: 1)", body = ErrorBody)))]
+pub(super) async fn control(
+    State(app): State<AppState>,
+    Path((id, action)): Path<(String, String)>,
+) -> Res {
     let id = wf_id(&id)?;
     let cmd = match action.as_str() {
         "cancel" => Command::Cancel(id),
@@ -391,7 +470,13 @@ async fn control(State(app): State<AppState>, Path((id, action)): Path<(String, 
     }
 }
 
-async fn output(State(app): State<AppState>, Path((id, step)): Path<(String, String)>) -> Res {
+#[utoipa::path(get, path = "/v1/workflows/{id}/steps/{step}/output", tag = "workflows",
+    params(("id" = String, Path, description = "Workflow id, like wf-12"), ("step" = String, Path, description = "Step id")),
+    responses((status = 200, description = "The step's output (a list for map steps)", body = Object), (status = 404, description = "No such workflow, step or entry", body = ErrorBody)))]
+pub(super) async fn output(
+    State(app): State<AppState>,
+    Path((id, step)): Path<(String, String)>,
+) -> Res {
     linearize(&app).await?;
     let id = wf_id(&id)?;
     let m = read(&app)?;

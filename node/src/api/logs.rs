@@ -37,12 +37,18 @@ pub const NODE_HEADER: &str = "x-troupe-log-node";
 pub const ATTEMPT_HEADER: &str = "x-troupe-log-attempt";
 pub const RUNNING_HEADER: &str = "x-troupe-attempt-running";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct LogQuery {
+    /// Step id.
     step: String,
+    /// Item index (default 0).
     item: Option<u32>,
+    /// Attempt (default: the newest that left a log).
     attempt: Option<u32>,
+    /// stdout (default) or stderr.
     stream: Option<String>,
+    /// Read from this byte on (`--follow`); default: the last 1 MiB.
     offset: Option<u64>,
 }
 
@@ -166,6 +172,8 @@ fn locate(app: &AppState, id: WorkflowId, q: &LogQuery) -> Result<Located, ApiEr
 }
 
 /// `GET /v1/workflows/{id}/logs` (the leader): the log from whichever node ran the attempt.
+#[utoipa::path(get, path = "/v1/workflows/{id}/logs", tag = "workflows", params(("id" = String, Path, description = "Workflow id, like wf-12"), LogQuery),
+    responses((status = 200, description = "A task's log (at most 1 MiB), from the node that ran the attempt", content_type = "text/plain", body = String), (status = 404, description = "No such workflow, step or log", body = super::openapi::ErrorBody), (status = 502, description = "The node that ran the attempt did not answer", body = super::openapi::ErrorBody)))]
 pub(super) async fn logs(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -351,13 +359,20 @@ fn causes(e: &dyn std::error::Error) -> String {
     out
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct NodeLogQuery {
+    /// Workflow id, like wf-12.
     wf: String,
+    /// Step id.
     step: String,
+    /// Item index.
     item: u32,
+    /// Attempt.
     attempt: u32,
+    /// stdout (default) or stderr.
     stream: Option<String>,
+    /// Read from this byte on; default: the last 1 MiB.
     offset: Option<u64>,
 }
 
@@ -387,6 +402,9 @@ pub(super) async fn node_logs(
     local(data_dir, &f, q.offset).await
 }
 
+/// A task log from this node's own disk (what the leader asks the node that ran an attempt).
+#[utoipa::path(get, path = "/v1/node/logs", tag = "operations", params(NodeLogQuery),
+    responses((status = 200, description = "The log file's end (at most 1 MiB), or from `offset`", content_type = "text/plain", body = String), (status = 404, description = "No such log here", body = super::openapi::ErrorBody)))]
 pub(super) async fn node_logs_here(
     State(app): State<AppState>,
     Query(q): Query<NodeLogQuery>,

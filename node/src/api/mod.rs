@@ -9,6 +9,7 @@ mod errors;
 mod forward;
 mod handlers;
 pub mod logs;
+mod openapi;
 mod outbound;
 mod serve;
 mod server;

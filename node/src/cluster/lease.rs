@@ -148,6 +148,7 @@ impl Actor for LeaseKeeper {
                     up = reply.up,
                     "the leader no longer knows this node's epoch"
                 );
+                troupe_actors::metrics::bump(&troupe_actors::metrics::LEASES.fenced);
                 let _ = dispatcher.cast(DispatchMsg::Fence);
                 st.renewed = Instant::now();
                 return Ok(());
@@ -160,6 +161,7 @@ impl Actor for LeaseKeeper {
                 since_ms = st.renewed.elapsed().as_millis() as u64,
                 "no leader renewed the lease"
             );
+            troupe_actors::metrics::bump(&troupe_actors::metrics::LEASES.fenced);
             let _ = dispatcher.cast(DispatchMsg::Fence);
             st.renewed = Instant::now();
         }

@@ -31,6 +31,11 @@ impl<M: StateMachine> Driver<M> {
             .restore(s.get_data())
             .map_err(|detail| RaftLogError::Restore { index, detail })?;
         self.applied = index;
+        self.inflight.clear();
+        self.shared
+            .stats
+            .snapshot_bytes
+            .store(s.get_data().len() as u64, Ordering::Relaxed);
         let cs = s.get_metadata().get_conf_state();
         tracing::info!(index, voters = ?cs.get_voters(), learners = ?cs.get_learners(), "installed a raft snapshot from the leader");
         Ok(())
@@ -65,6 +70,7 @@ impl<M: StateMachine> Driver<M> {
             }
         }
         debug_assert_eq!(self.applied, last);
+        self.commit_timed();
         self.shared
             .commands_applied
             .fetch_add(commands, Ordering::Release);
@@ -242,6 +248,10 @@ impl<M: StateMachine> Driver<M> {
         let (bytes, built) = (image.len(), started.elapsed());
         let saving = Instant::now();
         self.node.mut_store().save_snapshot(meta, &image, index)?;
+        self.shared
+            .stats
+            .snapshot_bytes
+            .store(bytes as u64, Ordering::Relaxed);
         self.last_snapshot = Some((Instant::now(), started.elapsed()));
         tracing::debug!(
             index,

@@ -69,7 +69,10 @@ impl<M: StateMachine> Driver<M> {
             };
             refused |= result == Err(ProposeError::Busy);
             match result {
-                Ok(()) => self.pending.extend(waiters),
+                Ok(()) => {
+                    self.pending.extend(waiters);
+                    self.time_commit();
+                }
                 Err(err) => {
                     for (_, reply) in waiters {
                         let _ = reply.send(Err(err.clone()));
@@ -88,6 +91,31 @@ impl<M: StateMachine> Driver<M> {
                     }
                 }
             }
+        }
+    }
+}
+
+impl<M: StateMachine> Driver<M> {
+    /// Starts timing the entry just proposed (leader only: a follower forwards it).
+    fn time_commit(&mut self) {
+        if self.node.raft.state != StateRole::Leader {
+            return;
+        }
+        if self.inflight.len() >= super::INFLIGHT_MAX {
+            self.inflight.pop_front();
+        }
+        let index = self.node.raft.raft_log.last_index();
+        self.inflight.push_back((index, std::time::Instant::now()));
+    }
+
+    /// Observes the commit latency of every timed entry up to `applied`.
+    pub(super) fn commit_timed(&mut self) {
+        while let Some(&(index, at)) = self.inflight.front() {
+            if index > self.applied {
+                break;
+            }
+            self.shared.stats.commit_latency.observe(at.elapsed());
+            self.inflight.pop_front();
         }
     }
 }
