@@ -19,7 +19,8 @@ pub fn router(app: AppState) -> Router {
         .route("/v1/health", get(super::admin::health))
         .route("/v1/chaos/panic/{actor}", post(super::admin::inject_panic))
         .route("/v1/node/logs", get(super::logs::node_logs_here))
-        .with_state(app.clone());
+        .with_state(app.clone())
+        .merge(super::dashboard::routes());
     let led = Router::new()
         .route("/v1/workflows", post(submit).get(list))
         .route("/v1/workflows/{id}", get(detail))
@@ -48,7 +49,8 @@ pub fn router(app: AppState) -> Router {
         .layer(axum::middleware::from_fn(super::errors::json_errors))
 }
 
-/// Everything but health, fault injection and this node's own logs is served by the leader.
+/// Everything but health, fault injection, this node's own logs and the dashboard is served by
+/// the leader.
 async fn to_leader(
     State(app): State<AppState>,
     req: axum::extract::Request,
@@ -63,7 +65,8 @@ async fn to_leader(
     }
 }
 
-/// A worker's API: its own health and task logs, everything else forwarded to the leader.
+/// A worker's API: its own health, task logs and the dashboard, everything else forwarded to
+/// the leader.
 pub fn proxy_router(w: super::WorkerApi) -> Router {
     let health_node = w.node.clone();
     let data_dir = w.data_dir.clone();
@@ -83,6 +86,7 @@ pub fn proxy_router(w: super::WorkerApi) -> Router {
                 },
             ),
         )
+        .merge(super::dashboard::routes())
         .fallback(move |req: axum::extract::Request| {
             let api = leader_api.clone();
             let outbound = outbound.clone();
