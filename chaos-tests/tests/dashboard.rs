@@ -43,7 +43,7 @@ handler = "noop"
     .to_string()
 }
 
-/// Item 2 fails at `ocr` (its stderr has HTML in it) until `marks/fixed` exists.
+/// A branch (`index`) beside `ocr`; item 2 fails at `ocr` (its stderr has HTML in it) until `marks/fixed` exists.
 fn claims_spec(marks: &Path) -> String {
     let m = marks.display();
     format!(
@@ -60,6 +60,11 @@ map = {{ from = "ingest" }}
 retries = {{ attempts = 2, initial = "10ms" }}
 on_failure = "dead-letter"
 run = ["sh", "-c", "i=${{TROUPE_TASK_ID##*/}}; echo ocr item $i; if [ $i = 2 ] && [ ! -e {m}/fixed ]; then echo 'unsupported encoding <b onmouseover=x>legacy</b>' >&2; exit 3; fi"]
+[[step]]
+id = "index"
+needs = ["ingest"]
+map = {{ from = "ingest" }}
+run = ["sh", "-c", "true"]
 [[step]]
 id = "publish"
 needs = ["ocr"]
@@ -126,7 +131,10 @@ fn the_dashboard_shows_workflows_dlq_nodes_and_raft_and_redrives() {
     let tmp = tempfile::tempdir().unwrap();
     let marks = tmp.path().join("marks");
     std::fs::create_dir_all(&marks).unwrap();
-    let node = TestNode::start(&tmp.path().join("data"), &[]);
+    let node = TestNode::start(
+        &tmp.path().join("data"),
+        &["--simulate-gpus", "2xH100:80GiB"],
+    );
     let good = node.submit(&ok_spec());
     let claims = node.submit(&claims_spec(&marks));
     let hostile = node.submit(&hostile_spec());
@@ -210,8 +218,9 @@ fn the_dashboard_shows_workflows_dlq_nodes_and_raft_and_redrives() {
     );
     assert_eq!(
         dag,
-        json!({ "nodes": ["ingest", "ocr", "publish"], "edges": ["ingest>ocr", "ocr>publish"],
-                "text": ["ingest", "ocr", "publish"] })
+        json!({ "nodes": ["ingest", "ocr", "index", "publish"],
+                "edges": ["ingest>ocr", "ingest>index", "ocr>publish"],
+                "text": ["ingest", "ocr", "index", "publish"] })
     );
     let funnel = |step: &str| -> Value {
         b.js(
@@ -223,6 +232,7 @@ fn the_dashboard_shows_workflows_dlq_nodes_and_raft_and_redrives() {
     };
     assert_eq!(funnel("ingest"), json!({ "succeeded": 4 }));
     assert_eq!(funnel("ocr"), json!({ "succeeded": 3, "dead_lettered": 1 }));
+    assert_eq!(funnel("index"), json!({ "succeeded": 4 }));
     assert_eq!(funnel("publish"), json!({ "succeeded": 3, "blocked": 1 }));
     let history = b.js(
         "return [...document.querySelectorAll('#history-rows tr')].map(r => r.lastChild.textContent)",
@@ -316,19 +326,51 @@ fn the_dashboard_shows_workflows_dlq_nodes_and_raft_and_redrives() {
     );
     assert_eq!(funnel("publish"), json!({ "succeeded": 4 }));
 
-    // Nodes: the node with its capacity, then a drain and back.
+    // Nodes: the node with its capacity and a GPU held by a running attempt.
+    let train = node.submit(
+        "name = \"train\"\n[[step]]\nid = \"fit\"\nresources = { cpu = 1, gpu = 1 }\nrun = [\"sleep\", \"60\"]\n",
+    );
+    node.wait_until(&train, WAIT, "fit running", |v| {
+        v["step_runs"][0]["funnel"]["running"] == 1
+    });
     let (_, nodes) = node.get("/v1/nodes");
     let id = nodes["nodes"][0]["id"].as_str().unwrap().to_string();
     b.goto(&format!("{base}/#/nodes"));
-    let shown = b.wait_js(
-        "the node",
+    let mut shown = b.wait_js(
+        "the node with a GPU in use",
         WAIT,
-        "return [...document.querySelectorAll('#node-rows tr[data-node]')].map(r => \
-         [r.dataset.node, r.querySelector('[data-status]').dataset.status, \
-          r.querySelectorAll('.meter').length])",
+        "return [...document.querySelectorAll('#node-rows tr[data-node]')].filter(r => \
+         r.querySelector('.gpu.in-use')).map(r => ({ id: r.dataset.node, \
+         status: r.querySelector('[data-status]').dataset.status, \
+         gpus: [...r.querySelectorAll('.gpu')].map(g => g.textContent), \
+         cpu: r.querySelector('.meter-label').textContent }))",
     );
-    assert_eq!(shown, json!([[id, "up", 2]]));
+    // One of the node's cores allocated (however many it has).
+    assert!(
+        shown[0]["cpu"].as_str().unwrap().starts_with("1 / "),
+        "{shown}"
+    );
+    shown[0]["cpu"] = json!(null);
+    assert_eq!(
+        shown,
+        json!([{ "id": id, "status": "up", "cpu": null,
+                 "gpus": ["GPU 0 Simulated H100 80.0 GiB · in use",
+                          "GPU 1 Simulated H100 80.0 GiB · free"] }]),
+        "{shown}"
+    );
     shoot(&b, "dashboard-nodes.png");
+    // Cancelled from its page.
+    b.goto(&format!("{base}/#/workflows/{train}"));
+    b.click("#wf-cancel");
+    assert_eq!(node.wait(&train, WAIT)["status"], "cancelled");
+    b.wait_js(
+        "the retry button of a cancelled workflow",
+        WAIT,
+        "return !!document.getElementById('wf-retry') && !document.getElementById('wf-cancel')",
+    );
+
+    // A drain and back.
+    b.goto(&format!("{base}/#/nodes"));
     b.click("#node-rows button[data-action='drain']");
     b.wait_js(
         "the node draining",
@@ -344,6 +386,31 @@ fn the_dashboard_shows_workflows_dlq_nodes_and_raft_and_redrives() {
         "const s = document.querySelector('#node-rows [data-status]'); \
          return s && s.dataset.status === 'up'",
     );
+
+    // Warm worker groups and broken workers (in the node JSON of clusters with worker steps):
+    // shown as text. The answers are doctored in the page, so this needs no worker step.
+    b.js(
+        "const real = window.fetch; window.fetch = async (u, o) => { const r = await real(u, o); \
+         if (!String(u).startsWith('/v1/nodes')) return r; const j = await r.json(); \
+         j.nodes.forEach(n => { n.workers = [{ step: 'wf-9/score', workers: 2, tasks: 5, gpus: ['SIM-GPU-1'] }]; \
+         n.broken_workers = ['wf-9/embed: <img src=x onerror=\"window.__xss=4\">exited 1']; }); \
+         return new Response(JSON.stringify(j), { status: r.status, headers: { 'content-type': 'application/json' } }); }; \
+         location.hash = '#/raft'; setTimeout(() => { location.hash = '#/nodes' }, 50);",
+        vec![],
+    );
+    let workers = b.wait_js(
+        "the warm and broken workers",
+        WAIT,
+        "const w = [...document.querySelectorAll('#node-rows .workers li')].map(l => l.textContent); \
+         const k = [...document.querySelectorAll('#node-rows .broken-workers li')].map(l => l.textContent); \
+         return w.length && k.length && { warm: w, broken: k }",
+    );
+    assert_eq!(
+        workers,
+        json!({ "warm": ["wf-9/score: 2 worker(s), 5 task(s) on SIM-GPU-1"],
+                "broken": ["wf-9/embed: <img src=x onerror=\"window.__xss=4\">exited 1"] })
+    );
+    assert_no_script_ran(&b);
 
     // Raft: this node leads its one-server group.
     b.goto(&format!("{base}/#/raft"));
@@ -436,16 +503,17 @@ fn with_tokens_the_page_asks_for_one_and_sends_it() {
     let kept = b.js("return sessionStorage.getItem('troupe.token')", vec![]);
     assert_eq!(kept, secret);
     // A read token may look but not act: the page shows the API's refusal.
-    b.goto(&format!("{base}/#/workflows/{id}"));
-    b.click("#wf-cancel");
+    b.goto(&format!("{base}/#/nodes"));
+    b.click("#node-rows button[data-action='drain']");
     let out = b.wait_js(
         "the refusal",
         WAIT,
-        "const o = document.getElementById('wf-action-out'); \
+        "const o = document.getElementById('nodes-out'); \
          return o && o.textContent.includes('failed') && o.textContent",
     );
     assert!(
-        out.as_str().unwrap().contains("needs the operate role"),
+        out.as_str().unwrap().contains("needs the admin role"),
         "{out}"
     );
+    assert_eq!(node.get("/v1/nodes").1["nodes"][0]["status"], "up");
 }

@@ -37,6 +37,12 @@
     return el;
   }
 
+  /** Replaces the children of `el` (skipping null, like `h`). */
+  function fill(el, ...kids) {
+    el.replaceChildren();
+    return append(el, kids);
+  }
+
   /** An HTML element; string children become text nodes. */
   function h(tag, attrs, ...kids) {
     const el = document.createElement(tag);
@@ -337,14 +343,14 @@
   function workflowRow(w) {
     const pct = w.steps ? (100 * w.steps_finished) / w.steps : 0;
     return h("tr", { "data-id": w.id },
-      h("td", {}, link(wfHash(w.id), w.id)),
+      h("td", { class: "nowrap" }, link(wfHash(w.id), w.id)),
       h("td", { class: "wf-name" }, link(wfHash(w.id), w.name)),
       h("td", {}, badge(w.status), w.paused ? [" ", badge("paused")] : null),
       h("td", {}, h("div", { class: "bar", title: w.steps_finished + "/" + w.steps + " steps finished" },
         h("span", { style: { width: pct + "%", background: "var(--ok)" } })),
         h("span", { class: "note" }, w.steps_finished + "/" + w.steps)),
-      h("td", { title: when(w.submitted_ms) }, ago(w.submitted_ms)),
-      h("td", {}, w.finished_ms ? span(w.finished_ms - w.submitted_ms) : ""),
+      h("td", { class: "nowrap", title: when(w.submitted_ms) }, ago(w.submitted_ms)),
+      h("td", { class: "nowrap" }, w.finished_ms ? span(w.finished_ms - w.submitted_ms) : ""),
       h("td", { class: "err" }, w.reason || ""));
   }
 
@@ -364,11 +370,8 @@
   function workflowPage(id, selStep, selItem) {
     const head = h("div", { id: "wf-head" });
     const out = h("span", { class: "note", id: "wf-action-out" });
-    const actions = h("div", { class: "actions" },
-      ["pause", "resume", "cancel", "retry"].map((a) =>
-        h("button", { id: "wf-" + a, class: a === "cancel" ? "danger" : "", onclick: () =>
-          act(out, a, async () => (await post("/v1/workflows/" + enc(id) + "/" + a), a + ": done")) }, a)),
-      out);
+    const buttons = h("span", { class: "actions" });
+    const actions = h("div", { class: "actions" }, buttons, out);
     const dag = h("div", { class: "dag", id: "dag" });
     const funnel = h("tbody", { id: "funnel-rows" });
     const hist = h("tbody", { id: "history-rows" });
@@ -383,7 +386,7 @@
         h("table", { id: "funnel" }, h("thead", {}, h("tr", {},
           h("th", {}, "Step"), h("th", {}, "Status"), h("th", {}, "Items"), h("th", {}, ""),
           BUCKETS.map(([b]) => h("th", { class: "num" }, b.replace("_", " "))))), funnel)),
-      selStep ? items : null,
+      ...(selStep ? [items] : []),
       h("div", { class: "card" }, h("h2", {}, "History"),
         h("table", { id: "history" }, h("thead", {}, h("tr", {}, h("th", {}, "When"), h("th", {}, "What"))), hist)),
     );
@@ -395,6 +398,9 @@
       if (key !== last) {
         last = key;
         renderHead(head, w);
+        buttons.replaceChildren(...actionsFor(w).map((a) =>
+          h("button", { id: "wf-" + a, class: a === "cancel" ? "danger" : "", onclick: () =>
+            act(out, a, async () => (await post("/v1/workflows/" + enc(id) + "/" + a), a + ": done")) }, a)));
         dag.replaceChildren(drawDag(w, selStep));
         funnel.replaceChildren(...w.step_runs.map((s) => funnelRow(w, s, selStep)));
         const events = w.history.slice(-300).reverse();
@@ -409,6 +415,13 @@
         else showItem(items, w, s, selItem);
       }
     };
+  }
+
+  /** What can be done to a workflow in its state (the API refuses the rest with 409). */
+  function actionsFor(w) {
+    if (w.status === "running") return [w.paused ? "resume" : "pause", "cancel"];
+    if (["failed", "cancelled", "timed_out"].includes(w.status)) return ["retry"];
+    return [];
   }
 
   function renderHead(head, w) {
@@ -688,9 +701,14 @@
       h("span", { class: "meter-label" }, fmt(r.allocated) + " / " + fmt(cap) + (r.reserved ? " (" + fmt(r.reserved) + " reserved)" : "")));
   }
 
+  /** Warm worker groups (`{step, workers, tasks, gpus}`) or broken ones (`"wf-N/step: why"`). */
   function workerList(list, cls) {
     if (!Array.isArray(list) || !list.length) return "";
-    return h("ul", { class: cls }, list.map((x) => h("li", { class: "mono" }, brief(x))));
+    const text = (x) => x && typeof x === "object" && "step" in x
+      ? x.step + ": " + x.workers + " worker(s), " + x.tasks + " task(s)" +
+        (Array.isArray(x.gpus) && x.gpus.length ? " on " + x.gpus.join(", ") : "")
+      : brief(x);
+    return h("ul", { class: cls }, list.map((x) => h("li", { class: "mono" }, text(x))));
   }
 
   function nodesPage() {
@@ -710,9 +728,9 @@
         const gpus = (n.gpus || []).map((g) => h("span", { class: "gpu" + (g.in_use ? " in-use" : ""), title: g.uuid },
           "GPU " + g.index + " " + (g.model || "") + " " + bytes(g.memory_bytes) + (g.in_use ? " · in use" : " · free")));
         return h("tr", { "data-node": n.id },
-          h("td", { class: "mono" }, n.id), h("td", {}, badge(n.status)), h("td", { class: "num" }, n.epoch),
+          h("td", { class: "mono nowrap" }, n.id), h("td", {}, badge(n.status)), h("td", { class: "num" }, n.epoch),
           h("td", { class: "num" }, Array.isArray(n.attempts) ? n.attempts.length : n.attempts),
-          h("td", { class: "num" }, n.slots + (n.queue ? " (+" + n.queue + " queue)" : "")),
+          h("td", { class: "num nowrap" }, n.slots + (n.queue ? " (+" + n.queue + " queue)" : "")),
           h("td", {}, meter(n.cpu_milli, cores)), h("td", {}, meter(n.memory_bytes, bytes)),
           h("td", {}, gpus.length ? gpus : h("span", { class: "muted" }, "none")),
           h("td", {}, workerList(n.workers, "workers"),
@@ -748,7 +766,7 @@
         ["Replica audit", hl.audit ? "seq " + hl.audit.seq + (hl.audit.matched ? ", matched the leader" : ", DIFFERS") : "not yet"],
       ] : [["This node", hl.node + " (a worker: it holds no raft log)"], ["Leader", leader ? "raft id " + leader : "unknown"], ["Term", sv.term]];
       const stats = hl.stats ? Object.entries(hl.stats) : [];
-      box.replaceChildren(
+      fill(box,
         h("div", { class: "card" }, h("dl", { class: "kv", id: "raft-status" }, kv.map(([k, v]) => [h("dt", {}, k), h("dd", { "data-k": k }, v)]))),
         h("div", { class: "card" }, h("h2", {}, "Servers"),
           h("table", { id: "servers" }, h("thead", {}, h("tr", {}, h("th", {}, "Raft id"), h("th", {}, "Role"))),
