@@ -130,7 +130,10 @@ impl Browser {
         let r = match (method, body) {
             ("GET", _) => self.agent.get(&url).call(),
             ("DELETE", _) => self.agent.delete(&url).call(),
-            (_, b) => self.agent.post(&url).send_json(b.cloned().unwrap_or(json!({}))),
+            (_, b) => self
+                .agent
+                .post(&url)
+                .send_json(b.cloned().unwrap_or(json!({}))),
         };
         match r {
             Ok(mut r) => {

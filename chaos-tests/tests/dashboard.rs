@@ -122,7 +122,11 @@ fn assert_no_script_ran(b: &Browser) {
          imgs: document.querySelectorAll('main img, main script, main b').length }",
         vec![],
     );
-    assert_eq!(v, json!({ "xss": null, "imgs": 0 }), "hostile data ran or was parsed");
+    assert_eq!(
+        v,
+        json!({ "xss": null, "imgs": 0 }),
+        "hostile data ran or was parsed"
+    );
 }
 
 #[test]
