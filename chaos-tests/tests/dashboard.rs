@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 use troupe_chaos_tests::TestNode;
-use troupe_chaos_tests::browser::Browser;
+use troupe_chaos_tests::browser::{Browser, require_chromium};
 
 /// One browser and one node at a time (a 2-core machine).
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -132,6 +132,7 @@ fn assert_no_script_ran(b: &Browser) {
 #[test]
 fn the_dashboard_shows_workflows_dlq_nodes_and_raft_and_redrives() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_chromium();
     let tmp = tempfile::tempdir().unwrap();
     let marks = tmp.path().join("marks");
     std::fs::create_dir_all(&marks).unwrap();
@@ -363,8 +364,14 @@ fn the_dashboard_shows_workflows_dlq_nodes_and_raft_and_redrives() {
         "{shown}"
     );
     shoot(&b, "dashboard-nodes.png");
-    // Cancelled from its page.
+    // Cancelled from its page, which follows it live: running, then cancelled.
     b.goto(&format!("{base}/#/workflows/{train}"));
+    b.wait_js(
+        "fit running in the funnel",
+        WAIT,
+        "const td = document.querySelector(\"#funnel-rows tr[data-step='fit'] td[data-bucket='running']\"); \
+         return td && td.textContent === '1'",
+    );
     b.click("#wf-cancel");
     assert_eq!(node.wait(&train, WAIT)["status"], "cancelled");
     b.wait_js(
@@ -440,6 +447,7 @@ fn the_dashboard_shows_workflows_dlq_nodes_and_raft_and_redrives() {
 #[test]
 fn with_tokens_the_page_asks_for_one_and_sends_it() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_chromium();
     let tmp = tempfile::tempdir().unwrap();
     let (secret, operate) = ("dashboard-read-0123456789", "dashboard-operate-0123456789");
     let tokens = tmp.path().join("tokens.toml");

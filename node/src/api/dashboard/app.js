@@ -293,6 +293,10 @@
   // ---------------------------------------------------------------- workflows
 
   const WF_STATUSES = ["running", "succeeded", "degraded", "failed", "cancelled", "timed_out"];
+  const WF_COLORS = {
+    running: "var(--run)", succeeded: "var(--ok)", degraded: "var(--warn)", failed: "var(--bad)",
+    cancelled: "var(--skip)", timed_out: "var(--bad)",
+  };
   const AGES = [["", "any age"], ["900", "last 15 min"], ["3600", "last hour"], ["86400", "last day"], ["604800", "last week"]];
 
   function workflowsPage(query) {
@@ -347,7 +351,7 @@
       h("td", { class: "wf-name" }, link(wfHash(w.id), w.name)),
       h("td", {}, badge(w.status), w.paused ? [" ", badge("paused")] : null),
       h("td", {}, h("div", { class: "bar", title: w.steps_finished + "/" + w.steps + " steps finished" },
-        h("span", { style: { width: pct + "%", background: "var(--ok)" } })),
+        h("span", { style: { width: pct + "%", background: WF_COLORS[w.status] || "var(--wait)" } })),
         h("span", { class: "note" }, w.steps_finished + "/" + w.steps)),
       h("td", { class: "nowrap", title: when(w.submitted_ms) }, ago(w.submitted_ms)),
       h("td", { class: "nowrap" }, w.finished_ms ? span(w.finished_ms - w.submitted_ms) : ""),
