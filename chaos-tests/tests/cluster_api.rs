@@ -1,5 +1,6 @@
 //! The API through a follower and a worker: the forwarder keeps the method, headers, status and
-//! body; every error is JSON; a write through a follower works like one sent to the leader.
+//! body; every error is JSON; a write through a follower works like one sent to the leader; the
+//! dashboard is served by a follower and a worker.
 //! Paused servers: a follower is up again soon after it resumes, a resumed leader claims
 //! nothing it did not do, and neither reads as a refused handshake in any log.
 
@@ -56,6 +57,11 @@ fn a_follower_and_a_worker_forward_method_status_and_json_errors() {
             );
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
+        // The dashboard is served by every node, a worker too.
+        let (code, page, ctype) = call("GET", &format!("{api}/"), None);
+        assert_eq!(code, 200, "{api}: {page}");
+        assert!(ctype.starts_with("text/html"), "{ctype}");
+        assert!(page.as_str().unwrap().contains("/ui/app.js"), "{page}");
         // A PUT is not turned into a GET: it is refused as the leader refuses it.
         let (code, v, ctype) = call("PUT", &format!("{api}/v1/workflows"), Some("{}"));
         assert_eq!(code, 405, "{api}: {v}");

@@ -87,6 +87,10 @@ pub fn funnel(wf: &Workflow, i: usize) -> Funnel {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepView {
     pub id: String,
+    /// The steps this one runs after (its `needs`, which include any `map.from`), by id: the
+    /// edges of the DAG.
+    #[serde(default)]
+    pub needs: Vec<String>,
     pub status: String,
     pub items: u32,
     pub succeeded: u32,
@@ -161,6 +165,11 @@ pub fn detail(wf: &Workflow) -> WorkflowDetail {
             let f = funnel(wf, i);
             StepView {
                 id: spec.id.clone(),
+                needs: spec
+                    .needs
+                    .iter()
+                    .filter_map(|&n| wf.spec.steps.get(n as usize).map(|s| s.id.clone()))
+                    .collect(),
                 status: run.status.name().into(),
                 items: run.total,
                 succeeded: run.succeeded,

@@ -9,8 +9,8 @@
 //! ```
 //!
 //! Roles are ordered: `read` (every GET) < `operate` (submit, cancel, pause, resume, retry,
-//! redrive, discard) < `admin` (everything: drain, servers, fault injection). `/v1/health` is
-//! open. Every node checks every call it receives, including the calls a follower or a worker
+//! redrive, discard) < `admin` (everything: drain, servers, fault injection). `/v1/health` and
+//! the dashboard's files (`GET /`, `/ui/app.js`, `/ui/app.css`: no data in them) are open. Every node checks every call it receives, including the calls a follower or a worker
 //! forwards to the leader (they keep the caller's `Authorization` header), so all nodes of a
 //! cluster must be given the same file. Secrets are compared as SHA-256 digests in constant
 //! time, against every token (no early exit).
@@ -280,13 +280,18 @@ impl Auth {
     }
 }
 
-/// The role a call needs: `None` for the open routes (liveness). Anything not listed needs
-/// `admin`, so a route added later is closed until it is placed here.
+/// The role a call needs: `None` for the open routes (liveness, and the dashboard's files,
+/// which hold no data). Anything not listed needs `admin`, so a route added later is closed
+/// until it is placed here.
 pub fn required(method: &Method, path: &str) -> Option<Role> {
     if path == "/v1/health" {
         return None;
     }
-    if method == Method::GET || method == Method::HEAD {
+    let read = method == Method::GET || method == Method::HEAD;
+    if read && super::dashboard::is_asset(path) {
+        return None;
+    }
+    if read {
         return Some(Role::Read);
     }
     if method != Method::POST {
@@ -435,6 +440,10 @@ mod tests {
     fn routes_need_the_documented_roles() {
         let post = Method::POST;
         assert_eq!(required(&Method::GET, "/v1/health"), None);
+        assert_eq!(required(&Method::GET, "/"), None);
+        assert_eq!(required(&Method::GET, "/ui/app.js"), None);
+        assert_eq!(required(&Method::GET, "/ui/other.js"), Some(Role::Read));
+        assert_eq!(required(&post, "/"), Some(Role::Admin));
         assert_eq!(required(&Method::GET, "/v1/workflows"), Some(Role::Read));
         assert_eq!(required(&Method::GET, "/v1/servers"), Some(Role::Read));
         assert_eq!(required(&post, "/v1/workflows"), Some(Role::Operate));

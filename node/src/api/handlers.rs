@@ -82,7 +82,10 @@ pub(crate) fn leader_routes() -> Routes {
 }
 
 pub fn router(app: AppState) -> Router {
-    let here = local_routes().router.with_state(app.clone());
+    let here = local_routes()
+        .router
+        .with_state(app.clone())
+        .merge(super::dashboard::routes());
     let led = leader_routes()
         .router
         .layer(axum::middleware::from_fn_with_state(app.clone(), to_leader))
@@ -98,7 +101,8 @@ pub fn router(app: AppState) -> Router {
         .layer(axum::middleware::from_fn(super::errors::json_errors))
 }
 
-/// Everything but health and fault injection is served by the leader.
+/// Everything but health, fault injection, this node's own logs and the dashboard is served by
+/// the leader.
 async fn to_leader(
     State(app): State<AppState>,
     req: axum::extract::Request,
@@ -113,7 +117,8 @@ async fn to_leader(
     }
 }
 
-/// A worker's API: its own health, everything else forwarded to the leader.
+/// A worker's API: its own health, task logs and the dashboard, everything else forwarded to
+/// the leader.
 pub fn proxy_router(w: super::WorkerApi) -> Router {
     let health_node = w.node.clone();
     let data_dir = w.data_dir.clone();
@@ -134,6 +139,7 @@ pub fn proxy_router(w: super::WorkerApi) -> Router {
             ),
         )
         .route("/metrics", get(crate::metrics::serve_local))
+        .merge(super::dashboard::routes())
         .fallback(move |req: axum::extract::Request| {
             let api = leader_api.clone();
             let outbound = outbound.clone();

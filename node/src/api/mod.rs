@@ -1,9 +1,10 @@
 //! The HTTP API (JSON): submit, get, list, cancel, pause, resume, retry, outputs, logs, DLQ,
-//! health; authentication ([`auth`]) and HTTPS ([`tls`]). Reads come from the applied state (on a single voter this is linearizable: the
+//! health; the web dashboard at `/` ([`dashboard`]); authentication ([`auth`]) and HTTPS ([`tls`]). Reads come from the applied state (on a single voter this is linearizable: the
 //! leader applies before it answers); writes go through the Raft log and answer after commit.
 
 mod admin;
 pub mod auth;
+mod dashboard;
 mod dlq;
 mod errors;
 mod forward;

@@ -128,7 +128,9 @@ async fn call(item: Option<Value>, with: Value) -> Outcome {
 
 fn error(o: &Outcome) -> &str {
     match o {
-        Outcome::Failed { error } | Outcome::FailedRetry { error, .. } => error,
+        Outcome::Failed { error }
+        | Outcome::FailedRetry { error, .. }
+        | Outcome::WorkerBroken { error } => error,
         Outcome::Succeeded { .. } => panic!("succeeded: {o:?}"),
     }
 }
