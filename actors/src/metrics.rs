@@ -81,6 +81,9 @@ struct Seen {
     attempt: u32,
     failed: bool,
     since_ms: Option<u64>,
+    /// Still `Assigned`: its `Started` had not been applied (a fast attempt's report can commit
+    /// first); counted as started when the report is accepted, with its assignment time.
+    unstarted_ms: Option<u64>,
 }
 
 fn step_key(t: TaskRef) -> TaskRef {
@@ -142,8 +145,12 @@ impl TaskMetrics {
                 task: r.at.task,
                 attempt: r.at.attempt,
                 failed: !matches!(r.outcome, Outcome::Succeeded { .. }),
-                since_ms: match st {
-                    TaskState::Running { since_ms, .. } => Some(since_ms),
+                since_ms: match &st {
+                    TaskState::Running { since_ms, .. } => Some(*since_ms),
+                    _ => None,
+                },
+                unstarted_ms: match &st {
+                    TaskState::Assigned { at_ms, .. } => Some(*at_ms),
                     _ => None,
                 },
             });
@@ -190,6 +197,11 @@ impl TaskMetrics {
             if let Some(since) = s.since_ms {
                 self.duration
                     .observe(Duration::from_millis(at_ms.saturating_sub(since)));
+            }
+            if let Some(assigned) = s.unstarted_ms {
+                self.step(wf, s.task.step).started += 1;
+                self.queue_wait
+                    .observe(Duration::from_millis(at_ms.saturating_sub(assigned)));
             }
             if s.failed {
                 let c = self.step(wf, s.task.step);

@@ -90,22 +90,22 @@ fn config(opts: &NodeOpts) -> anyhow::Result<NodeConfig> {
 
 /// Without tokens the API is open: fine on loopback (said once at start), refused on any other
 /// address unless `--insecure-api` says so.
-fn check_open_api(cfg: &NodeConfig, insecure: bool, who: &str) -> anyhow::Result<()> {
+/// Refuses an open API off loopback; otherwise the notice to print once logging is set up
+/// (so `--log-format json` stays one object per line).
+fn check_open_api(cfg: &NodeConfig, insecure: bool, who: &str) -> anyhow::Result<Option<String>> {
     if cfg.api_auth.enabled() {
-        return Ok(());
+        return Ok(None);
     }
     let addr = cfg.listen;
     if addr.ip().is_loopback() {
-        eprintln!(
+        return Ok(Some(format!(
             "{who}: no --tokens: the API on {addr} is open to every local user and process (loopback only)"
-        );
-        return Ok(());
+        )));
     }
     if insecure {
-        eprintln!(
+        return Ok(Some(format!(
             "{who}: WARNING: no --tokens and --insecure-api: anyone who can reach {addr} may do anything"
-        );
-        return Ok(());
+        )));
     }
     anyhow::bail!(
         "the API would listen on {addr}, which is not loopback, without tokens: anyone who can reach it could run commands on this machine. Give a tokens file (--tokens FILE, see docs/operations.md), listen on 127.0.0.1, or pass --insecure-api"
@@ -125,14 +125,14 @@ pub fn dev(args: DevArgs, token: Option<String>) -> anyhow::Result<()> {
     cfg.listen = args
         .listen
         .unwrap_or_else(|| default.parse().expect("static address"));
-    check_open_api(&cfg, args.opts.insecure_api, "troupe dev")?;
+    let notice = check_open_api(&cfg, args.opts.insecure_api, "troupe dev")?;
     if args.run.is_some() && cfg.api_tls.is_some() {
         anyhow::bail!(
             "--run does not go with --api-tls-cert; start the node, then `troupe --api https://... --ca FILE submit --wait FILE`"
         );
     }
     let log = args.opts.log_format;
-    serve(cfg, args.run.map(|f| (f, token)), log, "troupe dev")
+    serve(cfg, args.run.map(|f| (f, token)), log, notice, "troupe dev")
 }
 
 pub fn node(args: NodeArgs) -> anyhow::Result<()> {
@@ -163,8 +163,8 @@ pub fn node(args: NodeArgs) -> anyhow::Result<()> {
         },
         join_existing: args.join_existing,
     });
-    check_open_api(&cfg, args.opts.insecure_api, "troupe node")?;
-    serve(cfg, None, args.opts.log_format, "troupe node")
+    let notice = check_open_api(&cfg, args.opts.insecure_api, "troupe node")?;
+    serve(cfg, None, args.opts.log_format, notice, "troupe node")
 }
 
 /// Runs the node until a signal; with `run`, submits that file (with that token), follows it
@@ -173,6 +173,7 @@ fn serve(
     cfg: NodeConfig,
     run: Option<(std::path::PathBuf, Option<String>)>,
     log: troupe_node::LogFormat,
+    notice: Option<String>,
     who: &str,
 ) -> anyhow::Result<()> {
     // With --run the terminal shows the workflow's progress; the node's log goes to a file.
@@ -184,6 +185,9 @@ fn serve(
     }
     troupe_node::init_tracing(log, log_file.as_deref())
         .with_context(|| format!("cannot open the node log {:?}", log_file))?;
+    if let Some(n) = notice {
+        say(log, &n);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
