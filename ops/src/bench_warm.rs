@@ -3,7 +3,9 @@
 //! - `warm`: the issue's batch-scoring workload: N = 200 items, a worker that loads for 1.0 s
 //!   and spends 5 ms of CPU per item, batch 8, 2 slots; against the ideal (load + N x 5 ms / 2).
 //! - `warm100k`: the same with N = 100,000 (about 4.5 minutes).
-//! - `warm-noop`: items/s of a no-op worker step (batch 64) on one node, fsync on.
+//! - `warm-noop`: items/s of a no-op worker step (batch 64) on one node, fsync on, with a Python
+//!   worker; `warm-noop-rust`: the same with `troupe bench-worker`, a no-op worker in Rust (so
+//!   the figure is Troupe's, not the worker's JSON parsing).
 //!
 //! The worker is a standalone Python script written into the node's data dir (the protocol in
 //! a few lines, so the bench does not depend on where clients/python is).
@@ -41,16 +43,54 @@ pub(crate) fn spec(
     load_s: f64,
     item_ms: f64,
 ) -> String {
+    let argv = format!(
+        "\"python3\", \"{}\", \"{load_s}\", \"{item_ms}\"",
+        script.display()
+    );
+    spec_argv(&argv, n, batch)
+}
+
+fn spec_argv(argv: &str, n: u64, batch: u32) -> String {
     format!(
         r#"name = "warm-bench"
 [[step]]
 id = "score"
 map = {{ range = [0, {n}] }}
 parallelism = 100000
-worker = {{ run = ["python3", "{}", "{load_s}", "{item_ms}"], batch = {batch}, max_wait = "5ms" }}
-"#,
-        script.display()
+worker = {{ run = [{argv}], batch = {batch}, max_wait = "5ms" }}
+"#
     )
+}
+
+/// `troupe bench-worker`: the no-op worker of `warm-noop-rust`. Hand-written over serde_json
+/// because it is the thing being kept out of the measurement.
+pub fn noop_worker() -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
+    let stdin = std::io::stdin().lock();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    out.write_all(b"{\"ready\": true}\n")?;
+    out.flush()?;
+    for line in stdin.lines() {
+        let v: serde_json::Value = serde_json::from_str(&line?)?;
+        let results: Vec<serde_json::Value> = v["tasks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| serde_json::json!({ "id": t["id"], "output": t["item"] }))
+            .collect();
+        serde_json::to_writer(&mut out, &serde_json::json!({ "results": results }))?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// Seconds for N items of the Rust no-op worker on a fresh node.
+fn once_rust(n: u64, batch: u32, node_args: &[&str], fsync: bool) -> anyhow::Result<f64> {
+    let (node, _) = Node::start(node_args, fsync)?;
+    let me = std::env::current_exe().context("the troupe binary's path")?;
+    let argv = format!("\"{}\", \"bench-worker\"", me.display());
+    node.run(&spec_argv(&argv, n, batch))
 }
 
 /// Seconds for N items on a fresh node with `slots` slots.
@@ -127,6 +167,17 @@ pub fn run(
             v,
             "s",
             &|s| format!("{:.0} items/s", 100_000.0 / s),
+        );
+    }
+    if want("warm-noop-rust") {
+        let v = (0..runs)
+            .map(|_| once_rust(200_000, 64, &NOOP_NODE, fsync))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        report(
+            "no-op worker step, Rust worker: 200,000 items, batch 64, 2 workers",
+            v,
+            "s",
+            &|s| format!("{:.0} items/s", 200_000.0 / s),
         );
     }
     Ok(())

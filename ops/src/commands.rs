@@ -431,7 +431,9 @@ pub(crate) fn client_command(
             }
             Ok(())
         }
-        Cmd::Dev(_) | Cmd::Node(_) | Cmd::Bench(_) => unreachable!("handled in main"),
+        Cmd::Dev(_) | Cmd::Node(_) | Cmd::Bench(_) | Cmd::BenchWorker => {
+            unreachable!("handled in main")
+        }
     }
 }
 

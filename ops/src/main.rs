@@ -126,6 +126,11 @@ enum Cmd {
     },
     /// Measure Troupe on this machine (starts its own nodes; prints figures).
     Bench(bench::BenchArgs),
+    /// Benchmarks only: a no-op worker (the worker-step wire format, answering each task with
+    /// its item) in Rust, so `troupe bench --only warm-noop` measures Troupe, not a worker's
+    /// JSON parsing.
+    #[command(hide = true)]
+    BenchWorker,
 }
 
 #[derive(Subcommand)]
@@ -336,6 +341,7 @@ fn main() {
         Cmd::Dev(args) => commands::dev(args, cli.token),
         Cmd::Node(args) => commands::node(args),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::BenchWorker => bench_warm::noop_worker(),
         other => {
             // A client printing into a closed pipe (`troupe status | head -1`) ends quietly, as
             // coreutils do, instead of panicking. Only the client: a node must get EPIPE on its
