@@ -7,6 +7,8 @@
 //! The binary is `$TROUPE_BIN`, or `target/debug/troupe` of this workspace (build it first:
 //! `cargo build -p troupe-ops`; `.ci/run` does).
 
+pub mod receiver;
+
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

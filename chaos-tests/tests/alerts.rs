@@ -2,97 +2,12 @@
 //! degraded workflow and one `dlq.threshold` event for a step past `--dlq-alert`, and nothing
 //! for a workflow that succeeded; a receiver that answers 500 twice still gets the event.
 
-use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use troupe_chaos_tests::TestNode;
+use troupe_chaos_tests::receiver::{Got, receiver, wait_for};
 
 const KEY: &str = "test-notify-key";
-
-/// One request the receiver got: its headers (lowercase names) and body.
-#[derive(Clone, Debug)]
-struct Got {
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    answered: u16,
-}
-
-impl Got {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .unwrap_or_else(|| panic!("no {name} header in {:?}", self.headers))
-    }
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("the body is JSON")
-    }
-}
-
-/// A webhook receiver on 127.0.0.1: answers each request with the next status of `answers`
-/// (then 200), closing the connection. Stops accepting after 3 minutes.
-fn receiver(answers: Vec<u16>) -> (String, Arc<Mutex<Vec<Got>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let (g, n) = (got.clone(), Arc::new(AtomicUsize::new(0)));
-    std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(180);
-        while Instant::now() < deadline {
-            let Ok((stream, _)) = listener.accept() else {
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            };
-            stream.set_nonblocking(false).unwrap();
-            stream
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .unwrap();
-            let mut r = BufReader::new(stream);
-            let mut line = String::new();
-            if r.read_line(&mut line).is_err() || line.is_empty() {
-                continue;
-            }
-            let mut headers = Vec::new();
-            loop {
-                let mut h = String::new();
-                if r.read_line(&mut h).is_err() || h.trim().is_empty() {
-                    break;
-                }
-                if let Some((k, v)) = h.split_once(':') {
-                    headers.push((k.trim().to_lowercase(), v.trim().to_string()));
-                }
-            }
-            let len: usize = headers
-                .iter()
-                .find(|(k, _)| k == "content-length")
-                .and_then(|(_, v)| v.parse().ok())
-                .unwrap_or(0);
-            let mut body = vec![0; len];
-            if r.read_exact(&mut body).is_err() {
-                continue;
-            }
-            let i = n.fetch_add(1, Ordering::SeqCst);
-            let answered = answers.get(i).copied().unwrap_or(200);
-            g.lock().unwrap().push(Got {
-                headers,
-                body,
-                answered,
-            });
-            let mut s = r.into_inner();
-            let _ = write!(
-                s,
-                "HTTP/1.1 {answered} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-            );
-        }
-    });
-    (url, got)
-}
 
 fn hmac_sha256(key: &[u8], msg: &[u8]) -> String {
     let mut k = [0u8; 64];
@@ -125,26 +40,6 @@ fn assert_signed(g: &Got) {
     assert_eq!(g.header("x-troupe-event"), g.json()["id"].as_str().unwrap());
 }
 
-/// Waits (bounded) until `f` holds for what the receiver got.
-fn wait_for(got: &Mutex<Vec<Got>>, limit: Duration, what: &str, f: impl Fn(&[Got]) -> bool) {
-    let deadline = Instant::now() + limit;
-    loop {
-        if f(&got.lock().unwrap()) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waited {limit:?} for {what}; got {:?}",
-            got.lock()
-                .unwrap()
-                .iter()
-                .map(|g| String::from_utf8_lossy(&g.body).to_string())
-                .collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn of_type<'a>(got: &'a [Got], t: &str) -> Vec<&'a Got> {
     got.iter().filter(|g| g.json()["type"] == t).collect()
 }
@@ -153,6 +48,7 @@ fn of_type<'a>(got: &'a [Got], t: &str) -> Vec<&'a Got> {
 fn failures_and_a_dead_letter_burst_arrive_signed() {
     let tmp = tempfile::tempdir().unwrap();
     let (url, got) = receiver(vec![]);
+    let url = format!("{url}/hook");
     let node = TestNode::start_env(
         tmp.path(),
         &["--no-fsync", "--notify", &url, "--dlq-alert", "3/1h"],
@@ -211,6 +107,7 @@ fn failures_and_a_dead_letter_burst_arrive_signed() {
 fn a_receiver_that_fails_twice_still_gets_the_event() {
     let tmp = tempfile::tempdir().unwrap();
     let (url, got) = receiver(vec![500, 500]);
+    let url = format!("{url}/hook");
     let key = tmp.path().join("notify.key");
     std::fs::write(&key, format!("{KEY}\n")).unwrap();
     let key = key.display().to_string();
