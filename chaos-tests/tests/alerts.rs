@@ -92,7 +92,7 @@ fn failures_and_a_dead_letter_burst_arrive_signed() {
     assert_eq!(q["step"], "score");
     assert_eq!(q["count"], 4);
     assert_eq!(q["threshold"], 3);
-    assert_eq!(q["window"], "1h");
+    assert_eq!(q["window_ms"], 3_600_000);
     assert!(
         !got.iter().any(|g| g.json()["workflow"] == ok.as_str()),
         "a workflow that succeeded sends nothing: {got:?}"

@@ -75,6 +75,8 @@ pub struct Event {
     pub threshold: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_ms: Option<u64>,
 }
 
 #[derive(Default)]
@@ -172,6 +174,7 @@ impl Detector {
                 count: None,
                 threshold: None,
                 window: None,
+                window_ms: None,
             });
         }
         out
@@ -228,6 +231,7 @@ impl Detector {
                 count: Some(w.times.len() as u32),
                 threshold: Some(alert.count),
                 window: Some(window),
+                window_ms: Some(alert.window_ms),
             });
         }
         self.seen_dlq = next;

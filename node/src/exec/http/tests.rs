@@ -129,7 +129,7 @@ async fn call(item: Option<Value>, with: Value) -> Outcome {
 fn error(o: &Outcome) -> &str {
     match o {
         Outcome::Failed { error } | Outcome::FailedRetry { error, .. } => error,
-        Outcome::Succeeded { .. } => panic!("succeeded: {o:?}"),
+        other => panic!("not a failure: {other:?}"),
     }
 }
 
