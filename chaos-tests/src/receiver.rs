@@ -111,4 +111,3 @@ pub fn wait_for(got: &Mutex<Vec<Got>>, limit: Duration, what: &str, f: impl Fn(&
         std::thread::sleep(Duration::from_millis(50));
     }
 }
-

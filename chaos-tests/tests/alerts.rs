@@ -54,9 +54,7 @@ fn failures_and_a_dead_letter_burst_arrive_signed() {
         &["--no-fsync", "--notify", &url, "--dlq-alert", "3/1h"],
         &[("TROUPE_NOTIFY_SECRET", KEY)],
     );
-    let ok = node.submit(
-        "name = \"fine\"\n[[step]]\nid = \"a\"\nrun = [\"true\"]\n",
-    );
+    let ok = node.submit("name = \"fine\"\n[[step]]\nid = \"a\"\nrun = [\"true\"]\n");
     let failed = node.submit(
         "name = \"breaks\"\n[[step]]\nid = \"a\"\nrun = [\"sh\", \"-c\", \"exit 3\"]\nretries = { attempts = 1 }\n",
     );
@@ -66,7 +64,9 @@ fn failures_and_a_dead_letter_burst_arrive_signed() {
     for id in [&ok, &failed, &burst] {
         node.wait(id, Duration::from_secs(60));
     }
-    wait_for(&got, Duration::from_secs(30), "three events", |g| g.len() >= 3);
+    wait_for(&got, Duration::from_secs(30), "three events", |g| {
+        g.len() >= 3
+    });
     // Anything late would show in this second.
     std::thread::sleep(Duration::from_secs(1));
     let got = got.lock().unwrap().clone();

@@ -21,11 +21,18 @@ fn unhex(s: &str) -> Vec<u8> {
 /// The trace id Troupe derives (node/src/otel/mod.rs): SHA-256 over length-prefixed parts.
 fn trace_id(cluster: &str, wf: &str) -> String {
     let mut h = Sha256::new();
-    for p in [b"troupe.trace".as_slice(), cluster.as_bytes(), wf.as_bytes()] {
+    for p in [
+        b"troupe.trace".as_slice(),
+        cluster.as_bytes(),
+        wf.as_bytes(),
+    ] {
         h.update((p.len() as u64).to_le_bytes());
         h.update(p);
     }
-    h.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[test]
@@ -34,7 +41,13 @@ fn spans_of_a_workflow_its_steps_and_attempts_reach_the_collector() {
     let (url, got) = receiver(vec![]);
     let node = TestNode::start(
         tmp.path(),
-        &["--no-fsync", "--otlp-endpoint", &url, "--otlp-cluster", "test-c"],
+        &[
+            "--no-fsync",
+            "--otlp-endpoint",
+            &url,
+            "--otlp-cluster",
+            "test-c",
+        ],
     );
     let out = tmp.path().join("tp.txt");
     let spec = format!(
@@ -55,7 +68,10 @@ fn spans_of_a_workflow_its_steps_and_attempts_reach_the_collector() {
         assert_eq!(parts[3], "01");
         assert_eq!(parts[1].len(), 32);
         assert_eq!(parts[2].len(), 16);
-        assert!(tp.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()), "{tp}");
+        assert!(
+            tp.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()),
+            "{tp}"
+        );
         assert_eq!(parts[1], want_trace, "the trace id is the workflow's");
         span_ids.push(parts[2].to_string());
     }
@@ -67,8 +83,17 @@ fn spans_of_a_workflow_its_steps_and_attempts_reach_the_collector() {
     assert_eq!(g.path, "/v1/traces");
     assert_eq!(g.header("content-type"), "application/x-protobuf");
     let body: Vec<u8> = got.iter().flat_map(|g| g.body.clone()).collect();
-    assert!(contains(&body, &unhex(&want_trace)), "the trace id is in the spans");
-    for name in ["workflow traced", "step a", "step b", "attempt a/0", "attempt a/1"] {
+    assert!(
+        contains(&body, &unhex(&want_trace)),
+        "the trace id is in the spans"
+    );
+    for name in [
+        "workflow traced",
+        "step a",
+        "step b",
+        "attempt a/0",
+        "attempt a/1",
+    ] {
         assert!(contains(&body, name.as_bytes()), "no span {name:?}");
     }
     for key in [

@@ -331,7 +331,12 @@ pub struct NodeOpts {
     /// Names the cluster in trace ids: give every node of a cluster the same name, and each
     /// cluster that sends to one collector its own [default: the node id for `troupe dev`,
     /// `troupe` for `troupe node`].
-    #[arg(long, value_name = "NAME", requires = "otlp_endpoint", default_value = "")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "otlp_endpoint",
+        default_value = ""
+    )]
     otlp_cluster: String,
 }
 

@@ -216,7 +216,12 @@ impl Detector {
             let wf = state.workflows.get(&letter.task.wf);
             let window = troupe_scheduler::units::format_ms(alert.window_ms);
             out.push(Event {
-                id: format!("{}.{}.dlq.{}", wf_name(letter.task.wf), letter.step_id, letter.at_ms),
+                id: format!(
+                    "{}.{}.dlq.{}",
+                    wf_name(letter.task.wf),
+                    letter.step_id,
+                    letter.at_ms
+                ),
                 kind: "dlq.threshold",
                 workflow: wf_name(letter.task.wf),
                 name: wf.map(|w| w.spec.name.clone()).unwrap_or_default(),
@@ -341,13 +346,23 @@ mod tests {
         for i in 0..4 {
             letter(&mut s, 1, "score", t0 + i);
         }
-        assert!(d.step(&s, &[], t0, false).is_empty(), "a follower sends nothing");
+        assert!(
+            d.step(&s, &[], t0, false).is_empty(),
+            "a follower sends nothing"
+        );
         let sent = d.step(&s, &[], t0 + MIN, true);
-        assert_eq!(sent.len(), 1, "the new leader sends what the old one may have missed");
+        assert_eq!(
+            sent.len(),
+            1,
+            "the new leader sends what the old one may have missed"
+        );
         assert!(d.step(&s, &[], t0 + MIN, true).is_empty());
         // Past the horizon nothing is sent again.
         d.step(&s, &[], t0 + 2 * MIN, false);
-        assert!(d.step(&s, &[], t0 + RESEND_HORIZON_MS + MIN, true).is_empty());
+        assert!(
+            d.step(&s, &[], t0 + RESEND_HORIZON_MS + MIN, true)
+                .is_empty()
+        );
     }
 
     #[test]

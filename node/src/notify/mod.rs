@@ -19,7 +19,7 @@ use std::sync::Arc;
 use troupe_actors::machine::Observer;
 use troupe_scheduler::{Effect, State};
 
-pub use detect::{DlqAlert, Detector, Event};
+pub use detect::{Detector, DlqAlert, Event};
 
 /// `--notify`, its key and `--dlq-alert`.
 #[derive(Clone)]

@@ -40,7 +40,9 @@ impl Outbox {
         };
         if full {
             DROPPED.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("trace export queue full ({QUEUE_MAX}): dropped its oldest workflow's spans");
+            tracing::warn!(
+                "trace export queue full ({QUEUE_MAX}): dropped its oldest workflow's spans"
+            );
         }
         self.ready.notify_one();
     }
@@ -98,7 +100,10 @@ async fn send(url: &str, body: Vec<u8>) {
         };
         if attempt == ATTEMPTS_MAX {
             DROPPED.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(url, "trace export failed after {ATTEMPTS_MAX} tries, spans dropped: {why}");
+            tracing::warn!(
+                url,
+                "trace export failed after {ATTEMPTS_MAX} tries, spans dropped: {why}"
+            );
             return;
         }
         tracing::debug!(url, attempt, "trace export failed, retrying: {why}");

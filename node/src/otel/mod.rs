@@ -83,11 +83,19 @@ fn first<const N: usize>(d: [u8; 32]) -> [u8; N] {
 
 /// The trace of workflow `wf` (`wf-12`).
 pub fn trace_id(cluster: &str, wf: &str) -> [u8; 16] {
-    first(digest(&[b"troupe.trace", cluster.as_bytes(), wf.as_bytes()]))
+    first(digest(&[
+        b"troupe.trace",
+        cluster.as_bytes(),
+        wf.as_bytes(),
+    ]))
 }
 
 fn workflow_span(cluster: &str, wf: &str) -> [u8; 8] {
-    first(digest(&[b"troupe.workflow", cluster.as_bytes(), wf.as_bytes()]))
+    first(digest(&[
+        b"troupe.workflow",
+        cluster.as_bytes(),
+        wf.as_bytes(),
+    ]))
 }
 
 fn step_span(cluster: &str, wf: &str, step: u16) -> [u8; 8] {
