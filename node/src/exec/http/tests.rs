@@ -128,8 +128,10 @@ async fn call(item: Option<Value>, with: Value) -> Outcome {
 
 fn error(o: &Outcome) -> &str {
     match o {
-        Outcome::Failed { error } | Outcome::FailedRetry { error, .. } => error,
-        other => panic!("not a failure: {other:?}"),
+        Outcome::Failed { error }
+        | Outcome::FailedRetry { error, .. }
+        | Outcome::WorkerBroken { error } => error,
+        Outcome::Succeeded { .. } => panic!("succeeded: {o:?}"),
     }
 }
 
