@@ -7,8 +7,6 @@
 //! The binary is `$TROUPE_BIN`, or `target/debug/troupe` of this workspace (build it first:
 //! `cargo build -p troupe-ops`; `.ci/run` does).
 
-pub mod receiver;
-
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -468,3 +466,6 @@ pub fn history(detail: &Value) -> Vec<String> {
         .map(|e| e["what"].as_str().unwrap_or("").to_string())
         .collect()
 }
+
+/// A loopback HTTP receiver for what nodes send out (alert webhooks, OTLP spans).
+pub mod receiver;
