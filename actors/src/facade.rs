@@ -4,7 +4,7 @@
 //! when it stops. If it fails, the engine is dropped (which stops its thread and releases the
 //! data dir) and the root supervisor restarts it together with everything started after it.
 
-use crate::machine::{EffectSink, HookArgs, Machine, hook};
+use crate::machine::{EffectSink, HookArgs, Machine, Observer, hook};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::sync::{Arc, RwLock};
 use troupe_raft_log::{Engine, EngineConfig, EngineHandle, EngineStatus};
@@ -41,6 +41,8 @@ pub struct FacadeArgs {
     /// Clusters: the leader's lease table and the lease length.
     pub lease: Option<(Arc<crate::leases::LeaseTable>, std::time::Duration)>,
     pub sink: Box<dyn Fn() -> Box<dyn EffectSink> + Send + Sync>,
+    /// Made again at each open: watchers of what was applied (alerts, traces).
+    pub observers: Box<dyn Fn() -> Vec<Box<dyn Observer>> + Send + Sync>,
 }
 
 pub struct FacadeState {
@@ -67,6 +69,7 @@ impl Actor for RaftFacade {
                 retain: a.retain,
                 audit_every: a.audit_every,
                 lease: a.lease.clone(),
+                observers: (a.observers)(),
             };
             let h = hook(args, (a.sink)());
             Engine::open(a.config.clone(), Machine::default(), h)

@@ -109,6 +109,15 @@ pub trait EffectSink: Send + 'static {
     fn stop_workers(&mut self, groups: Vec<GroupKey>);
 }
 
+/// Watches what was applied, on the engine thread of every member, before the effects are
+/// routed: alerts and traces are built from it (`troupe-node`'s `notify` and `otel`). It must
+/// not block: copy what it needs and queue it for another task.
+pub trait Observer: Send + 'static {
+    /// `effects`: those of the entries applied since the last call; `now_ms`: the engine's
+    /// clock; `is_leader`: whether this member is the Raft leader now.
+    fn observe(&mut self, state: &State, effects: &[Effect], now_ms: u64, is_leader: bool);
+}
+
 /// What the engine hook needs besides the sink.
 pub struct HookArgs {
     pub node: String,
@@ -125,16 +134,19 @@ pub struct HookArgs {
     pub audit_every: Duration,
     /// Clusters: the leader's lease table and the lease length.
     pub lease: Option<(Arc<LeaseTable>, Duration)>,
+    /// Called after every apply cycle and tick, before effects are routed.
+    pub observers: Vec<Box<dyn Observer>>,
 }
 
 /// The engine hook, run on every member after applies and on ticks. Every member routes
 /// workflow effects to its instances; only the leader delivers runs and kills (so each is
 /// delivered once), plans placements and timeouts, and declares nodes whose lease expired lost.
 /// A follower resets the planner, so records of an earlier leadership are not trusted.
-pub fn hook(args: HookArgs, mut sink: Box<dyn EffectSink>) -> troupe_raft_log::Hook<Machine> {
+pub fn hook(mut args: HookArgs, mut sink: Box<dyn EffectSink>) -> troupe_raft_log::Hook<Machine> {
     let mut planner = Planner::with_strategy(args.strategy)
         .with_retention(args.retain.map(|d| d.as_millis() as u64))
         .with_audit_every(args.audit_every.as_millis() as u64);
+    let mut observers = std::mem::take(&mut args.observers);
     let mut judge = args
         .lease
         .as_ref()
@@ -149,6 +161,9 @@ pub fn hook(args: HookArgs, mut sink: Box<dyn EffectSink>) -> troupe_raft_log::H
             .filter(|n| n.incarnation == args.incarnation && n.status != NodeStatus::Down)
             .map(|n| n.epoch)
             .unwrap_or(0);
+        for o in observers.iter_mut() {
+            o.observe(&m.state, &effects, now_ms, is_leader);
+        }
         if !effects.is_empty() {
             // Runs for this node need its live epoch (0 until registered: those are dropped).
             route(&args.node, epoch, is_leader, effects, sink.as_mut());

@@ -468,3 +468,6 @@ pub fn history(detail: &Value) -> Vec<String> {
         .map(|e| e["what"].as_str().unwrap_or("").to_string())
         .collect()
 }
+
+/// A loopback HTTP receiver for what nodes send out (alert webhooks, OTLP spans).
+pub mod receiver;

@@ -57,6 +57,10 @@ pub struct NodeConfig {
     /// Raised when the node cannot go on (every server refused its cookie); the process that
     /// runs the node waits on it and exits with the reason.
     pub fatal: crate::fatal::Fatal,
+    /// Alert webhooks (`--notify`); sent by the leader only.
+    pub notify: Option<crate::notify::NotifyConfig>,
+    /// OpenTelemetry traces (`--otlp-endpoint`); exported by the leader.
+    pub otel: Option<crate::otel::OtelConfig>,
 }
 
 impl NodeConfig {
@@ -85,6 +89,8 @@ impl NodeConfig {
             api_auth: crate::api::Auth::open(),
             api_tls: None,
             fatal: Default::default(),
+            notify: None,
+            otel: None,
         }
     }
 }

@@ -14,6 +14,8 @@ pub mod fatal;
 pub mod janitor;
 pub mod metrics;
 pub mod monitor;
+pub mod notify;
+pub mod otel;
 pub mod tree;
 
 pub use config::NodeConfig;

@@ -38,7 +38,7 @@ use troupe_actors::dispatcher::{DispatchArgs, Dispatcher};
 use troupe_actors::executor::Executor;
 use troupe_actors::facade::{FacadeArgs, FacadeMsg, RAFT_NAME, RaftFacade};
 use troupe_actors::instance::InstanceArgs;
-use troupe_actors::machine::{EffectSink, Machine};
+use troupe_actors::machine::{EffectSink, Machine, Observer};
 use troupe_actors::runner::{RunnerArgs, TaskRunner};
 use troupe_actors::sink::{ActorSink, DISPATCHER_NAME, INSTANCES_NAME, instance_spec};
 use troupe_actors::supervisor::{
@@ -92,6 +92,10 @@ struct Ctx {
     slot: Arc<Mutex<Option<RaftHandle>>>,
     leases: Arc<LeaseTable>,
     leader_api: Arc<Mutex<String>>,
+    /// The alert queues and their sending tasks (`--notify`).
+    notifier: Option<crate::notify::Notifier>,
+    /// The span exporter (`--otlp-endpoint`).
+    tracer: Option<crate::otel::Tracer>,
 }
 
 impl Ctx {
@@ -144,7 +148,29 @@ pub async fn start(mut cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         slot: Arc::new(Mutex::new(None)),
         leases: Arc::new(LeaseTable::default()),
         leader_api: Arc::new(Mutex::new(String::new())),
+        notifier: None,
+        tracer: None,
     };
+    let mut ctx = ctx;
+    if let Some(n) = &ctx.cfg.notify {
+        if ctx.role() == Some(Role::Worker) {
+            tracing::warn!("--notify: a worker sends no alerts (the leading server does)");
+        } else {
+            ctx.notifier = Some(crate::notify::Notifier::start(n));
+        }
+    }
+    if let Some(o) = &ctx.cfg.otel {
+        // Workers export nothing but pass TRACEPARENT to their tasks.
+        let mut o = o.clone();
+        if o.cluster.is_empty() {
+            // The embedded node's id is kept in its data dir: one name per `troupe dev` state.
+            o.cluster = match ctx.role() {
+                None => node.clone(),
+                Some(_) => "troupe".into(),
+            };
+        }
+        ctx.tracer = Some(crate::otel::Tracer::start(&o, &node));
+    }
     let children = match ctx.role() {
         None => vec![
             raft_spec(&ctx),
@@ -219,6 +245,7 @@ fn raft_spec(ctx: &Ctx) -> ChildSpec {
         audit_every: cfg.audit_every,
         lease,
         sink: Box::new(sink_factory(ctx.clone())),
+        observers: Box::new(observers(ctx.clone())),
     });
     ChildSpec::new(RAFT_NAME, Restart::Permanent, move |sup: ActorCell| {
         let args = args.clone();
@@ -228,6 +255,20 @@ fn raft_spec(ctx: &Ctx) -> ChildSpec {
                 .map(|(a, _)| a.get_cell())
         }
     })
+}
+
+/// The engine hook's observers: alerts (`--notify`) and traces (`--otlp-endpoint`).
+fn observers(ctx: Ctx) -> impl Fn() -> Vec<Box<dyn Observer>> + Send + Sync {
+    move || {
+        let mut v = Vec::new();
+        if let Some(n) = &ctx.notifier {
+            v.push(n.observer(ctx.node.clone()));
+        }
+        if let Some(t) = &ctx.tracer {
+            v.push(t.observer());
+        }
+        v
+    }
 }
 
 fn sink_factory(ctx: Ctx) -> impl Fn() -> Box<dyn EffectSink> + Send + Sync {

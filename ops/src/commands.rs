@@ -85,7 +85,40 @@ fn config(opts: &NodeOpts) -> anyhow::Result<NodeConfig> {
         "spread" => troupe_scheduler::placement::Strategy::Spread,
         other => anyhow::bail!("--strategy {other:?}: use binpack or spread"),
     };
+    cfg.notify = notify(opts)?;
+    cfg.otel = opts
+        .otlp_endpoint
+        .as_deref()
+        .map(|e| troupe_node::otel::OtelConfig::new(e, opts.otlp_cluster.clone()))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!(e))?;
     Ok(cfg)
+}
+
+/// `--notify`, its key (`--notify-secret-file` or `$TROUPE_NOTIFY_SECRET`) and `--dlq-alert`.
+fn notify(opts: &NodeOpts) -> anyhow::Result<Option<troupe_node::notify::NotifyConfig>> {
+    if opts.notify.is_empty() {
+        return Ok(None);
+    }
+    let key = match &opts.notify_secret_file {
+        Some(f) => std::fs::read(f)
+            .with_context(|| format!("--notify-secret-file {}", f.display()))?
+            .trim_ascii_end()
+            .to_vec(),
+        None => crate::NOTIFY_SECRET
+            .get()
+            .map(|s| s.as_bytes().to_vec())
+            .unwrap_or_default(),
+    };
+    let dlq = opts
+        .dlq_alert
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--dlq-alert {e}"))?;
+    troupe_node::notify::NotifyConfig::new(opts.notify.clone(), key, dlq)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 /// Without tokens the API is open: fine on loopback (said once at start), refused on any other

@@ -40,6 +40,13 @@ pub fn run(n: u32, args: &DevArgs, token: Option<String>) -> anyhow::Result<()> 
         "dev-{}",
         bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
     );
+    // Names this run's traces (not the cookie: it shows in process lists and in spans).
+    let mut salt = [0u8; 6];
+    getrandom::fill(&mut salt).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let trace_name = format!(
+        "dev-{}",
+        salt.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
     let cluster: Vec<String> = (0..n).map(|i| format!("127.0.0.1:{}", 7101 + i)).collect();
     let base_api = args.listen.map(|a| a.port()).unwrap_or(7070);
     let mut children = Children(Vec::new());
@@ -103,6 +110,27 @@ pub fn run(n: u32, args: &DevArgs, token: Option<String>) -> anyhow::Result<()> 
         }
         if o.log_format == troupe_node::LogFormat::Json {
             cmd.args(["--log-format", "json"]);
+        }
+        for u in &o.notify {
+            cmd.args(["--notify", u]);
+        }
+        if let Some(f) = &o.notify_secret_file {
+            cmd.arg("--notify-secret-file").arg(f);
+        } else if let Some(s) = crate::NOTIFY_SECRET.get() {
+            cmd.env("TROUPE_NOTIFY_SECRET", s);
+        }
+        if let Some(a) = &o.dlq_alert {
+            cmd.args(["--dlq-alert", a]);
+        }
+        if let Some(e) = &o.otlp_endpoint {
+            cmd.args(["--otlp-endpoint", e]);
+            // One name for the local cluster's nodes (each has its own node id).
+            let name = if o.otlp_cluster.is_empty() {
+                &trace_name
+            } else {
+                &o.otlp_cluster
+            };
+            cmd.args(["--otlp-cluster", name]);
         }
         cmd.env("TROUPE_COOKIE", &cookie)
             .stdout(Stdio::null())

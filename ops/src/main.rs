@@ -317,15 +317,47 @@ pub struct NodeOpts {
     /// per line, for log shippers).
     #[arg(long, default_value = "text", value_name = "FORMAT")]
     log_format: troupe_node::LogFormat,
+    /// POST a signed JSON alert to this URL (repeatable) when a workflow fails, times out or
+    /// ends degraded, and when --dlq-alert fires; the leading server sends. The signing key:
+    /// --notify-secret-file, or $TROUPE_NOTIFY_SECRET.
+    #[arg(long = "notify", value_name = "URL")]
+    notify: Vec<String>,
+    /// The file holding the alerts' HMAC key (its bytes, trailing whitespace trimmed).
+    #[arg(long, value_name = "FILE")]
+    notify_secret_file: Option<PathBuf>,
+    /// Alert when one step of a workflow has more than COUNT new dead letters within WINDOW
+    /// (e.g. 50/1h); once per window per step.
+    #[arg(long, value_name = "COUNT/WINDOW", requires = "notify")]
+    dlq_alert: Option<String>,
+    /// Send OpenTelemetry spans (OTLP over HTTP, protobuf) of each workflow, step and attempt
+    /// to this collector (e.g. http://127.0.0.1:4318; /v1/traces is appended); off without it.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// Names the cluster in trace ids: give every node of a cluster the same name, and each
+    /// cluster that sends to one collector its own [default: the node id for `troupe dev`,
+    /// `troupe` for `troupe node`].
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "otlp_endpoint",
+        default_value = ""
+    )]
+    otlp_cluster: String,
 }
 
-/// Node secrets stay out of reach of tasks: the cookie (already read into the arguments) leaves
-/// this process's environment, which every attempt inherits; files and folders the node creates
-/// are private to its user (data dir 0700, files 0600).
+/// The alerts' key from `$TROUPE_NOTIFY_SECRET`, read before [`keep_secrets`] removes it.
+pub static NOTIFY_SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Node secrets stay out of reach of tasks: the cookie (already read into the arguments) and
+/// the alerts' key leave this process's environment, which every attempt inherits; files and
+/// folders the node creates are private to its user (data dir 0700, files 0600).
 fn keep_secrets() {
+    if let Ok(s) = std::env::var("TROUPE_NOTIFY_SECRET") {
+        let _ = NOTIFY_SECRET.set(s);
+    }
     // SAFETY: called first thing in main, before any thread is spawned.
     unsafe {
-        for name in ["TROUPE_COOKIE", "TROUPE_TOKEN"] {
+        for name in ["TROUPE_COOKIE", "TROUPE_TOKEN", "TROUPE_NOTIFY_SECRET"] {
             std::env::remove_var(name);
         }
         libc::umask(0o077);

@@ -45,6 +45,10 @@ pub async fn run(
     ] {
         vars.push((k.to_string(), v));
     }
+    // W3C trace context of the attempt's span (`--otlp-endpoint`): the task's spans join it.
+    if let Some(tp) = crate::otel::attempt_traceparent(spec) {
+        vars.push(("TRACEPARENT".to_string(), tp));
+    }
     if let Some(item) = &spec.item {
         let text = match item.value() {
             serde_json::Value::String(s) => s,

@@ -176,7 +176,7 @@ fn request(
 }
 
 /// The error and its causes, one after the other.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {

@@ -1,0 +1,311 @@
+//! OpenTelemetry traces (`--otlp-endpoint URL`, off by default): a span per workflow, step and
+//! item attempt, sent over OTLP/HTTP protobuf (`POST <endpoint>/v1/traces`).
+//!
+//! - Spans are built after the fact, when the leader applies a workflow's end, from the
+//!   applied state (`submitted_ms`/`finished_ms`, each step's and each item's
+//!   `started_ms`/`finished_ms`): nothing is held open across failovers, and no state passes
+//!   between nodes. Ids are derived, not random: the trace id hashes `--otlp-cluster` and the
+//!   workflow id, a span id also the step, item and attempt, so every node computes them alike.
+//! - The attempt's span is the parent of a task's own spans: the runner passes its W3C
+//!   context as `TRACEPARENT` (`00-<trace id>-<span id>-01`) to processes.
+//! - Per item, the last attempt's span is sent (the item trace keeps the last attempt's times
+//!   only); its `troupe.placed` attribute counts the attempts placed.
+//! - At most once: a leader that dies before exporting loses those spans; a retried workflow
+//!   that ends again sends its spans again (same ids).
+
+mod export;
+pub mod proto;
+
+use proto::{Span, Value};
+use sha2::{Digest, Sha256};
+use std::sync::{Arc, OnceLock};
+use troupe_actors::machine::Observer;
+use troupe_scheduler::state::{StepStatus, WfStatus, Workflow};
+use troupe_scheduler::{Effect, State};
+
+/// Most attempt spans sent per workflow (the rest are counted in `troupe.spans_dropped`).
+pub const ATTEMPT_SPANS_MAX: usize = 10_000;
+
+/// `--otlp-endpoint` and `--otlp-cluster`.
+#[derive(Debug, Clone)]
+pub struct OtelConfig {
+    /// Where spans go: `<endpoint>/v1/traces` (the path is used as given if it ends so).
+    pub endpoint: String,
+    /// Names this cluster in the trace ids (the same on every node of a cluster). Empty: the
+    /// node id for `troupe dev`, `troupe` for a cluster.
+    pub cluster: String,
+}
+
+impl OtelConfig {
+    pub fn new(endpoint: &str, cluster: String) -> Result<Self, String> {
+        let url = if endpoint.trim_end_matches('/').ends_with("/v1/traces") {
+            endpoint.to_string()
+        } else {
+            format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+        };
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|e| format!("--otlp-endpoint {endpoint:?} is not a valid URL: {e}"))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(format!(
+                "--otlp-endpoint {endpoint:?} must be http:// or https:// and name a host"
+            ));
+        }
+        Ok(OtelConfig {
+            endpoint: url,
+            cluster,
+        })
+    }
+}
+
+/// The cluster name of the trace ids, set when traces are on (the runner reads it for
+/// `TRACEPARENT`).
+static CLUSTER: OnceLock<String> = OnceLock::new();
+
+fn digest(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+fn first<const N: usize>(d: [u8; 32]) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&d[..N]);
+    // All-zero ids are invalid in W3C and OTLP.
+    if out.iter().all(|b| *b == 0) {
+        out[N - 1] = 1;
+    }
+    out
+}
+
+/// The trace of workflow `wf` (`wf-12`).
+pub fn trace_id(cluster: &str, wf: &str) -> [u8; 16] {
+    first(digest(&[
+        b"troupe.trace",
+        cluster.as_bytes(),
+        wf.as_bytes(),
+    ]))
+}
+
+fn workflow_span(cluster: &str, wf: &str) -> [u8; 8] {
+    first(digest(&[
+        b"troupe.workflow",
+        cluster.as_bytes(),
+        wf.as_bytes(),
+    ]))
+}
+
+fn step_span(cluster: &str, wf: &str, step: u16) -> [u8; 8] {
+    first(digest(&[
+        b"troupe.step",
+        cluster.as_bytes(),
+        wf.as_bytes(),
+        &step.to_le_bytes(),
+    ]))
+}
+
+fn attempt_span(cluster: &str, wf: &str, step: u16, item: u32, attempt: u32) -> [u8; 8] {
+    first(digest(&[
+        b"troupe.attempt",
+        cluster.as_bytes(),
+        wf.as_bytes(),
+        &step.to_le_bytes(),
+        &item.to_le_bytes(),
+        &attempt.to_le_bytes(),
+    ]))
+}
+
+/// The W3C `traceparent` of an attempt's span: `00-<32 hex>-<16 hex>-01`.
+pub fn traceparent(cluster: &str, wf: &str, step: u16, item: u32, attempt: u32) -> String {
+    use crate::notify::sign::hex;
+    format!(
+        "00-{}-{}-01",
+        hex(&trace_id(cluster, wf)),
+        hex(&attempt_span(cluster, wf, step, item, attempt))
+    )
+}
+
+/// `TRACEPARENT` for an attempt when traces are on.
+pub fn attempt_traceparent(spec: &troupe_scheduler::RunSpec) -> Option<String> {
+    let c = CLUSTER.get()?;
+    Some(traceparent(
+        c,
+        &spec.workflow,
+        spec.task.step,
+        spec.task.item,
+        spec.attempt,
+    ))
+}
+
+/// The spans of a finished workflow.
+pub fn spans(cluster: &str, wf: &Workflow) -> Vec<Span> {
+    let name = wf.name();
+    let trace = trace_id(cluster, &name);
+    let root = workflow_span(cluster, &name);
+    let end = wf.finished_ms.unwrap_or(wf.submitted_ms);
+    let bad = |s: WfStatus| matches!(s, WfStatus::Failed | WfStatus::TimedOut);
+    let mut out = vec![Span {
+        trace_id: trace,
+        span_id: root,
+        parent: None,
+        name: format!("workflow {}", wf.spec.name),
+        start_ms: wf.submitted_ms,
+        end_ms: end,
+        attributes: vec![
+            ("troupe.workflow_id", Value::Str(name.clone())),
+            ("troupe.workflow_name", Value::Str(wf.spec.name.clone())),
+            ("troupe.status", Value::Str(wf.status.name().into())),
+        ],
+        error: bad(wf.status).then(|| wf.reason.clone().unwrap_or_default()),
+    }];
+    let mut attempts = 0usize;
+    let mut dropped = 0u64;
+    for (i, (run, spec)) in wf.steps.iter().zip(&wf.spec.steps).enumerate() {
+        let Some(started) = run.started_ms else {
+            continue;
+        };
+        let step = i as u16;
+        let sid = step_span(cluster, &name, step);
+        out.push(Span {
+            trace_id: trace,
+            span_id: sid,
+            parent: Some(root),
+            name: format!("step {}", spec.id),
+            start_ms: started,
+            end_ms: run.finished_ms.unwrap_or(end),
+            attributes: vec![
+                ("troupe.workflow_id", Value::Str(name.clone())),
+                ("troupe.step", Value::Str(spec.id.clone())),
+                ("troupe.status", Value::Str(run.status.name().into())),
+            ],
+            error: (run.status == StepStatus::Failed)
+                .then(|| run.error.clone().unwrap_or_default()),
+        });
+        for (item, t) in &run.trace {
+            let Some(t_start) = t.started_ms else {
+                continue;
+            };
+            if attempts >= ATTEMPT_SPANS_MAX {
+                dropped += 1;
+                continue;
+            }
+            attempts += 1;
+            let dead = run.dead.contains_key(item);
+            let status = if dead {
+                "dead_lettered"
+            } else if t.finished_ms.is_none() {
+                "stopped"
+            } else if run.done.contains(*item) && t.last_error.is_none() {
+                "succeeded"
+            } else if run.done.contains(*item) {
+                "succeeded_after_retry"
+            } else {
+                "failed"
+            };
+            let failed = dead || status == "failed";
+            out.push(Span {
+                trace_id: trace,
+                span_id: attempt_span(cluster, &name, step, *item, t.attempt),
+                parent: Some(sid),
+                name: format!("attempt {}/{}", spec.id, item),
+                start_ms: t_start,
+                end_ms: t.finished_ms.unwrap_or(end),
+                attributes: vec![
+                    ("troupe.workflow_id", Value::Str(name.clone())),
+                    (
+                        "troupe.task_id",
+                        Value::Str(format!("{name}/{}/{item}", spec.id)),
+                    ),
+                    (
+                        "troupe.node",
+                        Value::Str(t.node.clone().unwrap_or_default()),
+                    ),
+                    ("troupe.attempt", Value::Int(t.attempt as i64)),
+                    ("troupe.placed", Value::Int(t.placed as i64)),
+                    ("troupe.status", Value::Str(status.into())),
+                ],
+                error: failed.then(|| t.last_error.clone().unwrap_or_default()),
+            });
+        }
+    }
+    if dropped > 0 {
+        out[0]
+            .attributes
+            .push(("troupe.spans_dropped", Value::Int(dropped as i64)));
+    }
+    out
+}
+
+/// The exporter, started once per process.
+#[derive(Clone)]
+pub struct Tracer {
+    cluster: String,
+    outbox: Arc<export::Outbox>,
+}
+
+impl Tracer {
+    /// Starts the export task (inside the runtime) and turns `TRACEPARENT` on.
+    pub fn start(cfg: &OtelConfig, node: &str) -> Tracer {
+        let _ = CLUSTER.set(cfg.cluster.clone());
+        let resource = vec![
+            ("service.name", Value::Str("troupe".into())),
+            ("troupe.node", Value::Str(node.to_string())),
+            ("troupe.cluster", Value::Str(cfg.cluster.clone())),
+        ];
+        Tracer {
+            cluster: cfg.cluster.clone(),
+            outbox: export::start(cfg.endpoint.clone(), resource),
+        }
+    }
+
+    pub fn observer(&self) -> Box<dyn Observer> {
+        Box::new(self.clone())
+    }
+}
+
+impl Observer for Tracer {
+    fn observe(&mut self, state: &State, effects: &[Effect], _now_ms: u64, is_leader: bool) {
+        if !is_leader {
+            return;
+        }
+        for e in effects {
+            if let Effect::Finished(id) = e
+                && let Some(wf) = state.workflows.get(id)
+                && wf.status.is_terminal()
+            {
+                self.outbox.push(spans(&self.cluster, wf));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_derived_and_the_traceparent_is_w3c() {
+        let a = traceparent("c", "wf-1", 0, 7, 2);
+        assert_eq!(a, traceparent("c", "wf-1", 0, 7, 2));
+        let parts: Vec<&str> = a.split('-').collect();
+        assert_eq!(parts.len(), 4, "{a}");
+        assert_eq!((parts[0], parts[3]), ("00", "01"));
+        assert_eq!(parts[1].len(), 32);
+        assert_eq!(parts[2].len(), 16);
+        assert_eq!(parts[1], crate::notify::sign::hex(&trace_id("c", "wf-1")));
+        assert_ne!(a, traceparent("c", "wf-1", 0, 7, 3));
+        assert_ne!(trace_id("c", "wf-1"), trace_id("d", "wf-1"));
+    }
+
+    #[test]
+    fn the_endpoint_gets_the_traces_path() {
+        let c = OtelConfig::new("http://127.0.0.1:4318", "x".into()).unwrap();
+        assert_eq!(c.endpoint, "http://127.0.0.1:4318/v1/traces");
+        let c = OtelConfig::new("http://h/v1/traces", "x".into()).unwrap();
+        assert_eq!(c.endpoint, "http://h/v1/traces");
+        assert!(OtelConfig::new("ftp://h", "x".into()).is_err());
+    }
+}
