@@ -92,8 +92,7 @@ impl Accepted {
                 rep.at.task, rep.at.attempt
             ));
         }
-        if matches!(rep.outcome, Outcome::Succeeded { .. }) && !self.successes.insert(rep.at.task)
-        {
+        if matches!(rep.outcome, Outcome::Succeeded { .. }) && !self.successes.insert(rep.at.task) {
             return Err(format!(
                 "G3: a second success accepted for {:?} (attempt {})",
                 rep.at.task, rep.at.attempt
@@ -130,7 +129,10 @@ pub fn capacity(state: &State) -> Result<u64, String> {
         checks += 1;
         let (count, cpu, mem, gpus) = live.remove(n.id.as_str()).unwrap_or_default();
         if n.status == NodeStatus::Down && count > 0 {
-            return Err(format!("G6: node {} is down and holds {count} attempts", n.id));
+            return Err(format!(
+                "G6: node {} is down and holds {count} attempts",
+                n.id
+            ));
         }
         if count > n.slots + n.queue || n.assigned > n.slots + n.queue {
             return Err(format!(
@@ -167,7 +169,9 @@ pub fn capacity(state: &State) -> Result<u64, String> {
         }
     }
     if let Some((node, (count, ..))) = live.into_iter().next() {
-        return Err(format!("G6: {count} attempts placed on unknown node {node}"));
+        return Err(format!(
+            "G6: {count} attempts placed on unknown node {node}"
+        ));
     }
     Ok(checks)
 }

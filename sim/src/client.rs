@@ -179,7 +179,10 @@ impl Clients {
             }
             OpKind::Cancel(wf) => Command::Cancel(*wf),
         };
-        trace.line(now, format_args!("client op{id} {kind:?} try {try_no} -> r{target}"));
+        trace.line(
+            now,
+            format_args!("client op{id} {kind:?} try {try_no} -> r{target}"),
+        );
         self.ops.insert(
             id,
             Op {

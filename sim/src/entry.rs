@@ -45,7 +45,10 @@ pub fn decode(bytes: &[u8]) -> Result<Entry, String> {
     let (e, used): (Entry, usize) = bincode::serde::decode_from_slice(bytes, config())
         .map_err(|e| format!("undecodable entry: {e}"))?;
     if used != bytes.len() {
-        return Err(format!("{} trailing bytes after the entry", bytes.len() - used));
+        return Err(format!(
+            "{} trailing bytes after the entry",
+            bytes.len() - used
+        ));
     }
     if e.v != ENTRY_VERSION {
         return Err(format!("unsupported entry version {}", e.v));

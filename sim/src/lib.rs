@@ -82,7 +82,10 @@ pub fn run(seed: u64, keep_trace: bool) -> RunReport {
     let final_hash = w.replicas[0].state.hash();
     w.trace.line(
         now,
-        format_args!("end: applied {} state {final_hash:x}", w.replicas[0].applied),
+        format_args!(
+            "end: applied {} state {final_hash:x}",
+            w.replicas[0].applied
+        ),
     );
     RunReport {
         seed,

@@ -285,7 +285,8 @@ impl Replica {
                         && matches!(&t.state, TaskState::Assigned { epoch, .. } | TaskState::Running { epoch, .. } if *epoch == r.epoch)
                 });
                 if !live {
-                    cx.net.send(cx.now, me, from, Payload::Kill { task, attempt });
+                    cx.net
+                        .send(cx.now, me, from, Payload::Kill { task, attempt });
                 }
             }
         }
@@ -342,8 +343,10 @@ impl Replica {
                 self.leader_since = None;
                 self.planner.reset();
                 self.judge.follow();
-                cx.trace
-                    .line(cx.now, format_args!("r{} steps down (term {term})", self.id));
+                cx.trace.line(
+                    cx.now,
+                    format_args!("r{} steps down (term {term})", self.id),
+                );
                 let me = Addr::Replica(self.id);
                 for (_, (to, op)) in std::mem::take(&mut self.pending) {
                     let reply = Reply::Indeterminate;
@@ -393,8 +396,12 @@ impl Replica {
                 .collect();
             if let Some((to, op)) = waiter {
                 let reply = Reply::Applied(outs);
-                cx.net
-                    .send(cx.now, Addr::Replica(self.id), to, Payload::Reply { op, reply });
+                cx.net.send(
+                    cx.now,
+                    Addr::Replica(self.id),
+                    to,
+                    Payload::Reply { op, reply },
+                );
             }
         }
         self.route(leader, cx);
@@ -405,7 +412,11 @@ impl Replica {
         *cx.applied += 1;
         let report = match &cmd {
             Command::Finished(reps) => {
-                assert_eq!(reps.len(), 1, "the simulator proposes one report per Finished");
+                assert_eq!(
+                    reps.len(),
+                    1,
+                    "the simulator proposes one report per Finished"
+                );
                 let legal = check::may_accept(&self.state, &reps[0]);
                 let late = self
                     .state
@@ -435,10 +446,13 @@ impl Replica {
                 ));
             }
             if !accepted && legal {
-                cx.checks.fail(cx.now, format!(
-                    "G4: r{} refused a current report: {:?} attempt {} epoch {}",
-                    self.id, rep.at.task, rep.at.attempt, rep.at.epoch
-                ));
+                cx.checks.fail(
+                    cx.now,
+                    format!(
+                        "G4: r{} refused a current report: {:?} attempt {} epoch {}",
+                        self.id, rep.at.task, rep.at.attempt, rep.at.epoch
+                    ),
+                );
             }
             if accepted && let Err(why) = self.accepted.record(&rep) {
                 cx.checks.fail(cx.now, format!("r{}: {why}", self.id));
@@ -446,7 +460,10 @@ impl Replica {
         }
         match check::capacity(&self.state) {
             Ok(n) => cx.checks.checked += n,
-            Err(why) => cx.checks.fail(cx.now, format!("r{} at index {}: {why}", self.id, self.applied + 1)),
+            Err(why) => cx.checks.fail(
+                cx.now,
+                format!("r{} at index {}: {why}", self.id, self.applied + 1),
+            ),
         }
         out
     }

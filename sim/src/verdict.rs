@@ -12,7 +12,10 @@ pub fn check(w: &mut World, unsettled: Option<String>) {
     let now = w.now;
     let checks: &mut Checks = &mut w.checks;
     if let Some(why) = unsettled {
-        checks.fail(now, format!("G7: did not settle after the faults healed: {why}"));
+        checks.fail(
+            now,
+            format!("G7: did not settle after the faults healed: {why}"),
+        );
         return;
     }
     // G7: one applied index and one state everywhere.
@@ -56,10 +59,9 @@ pub fn check(w: &mut World, unsettled: Option<String>) {
                 }
             }
             (OpKind::Submit { key: Some(_), .. }, Output::Conflict(_)) => {}
-            (OpKind::Submit { .. }, other) => checks.fail(
-                now,
-                format!("op{}: a submit answered {other:?}", op.id),
-            ),
+            (OpKind::Submit { .. }, other) => {
+                checks.fail(now, format!("op{}: a submit answered {other:?}", op.id))
+            }
             (OpKind::Cancel(id), Output::Done) => {
                 // G5: an acknowledged cancel is what every replica shows (nothing retries it).
                 for r in &w.replicas {
@@ -68,7 +70,10 @@ pub fn check(w: &mut World, unsettled: Option<String>) {
                     if status != Some(WfStatus::Cancelled) {
                         checks.fail(
                             now,
-                            format!("G5: op{} cancelled wf {id}; r{} shows {status:?}", op.id, r.id),
+                            format!(
+                                "G5: op{} cancelled wf {id}; r{} shows {status:?}",
+                                op.id, r.id
+                            ),
                         );
                     }
                 }
@@ -97,7 +102,10 @@ pub fn check(w: &mut World, unsettled: Option<String>) {
             if ids != [acks[0].0] {
                 checks.fail(
                     now,
-                    format!("G2: key {key}: r{} holds workflows {ids:?}, acked {}", r.id, acks[0].0),
+                    format!(
+                        "G2: key {key}: r{} holds workflows {ids:?}, acked {}",
+                        r.id, acks[0].0
+                    ),
                 );
             }
         }
@@ -112,7 +120,10 @@ pub fn check(w: &mut World, unsettled: Option<String>) {
         for (k, n) in keys {
             checks.checked += 1;
             if n > 1 {
-                checks.fail(now, format!("G2: r{} holds {n} workflows under key {k}", r.id));
+                checks.fail(
+                    now,
+                    format!("G2: r{} holds {n} workflows under key {k}", r.id),
+                );
             }
         }
     }

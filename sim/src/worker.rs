@@ -130,7 +130,11 @@ impl Worker {
     fn fence(&mut self, now: u64, why: &str, trace: &mut Trace) {
         trace.line(
             now,
-            format_args!("{} fenced ({why}): stops {} attempts", self.name, self.running.len()),
+            format_args!(
+                "{} fenced ({why}): stops {} attempts",
+                self.name,
+                self.running.len()
+            ),
         );
         self.running.clear();
     }
@@ -183,7 +187,8 @@ impl Worker {
             self.recent.insert(key, (now, rep.clone()));
             self.broadcast(now, net, vec![Command::Finished(vec![rep])]);
         }
-        self.recent.retain(|_, (at, _)| now.saturating_sub(*at) < RECENT_MS);
+        self.recent
+            .retain(|_, (at, _)| now.saturating_sub(*at) < RECENT_MS);
         if self.epoch != 0
             && now.saturating_sub(self.renewed_ms) > self.lease_ms.saturating_sub(RENEW_MS)
             && !self.running.is_empty()
@@ -219,10 +224,8 @@ impl Worker {
         }
         match p {
             Payload::Run(spec) => self.on_run(now, *spec, net, trace),
-            Payload::Kill { task, attempt } => {
-                if self.running.remove(&(task, attempt)).is_some() {
-                    trace.line(now, format_args!("{} kills {task:?}#{attempt}", self.name));
-                }
+            Payload::Kill { task, attempt } if self.running.remove(&(task, attempt)).is_some() => {
+                trace.line(now, format_args!("{} kills {task:?}#{attempt}", self.name));
             }
             Payload::RenewReply(r) => self.on_renew_reply(now, r, trace),
             _ => {}
@@ -249,7 +252,10 @@ impl Worker {
         let done_ms = now + self.rng.range(20, 1_500);
         trace.line(
             now,
-            format_args!("{} runs {:?}#{} e{} until {done_ms}", self.name, key.0, key.1, spec.epoch),
+            format_args!(
+                "{} runs {:?}#{} e{} until {done_ms}",
+                self.name, key.0, key.1, spec.epoch
+            ),
         );
         self.running.insert(
             key,
@@ -276,7 +282,10 @@ impl Worker {
                 if self.epoch != 0 {
                     self.fence(now, "new epoch", trace);
                 }
-                trace.line(now, format_args!("{} is up at epoch {}", self.name, r.epoch));
+                trace.line(
+                    now,
+                    format_args!("{} is up at epoch {}", self.name, r.epoch),
+                );
                 self.epoch = r.epoch;
             }
             self.renewed_ms = now;

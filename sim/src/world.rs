@@ -130,7 +130,8 @@ impl World {
             let start = self.rng.range(500, fault_ms.saturating_sub(1_000).max(600));
             // Around the lease: pauses and partitions shorter and longer than it.
             let end = start + self.rng.range(200, 3 * LEASE_MS);
-            self.schedule.insert((start, seq * 2), Ev::Start(fault, seq));
+            self.schedule
+                .insert((start, seq * 2), Ev::Start(fault, seq));
             self.schedule
                 .insert((end.min(fault_ms), seq * 2 + 1), Ev::End(fault, seq));
         }
@@ -186,7 +187,8 @@ impl World {
                         side.insert(Addr::Worker(w.idx));
                     }
                 }
-                self.trace.line(now, format_args!("partition {side:?} | rest"));
+                self.trace
+                    .line(now, format_args!("partition {side:?} | rest"));
                 self.net.partition = Some(side);
                 self.partition_by = Some(seq);
             }

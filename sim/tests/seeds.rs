@@ -11,7 +11,11 @@ fn the_same_seed_gives_the_same_trace() {
         let a = troupe_sim::run(seed, true);
         let b = troupe_sim::run(seed, false);
         assert_eq!(a.trace_hash, b.trace_hash, "seed {seed} did not replay");
-        assert!(a.trace.len() > 50, "seed {seed} traced only {} lines", a.trace.len());
+        assert!(
+            a.trace.len() > 50,
+            "seed {seed} traced only {} lines",
+            a.trace.len()
+        );
     }
     assert_ne!(
         troupe_sim::run(7, false).trace_hash,
@@ -37,5 +41,8 @@ fn ci_seeds_keep_every_property() {
     assert!(failed.is_empty(), "{}", failed.join("\n"));
     // The faults did reach the fencing paths.
     assert!(faults > CI_SEEDS as usize, "{faults} faults");
-    assert!(lost > 0 && refused > 0, "{lost} nodes lost, {refused} reports refused");
+    assert!(
+        lost > 0 && refused > 0,
+        "{lost} nodes lost, {refused} reports refused"
+    );
 }
