@@ -1,0 +1,130 @@
+//! The end-of-run checks, over the history of client operations and every replica's state.
+
+use crate::check::Checks;
+use crate::client::{OpKind, OpOutcome};
+use crate::world::World;
+use std::collections::BTreeMap;
+use troupe_scheduler::Output;
+use troupe_scheduler::state::WfStatus;
+
+/// G1, G2, G5 (acked cancels) and G7 after the run settled (or did not).
+pub fn check(w: &mut World, unsettled: Option<String>) {
+    let now = w.now;
+    let checks: &mut Checks = &mut w.checks;
+    if let Some(why) = unsettled {
+        checks.fail(
+            now,
+            format!("G7: did not settle after the faults healed: {why}"),
+        );
+        return;
+    }
+    // G7: one applied index and one state everywhere.
+    let first = &w.replicas[0];
+    for r in &w.replicas[1..] {
+        checks.checked += 1;
+        if r.applied != first.applied || r.state.hash() != first.state.hash() {
+            checks.fail(
+                now,
+                format!(
+                    "G7: r{} (index {}) and r{} (index {}) differ after heal",
+                    r.id, r.applied, first.id, first.applied
+                ),
+            );
+        }
+    }
+    let mut by_key: BTreeMap<&str, Vec<(u64, usize)>> = BTreeMap::new();
+    for op in w.clients.ops.values() {
+        let OpOutcome::Ok(out) = &op.outcome else {
+            continue;
+        };
+        match (&op.kind, out) {
+            (OpKind::Submit { variant, key }, Output::Submitted { id, .. }) => {
+                if let Some(k) = key {
+                    by_key.entry(k).or_default().push((*id, *variant));
+                }
+                // G1: acknowledged means present everywhere, and finished after heal.
+                for r in &w.replicas {
+                    checks.checked += 1;
+                    match r.state.workflows.get(id) {
+                        None => checks.fail(
+                            now,
+                            format!("G1: op{} acked wf {id}; r{} does not have it", op.id, r.id),
+                        ),
+                        Some(wf) if !wf.status.is_terminal() => checks.fail(
+                            now,
+                            format!("G1: acked wf {id} is {} on r{}", wf.status.name(), r.id),
+                        ),
+                        Some(_) => {}
+                    }
+                }
+            }
+            (OpKind::Submit { key: Some(_), .. }, Output::Conflict(_)) => {}
+            (OpKind::Submit { .. }, other) => {
+                checks.fail(now, format!("op{}: a submit answered {other:?}", op.id))
+            }
+            (OpKind::Cancel(id), Output::Done) => {
+                // G5: an acknowledged cancel is what every replica shows (nothing retries it).
+                for r in &w.replicas {
+                    checks.checked += 1;
+                    let status = r.state.workflows.get(id).map(|wf| wf.status);
+                    if status != Some(WfStatus::Cancelled) {
+                        checks.fail(
+                            now,
+                            format!(
+                                "G5: op{} cancelled wf {id}; r{} shows {status:?}",
+                                op.id, r.id
+                            ),
+                        );
+                    }
+                }
+            }
+            (OpKind::Cancel(_), _) => {}
+        }
+    }
+    // G2: one workflow per key, and only the spec that first used it gets it.
+    for (key, acks) in &by_key {
+        checks.checked += 1;
+        if acks.windows(2).any(|p| p[0] != p[1]) {
+            checks.fail(
+                now,
+                format!("G2: key {key} acknowledged as (workflow, spec) {acks:?}"),
+            );
+        }
+        for r in &w.replicas {
+            checks.checked += 1;
+            let ids: Vec<u64> = r
+                .state
+                .workflows
+                .values()
+                .filter(|wf| wf.idempotency_key.as_deref() == Some(*key))
+                .map(|wf| wf.id)
+                .collect();
+            if ids != [acks[0].0] {
+                checks.fail(
+                    now,
+                    format!(
+                        "G2: key {key}: r{} holds workflows {ids:?}, acked {}",
+                        r.id, acks[0].0
+                    ),
+                );
+            }
+        }
+    }
+    for r in &w.replicas {
+        let mut keys: BTreeMap<&str, u32> = BTreeMap::new();
+        for wf in r.state.workflows.values() {
+            if let Some(k) = wf.idempotency_key.as_deref() {
+                *keys.entry(k).or_default() += 1;
+            }
+        }
+        for (k, n) in keys {
+            checks.checked += 1;
+            if n > 1 {
+                checks.fail(
+                    now,
+                    format!("G2: r{} holds {n} workflows under key {k}", r.id),
+                );
+            }
+        }
+    }
+}
