@@ -214,53 +214,122 @@ impl Planner {
         }
         warm.hold_new_workers(state, &mut placer);
         let mut out = Vec::new();
-        let due = state
+        let due: Vec<TaskRef> = state
             .sched
             .delayed
             .iter()
             .take_while(|(d, _)| *d <= now_ms)
-            .map(|(_, r)| r);
-        for r in due.chain(state.sched.queue.iter()) {
-            // Every attempt needs a credit or room in a warm worker: with neither left
-            // anywhere, the rest of the queue waits (no walk over thousands of queued tasks
-            // after every commit).
-            if out.len() >= ASSIGN_BATCH_MAX || (!placer.has_credit() && warm.room_total <= 0) {
+            .map(|(_, r)| *r)
+            .collect();
+        for r in &due {
+            if self.exhausted(&out, &placer, &warm) {
+                return out;
+            }
+            self.try_place(state, now_ms, r, &mut placer, &mut warm, &mut out);
+        }
+        // The queue, in order. Items of a worker step whose workers are full (and that can
+        // start no more) are skipped a workflow at a time when it is the workflow's only
+        // running step, and the walk stops after ASSIGN_BATCH_MAX misses in a row: a plan
+        // never walks a whole queue of 100,000 waiting items after every commit.
+        let mut from = std::ops::Bound::Unbounded;
+        let mut misses = 0;
+        while let Some(r) = state
+            .sched
+            .queue
+            .range((from, std::ops::Bound::Unbounded))
+            .next()
+            .copied()
+        {
+            if self.exhausted(&out, &placer, &warm) || misses >= ASSIGN_BATCH_MAX {
                 break;
             }
-            if self.pending.contains_key(r) {
-                continue;
+            from = std::ops::Bound::Excluded(r);
+            match self.try_place(state, now_ms, &r, &mut placer, &mut warm, &mut out) {
+                Placed::Yes => misses = 0,
+                Placed::No => misses += 1,
+                Placed::StepFull => {
+                    misses += 1;
+                    let only_step = state.workflows.get(&r.wf).is_some_and(|w| {
+                        w.steps
+                            .iter()
+                            .filter(|s| s.status == crate::state::StepStatus::Running)
+                            .count()
+                            <= 1
+                    });
+                    if only_step {
+                        from = std::ops::Bound::Excluded(TaskRef {
+                            wf: r.wf,
+                            item: u32::MAX,
+                            step: u16::MAX,
+                        });
+                    }
+                }
             }
-            let Some(task) = state
-                .workflows
-                .get(&r.wf)
-                .and_then(|w| w.steps[r.step as usize].tasks.get(&r.item))
-            else {
-                continue;
-            };
-            let Some(step) = step_of(state, r) else {
-                continue;
-            };
-            // A task that fits nowhere now waits in the queue (it fits somewhere once work finishes:
-            // submit refused requests no node could ever run).
-            let chosen = match worker_of(step) {
-                Some(w) => warm.choose(state, &mut placer, r, step, w),
-                None => placer.choose(&step.resources),
-            };
-            let Some((node, epoch, gpus)) = chosen else {
-                continue;
-            };
-            self.pending
-                .insert(*r, (task.attempt, node.clone(), gpus.clone(), now_ms));
-            out.push(Assignment {
-                task: *r,
-                attempt: task.attempt,
-                node,
-                epoch,
-                gpus,
-            });
         }
         out
     }
+
+    /// Every attempt needs a credit or room in a warm worker: with neither left anywhere, the
+    /// rest of the queue waits.
+    fn exhausted(&self, out: &[Assignment], placer: &Placer, warm: &WarmView) -> bool {
+        out.len() >= ASSIGN_BATCH_MAX || (!placer.has_credit() && warm.room_total <= 0)
+    }
+
+    fn try_place(
+        &mut self,
+        state: &State,
+        now_ms: u64,
+        r: &TaskRef,
+        placer: &mut Placer,
+        warm: &mut WarmView,
+        out: &mut Vec<Assignment>,
+    ) -> Placed {
+        if self.pending.contains_key(r) {
+            return Placed::No;
+        }
+        let Some(task) = state
+            .workflows
+            .get(&r.wf)
+            .and_then(|w| w.steps[r.step as usize].tasks.get(&r.item))
+        else {
+            return Placed::No;
+        };
+        let Some(step) = step_of(state, r) else {
+            return Placed::No;
+        };
+        // A task that fits nowhere now waits in the queue (it fits somewhere once work finishes:
+        // submit refused requests no node could ever run).
+        let chosen = match worker_of(step) {
+            Some(w) => {
+                let c = warm.choose(state, placer, r, step, w);
+                if c.is_none() && warm.full.contains(&(r.wf, r.step)) {
+                    return Placed::StepFull;
+                }
+                c
+            }
+            None => placer.choose(&step.resources),
+        };
+        let Some((node, epoch, gpus)) = chosen else {
+            return Placed::No;
+        };
+        self.pending
+            .insert(*r, (task.attempt, node.clone(), gpus.clone(), now_ms));
+        out.push(Assignment {
+            task: *r,
+            attempt: task.attempt,
+            node,
+            epoch,
+            gpus,
+        });
+        Placed::Yes
+    }
+}
+
+enum Placed {
+    Yes,
+    No,
+    /// A worker step that can take no more items in this plan.
+    StepFull,
 }
 
 /// The planner's view of the warm worker groups for one plan: room left in each (applied
