@@ -304,3 +304,29 @@ fn a_lost_node_takes_its_workers_with_it() {
     finish(&mut sim, &ok);
     assert_eq!(sim.wf(wf).status, WfStatus::Succeeded);
 }
+
+#[test]
+fn a_full_worker_step_does_not_block_the_queue_behind_it() {
+    let mut sim = Sim::new(2);
+    // 20,000 items wait behind two full workers (16 items on the node).
+    let big = sim.submit_toml(&spec(20_000, "").replace(
+        "on_failure = \"dead-letter\"",
+        "on_failure = \"dead-letter\"\nparallelism = 20000",
+    ));
+    sim.place();
+    assert_eq!(sim.running.len(), 16);
+    // A later workflow's plain task is placed in the next plan, not after the 20,000.
+    let small = sim.submit_toml(
+        "name = \"small\"\n[[step]]\nid = \"one\"\nhandler = \"sleep\"\nwith = { duration = \"1ms\" }\n",
+    );
+    sim.place();
+    assert!(
+        sim.running.iter().any(|r| r.task.wf == small),
+        "the small workflow's task was placed"
+    );
+    assert_eq!(
+        sim.running.iter().filter(|r| r.task.wf == big).count(),
+        16,
+        "the full worker step took no more"
+    );
+}
