@@ -51,7 +51,7 @@ pub fn samples(manifest_dir: &str, extra: &[&str]) -> Samples {
         state: State::default(),
     };
     let mut now = 1_000u64;
-    let mut apply = |s: &mut Samples, now: u64, cmd: Command| {
+    let apply = |s: &mut Samples, now: u64, cmd: Command| {
         s.commands.push(cmd.clone());
         s.state.apply(now, cmd);
         for e in s.state.take_effects() {
