@@ -64,17 +64,36 @@ impl StateMachine for Machine {
                 "snapshot format version {v}; this build reads versions {SNAPSHOT_VERSION_MIN} to {SNAPSHOT_VERSION}: run the troupe version that wrote it"
             ));
         }
-        let cfg = bincode::config::standard();
-        let (mut state, used): (State, _) = bincode::serde::decode_from_slice(body, cfg)
-            .map_err(|e| format!("snapshot does not decode: {e}"))?;
+        let (mut state, used): (State, _) =
+            decode_bounded(body).map_err(|e| format!("snapshot does not decode: {e}"))?;
         if v >= 3 {
-            let (workers, _) = bincode::serde::decode_from_slice(&body[used..], cfg)
+            let (workers, _) = decode_bounded(&body[used..])
                 .map_err(|e| format!("snapshot's worker table does not decode: {e}"))?;
             state.sched.workers = workers;
         }
         state.rebuild_indexes();
         self.state = state;
         Ok(())
+    }
+}
+
+/// Decodes a snapshot section with a bincode limit of at least its own length, so that a length
+/// prefix cannot make bincode allocate far past the bytes there are. Without one, a string
+/// length of 2^40 in a corrupt or forged snapshot asked for a terabyte and aborted the process
+/// (found by `actors/tests/fuzz.rs`). Through serde, bincode counts against the limit only the
+/// bytes of strings and byte arrays, which a valid snapshot holds in full: a limit of at least
+/// the input's length refuses no valid snapshot.
+fn decode_bounded<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    use bincode::config::standard;
+    use bincode::serde::decode_from_slice;
+    const MIB: usize = 1 << 20;
+    match bytes.len() {
+        n if n <= MIB => decode_from_slice(bytes, standard().with_limit::<{ 16 * MIB }>()),
+        n if n <= 16 * MIB => decode_from_slice(bytes, standard().with_limit::<{ 256 * MIB }>()),
+        n if n <= 256 * MIB => decode_from_slice(bytes, standard().with_limit::<{ 4096 * MIB }>()),
+        _ => decode_from_slice(bytes, standard().with_limit::<{ 65536 * MIB }>()),
     }
 }
 
@@ -292,5 +311,28 @@ mod tests {
         back.restore(&v2).unwrap();
         assert!(back.state.sched.workers.groups.is_empty());
         assert_eq!(back.state.sched.nodes, m.state.sched.nodes);
+    }
+
+    /// Fuzz findings (actors/tests/fuzz.rs): a forged length in a snapshot aborted the process
+    /// ("memory allocation of 341435380216 bytes failed") instead of being an error.
+    #[test]
+    fn forged_lengths_in_a_snapshot_are_errors_not_an_abort() {
+        let v = SNAPSHOT_VERSION.to_le_bytes();
+        let u64_varint = |n: u64| {
+            let mut b = vec![0xfd];
+            b.extend_from_slice(&n.to_le_bytes());
+            b
+        };
+        // `workflows` (the state's first field) claims 2^36 entries: imbl reserved them all.
+        let mut many_workflows = v.to_vec();
+        many_workflows.extend(u64_varint(1 << 36));
+        // No workflows, next id 0, one idempotency key of 2^40 bytes: bincode reserved them.
+        let mut long_key = v.to_vec();
+        long_key.extend([0, 0, 1]);
+        long_key.extend(u64_varint(1 << 40));
+        for bytes in [many_workflows, long_key] {
+            let err = Machine::default().restore(&bytes).unwrap_err();
+            assert!(err.starts_with("snapshot does not decode"), "{err}");
+        }
     }
 }

@@ -80,6 +80,8 @@ mod driver;
 mod engine;
 mod envelope;
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod logger;
 pub mod stats;
 mod storage;

@@ -4,6 +4,7 @@
 //! parser version does with odd input.
 
 use cel_interpreter::{Context, Expression, Value as Cel};
+use cel_parser::Member;
 use serde_json::Value;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -17,11 +18,69 @@ pub fn compile(expr: &str) -> Result<Expression, String> {
         return Err("expression longer than 4096 characters".into());
     }
     match catch_unwind(AssertUnwindSafe(|| cel_parser::parse(expr))) {
-        Ok(Ok(p)) => Ok(p),
+        Ok(Ok(p)) => match depth(&p) {
+            d if d > DEPTH_MAX => Err(format!(
+                "invalid CEL expression {:?}: it nests {d} levels deep (operators, members, calls, lists); at most {DEPTH_MAX} may nest: the evaluator recurses once per level, inside apply on every server",
+                shorten(expr)
+            )),
+            _ => Ok(p),
+        },
         Ok(Err(e)) => Err(format!("invalid CEL expression {expr:?}: {e}")),
         Err(_) => Err(format!(
             "invalid CEL expression {expr:?}: the parser gave up"
         )),
+    }
+}
+
+/// Most levels an expression's tree may have. The evaluator (and [`cost`]'s weighing) recurse
+/// once per level, and a stack overflow aborts the process: without this bound a 200-level
+/// `a.b.c…` (debug builds) or a 2,000-level `[[[…]]]` (release) in a `when` took down every
+/// server that applied it (found by `scheduler/tests/fuzz.rs`). Written conditions nest a few
+/// levels; 64 leaves the evaluator's frames room on a 2 MiB thread stack in debug builds too.
+pub const DEPTH_MAX: usize = 64;
+
+/// The depth of an expression tree, walked with a heap stack (the tree may be deeper than the
+/// thread's stack allows recursing).
+fn depth(e: &Expression) -> usize {
+    let mut todo: Vec<(&Expression, usize)> = vec![(e, 1)];
+    let mut max = 0;
+    while let Some((e, d)) = todo.pop() {
+        max = max.max(d);
+        if d > DEPTH_MAX {
+            break;
+        }
+        let kids: Vec<&Expression> = match e {
+            Expression::Arithmetic(a, _, b)
+            | Expression::Relation(a, _, b)
+            | Expression::Or(a, b)
+            | Expression::And(a, b) => vec![a, b],
+            Expression::Ternary(a, b, c) => vec![a, b, c],
+            Expression::Unary(_, a) => vec![a],
+            Expression::Member(a, m) => match &**m {
+                Member::Attribute(_) => vec![a],
+                Member::Index(i) => vec![a, i],
+                Member::Fields(fs) => std::iter::once(&**a)
+                    .chain(fs.iter().map(|(_, x)| x))
+                    .collect(),
+            },
+            Expression::FunctionCall(f, target, args) => std::iter::once(&**f)
+                .chain(target.as_deref())
+                .chain(args)
+                .collect(),
+            Expression::List(xs) => xs.iter().collect(),
+            Expression::Map(kv) => kv.iter().flat_map(|(k, v)| [k, v]).collect(),
+            Expression::Atom(_) | Expression::Ident(_) => Vec::new(),
+        };
+        todo.extend(kids.into_iter().map(|x| (x, d + 1)));
+    }
+    max
+}
+
+/// The start of a long expression, for messages.
+fn shorten(expr: &str) -> String {
+    match expr.char_indices().nth(80) {
+        Some((i, _)) => format!("{}...", &expr[..i]),
+        None => expr.to_string(),
     }
 }
 
@@ -381,5 +440,42 @@ mod budget_tests {
                 t.elapsed()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Fuzz finding (scheduler/tests/fuzz.rs, `cond_deep_nesting`): these overflowed the
+    /// stack of the thread that evaluated them, aborting the process, instead of an error.
+    #[test]
+    fn deeply_nested_conditions_are_refused_not_a_stack_overflow() {
+        let steps = json!({"a": {"output": 1}});
+        let cases = [
+            format!("{}1{}", "[".repeat(2000), "]".repeat(2000)),
+            format!("steps{} == 1", ".a".repeat(200)),
+            format!("1{} > 0", " + 1".repeat(200)),
+            format!("{}true{}", "!(".repeat(300), ")".repeat(300)),
+        ];
+        for expr in &cases {
+            let err = eval_bool(expr, &[("steps", &steps)]).unwrap_err();
+            assert!(err.contains("levels deep"), "{err}");
+            let err = check(expr, &["steps"], &["a"]).unwrap_err();
+            assert!(err.contains("at most 64 may nest"), "{err}");
+        }
+    }
+
+    #[test]
+    fn conditions_up_to_the_depth_bound_run() {
+        let steps = json!({"a": {"output": 1}});
+        // 63 negations over an atom: 64 levels.
+        let not = |n: usize| format!("{}true{}", "!(".repeat(n), ")".repeat(n));
+        assert_eq!(depth(&compile(&not(63)).unwrap()), 64);
+        assert_eq!(eval_bool(&not(63), &[("steps", &steps)]), Ok(false));
+        assert!(compile(&not(64)).is_err());
+        // Parentheses add no level: the parser drops them.
+        assert!(eval_bool(&format!("{}true{}", "(".repeat(500), ")".repeat(500)), &[]).unwrap());
     }
 }

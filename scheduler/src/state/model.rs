@@ -459,15 +459,30 @@ pub struct Node {
     pub drain_deadline_ms: Option<u64>,
 }
 
+/// Deserializes an `imbl::OrdMap` through a `BTreeMap` (the same encoding): imbl's own impl
+/// reserves the decoded length up front (`Vec::with_capacity`), so a forged length in a
+/// snapshot asked for hundreds of gigabytes and aborted the process (found by
+/// `actors/tests/fuzz.rs`). A `BTreeMap` grows with the entries actually read.
+fn cautious_map<'de, D, K, V>(d: D) -> Result<imbl::OrdMap<K, V>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    K: Deserialize<'de> + Ord + Clone,
+    V: Deserialize<'de> + Clone,
+{
+    Ok(BTreeMap::<K, V>::deserialize(d)?.into_iter().collect())
+}
+
 /// The whole replicated state machine.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
     /// Persistent maps (`imbl::OrdMap`: ordered like a `BTreeMap`, and serialized the same way):
     /// a clone shares them, so a snapshot copies the state in O(running work) and serializes it
     /// off the Raft thread.
+    #[serde(deserialize_with = "cautious_map")]
     pub workflows: imbl::OrdMap<WorkflowId, Workflow>,
     pub next_workflow: WorkflowId,
     /// Idempotency key → (workflow, digest of spec + params).
+    #[serde(deserialize_with = "cautious_map")]
     pub idempotency: imbl::OrdMap<String, (WorkflowId, u64)>,
     pub sched: Sched,
     /// This server's replica audits (not replicated, not in snapshots).
@@ -554,6 +569,7 @@ impl PartialEq for Audit {
 /// and these can be borrowed at the same time).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Sched {
+    #[serde(deserialize_with = "cautious_map")]
     pub dlq: imbl::OrdMap<u64, DeadLetter>,
     pub next_dlq: u64,
     pub nodes: BTreeMap<String, Node>,

@@ -158,3 +158,7 @@ mod tests {
         assert!(matches!(&r[1].1, Outcome::Succeeded { .. }));
     }
 }
+
+#[cfg(test)]
+#[path = "protocol_fuzz.rs"]
+mod fuzz;
