@@ -50,10 +50,19 @@ run = ["sh", "-c", "echo last $TROUPE_ATTEMPT >> {m}/last.log"]
         let s = step(v, "slow");
         s["succeeded"].as_u64() == Some(2) && s["running"].as_u64() == Some(6)
     });
-    let started_before = lines(&marks.join("slow.log"))
-        .iter()
-        .filter(|l| l.starts_with("start"))
-        .count();
+    // "running" is committed once each process is spawned; its shell writes its line a moment
+    // later (bounded wait).
+    let started = || {
+        lines(&marks.join("slow.log"))
+            .iter()
+            .filter(|l| l.starts_with("start"))
+            .count()
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while started() < 8 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let started_before = started();
     assert_eq!(started_before, 8);
     // A second workflow, acknowledged just before the crash.
     let acked = node.submit("name = \"acked\"\n[[step]]\nid = \"a\"\nhandler = \"sleep\"\nwith = { duration = \"50ms\" }\n");
