@@ -135,4 +135,12 @@ fn a_receiver_that_fails_twice_still_gets_the_event() {
     }
     // Each try is signed again with its own timestamp; the event id stays.
     assert_eq!(got[0].json()["id"], got[2].json()["id"]);
+    // The delivery shows on /metrics.
+    let (code, body) = node.get("/metrics");
+    assert_eq!(code, 200);
+    let text = body.as_str().expect("text").to_string();
+    assert!(
+        text.lines().any(|l| l == "troupe_alerts_delivered_total 1"),
+        "{text}"
+    );
 }

@@ -538,6 +538,31 @@ impl Collector for ProcessCollector {
             "fences",
             "Times this node fenced itself (its lease lapsed or the leader disowned its epoch)",
             fenced,
+        )?;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        counter(
+            &mut enc,
+            "alerts_delivered",
+            "Alert webhooks a receiver accepted (--notify)",
+            load(&crate::notify::deliver::DELIVERED),
+        )?;
+        counter(
+            &mut enc,
+            "alerts_failed",
+            "Alert webhooks given up on after their last try",
+            load(&crate::notify::deliver::FAILED),
+        )?;
+        counter(
+            &mut enc,
+            "alerts_dropped",
+            "Alert webhooks dropped because a receiver's queue was full",
+            load(&crate::notify::deliver::DROPPED),
+        )?;
+        counter(
+            &mut enc,
+            "trace_exports_dropped",
+            "Workflows whose spans were dropped (export queue full or tries spent; --otlp-endpoint)",
+            load(&crate::otel::export::DROPPED),
         )
     }
 }

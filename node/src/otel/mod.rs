@@ -13,7 +13,7 @@
 //! - At most once: a leader that dies before exporting loses those spans; a retried workflow
 //!   that ends again sends its spans again (same ids).
 
-mod export;
+pub(crate) mod export;
 pub mod proto;
 
 use proto::{Span, Value};
