@@ -1,7 +1,7 @@
-//! The few OTLP messages Troupe sends, encoded by hand: `ExportTraceServiceRequest` with one
-//! resource, one scope and its spans (opentelemetry-proto `trace/v1`, field numbers from
-//! `opentelemetry/proto/trace/v1/trace.proto`). Ten fields do not justify the SDK's build on
-//! small machines; the format is stable (OTLP 1.x).
+//! The OTLP messages Troupe sends: one `ExportTraceServiceRequest` with one resource, one scope
+//! and its spans, built with `opentelemetry-proto`'s generated (prost) types. Spans are built
+//! after the fact from the applied state (ids derived, not random: `otel/mod.rs`), so the SDK's
+//! tracer and exporter are not used; the request goes over the node's own HTTP client.
 
 /// One finished span.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,97 +23,72 @@ pub enum Value {
     Int(i64),
 }
 
-#[derive(Default)]
-struct Buf(Vec<u8>);
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Status, span, status};
+use prost::Message;
 
-impl Buf {
-    fn varint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.0.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.0.push(v as u8);
+fn key_value(key: &str, v: &Value) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(match v {
+                Value::Str(s) => any_value::Value::StringValue(s.clone()),
+                Value::Int(i) => any_value::Value::IntValue(*i),
+            }),
+        }),
+        ..Default::default()
     }
-    fn key(&mut self, field: u32, wire: u8) {
-        self.varint(((field as u64) << 3) | wire as u64);
-    }
-    fn bytes(&mut self, field: u32, b: &[u8]) {
-        self.key(field, 2);
-        self.varint(b.len() as u64);
-        self.0.extend_from_slice(b);
-    }
-    fn fixed64(&mut self, field: u32, v: u64) {
-        self.key(field, 1);
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn uint(&mut self, field: u32, v: u64) {
-        self.key(field, 0);
-        self.varint(v);
-    }
-    fn message(&mut self, field: u32, f: impl FnOnce(&mut Buf)) {
-        let mut inner = Buf::default();
-        f(&mut inner);
-        self.bytes(field, &inner.0);
-    }
-}
-
-fn key_value(b: &mut Buf, field: u32, key: &str, v: &Value) {
-    b.message(field, |kv| {
-        kv.bytes(1, key.as_bytes());
-        kv.message(2, |any| match v {
-            Value::Str(s) => any.bytes(1, s.as_bytes()),
-            Value::Int(i) => any.uint(3, *i as u64),
-        });
-    });
 }
 
 const NS_PER_MS: u64 = 1_000_000;
-const SPAN_KIND_INTERNAL: u64 = 1;
-const STATUS_OK: u64 = 1;
-const STATUS_ERROR: u64 = 2;
 
-/// The body of `POST /v1/traces` (`application/x-protobuf`).
+/// One OTLP/HTTP export request (protobuf) holding `spans` under one resource and one scope.
 pub fn export_request(resource: &[(&'static str, Value)], spans: &[Span]) -> Vec<u8> {
-    let mut req = Buf::default();
-    req.message(1, |rs| {
-        rs.message(1, |r| {
-            for (k, v) in resource {
-                key_value(r, 1, k, v);
-            }
-        });
-        rs.message(2, |ss| {
-            ss.message(1, |scope| {
-                scope.bytes(1, b"troupe");
-                scope.bytes(2, env!("CARGO_PKG_VERSION").as_bytes());
-            });
-            for s in spans {
-                ss.message(2, |sp| span(sp, s));
-            }
-        });
-    });
-    req.0
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: resource.iter().map(|(k, v)| key_value(k, v)).collect(),
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                scope: Some(InstrumentationScope {
+                    name: "troupe".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..Default::default()
+                }),
+                spans: spans.iter().map(span).collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
 }
 
-fn span(b: &mut Buf, s: &Span) {
-    b.bytes(1, &s.trace_id);
-    b.bytes(2, &s.span_id);
-    if let Some(p) = &s.parent {
-        b.bytes(4, p);
+fn span(s: &Span) -> opentelemetry_proto::tonic::trace::v1::Span {
+    opentelemetry_proto::tonic::trace::v1::Span {
+        trace_id: s.trace_id.to_vec(),
+        span_id: s.span_id.to_vec(),
+        parent_span_id: s.parent.map(|p| p.to_vec()).unwrap_or_default(),
+        name: s.name.clone(),
+        kind: span::SpanKind::Internal as i32,
+        start_time_unix_nano: s.start_ms.saturating_mul(NS_PER_MS),
+        end_time_unix_nano: s.end_ms.max(s.start_ms).saturating_mul(NS_PER_MS),
+        attributes: s.attributes.iter().map(|(k, v)| key_value(k, v)).collect(),
+        status: Some(match &s.error {
+            Some(m) => Status {
+                message: m.clone(),
+                code: status::StatusCode::Error as i32,
+            },
+            None => Status {
+                message: String::new(),
+                code: status::StatusCode::Ok as i32,
+            },
+        }),
+        ..Default::default()
     }
-    b.bytes(5, s.name.as_bytes());
-    b.uint(6, SPAN_KIND_INTERNAL);
-    b.fixed64(7, s.start_ms.saturating_mul(NS_PER_MS));
-    b.fixed64(8, s.end_ms.max(s.start_ms).saturating_mul(NS_PER_MS));
-    for (k, v) in &s.attributes {
-        key_value(b, 9, k, v);
-    }
-    b.message(15, |st| match &s.error {
-        Some(m) => {
-            st.bytes(2, m.as_bytes());
-            st.uint(3, STATUS_ERROR);
-        }
-        None => st.uint(3, STATUS_OK),
-    });
 }
 
 #[cfg(test)]
@@ -121,10 +96,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn encodes_varints_and_nested_lengths() {
-        let mut b = Buf::default();
-        b.varint(300);
-        assert_eq!(b.0, [0xac, 0x02]);
+    fn encodes_an_export_request_that_decodes_back() {
         let body = export_request(
             &[("service.name", Value::Str("troupe".into()))],
             &[Span {
@@ -147,5 +119,9 @@ mod tests {
         let mut start = vec![0x39];
         start.extend_from_slice(&1_000_000u64.to_le_bytes());
         assert!(body.windows(9).any(|x| x == start.as_slice()));
+        let back = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+        let sp = &back.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(sp.name, "workflow wf-1");
+        assert_eq!(sp.end_time_unix_nano, 2_000_000);
     }
 }
