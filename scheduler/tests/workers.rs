@@ -32,6 +32,19 @@ fn groups(sim: &Sim) -> Vec<(GroupKey, u32, u32)> {
         .collect()
 }
 
+/// Nodes n1 and n2: 2 slots (+ 2 queue), 64 CPUs each.
+fn two_nodes() -> Sim {
+    let mut sim = Sim::new(2);
+    sim.apply(Command::RegisterNode(node_info(
+        "n2",
+        2,
+        64_000,
+        256 << 30,
+        vec![],
+    )));
+    sim
+}
+
 fn ok(_: &RunSpec) -> Outcome {
     Outcome::Succeeded { output: None }
 }
@@ -98,14 +111,7 @@ fn workers_hold_the_credits_and_resources_and_items_only_fill_them() {
 
 #[test]
 fn items_prefer_a_node_that_already_has_a_warm_worker() {
-    let mut sim = Sim::new(2);
-    sim.apply(Command::RegisterNode(node_info(
-        "n2",
-        2,
-        64_000,
-        256 << 30,
-        vec![],
-    )));
+    let mut sim = two_nodes();
     // One worker per node, 8 items each (4 batches of 2).
     let wf = sim.submit_toml(&spec(5, ", max_workers = 1"));
     sim.place();
@@ -187,14 +193,7 @@ fn a_group_idle_for_its_steps_idle_is_released_and_started_again_when_items_retu
 
 #[test]
 fn a_broken_worker_sends_the_steps_items_to_other_nodes_and_shows_on_its_node() {
-    let mut sim = Sim::new(2);
-    sim.apply(Command::RegisterNode(node_info(
-        "n2",
-        2,
-        64_000,
-        256 << 30,
-        vec![],
-    )));
+    let mut sim = two_nodes();
     let wf = sim.submit_toml(&spec(4, ", max_workers = 1"));
     sim.place();
     let first = sim.running[0].node.clone();
@@ -280,14 +279,7 @@ fn a_gpu_worker_is_pinned_to_its_gpu_and_holds_it_while_it_lives() {
 
 #[test]
 fn a_lost_node_takes_its_workers_with_it() {
-    let mut sim = Sim::new(2);
-    sim.apply(Command::RegisterNode(node_info(
-        "n2",
-        2,
-        64_000,
-        256 << 30,
-        vec![],
-    )));
+    let mut sim = two_nodes();
     let wf = sim.submit_toml(&spec(4, ", max_workers = 1"));
     sim.place();
     let first = sim.running[0].node.clone();

@@ -117,22 +117,7 @@ impl State {
             }
             Command::Discard { filter, reason } => self.discard(&filter, &reason, at),
             Command::ReleaseWorkers(keys) => {
-                let keys: std::collections::BTreeSet<GroupKey> = keys.into_iter().collect();
-                let workflows = &self.workflows;
-                self.sched.release_workers(
-                    &|wf, step| {
-                        workflows
-                            .get(&wf)
-                            .and_then(|w| w.spec.steps.get(step as usize))
-                            .map(|s| s.resources.clone())
-                    },
-                    |k, g| {
-                        keys.contains(k)
-                            && g.tasks == 0
-                            && g.idle_since_ms
-                                .is_some_and(|t| at.saturating_sub(t) >= g.idle_ms)
-                    },
-                );
+                self.release_idle_workers(keys, at);
                 Output::Done
             }
             Command::Checkpoint { wf, seq, owner } => self.with_wf(wf, |_, w| {

@@ -353,32 +353,6 @@ impl Sched {
         }
     }
 
-    /// Releases the worker groups that `pick` chooses (their credits and resources go back to
-    /// their nodes) and tells the nodes to stop those workers.
-    pub(crate) fn release_workers(
-        &mut self,
-        specs: &dyn Fn(WorkflowId, u16) -> Option<crate::spec::Resources>,
-        pick: impl FnMut(&GroupKey, &super::workers::WorkerGroup) -> bool,
-    ) {
-        let gone = self.workers.release(&mut self.nodes, specs, pick);
-        if !gone.is_empty() {
-            self.effects.push(Effect::StopWorkers(gone));
-        }
-    }
-
-    /// A step ended (or its workflow did): its workers everywhere have nothing left to do.
-    fn release_step_workers(&mut self, wf: &Workflow, i: usize) {
-        if worker_of(&wf.spec.steps[i]).is_none() {
-            return;
-        }
-        let req = wf.spec.steps[i].resources.clone();
-        let (id, step) = (wf.id, i as u16);
-        self.release_workers(&|_, _| Some(req.clone()), |k, _| {
-            k.wf == id && k.step == step
-        });
-        self.workers.broken.remove(&(id, step));
-    }
-
     fn finalize(&mut self, wf: &mut Workflow, at: u64) {
         if wf.status.is_terminal() || !wf.steps.iter().all(|s| s.status.is_terminal()) {
             return;
@@ -472,44 +446,6 @@ impl Sched {
         self.fill_window(wf, i);
         self.maybe_complete(wf, i, at);
         self.lane_resolved(wf, i, r.item, at);
-    }
-
-    /// The step's worker is broken on the node that ran this attempt: the attempt fails (its
-    /// retries apply), the node's group of the step takes no more items and is released once
-    /// its last attempt reports, and the planner places the step's items on other nodes while
-    /// any other node can run them.
-    pub(crate) fn worker_broken(
-        &mut self,
-        wf: &mut Workflow,
-        at_ref: &crate::command::AttemptRef,
-        error: String,
-        at: u64,
-    ) {
-        let r = at_ref.task;
-        let i = r.step as usize;
-        let node = wf.steps[i]
-            .tasks
-            .get(&r.item)
-            .and_then(|t| t.state.placement())
-            .map(|(n, _)| n.to_string());
-        if let Some(node) = &node {
-            let first = self
-                .workers
-                .broken
-                .entry((wf.id, r.step))
-                .or_default()
-                .insert(node.clone(), error.clone())
-                .is_none();
-            if first {
-                let id = &wf.spec.steps[i].id;
-                wf.log(
-                    at,
-                    format!("step {id}: its worker is broken on node {node}: {error}; its items go to other nodes"),
-                );
-            }
-        }
-        // Its group drains: released when its last attempt leaves (`unlink`).
-        self.task_failed(wf, r, error, at);
     }
 
     /// A task is given up on whatever retries it has left (lost with its node too often).

@@ -191,16 +191,7 @@ impl State {
     /// "lost N times: it may be killing its nodes".
     fn requeue_node(&mut self, node: &str, at: u64, why: &str) {
         // Its workers are gone with its attempts (the callers reset the node's usage).
-        let workflows = &self.workflows;
-        self.sched.release_workers(
-            &|wf, step| {
-                workflows
-                    .get(&wf)
-                    .and_then(|w| w.spec.steps.get(step as usize))
-                    .map(|s| s.resources.clone())
-            },
-            |k, _| k.node == node,
-        );
+        self.release_node_workers(node);
         let sched = &mut self.sched;
         // The workflows with a task on the node (its index is emptied: none is live there now).
         let running: BTreeSet<WorkflowId> = sched

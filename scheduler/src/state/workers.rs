@@ -19,6 +19,7 @@
 //! `actors/src/machine.rs`): a snapshot written before it existed restores with no groups.
 
 use super::model::*;
+use crate::Effect;
 use crate::spec::{Action, StepSpec, WorkerSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -54,6 +55,14 @@ pub struct WorkerGroup {
 impl WorkerGroup {
     pub fn room(&self) -> u32 {
         (self.workers * self.depth).saturating_sub(self.tasks)
+    }
+
+    /// It held no attempt for its step's `idle` at `now_ms`.
+    pub fn idle_at(&self, now_ms: u64) -> bool {
+        self.tasks == 0
+            && self
+                .idle_since_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) >= self.idle_ms)
     }
 }
 
@@ -194,13 +203,103 @@ impl Workers {
     pub fn idle_groups(&self, now_ms: u64) -> Vec<GroupKey> {
         self.groups
             .iter()
-            .filter(|(_, g)| {
-                g.tasks == 0
-                    && g.idle_since_ms
-                        .is_some_and(|t| now_ms.saturating_sub(t) >= g.idle_ms)
-            })
+            .filter(|(_, g)| g.idle_at(now_ms))
             .map(|(k, _)| k.clone())
             .collect()
+    }
+}
+
+/// The resources one worker of (workflow, step) holds, looked up in `workflows`.
+fn resources_in(
+    workflows: &imbl::OrdMap<WorkflowId, Workflow>,
+) -> impl Fn(WorkflowId, u16) -> Option<crate::spec::Resources> + '_ {
+    |wf, step| {
+        workflows
+            .get(&wf)
+            .and_then(|w| w.spec.steps.get(step as usize))
+            .map(|s| s.resources.clone())
+    }
+}
+
+impl State {
+    /// `Command::ReleaseWorkers`: the groups named that are still idle are released.
+    pub(super) fn release_idle_workers(&mut self, keys: Vec<GroupKey>, at: u64) {
+        let keys: std::collections::BTreeSet<GroupKey> = keys.into_iter().collect();
+        let specs = resources_in(&self.workflows);
+        self.sched
+            .release_workers(&specs, |k, g| keys.contains(k) && g.idle_at(at));
+    }
+
+    /// A node was reset (lost, restarted, evicted): its groups are gone with its attempts.
+    pub(super) fn release_node_workers(&mut self, node: &str) {
+        let specs = resources_in(&self.workflows);
+        self.sched.release_workers(&specs, |k, _| k.node == node);
+    }
+}
+
+impl Sched {
+    /// Releases the worker groups that `pick` chooses (their credits and resources go back to
+    /// their nodes) and tells the nodes to stop those workers.
+    pub(crate) fn release_workers(
+        &mut self,
+        specs: &dyn Fn(WorkflowId, u16) -> Option<crate::spec::Resources>,
+        pick: impl FnMut(&GroupKey, &super::workers::WorkerGroup) -> bool,
+    ) {
+        let gone = self.workers.release(&mut self.nodes, specs, pick);
+        if !gone.is_empty() {
+            self.effects.push(Effect::StopWorkers(gone));
+        }
+    }
+
+    /// A step ended (or its workflow did): its workers everywhere have nothing left to do.
+    pub(crate) fn release_step_workers(&mut self, wf: &Workflow, i: usize) {
+        if worker_of(&wf.spec.steps[i]).is_none() {
+            return;
+        }
+        let req = wf.spec.steps[i].resources.clone();
+        let (id, step) = (wf.id, i as u16);
+        self.release_workers(&|_, _| Some(req.clone()), |k, _| {
+            k.wf == id && k.step == step
+        });
+        self.workers.broken.remove(&(id, step));
+    }
+
+    /// The step's worker is broken on the node that ran this attempt: the attempt fails (its
+    /// retries apply), the node's group of the step takes no more items and is released once
+    /// its last attempt reports, and the planner places the step's items on other nodes while
+    /// any other node can run them.
+    pub(crate) fn worker_broken(
+        &mut self,
+        wf: &mut Workflow,
+        at_ref: &crate::command::AttemptRef,
+        error: String,
+        at: u64,
+    ) {
+        let r = at_ref.task;
+        let i = r.step as usize;
+        let node = wf.steps[i]
+            .tasks
+            .get(&r.item)
+            .and_then(|t| t.state.placement())
+            .map(|(n, _)| n.to_string());
+        if let Some(node) = &node {
+            let first = self
+                .workers
+                .broken
+                .entry((wf.id, r.step))
+                .or_default()
+                .insert(node.clone(), error.clone())
+                .is_none();
+            if first {
+                let id = &wf.spec.steps[i].id;
+                wf.log(
+                    at,
+                    format!("step {id}: its worker is broken on node {node}: {error}; its items go to other nodes"),
+                );
+            }
+        }
+        // Its group drains: released when its last attempt leaves (`unlink`).
+        self.task_failed(wf, r, error, at);
     }
 }
 
