@@ -148,8 +148,15 @@ pub trait Observer: Send + 'static {
     }
 
     /// The attempts ended by the entries applied since the last call (`crate::attempts`), on
-    /// every member; called before `observe`.
-    fn attempts(&mut self, _state: &State, _ended: &[crate::attempts::Ended], _is_leader: bool) {}
+    /// every member, with the engine's clock; called before `observe`.
+    fn attempts(
+        &mut self,
+        _state: &State,
+        _ended: &[crate::attempts::Ended],
+        _now_ms: u64,
+        _is_leader: bool,
+    ) {
+    }
 }
 
 /// What the engine hook needs besides the sink.
@@ -200,7 +207,7 @@ pub fn hook(mut args: HookArgs, mut sink: Box<dyn EffectSink>) -> troupe_raft_lo
             .unwrap_or(0);
         for o in observers.iter_mut() {
             if !ended.is_empty() && o.wants_attempts() {
-                o.attempts(&m.state, &ended, is_leader);
+                o.attempts(&m.state, &ended, now_ms, is_leader);
             }
             o.observe(&m.state, &effects, now_ms, is_leader);
         }

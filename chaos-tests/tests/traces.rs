@@ -116,6 +116,14 @@ fn node(tmp: &std::path::Path, url: &str) -> TestNode {
     )
 }
 
+/// With fsync: its log survives a `kill -9`.
+fn durable_node(dir: &std::path::Path, url: &str) -> TestNode {
+    TestNode::start(
+        dir,
+        &["--otlp-endpoint", url, "--otlp-cluster", "test-c"],
+    )
+}
+
 #[test]
 fn every_attempt_of_a_workflow_gets_its_span_and_its_task_the_span_s_traceparent() {
     let tmp = tempfile::tempdir().unwrap();
@@ -264,4 +272,51 @@ fn a_worker_step_s_tasks_get_their_attempt_s_traceparent_in_the_batch() {
         assert_eq!(status(s).0, StatusCode::Ok as i32);
         assert_eq!(attr(s, "troupe.attempt"), "1");
     }
+}
+
+#[test]
+fn an_attempt_lost_with_a_restarted_node_gets_its_span_and_so_does_its_retry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, got) = receiver(vec![]);
+    let data = tmp.path().join("data");
+    let mut first = durable_node(&data, &url);
+    let pid = tmp.path().join("pid");
+    // Attempt 1 hangs (bounded: it ends by itself in 20 s, and is killed by pid below).
+    let spec = format!(
+        "name = \"lost\"\n[[step]]\nid = \"a\"\nrun = [\"sh\", \"-c\", \"if [ $TROUPE_ATTEMPT = 1 ]; then echo $$ > {pid}; exec sleep 20; fi\"]\n",
+        pid = pid.display()
+    );
+    let wf = first.submit(&spec);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&pid).map_or(true, |p| p.trim().is_empty()) {
+        assert!(std::time::Instant::now() < deadline, "attempt 1 never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Let its `Started` report commit, then kill the node under it and start it again.
+    std::thread::sleep(Duration::from_millis(500));
+    first.kill9();
+    let sleeper: i32 = std::fs::read_to_string(&pid).unwrap().trim().parse().unwrap();
+    // SAFETY: a plain kill(2) of the process this test's attempt started.
+    unsafe { libc::kill(sleeper, libc::SIGKILL) };
+    let again = durable_node(&data, &url);
+    let detail = again.wait(&wf, Duration::from_secs(60));
+    assert_eq!(detail["status"], "succeeded", "{detail}");
+    let all = collect(&got, 2);
+    let a: Vec<&Span> = all.iter().filter(|s| s.name == "attempt a/0").collect();
+    let of = |n: &str| {
+        *a.iter()
+            .find(|s| attr(s, "troupe.attempt") == n)
+            .unwrap_or_else(|| panic!("no span of attempt {n}: {a:?}"))
+    };
+    let (lost, retry) = (of("1"), of("2"));
+    assert_eq!(attr(lost, "troupe.status"), "lost");
+    assert_eq!(attr(lost, "troupe.retried"), "true");
+    let (code, msg) = status(lost);
+    assert_eq!(code, StatusCode::Error as i32);
+    assert!(msg.contains("registered again"), "{msg}");
+    assert!(lost.start_time_unix_nano < lost.end_time_unix_nano);
+    assert_eq!(attr(retry, "troupe.status"), "succeeded");
+    assert!(lost.end_time_unix_nano <= retry.start_time_unix_nano);
+    assert_ne!(lost.span_id, retry.span_id);
+    assert_eq!(lost.parent_span_id, retry.parent_span_id);
 }

@@ -59,6 +59,10 @@ impl OtelConfig {
     }
 }
 
+/// Spans of what ended longer ago than this (log time) are not sent: a log replayed at start
+/// does not send its old spans again.
+pub const REPLAYED_MS: u64 = 10 * 60 * 1000;
+
 /// The cluster name of the trace ids, set when traces are on (the runner reads it for
 /// `TRACEPARENT`).
 static CLUSTER: OnceLock<String> = OnceLock::new();
@@ -188,14 +192,20 @@ impl Observer for Tracer {
         true
     }
 
-    fn attempts(&mut self, state: &State, ended: &[Ended], is_leader: bool) {
+    fn attempts(&mut self, state: &State, ended: &[Ended], now_ms: u64, is_leader: bool) {
         if is_leader {
-            self.outbox
-                .push(ended.iter().filter_map(|e| spans::attempt(&self.cluster, state, e)).collect());
+            let recent = |at: u64| at.saturating_add(REPLAYED_MS) >= now_ms;
+            self.outbox.push(
+                ended
+                    .iter()
+                    .filter(|e| recent(e.ended_ms))
+                    .filter_map(|e| spans::attempt(&self.cluster, state, e))
+                    .collect(),
+            );
         }
     }
 
-    fn observe(&mut self, state: &State, effects: &[Effect], _now_ms: u64, is_leader: bool) {
+    fn observe(&mut self, state: &State, effects: &[Effect], now_ms: u64, is_leader: bool) {
         if !is_leader {
             return;
         }
@@ -203,6 +213,7 @@ impl Observer for Tracer {
             if let Effect::Finished(id) = e
                 && let Some(wf) = state.workflows.get(id)
                 && wf.status.is_terminal()
+                && wf.finished_ms.unwrap_or(0).saturating_add(REPLAYED_MS) >= now_ms
             {
                 self.outbox.push(spans::workflow(&self.cluster, wf));
             }
