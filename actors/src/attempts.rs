@@ -222,9 +222,11 @@ impl AttemptLog {
                     w.live.push((b, Some(rep)));
                 }
             }
-            Command::NodeLost { node, .. } => {
-                on_node(&mut w, node, format!("node {node} was lost (its lease expired)"))
-            }
+            Command::NodeLost { node, .. } => on_node(
+                &mut w,
+                node,
+                format!("node {node} was lost (its lease expired)"),
+            ),
             Command::Evict { node } => on_node(&mut w, node, format!("node {node} was evicted")),
             Command::RegisterNode(info) => on_node(
                 &mut w,

@@ -139,7 +139,10 @@ fn each_attempt_ends_once_with_its_own_times_and_outcome() {
     );
     let e = d.ended();
     assert_eq!(e.len(), 1, "{e:?}");
-    assert_eq!((e[0].attempt, e[0].end, e[0].retried), (2, End::Succeeded, false));
+    assert_eq!(
+        (e[0].attempt, e[0].end, e[0].retried),
+        (2, End::Succeeded, false)
+    );
     assert_eq!((e[0].start_ms, e[0].ended_ms), (10_000, 10_400));
     assert_eq!(e[0].error, None);
 }

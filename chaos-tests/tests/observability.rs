@@ -52,8 +52,11 @@ fn claims_docs(n: usize) -> Vec<String> {
 
 /// Whether `examples/claims/step.sh` fails this document's OCR until the fix (every 33rd).
 fn fails_ocr(doc: &str) -> bool {
-    let n: u64 = doc.trim_start_matches("CLM-").parse().expect("CLM-<number>");
-    n % 33 == 0
+    let n: u64 = doc
+        .trim_start_matches("CLM-")
+        .parse()
+        .expect("CLM-<number>");
+    n.is_multiple_of(33)
 }
 
 /// `examples/claims-intake.toml` over `docs`, its step script by absolute path (the node runs in
@@ -215,7 +218,11 @@ fn metrics_agree_with_the_api_through_dead_letters_and_a_redrive() {
     let (fix, out) = (tmp.path().join("fixed"), tmp.path().join("out.txt"));
     let docs = claims_docs(docs_wanted());
     let failing = docs.iter().filter(|d| fails_ocr(d)).count();
-    assert!(failing > 0, "at least one document fails OCR: {} docs", docs.len());
+    assert!(
+        failing > 0,
+        "at least one document fails OCR: {} docs",
+        docs.len()
+    );
     let started = Instant::now();
     let (code, v) = node.post(
         "/v1/workflows",

@@ -77,7 +77,10 @@ fn collect(got: &Arc<Mutex<Vec<Got>>>, attempts: usize) -> Vec<Span> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let all = spans(got);
-        let n = all.iter().filter(|s| s.name.starts_with("attempt ")).count();
+        let n = all
+            .iter()
+            .filter(|s| s.name.starts_with("attempt "))
+            .count();
         if all.iter().any(|s| s.name.starts_with("workflow ")) && n >= attempts {
             return all;
         }
@@ -118,10 +121,7 @@ fn node(tmp: &std::path::Path, url: &str) -> TestNode {
 
 /// With fsync: its log survives a `kill -9`.
 fn durable_node(dir: &std::path::Path, url: &str) -> TestNode {
-    TestNode::start(
-        dir,
-        &["--otlp-endpoint", url, "--otlp-cluster", "test-c"],
-    )
+    TestNode::start(dir, &["--otlp-endpoint", url, "--otlp-cluster", "test-c"])
 }
 
 #[test]
@@ -164,7 +164,12 @@ fn every_attempt_of_a_workflow_gets_its_span_and_its_task_the_span_s_traceparent
         .filter(|s| s.name.starts_with("attempt "))
         .collect();
     // a/0 twice, a/1 and b/0: one span per attempt, each its own.
-    assert_eq!(attempts.len(), 4, "{:?}", attempts.iter().map(|s| &s.name).collect::<Vec<_>>());
+    assert_eq!(
+        attempts.len(),
+        4,
+        "{:?}",
+        attempts.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
     let mut ids: Vec<&Vec<u8>> = attempts.iter().map(|s| &s.span_id).collect();
     ids.sort();
     ids.dedup();
@@ -185,8 +190,15 @@ fn every_attempt_of_a_workflow_gets_its_span_and_its_task_the_span_s_traceparent
         assert!(s.end_time_unix_nano <= root.end_time_unix_nano);
         let (code, msg) = status(s);
         if item == "0" && attempt == "1" {
-            assert_eq!(code, StatusCode::Error as i32, "the failed attempt is an error");
-            assert!(msg.contains("exit") && msg.contains('3'), "the error: {msg}");
+            assert_eq!(
+                code,
+                StatusCode::Error as i32,
+                "the failed attempt is an error"
+            );
+            assert!(
+                msg.contains("exit") && msg.contains('3'),
+                "the error: {msg}"
+            );
             assert_eq!(attr(s, "troupe.status"), "failed");
             assert_eq!(attr(s, "troupe.retried"), "true");
         } else {
@@ -247,9 +259,15 @@ fn a_worker_step_s_tasks_get_their_attempt_s_traceparent_in_the_batch() {
         let mut w = line.split(' ');
         let (item, tp, env) = (w.next().unwrap(), w.next().unwrap(), w.next().unwrap());
         let (trace, span) = parse_tp(tp);
-        assert_eq!(trace, want_trace, "the batch line's trace is the workflow's");
+        assert_eq!(
+            trace, want_trace,
+            "the batch line's trace is the workflow's"
+        );
         let (env_trace, env_span) = parse_tp(env);
-        assert_eq!(env_trace, want_trace, "the worker's TRACEPARENT is the workflow's trace");
+        assert_eq!(
+            env_trace, want_trace,
+            "the worker's TRACEPARENT is the workflow's trace"
+        );
         task_spans.push((item.to_string(), span));
         worker_spans.push(env_span);
     }
@@ -289,13 +307,20 @@ fn an_attempt_lost_with_a_restarted_node_gets_its_span_and_so_does_its_retry() {
     let wf = first.submit(&spec);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while std::fs::read_to_string(&pid).map_or(true, |p| p.trim().is_empty()) {
-        assert!(std::time::Instant::now() < deadline, "attempt 1 never started");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "attempt 1 never started"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // Let its `Started` report commit, then kill the node under it and start it again.
     std::thread::sleep(Duration::from_millis(500));
     first.kill9();
-    let sleeper: i32 = std::fs::read_to_string(&pid).unwrap().trim().parse().unwrap();
+    let sleeper: i32 = std::fs::read_to_string(&pid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     // SAFETY: a plain kill(2) of the process this test's attempt started.
     unsafe { libc::kill(sleeper, libc::SIGKILL) };
     let again = durable_node(&data, &url);
