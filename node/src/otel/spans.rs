@@ -102,3 +102,98 @@ pub fn attempt(cluster: &str, state: &State, e: &Ended) -> Option<Span> {
         error,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use troupe_scheduler::{Command, Output, Submission, TaskRef, spec};
+
+    fn state_with_a_workflow() -> State {
+        let text = "name = \"t\"\n[[step]]\nid = \"score\"\nmap = { range = [0, 3] }\nhandler = \"echo\"\nwith = \"x\"\non_failure = \"dead-letter\"\n";
+        let raw = spec::parse_toml(text, Some("t.toml")).unwrap();
+        let mut st = State::default();
+        let sub = Submission {
+            spec: spec::compile(&raw).unwrap(),
+            params: vec![],
+            idempotency_key: None,
+            digest: 1,
+        };
+        assert!(matches!(
+            st.apply(1, Command::Submit(Box::new(sub))),
+            Output::Submitted { id: 1, .. }
+        ));
+        st
+    }
+
+    fn ended(item: u32, attempt: u32, end: End, error: Option<&str>) -> Ended {
+        Ended {
+            task: TaskRef {
+                wf: 1,
+                step: 0,
+                item,
+            },
+            attempt,
+            node: "n1".into(),
+            start_ms: 10,
+            ended_ms: 20,
+            end,
+            error: error.map(Into::into),
+            retried: false,
+        }
+    }
+
+    fn attr<'a>(s: &'a Span, key: &str) -> &'a Value {
+        &s.attributes.iter().find(|(k, _)| *k == key).unwrap().1
+    }
+
+    #[test]
+    fn an_attempt_span_has_its_ids_times_status_and_error() {
+        let mut st = state_with_a_workflow();
+        let ok = attempt("c", &st, &ended(0, 1, End::Succeeded, None)).unwrap();
+        assert_eq!(ok.name, "attempt score/0");
+        assert_eq!(ok.trace_id, trace_id("c", "wf-1"));
+        assert_eq!(ok.span_id, attempt_span("c", "wf-1", 0, 0, 1));
+        assert_eq!(ok.parent, Some(step_span("c", "wf-1", 0)));
+        assert_eq!((ok.start_ms, ok.end_ms, ok.error.clone()), (10, 20, None));
+        assert_eq!(
+            attr(&ok, "troupe.task_id"),
+            &Value::Str("wf-1/score/0".into())
+        );
+        assert_eq!(attr(&ok, "troupe.attempt"), &Value::Int(1));
+
+        let lost = attempt("c", &st, &ended(1, 2, End::Lost, Some("node n1 was lost"))).unwrap();
+        assert_eq!(lost.error.as_deref(), Some("node n1 was lost"));
+        assert_eq!(attr(&lost, "troupe.status"), &Value::Str("lost".into()));
+        assert_ne!(lost.span_id, ok.span_id);
+
+        let stopped = attempt("c", &st, &ended(2, 1, End::Stopped, Some("cancelled"))).unwrap();
+        assert_eq!(stopped.error, None, "a stopped attempt did not fail");
+        assert_eq!(
+            attr(&stopped, "troupe.reason"),
+            &Value::Str("cancelled".into())
+        );
+
+        let failed = attempt("c", &st, &ended(2, 1, End::Failed, Some("bad"))).unwrap();
+        assert_eq!(attr(&failed, "troupe.status"), &Value::Str("failed".into()));
+        // The item went to the DLQ: its last failure says so.
+        if let Some(wf) = st.workflows.get_mut(&1) {
+            wf.steps[0].dead.insert(2, 7);
+        }
+        let dead = attempt("c", &st, &ended(2, 1, End::Failed, Some("bad"))).unwrap();
+        assert_eq!(
+            attr(&dead, "troupe.status"),
+            &Value::Str("dead_lettered".into())
+        );
+        assert_eq!(dead.error.as_deref(), Some("bad"));
+
+        let gone = Ended {
+            task: TaskRef {
+                wf: 9,
+                step: 0,
+                item: 0,
+            },
+            ..ended(0, 1, End::Succeeded, None)
+        };
+        assert!(attempt("c", &st, &gone).is_none(), "its workflow is gone");
+    }
+}
