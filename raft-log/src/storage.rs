@@ -550,7 +550,10 @@ fn migrate_v1(db: &Database) -> TxnResult {
         let mut st = txn.open_table(SNAPSHOT)?;
         put_snapshot(&mut st, &data)?;
         mt.insert(K_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
-        tracing::info!(bytes = data.len(), "raft log migrated from table format 1 to 2");
+        tracing::info!(
+            bytes = data.len(),
+            "raft log migrated from table format 1 to 2"
+        );
     }
     txn.commit()?;
     Ok(())

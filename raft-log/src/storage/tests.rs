@@ -253,7 +253,9 @@ fn a_snapshot_larger_than_a_chunk_round_trips() {
     let mut s = fresh(&dir);
     s.persist(&entries(2..=4, 2), Some(&hs(2, 1, 4)), None, true)
         .unwrap();
-    let image: Vec<u8> = (0..(SNAP_CHUNK * 2 + 123)).map(|i| (i % 251) as u8).collect();
+    let image: Vec<u8> = (0..(SNAP_CHUNK * 2 + 123))
+        .map(|i| (i % 251) as u8)
+        .collect();
     let mut meta = SnapshotMetadata {
         index: 4,
         term: 2,
@@ -294,7 +296,12 @@ fn the_table_every_ready_writes_does_not_hold_the_snapshot() {
         s.set_commit(i).unwrap();
     }
     let txn = s.db.begin_read().unwrap();
-    let meta_bytes = txn.open_table(META).unwrap().stats().unwrap().stored_bytes();
+    let meta_bytes = txn
+        .open_table(META)
+        .unwrap()
+        .stats()
+        .unwrap()
+        .stored_bytes();
     assert!(
         meta_bytes < 4096,
         "the meta table holds {meta_bytes} bytes: every Ready would copy them"
@@ -321,7 +328,8 @@ fn a_format_1_file_is_migrated_on_open() {
             };
             meta.mut_conf_state().set_voters(vec![1]);
             mt.insert(K_FORMAT, 1u16.to_le_bytes().as_slice()).unwrap();
-            mt.insert(K_SNAP_META, pb(&meta).unwrap().as_slice()).unwrap();
+            mt.insert(K_SNAP_META, pb(&meta).unwrap().as_slice())
+                .unwrap();
             mt.insert(K_SNAP_DATA_V1, b"image-v1".as_slice()).unwrap();
             mt.insert(K_CONF_STATE, pb(meta.get_conf_state()).unwrap().as_slice())
                 .unwrap();
