@@ -6,6 +6,10 @@ mod bench_cluster;
 mod bench_placement;
 mod bench_soak;
 mod bench_warm;
+mod chaos_cli;
+mod chaos_experiment;
+mod chaos_run;
+mod chaos_table;
 mod client;
 mod commands;
 mod dlq_cli;
@@ -124,6 +128,9 @@ enum Cmd {
         /// The item's index (from 0).
         index: u32,
     },
+    /// Chaos engineering: inject faults (kill, pause, partition, slow-disk, skew-clock), run
+    /// experiments, verify the invariants (a cluster started with --fault-injection).
+    Chaos(chaos_cli::ChaosArgs),
     /// Measure Troupe on this machine (starts its own nodes; prints figures).
     Bench(bench::BenchArgs),
     /// Benchmarks only: a no-op worker (the worker-step wire format, answering each task with
@@ -365,6 +372,9 @@ fn keep_secrets() {
 }
 
 fn main() {
+    // Before the secrets leave the environment: a node killed by `troupe chaos kill` comes
+    // back with the same command line and environment.
+    troupe_node::chaos::process::remember_command();
     let cli = Cli::parse();
     if matches!(cli.cmd, Cmd::Dev(_) | Cmd::Node(_)) {
         keep_secrets();
@@ -374,6 +384,13 @@ fn main() {
         Cmd::Node(args) => commands::node(args),
         Cmd::Bench(args) => bench::run(args),
         Cmd::BenchWorker => bench_warm::noop_worker(),
+        Cmd::Chaos(args) => {
+            let access = client::Access {
+                token: cli.token,
+                ca: cli.ca,
+            };
+            chaos_cli::run(&cli.api, &access, cli.json, args)
+        }
         other => {
             // A client printing into a closed pipe (`troupe status | head -1`) ends quietly, as
             // coreutils do, instead of panicking. Only the client: a node must get EPIPE on its

@@ -16,18 +16,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use protobuf::Message as PbMessage;
 use raft::StorageError;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
-use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::error::RaftLogError;
 
-const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_entries");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+pub(crate) const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_entries");
+/// Committed entries removed by compaction, kept when `keep_compacted` is on (same layout).
+pub(crate) const ARCHIVE: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_archive");
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 
 const K_FORMAT: &str = "format";
-const K_HARD_STATE: &str = "hard_state";
+pub(crate) const K_HARD_STATE: &str = "hard_state";
 const K_CONF_STATE: &str = "conf_state";
-const K_SNAP_META: &str = "snapshot_meta";
-const K_SNAP_DATA: &str = "snapshot_data";
+pub(crate) const K_SNAP_META: &str = "snapshot_meta";
+pub(crate) const K_SNAP_DATA: &str = "snapshot_data";
 const K_TRUNCATED: &str = "truncated";
 
 type EntriesTable<'t> = redb::Table<'t, u64, &'static [u8]>;
@@ -41,7 +43,12 @@ const CACHE_BYTES: usize = 8 << 20;
 
 /// The redb-backed raft log. Owned by the `RawNode` on the engine thread.
 pub(crate) struct RedbStorage {
-    db: Database,
+    /// Shared (weakly) with readers of the committed history (`EngineHandle::read_log`).
+    db: std::sync::Arc<Database>,
+    /// Injected disk faults (chaos mode).
+    faults: Option<std::sync::Arc<crate::DiskFaults>>,
+    /// Compaction moves entries to [`ARCHIVE`] instead of deleting them.
+    archive: bool,
     path: PathBuf,
     fsync: bool,
     hard_state: HardState,
@@ -158,7 +165,9 @@ impl RedbStorage {
         drop(rtxn);
 
         let store = RedbStorage {
-            db,
+            db: std::sync::Arc::new(db),
+            faults: None,
+            archive: false,
             path: path.to_path_buf(),
             fsync,
             hard_state,
@@ -180,6 +189,17 @@ impl RedbStorage {
             )));
         }
         Ok(store)
+    }
+
+    /// Chaos mode: injected disk faults, and whether compaction archives entries.
+    pub(crate) fn set_chaos(&mut self, faults: Option<std::sync::Arc<crate::DiskFaults>>, archive: bool) {
+        self.faults = faults;
+        self.archive = archive;
+    }
+
+    /// The database, for readers of the committed history on other threads.
+    pub(crate) fn database(&self) -> std::sync::Weak<Database> {
+        std::sync::Arc::downgrade(&self.db)
     }
 
     /// True once [`Self::bootstrap`] ran or a snapshot was installed.
@@ -268,9 +288,13 @@ impl RedbStorage {
                 assert_eq!(e.index, first.index + i as u64, "non-contiguous append");
             }
         }
-        self.write(sync, |et, mt| {
+        let commit = self.hard_state.commit;
+        self.write_archiving(sync, |et, mt, archive| {
             if let Some(s) = snap {
                 let m = s.get_metadata();
+                if let Some(a) = archive {
+                    archive_range(et, a, commit.min(m.index))?;
+                }
                 et.retain(|_, _| false)?;
                 mt.insert(K_SNAP_META, pb(m)?.as_slice())?;
                 mt.insert(K_SNAP_DATA, s.get_data())?;
@@ -361,12 +385,16 @@ impl RedbStorage {
         };
         let mut hs = self.hard_state.clone();
         hs.commit = hs.commit.max(meta.index);
-        self.write(true, |et, mt| {
+        let before = self.truncated.0;
+        self.write_archiving(true, |et, mt, archive| {
             mt.insert(K_SNAP_META, pb(&meta)?.as_slice())?;
             mt.insert(K_SNAP_DATA, data)?;
             mt.insert(K_TRUNCATED, pair_bytes(truncated.0, truncated.1).as_slice())?;
             mt.insert(K_HARD_STATE, pb(&hs)?.as_slice())?;
-            if truncated.0 > self.truncated.0 {
+            if truncated.0 > before {
+                if let Some(a) = archive {
+                    archive_range(et, a, truncated.0)?;
+                }
                 et.retain_in(..=truncated.0, |_, _| false)?;
             }
             Ok(())
@@ -389,7 +417,10 @@ impl RedbStorage {
             return Ok(());
         }
         let term = self.cached_term(idx).unwrap_or(self.snap_meta.term);
-        self.write(true, |et, mt| {
+        self.write_archiving(true, |et, mt, archive| {
+            if let Some(a) = archive {
+                archive_range(et, a, idx)?;
+            }
             et.retain_in(..=idx, |_, _| false)?;
             mt.insert(K_TRUNCATED, pair_bytes(idx, term).as_slice())?;
             Ok(())
@@ -481,16 +512,60 @@ impl RedbStorage {
         durability: Durability,
         f: impl FnOnce(&mut EntriesTable<'_>, &mut MetaTable<'_>) -> TxnResult,
     ) -> Result<(), RaftLogError> {
+        self.write_full(durability, |et, mt, _| f(et, mt))
+    }
+
+    /// [`Self::write`] that also hands out the archive table when compaction archives.
+    fn write_archiving(
+        &self,
+        sync: bool,
+        f: impl FnOnce(&mut EntriesTable<'_>, &mut MetaTable<'_>, Option<&mut EntriesTable<'_>>) -> TxnResult,
+    ) -> Result<(), RaftLogError> {
+        let durability = if sync && self.fsync {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        self.write_full(durability, f)
+    }
+
+    fn write_full(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&mut EntriesTable<'_>, &mut MetaTable<'_>, Option<&mut EntriesTable<'_>>) -> TxnResult,
+    ) -> Result<(), RaftLogError> {
         let err = |e: redb::Error| RaftLogError::from_redb(&self.path, e);
+        if matches!(durability, Durability::Immediate)
+            && let Some(f) = &self.faults
+        {
+            f.before_fsync().map_err(|source| RaftLogError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        }
         let mut txn = self.db.begin_write().map_err(|e| err(e.into()))?;
         txn.set_durability(durability).map_err(|e| err(e.into()))?;
         {
             let mut et = txn.open_table(ENTRIES).map_err(|e| err(e.into()))?;
             let mut mt = txn.open_table(META).map_err(|e| err(e.into()))?;
-            f(&mut et, &mut mt).map_err(err)?;
+            let mut at = if self.archive {
+                Some(txn.open_table(ARCHIVE).map_err(|e| err(e.into()))?)
+            } else {
+                None
+            };
+            f(&mut et, &mut mt, at.as_mut()).map_err(err)?;
         }
         txn.commit().map_err(|e| err(e.into()))
     }
+}
+
+/// Copies the entries `<= upto` into the archive table (inside the caller's transaction).
+fn archive_range(et: &EntriesTable<'_>, archive: &mut EntriesTable<'_>, upto: u64) -> TxnResult {
+    for row in et.range(..=upto)? {
+        let (k, v) = row?;
+        archive.insert(k.value(), v.value())?;
+    }
+    Ok(())
 }
 
 fn codec(e: protobuf::ProtobufError) -> redb::Error {
