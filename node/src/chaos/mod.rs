@@ -156,6 +156,10 @@ impl Chaos {
         }
         active.push(fault.clone());
         drop(active);
+        if req.kind == Kind::FsyncError {
+            // Spent by the write it fails (the node then stops); no timer disarms it first.
+            return Ok(fault);
+        }
         let me = self.clone();
         let (id, for_ms) = (fault.id, req.for_ms);
         tokio::spawn(async move {
