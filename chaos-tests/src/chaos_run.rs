@@ -57,10 +57,20 @@ pub struct ChaosCluster {
 }
 
 impl ChaosCluster {
-    pub fn start(dir: &Path, net: u8, workers: usize, extra: &[&str], token: Option<&str>) -> ChaosCluster {
+    pub fn start(
+        dir: &Path,
+        net: u8,
+        workers: usize,
+        extra: &[&str],
+        token: Option<&str>,
+    ) -> ChaosCluster {
         let servers = 3;
-        let join: Vec<String> = (1..=servers).map(|i| format!("127.0.{net}.{i}:7500")).collect();
-        let dirs: Vec<PathBuf> = (1..=servers + workers).map(|i| dir.join(format!("n{i}"))).collect();
+        let join: Vec<String> = (1..=servers)
+            .map(|i| format!("127.0.{net}.{i}:7500"))
+            .collect();
+        let dirs: Vec<PathBuf> = (1..=servers + workers)
+            .map(|i| dir.join(format!("n{i}")))
+            .collect();
         let guard = PidFileGuard(dirs.clone());
         let mut nodes = Vec::new();
         for (i, d) in dirs.iter().enumerate() {
@@ -98,7 +108,11 @@ impl ChaosCluster {
             if code == 200 && up == want {
                 return c;
             }
-            assert!(Instant::now() < deadline, "the cluster did not form: {v}\n{}", c.nodes[0].log());
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not form: {v}\n{}",
+                c.nodes[0].log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

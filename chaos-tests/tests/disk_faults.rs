@@ -45,7 +45,11 @@ struct Node {
 impl Node {
     fn start(data: &Path, log: &Path, extra: &[&str]) -> Node {
         let _ = std::fs::remove_file(data.join("api.addr"));
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let child = Command::new(troupe_bin())
             .args(["dev", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
@@ -60,7 +64,12 @@ impl Node {
             .timeout_global(Some(Duration::from_secs(10)))
             .build()
             .into();
-        let mut n = Node { child, api: String::new(), agent, log: log.to_path_buf() };
+        let mut n = Node {
+            child,
+            api: String::new(),
+            agent,
+            log: log.to_path_buf(),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(a) = std::fs::read_to_string(data.join("api.addr"))
@@ -99,12 +108,19 @@ impl Node {
     }
 
     fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        self.call(self.agent.post(&format!("{}{path}", self.api)).send_json(body))
+        self.call(
+            self.agent
+                .post(&format!("{}{path}", self.api))
+                .send_json(body),
+        )
     }
 
     /// Submits; the workflow id if it was acknowledged.
     fn submit(&self, toml: &str, key: &str) -> Option<String> {
-        let (code, v) = self.post("/v1/workflows", &json!({ "spec_toml": toml, "idempotency_key": key }));
+        let (code, v) = self.post(
+            "/v1/workflows",
+            &json!({ "spec_toml": toml, "idempotency_key": key }),
+        );
         (code == 200 || code == 201).then(|| v["id"].as_str().unwrap().to_string())
     }
 
@@ -115,7 +131,11 @@ impl Node {
             if let Ok(Some(s)) = self.child.try_wait() {
                 return s;
             }
-            assert!(Instant::now() < deadline, "the node did not stop in {limit:?}:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "the node did not stop in {limit:?}:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -143,9 +163,19 @@ fn spec(pad: usize) -> String {
 /// The node stopped as it should on a disk failure: exit status 1, a typed error naming the
 /// raft log's disk, and no panic.
 fn assert_fail_stop(status: ExitStatus, log: &str, cause: &str) {
-    assert_eq!(status.code(), Some(1), "not a fail-stop exit ({status}):\n{log}");
-    assert!(log.contains("the raft log's disk failed"), "no typed error:\n{log}");
-    assert!(log.contains(cause), "the cause {cause:?} is not named:\n{log}");
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "not a fail-stop exit ({status}):\n{log}"
+    );
+    assert!(
+        log.contains("the raft log's disk failed"),
+        "no typed error:\n{log}"
+    );
+    assert!(
+        log.contains(cause),
+        "the cause {cause:?} is not named:\n{log}"
+    );
     assert!(!log.contains("panicked at"), "a panic:\n{log}");
 }
 
@@ -153,13 +183,24 @@ fn assert_fail_stop(status: ExitStatus, log: &str, cause: &str) {
 /// acknowledged workflow present and finished, and new work accepted.
 fn assert_recovers(data: &Path, log: &Path, extra: &[&str], acked: &[String], durable: u64) {
     let node = Node::start(data, log, extra);
-    assert!(node.applied() >= durable, "applied {} < {durable} durable before the fault", node.applied());
+    assert!(
+        node.applied() >= durable,
+        "applied {} < {durable} durable before the fault",
+        node.applied()
+    );
     for id in acked {
         let (code, v) = node.get(&format!("/v1/workflows/{id}?wait=10s"));
-        assert_eq!(code, 200, "acknowledged {id} lost after the restart: {v}\n{}", node.log());
+        assert_eq!(
+            code,
+            200,
+            "acknowledged {id} lost after the restart: {v}\n{}",
+            node.log()
+        );
         assert_eq!(v["status"], "succeeded", "{id}: {v}");
     }
-    let id = node.submit(&spec(10), "after-restart").expect("the restarted node takes work");
+    let id = node
+        .submit(&spec(10), "after-restart")
+        .expect("the restarted node takes work");
     let (_, v) = node.get(&format!("/v1/workflows/{id}?wait=10s"));
     assert_eq!(v["status"], "succeeded", "{v}");
 }
@@ -176,10 +217,16 @@ fn a_full_disk_fail_stops_the_node_and_it_recovers_once_space_is_freed() {
     let mut node = Node::start(&data, &log, &["--retain", "forever"]);
     let mut acked = Vec::new();
     for i in 0..5 {
-        acked.push(node.submit(&spec(1000), &format!("before-{i}")).expect("acked before the disk fills"));
+        acked.push(
+            node.submit(&spec(1000), &format!("before-{i}"))
+                .expect("acked before the disk fills"),
+        );
     }
     for id in &acked {
-        assert_eq!(node.get(&format!("/v1/workflows/{id}?wait=10s")).1["status"], "succeeded");
+        assert_eq!(
+            node.get(&format!("/v1/workflows/{id}?wait=10s")).1["status"],
+            "succeeded"
+        );
     }
     // Fill the disk, leaving a few pages, then write until the log cannot grow.
     let fill = fs.0.join("fill");
@@ -219,14 +266,27 @@ fn a_failed_fsync_fail_stops_the_node_and_a_restart_recovers_the_durable_log() {
         acked.push(node.submit(&spec(100), &format!("k{i}")).expect("acked"));
     }
     for id in &acked {
-        assert_eq!(node.get(&format!("/v1/workflows/{id}?wait=10s")).1["status"], "succeeded");
+        assert_eq!(
+            node.get(&format!("/v1/workflows/{id}?wait=10s")).1["status"],
+            "succeeded"
+        );
     }
     let durable = node.applied();
-    let me = node.get("/v1/chaos/faults").1["nodes"][0]["node"].as_str().unwrap().to_string();
-    let (code, v) = node.post("/v1/chaos/faults", &json!({ "kind": "fsync-error", "node": me }));
+    let me = node.get("/v1/chaos/faults").1["nodes"][0]["node"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, v) = node.post(
+        "/v1/chaos/faults",
+        &json!({ "kind": "fsync-error", "node": me }),
+    );
     assert_eq!(code, 200, "{v}");
     // The next write's fsync fails: that submit is not acknowledged, and the node stops.
-    assert_eq!(node.submit(&spec(100), "lost"), None, "a write was acknowledged over a failed fsync");
+    assert_eq!(
+        node.submit(&spec(100), "lost"),
+        None,
+        "a write was acknowledged over a failed fsync"
+    );
     let status = node.exit(Duration::from_secs(10));
     assert_fail_stop(status, &node.log(), "injected fsync failure");
     assert_recovers(&data, &log, &["--fault-injection"], &acked, durable);

@@ -136,10 +136,11 @@ pub fn run(api: &str, access: &Access, as_json: bool, args: ChaosArgs) -> anyhow
     if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
         for (k, v) in e {
             let v = match (k.as_str(), v) {
-                ("from", Value::Array(list)) => json!(list
-                    .iter()
-                    .map(|s| resolve(&nodes, s.as_str().unwrap_or_default()))
-                    .collect::<anyhow::Result<Vec<_>>>()?),
+                ("from", Value::Array(list)) => json!(
+                    list.iter()
+                        .map(|s| resolve(&nodes, s.as_str().unwrap_or_default()))
+                        .collect::<anyhow::Result<Vec<_>>>()?
+                ),
                 (_, Value::Null) => continue,
                 _ => v.clone(),
             };
@@ -169,9 +170,14 @@ pub fn nodes(c: &Client) -> anyhow::Result<Vec<Value>> {
 /// nodes (followers, workers), the first by id that is up.
 pub fn resolve(nodes: &[Value], sel: &str) -> anyhow::Result<String> {
     let pick = |f: &dyn Fn(&Value) -> bool| {
-        let mut m: Vec<&Value> = nodes.iter().filter(|n| f(n) && n["up"] == json!(true)).collect();
+        let mut m: Vec<&Value> = nodes
+            .iter()
+            .filter(|n| f(n) && n["up"] == json!(true))
+            .collect();
         m.sort_by_key(|n| n["node"].as_str().unwrap_or_default().to_string());
-        m.first().and_then(|n| n["node"].as_str()).map(str::to_string)
+        m.first()
+            .and_then(|n| n["node"].as_str())
+            .map(str::to_string)
     };
     let found = match sel {
         "leader" => pick(&|n| n["leader"] == json!(true)),
@@ -184,7 +190,10 @@ pub fn resolve(nodes: &[Value], sel: &str) -> anyhow::Result<String> {
     };
     found.with_context(|| {
         let ids: Vec<&str> = nodes.iter().filter_map(|n| n["node"].as_str()).collect();
-        format!("no node matches {sel:?} (nodes: {}; selectors: leader, follower, worker)", ids.join(", "))
+        format!(
+            "no node matches {sel:?} (nodes: {}; selectors: leader, follower, worker)",
+            ids.join(", ")
+        )
     })
 }
 
@@ -194,16 +203,28 @@ fn list(c: &Client, as_json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("{:<16} {:<7} {:<4} {:<22} {:<6} faults", "node", "role", "raft", "api", "leader");
+    println!(
+        "{:<16} {:<7} {:<4} {:<22} {:<6} faults",
+        "node", "role", "raft", "api", "leader"
+    );
     for n in v["nodes"].as_array().into_iter().flatten() {
         let faults = match &n["faults"] {
             Value::Array(a) if a.is_empty() => "-".to_string(),
             Value::Array(a) => a
                 .iter()
-                .map(|f| format!("{} (until {})", f["kind"].as_str().unwrap_or("?"), f["until_ms"]))
+                .map(|f| {
+                    format!(
+                        "{} (until {})",
+                        f["kind"].as_str().unwrap_or("?"),
+                        f["until_ms"]
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", "),
-            other => format!("unreachable: {}", other["unreachable"].as_str().unwrap_or("?")),
+            other => format!(
+                "unreachable: {}",
+                other["unreachable"].as_str().unwrap_or("?")
+            ),
         };
         println!(
             "{:<16} {:<7} {:<4} {:<22} {:<6} {faults}",
@@ -211,7 +232,11 @@ fn list(c: &Client, as_json: bool) -> anyhow::Result<()> {
             n["role"].as_str().unwrap_or("?"),
             n["raft_id"],
             n["api"].as_str().unwrap_or(""),
-            if n["leader"] == json!(true) { "yes" } else { "" },
+            if n["leader"] == json!(true) {
+                "yes"
+            } else {
+                ""
+            },
         );
     }
     Ok(())
@@ -219,7 +244,12 @@ fn list(c: &Client, as_json: bool) -> anyhow::Result<()> {
 
 /// `troupe chaos verify`: asks the leader to replay its log (with the history's acknowledged
 /// submits), prints the table, exits 1 when an invariant fails.
-fn verify(c: &Client, access: &Access, history: Option<PathBuf>, as_json: bool) -> anyhow::Result<()> {
+fn verify(
+    c: &Client,
+    access: &Access,
+    history: Option<PathBuf>,
+    as_json: bool,
+) -> anyhow::Result<()> {
     let (acked, local) = match &history {
         Some(f) => crate::chaos_run::acked_from_history(f)?,
         None => (vec![], vec![]),
@@ -230,7 +260,9 @@ fn verify(c: &Client, access: &Access, history: Option<PathBuf>, as_json: bool) 
         .and_then(|n| n.into_iter().find(|n| n["leader"] == json!(true)))
         .and_then(|n| n["api"].as_str().map(|a| format!("http://{a}")));
     let target = match leader {
-        Some(a) if !c.base().starts_with("https://") => Client::with_timeout(&a, access, Duration::from_secs(300))?,
+        Some(a) if !c.base().starts_with("https://") => {
+            Client::with_timeout(&a, access, Duration::from_secs(300))?
+        }
         _ => Client::with_timeout(c.base(), access, Duration::from_secs(300))?,
     };
     let mut report = crate::client::with_retries(Duration::from_secs(30), "verify", || {

@@ -29,7 +29,9 @@ pub struct Dur(pub i64);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        parse_signed_ms(&text).map(Dur).map_err(serde::de::Error::custom)
+        parse_signed_ms(&text)
+            .map(Dur)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -121,20 +123,25 @@ pub struct Experiment {
 impl Workload {
     /// Milliseconds between two submits.
     pub fn interval_ms(&self) -> Result<u64, String> {
-        let (n, per) = self
-            .rate
-            .split_once('/')
-            .ok_or_else(|| format!("workload.rate {:?}: write e.g. \"5/s\" or \"30/m\"", self.rate))?;
-        let n: u64 = n
-            .trim()
-            .parse()
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| format!("workload.rate {:?}: the count must be 1 or more", self.rate))?;
+        let (n, per) = self.rate.split_once('/').ok_or_else(|| {
+            format!(
+                "workload.rate {:?}: write e.g. \"5/s\" or \"30/m\"",
+                self.rate
+            )
+        })?;
+        let n: u64 =
+            n.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                format!("workload.rate {:?}: the count must be 1 or more", self.rate)
+            })?;
         let per_ms = match per.trim() {
             "s" => 1_000,
             "m" => 60_000,
-            other => return Err(format!("workload.rate {:?}: per {other:?}; use s or m", self.rate)),
+            other => {
+                return Err(format!(
+                    "workload.rate {:?}: per {other:?}; use s or m",
+                    self.rate
+                ));
+            }
         };
         Ok((per_ms / n).max(1))
     }
@@ -146,20 +153,34 @@ pub fn parse(text: &str, file: &Path) -> Result<Experiment, String> {
     let mut e: Experiment =
         toml::from_str(text).map_err(|err| format!("{}: {err}", file.display()))?;
     let at = |i: usize, why: String| {
-        format!("{}: fault {} (the {} [[fault]]): {why}", file.display(), i + 1, ordinal(i + 1))
+        format!(
+            "{}: fault {} (the {} [[fault]]): {why}",
+            file.display(),
+            i + 1,
+            ordinal(i + 1)
+        )
     };
     if e.faults.is_empty() && e.workload.is_none() {
-        return Err(format!("{}: no [[fault]] and no [workload]: nothing to run", file.display()));
+        return Err(format!(
+            "{}: no [[fault]] and no [workload]: nothing to run",
+            file.display()
+        ));
     }
     for (i, f) in e.faults.iter().enumerate() {
         if f.at.0 < 0 {
             return Err(at(i, "at: must not be negative".into()));
         }
         if !(1..=FOR_MAX_MS as i64).contains(&f.for_.0) {
-            return Err(at(i, format!("for: faults last 1 ms to {} min", FOR_MAX_MS / 60_000)));
+            return Err(at(
+                i,
+                format!("for: faults last 1 ms to {} min", FOR_MAX_MS / 60_000),
+            ));
         }
         if f.node.trim().is_empty() {
-            return Err(at(i, "node: give leader, follower, worker or a node id".into()));
+            return Err(at(
+                i,
+                "node: give leader, follower, worker or a node id".into(),
+            ));
         }
         let only = |field: &str, set: bool, kind: Kind| {
             if set && f.kind != kind {
@@ -171,11 +192,17 @@ pub fn parse(text: &str, file: &Path) -> Result<Experiment, String> {
         only("delay", f.delay.is_some(), Kind::SlowDisk)?;
         only("skew", f.skew.is_some(), Kind::SkewClock)?;
         match f.kind {
-            Kind::SlowDisk if !f.delay.is_some_and(|d| d.0 > 0) => {
-                return Err(at(i, "delay: slow-disk needs a delay per fsync, e.g. \"50ms\"".into()));
+            Kind::SlowDisk if f.delay.is_none_or(|d| d.0 <= 0) => {
+                return Err(at(
+                    i,
+                    "delay: slow-disk needs a delay per fsync, e.g. \"50ms\"".into(),
+                ));
             }
-            Kind::SkewClock if !f.skew.is_some_and(|d| d.0 != 0) => {
-                return Err(at(i, "skew: skew-clock needs an offset, e.g. \"30s\" or \"-30s\"".into()));
+            Kind::SkewClock if f.skew.is_none_or(|d| d.0 == 0) => {
+                return Err(at(
+                    i,
+                    "skew: skew-clock needs an offset, e.g. \"30s\" or \"-30s\"".into(),
+                ));
             }
             _ => {}
         }
@@ -183,11 +210,18 @@ pub fn parse(text: &str, file: &Path) -> Result<Experiment, String> {
     e.faults.sort_by_key(|f| f.at.0);
     if let Some(w) = &mut e.workload {
         if w.count == 0 {
-            return Err(format!("{}: workload.count must be 1 or more", file.display()));
+            return Err(format!(
+                "{}: workload.count must be 1 or more",
+                file.display()
+            ));
         }
-        w.interval_ms().map_err(|why| format!("{}: {why}", file.display()))?;
+        w.interval_ms()
+            .map_err(|why| format!("{}: {why}", file.display()))?;
         if w.settle.0 <= 0 {
-            return Err(format!("{}: workload.settle must be positive", file.display()));
+            return Err(format!(
+                "{}: workload.settle must be positive",
+                file.display()
+            ));
         }
         if w.spec.is_relative()
             && let Some(dir) = file.parent()
@@ -249,7 +283,10 @@ for = "3s"
         let ats: Vec<i64> = e.faults.iter().map(|f| f.at.0).collect();
         assert_eq!(ats, vec![1_000, 2_000, 6_000]);
         assert_eq!(e.faults[1].skew, Some(Dur(-30_000)));
-        assert_eq!(e.faults[0].from.as_deref(), Some(&["leader".to_string()][..]));
+        assert_eq!(
+            e.faults[0].from.as_deref(),
+            Some(&["leader".to_string()][..])
+        );
         let w = e.workload.unwrap();
         assert_eq!(w.spec, PathBuf::from("/x/sleep.toml"));
         assert_eq!(w.interval_ms(), Ok(250));
@@ -265,8 +302,10 @@ for = "3s"
         let e = p("[[fault]]\nat = \"soon\"\nkind = \"kill\"\nnode = \"leader\"\nfor = \"1s\"\n")
             .unwrap_err();
         assert!(e.contains("line 2"), "{e}");
-        let e = p("[[fault]]\nat = \"1s\"\nkind = \"kill\"\nnode = \"leader\"\nfor = \"1s\"\nwhen = 3\n")
-            .unwrap_err();
+        let e = p(
+            "[[fault]]\nat = \"1s\"\nkind = \"kill\"\nnode = \"leader\"\nfor = \"1s\"\nwhen = 3\n",
+        )
+        .unwrap_err();
         assert!(e.contains("when") && e.contains("line 6"), "{e}");
     }
 
@@ -277,11 +316,18 @@ for = "3s"
         assert!(e.contains("fault 1 (the 1st [[fault]]): for:"), "{e}");
         let e = p(&format!("{base}kind = \"slow-disk\"\nfor = \"1s\"\n")).unwrap_err();
         assert!(e.contains("delay:"), "{e}");
-        let e = p(&format!("{base}kind = \"kill\"\nfor = \"1s\"\ndelay = \"5ms\"\n")).unwrap_err();
+        let e = p(&format!(
+            "{base}kind = \"kill\"\nfor = \"1s\"\ndelay = \"5ms\"\n"
+        ))
+        .unwrap_err();
         assert!(e.contains("delay is for slow-disk faults only"), "{e}");
         let e = p(&format!("{base}kind = \"skew-clock\"\nfor = \"1s\"\n")).unwrap_err();
         assert!(e.contains("skew:"), "{e}");
-        assert!(p("name = \"empty\"\n").unwrap_err().contains("nothing to run"));
+        assert!(
+            p("name = \"empty\"\n")
+                .unwrap_err()
+                .contains("nothing to run")
+        );
         let e = p("[workload]\nspec = \"a.toml\"\ncount = 1\nrate = \"fast\"\n").unwrap_err();
         assert!(e.contains("workload.rate"), "{e}");
     }

@@ -45,7 +45,11 @@ struct Cluster {
 impl Cluster {
     /// Tries the nodes in turn from `start`; returns the first answer that is not a
     /// connection error or a retryable status, or the last error.
-    fn call(&self, start: usize, f: &dyn Fn(&Client) -> anyhow::Result<Value>) -> anyhow::Result<Value> {
+    fn call(
+        &self,
+        start: usize,
+        f: &dyn Fn(&Client) -> anyhow::Result<Value>,
+    ) -> anyhow::Result<Value> {
         let mut last = None;
         for i in 0..self.clients.len() {
             let c = &self.clients[(start + i) % self.clients.len()];
@@ -59,17 +63,31 @@ impl Cluster {
     }
 }
 
-pub fn run(api: &str, access: &Access, file: &Path, history: Option<PathBuf>) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+pub fn run(
+    api: &str,
+    access: &Access,
+    file: &Path,
+    history: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let exp = parse(&text, file).map_err(|e| anyhow::anyhow!(e))?;
     let history = history.unwrap_or_else(|| file.with_extension("history.jsonl"));
     let seed = Client::with_timeout(api, access, CALL_LIMIT)?;
     let listed = nodes(&seed).context("listing the cluster's nodes (GET /v1/chaos/faults)")?;
-    let scheme = if api.starts_with("https://") { "https" } else { "http" };
+    let scheme = if api.starts_with("https://") {
+        "https"
+    } else {
+        "http"
+    };
     let mut clients = vec![seed];
     for n in &listed {
         if let Some(a) = n["api"].as_str().filter(|a| !a.is_empty()) {
-            clients.push(Client::with_timeout(&format!("{scheme}://{a}"), access, CALL_LIMIT)?);
+            clients.push(Client::with_timeout(
+                &format!("{scheme}://{a}"),
+                access,
+                CALL_LIMIT,
+            )?);
         }
     }
     let cluster = Arc::new(Cluster { clients });
@@ -81,7 +99,11 @@ pub fn run(api: &str, access: &Access, file: &Path, history: Option<PathBuf>) ->
     let run_id: String = salt.iter().map(|b| format!("{b:02x}")).collect();
     eprintln!(
         "chaos run {run_id}: {} ({} faults, {} nodes); history in {}",
-        if exp.name.is_empty() { file.display().to_string() } else { exp.name.clone() },
+        if exp.name.is_empty() {
+            file.display().to_string()
+        } else {
+            exp.name.clone()
+        },
         exp.faults.len(),
         listed.len(),
         history.display()
@@ -155,13 +177,22 @@ fn inject(cluster: &Cluster, hist: &History, f: &Fault, start: Instant) -> bool 
     });
     let ok = match result {
         Ok((node, _)) => {
-            eprintln!("  t={t:>5.1}s {} {} ({node}) for {}ms", f.kind.name(), f.node, f.for_.0);
+            eprintln!(
+                "  t={t:>5.1}s {} {} ({node}) for {}ms",
+                f.kind.name(),
+                f.node,
+                f.for_.0
+            );
             rec["node"] = json!(node);
             rec["outcome"] = json!("ok");
             true
         }
         Err(e) => {
-            eprintln!("  t={t:>5.1}s {} {}: not injected: {e:#}", f.kind.name(), f.node);
+            eprintln!(
+                "  t={t:>5.1}s {} {}: not injected: {e:#}",
+                f.kind.name(),
+                f.node
+            );
             rec["outcome"] = json!("fail");
             rec["error"] = json!(format!("{e:#}"));
             false
@@ -184,7 +215,8 @@ fn start_workload(
     let Some(w) = exp.workload.clone() else {
         return Ok(None);
     };
-    let (raw, _) = troupe_scheduler::spec::load_file(&w.spec).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (raw, _) =
+        troupe_scheduler::spec::load_file(&w.spec).map_err(|e| anyhow::anyhow!("{e}"))?;
     let spec = serde_json::to_value(&raw)?;
     let interval = w.interval_ms().map_err(|e| anyhow::anyhow!(e))?;
     let (cluster, hist, run_id) = (cluster.clone(), hist.clone(), run_id.to_string());
@@ -208,7 +240,8 @@ fn submit(cluster: &Cluster, hist: &History, spec: &Value, key: &str, i: usize) 
     for attempt in 0.. {
         let invoke = wall_ms();
         let r = cluster.call(i + attempt, &|c| c.post("/v1/workflows", &body));
-        let mut rec = json!({ "op": "submit", "key": key, "invoke_ms": invoke, "complete_ms": wall_ms() });
+        let mut rec =
+            json!({ "op": "submit", "key": key, "invoke_ms": invoke, "complete_ms": wall_ms() });
         match r {
             Ok(v) => {
                 let id = v["id"].as_str().unwrap_or_default().to_string();
@@ -239,7 +272,10 @@ fn settle_all(cluster: &Cluster, hist: &History, acked: &[String], limit: Durati
     let deadline = Instant::now() + limit;
     let mut done: BTreeSet<&str> = BTreeSet::new();
     while done.len() < acked.len() && Instant::now() < deadline {
-        let open: Vec<&String> = acked.iter().filter(|id| !done.contains(id.as_str())).collect();
+        let open: Vec<&String> = acked
+            .iter()
+            .filter(|id| !done.contains(id.as_str()))
+            .collect();
         for id in open {
             let invoke = wall_ms();
             let r = cluster.call(0, &|c| c.get(&format!("/v1/workflows/{id}")));
@@ -270,20 +306,32 @@ fn settle_all(cluster: &Cluster, hist: &History, acked: &[String], limit: Durati
 /// The acknowledged submits of a history (for the server's check) and what the history alone
 /// shows wrong: one key answered with two workflows.
 pub fn acked_from_history(file: &Path) -> anyhow::Result<(Vec<Value>, Vec<String>)> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let mut acked = Vec::new();
     let mut per_key: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let v: Value = serde_json::from_str(line)
             .with_context(|| format!("{}:{}: not a JSON object", file.display(), n + 1))?;
         if v["op"] == "submit" && v["outcome"] == "ok" {
             let (key, wf) = (v["key"].as_str(), v["workflow"].as_str());
             let Some(wf) = wf else {
-                anyhow::bail!("{}:{}: an ok submit without a workflow", file.display(), n + 1);
+                anyhow::bail!(
+                    "{}:{}: an ok submit without a workflow",
+                    file.display(),
+                    n + 1
+                );
             };
             acked.push(json!({ "key": key, "workflow": wf }));
             if let Some(k) = key {
-                per_key.entry(k.to_string()).or_default().insert(wf.to_string());
+                per_key
+                    .entry(k.to_string())
+                    .or_default()
+                    .insert(wf.to_string());
             }
         }
     }

@@ -38,7 +38,9 @@ pub fn render(r: &Value, with_history: bool) -> String {
     for (rule, what) in RULES {
         let broken = violations.iter().filter(|v| v["rule"] == rule).count();
         let figures = match rule {
-            "G1" if with_history => format!("{} acknowledged submits checked", n(&r["acked_submits"])),
+            "G1" if with_history => {
+                format!("{} acknowledged submits checked", n(&r["acked_submits"]))
+            }
             "G1" => "no --history: nothing acknowledged to check".into(),
             "G2" => format!("{} workflows", n(&r["workflows"])),
             "G3" => format!(
@@ -136,10 +138,19 @@ mod tests {
             "violation_count": 1,
         });
         let t = render(&r, true);
-        assert!(t.contains("G1   acknowledged workflows present         ok      3 acknowledged"), "{t}");
-        assert!(t.contains("G3   one accepted result per task attempt   FAIL(1)"), "{t}");
+        assert!(
+            t.contains("G1   acknowledged workflows present         ok      3 acknowledged"),
+            "{t}"
+        );
+        assert!(
+            t.contains("G3   one accepted result per task attempt   FAIL(1)"),
+            "{t}"
+        );
         assert!(t.contains("term 2 -> 3 at index 7: 1.23s"), "{t}");
-        assert!(t.contains("w1 at index 9: held 2 attempts; 2 re-placed, median 1.50s, max 1.50s"), "{t}");
+        assert!(
+            t.contains("w1 at index 9: held 2 attempts; 2 re-placed, median 1.50s, max 1.50s"),
+            "{t}"
+        );
         assert!(t.contains("G3 at index 8: a second result"), "{t}");
     }
 }

@@ -375,7 +375,11 @@ impl<M: StateMachine> EngineHandle<M> {
     /// Up to `max` committed entries from index `from` (archived ones included, see
     /// [`crate::EngineConfig::keep_compacted`]), decoded. Reads in a redb read transaction on
     /// the caller's thread: call it from a blocking context.
-    pub fn read_log(&self, from: u64, max: usize) -> Result<crate::LogPage<M::Command>, RaftLogError> {
+    pub fn read_log(
+        &self,
+        from: u64,
+        max: usize,
+    ) -> Result<crate::LogPage<M::Command>, RaftLogError> {
         let (db, path) = self.database()?;
         crate::history::read(&db, &path, from, max)
     }

@@ -58,9 +58,11 @@ pub(crate) fn read<C: DeserializeOwned>(
             .map(|g| g.value().to_vec()))
     };
     let commit = match get(K_HARD_STATE)? {
-        Some(b) => HardState::parse_from_bytes(&b)
-            .map_err(|e| corrupt(format!("bad hard state: {e}")))?
-            .commit,
+        Some(b) => {
+            HardState::parse_from_bytes(&b)
+                .map_err(|e| corrupt(format!("bad hard state: {e}")))?
+                .commit
+        }
         None => 0,
     };
     let snapshot_index = match get(K_SNAP_META)? {
@@ -77,19 +79,18 @@ pub(crate) fn read<C: DeserializeOwned>(
         Err(TableError::TableDoesNotExist(_)) => None,
         Err(e) => return Err(dberr(e.into())),
     };
-    let first_of = |t: &redb::ReadOnlyTable<u64, &'static [u8]>| -> Result<Option<u64>, RaftLogError> {
-        Ok(t.first()
-            .map_err(|e| dberr(e.into()))?
-            .map(|(k, _)| k.value()))
-    };
+    let first_of =
+        |t: &redb::ReadOnlyTable<u64, &'static [u8]>| -> Result<Option<u64>, RaftLogError> {
+            Ok(t.first()
+                .map_err(|e| dberr(e.into()))?
+                .map(|(k, _)| k.value()))
+        };
     let live_first = first_of(&live)?;
     let archive_first = match &archive {
         Some(a) => first_of(a)?,
         None => None,
     };
-    let first_index = archive_first
-        .or(live_first)
-        .unwrap_or(snapshot_index + 1);
+    let first_index = archive_first.or(live_first).unwrap_or(snapshot_index + 1);
     let mut entries = Vec::new();
     let mut next = from.max(first_index);
     for table in archive.iter().chain(std::iter::once(&live)) {

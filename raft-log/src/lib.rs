@@ -81,9 +81,9 @@ mod engine;
 mod envelope;
 mod error;
 mod faults;
-mod history;
 #[cfg(test)]
 mod fuzz;
+mod history;
 mod logger;
 pub mod stats;
 mod storage;
@@ -91,8 +91,8 @@ mod wire_check;
 
 pub use config::{Clock, DB_FILE_NAME, EngineConfig};
 pub use engine::{
-    Engine, EngineFailure, EngineHandle, EngineStatus, MembershipChange, MembershipReceiver, ProposeReceiver,
-    ReadReceiver,
+    Engine, EngineFailure, EngineHandle, EngineStatus, MembershipChange, MembershipReceiver,
+    ProposeReceiver, ReadReceiver,
 };
 pub use error::{ProposeError, RaftLogError};
 pub use faults::{DiskFaults, FSYNC_DELAY_MAX_MS};

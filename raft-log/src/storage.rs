@@ -192,7 +192,11 @@ impl RedbStorage {
     }
 
     /// Chaos mode: injected disk faults, and whether compaction archives entries.
-    pub(crate) fn set_chaos(&mut self, faults: Option<std::sync::Arc<crate::DiskFaults>>, archive: bool) {
+    pub(crate) fn set_chaos(
+        &mut self,
+        faults: Option<std::sync::Arc<crate::DiskFaults>>,
+        archive: bool,
+    ) {
         self.faults = faults;
         self.archive = archive;
     }
@@ -519,7 +523,11 @@ impl RedbStorage {
     fn write_archiving(
         &self,
         sync: bool,
-        f: impl FnOnce(&mut EntriesTable<'_>, &mut MetaTable<'_>, Option<&mut EntriesTable<'_>>) -> TxnResult,
+        f: impl FnOnce(
+            &mut EntriesTable<'_>,
+            &mut MetaTable<'_>,
+            Option<&mut EntriesTable<'_>>,
+        ) -> TxnResult,
     ) -> Result<(), RaftLogError> {
         let durability = if sync && self.fsync {
             Durability::Immediate
@@ -532,7 +540,11 @@ impl RedbStorage {
     fn write_full(
         &self,
         durability: Durability,
-        f: impl FnOnce(&mut EntriesTable<'_>, &mut MetaTable<'_>, Option<&mut EntriesTable<'_>>) -> TxnResult,
+        f: impl FnOnce(
+            &mut EntriesTable<'_>,
+            &mut MetaTable<'_>,
+            Option<&mut EntriesTable<'_>>,
+        ) -> TxnResult,
     ) -> Result<(), RaftLogError> {
         let err = |e: redb::Error| RaftLogError::from_redb(&self.path, e);
         if matches!(durability, Durability::Immediate)

@@ -28,7 +28,13 @@ impl Log {
             now: 1_000,
         };
         l.push(vec![]); // the leader's no-op
-        l.push(vec![Command::RegisterNode(node_info("n1", 2, 4_000, 8 << 30, vec![]))]);
+        l.push(vec![Command::RegisterNode(node_info(
+            "n1",
+            2,
+            4_000,
+            8 << 30,
+            vec![],
+        ))]);
         l
     }
 
@@ -112,7 +118,10 @@ fn a_clean_log_holds_every_invariant_with_its_figures() {
     assert!(r.ok(), "{:?}", r.violations);
     assert_eq!((r.from_index, r.to_index), (1, log.entries.len() as u64));
     assert_eq!((r.reports_accepted, r.reports_refused), (1, 1));
-    assert_eq!((r.workflows, r.workflows_terminal, r.acked_submits), (1, 1, 1));
+    assert_eq!(
+        (r.workflows, r.workflows_terminal, r.acked_submits),
+        (1, 1, 1)
+    );
     assert!(r.capacity_checks >= 3, "{}", r.capacity_checks);
 }
 
@@ -124,7 +133,11 @@ fn an_acknowledged_workflow_missing_from_the_log_is_a_g1_violation() {
     assert!(!r.ok());
     assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
     assert_eq!(r.violations[0].rule, "G1");
-    assert!(r.violations[0].detail.contains("wf-99"), "{}", r.violations[0].detail);
+    assert!(
+        r.violations[0].detail.contains("wf-99"),
+        "{}",
+        r.violations[0].detail
+    );
 }
 
 #[test]
@@ -141,7 +154,7 @@ fn a_node_over_its_capacity_at_an_index_is_a_g6_violation() {
     let mut log = Log::new();
     log.submit("k1");
     log.place();
-    // Break the state the replay starts from: the node advertises less than it holds.
+    // Break the state the replay starts from: the node holds an attempt it has no slot for.
     let mut r = Replay::new();
     let n = log.entries.len();
     for e in &log.entries[..n - 1] {
@@ -149,7 +162,8 @@ fn a_node_over_its_capacity_at_an_index_is_a_g6_violation() {
     }
     let mut broken = Replay::from_state({
         let mut s = log.state.clone();
-        s.sched.nodes.get_mut("n1").unwrap().capacity.cpu_milli = 0;
+        let n1 = s.sched.nodes.get_mut("n1").unwrap();
+        (n1.slots, n1.queue) = (0, 0);
         s
     });
     broken.entry(LogEntry {
@@ -189,7 +203,13 @@ fn leader_changes_and_replacements_are_measured() {
         epoch,
     }]);
     log.now += 1_500;
-    log.push(vec![Command::RegisterNode(node_info("n1", 2, 4_000, 8 << 30, vec![]))]);
+    log.push(vec![Command::RegisterNode(node_info(
+        "n1",
+        2,
+        4_000,
+        8 << 30,
+        vec![],
+    ))]);
     log.place();
     let r = log.replay(&[]);
     assert!(r.ok(), "{:?}", r.violations);

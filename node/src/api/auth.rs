@@ -466,7 +466,10 @@ mod tests {
         assert_eq!(required(&post, "/v1/servers"), Some(Role::Admin));
         assert_eq!(required(&post, "/v1/chaos/panic/raft"), Some(Role::Admin));
         assert_eq!(required(&post, "/v1/chaos/faults"), Some(Role::Admin));
-        assert_eq!(required(&Method::GET, "/v1/chaos/faults"), Some(Role::Admin));
+        assert_eq!(
+            required(&Method::GET, "/v1/chaos/faults"),
+            Some(Role::Admin)
+        );
         assert_eq!(required(&post, "/v1/chaos/verify"), Some(Role::Admin));
         assert_eq!(required(&Method::PUT, "/v1/workflows"), Some(Role::Admin));
     }

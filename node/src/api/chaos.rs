@@ -4,9 +4,9 @@
 //! the others pass it on over HTTP (a server looks the target's API up in the replicated state;
 //! a worker passes it to the leader, which does).
 
+use super::ApiError;
 use super::openapi::ErrorBody;
 use super::outbound::Outbound;
-use super::ApiError;
 use crate::chaos::Chaos;
 use crate::chaos::fault::FaultRequest;
 use axum::body::Body;
@@ -131,7 +131,10 @@ pub(super) async fn inject(
     if hops >= 2 {
         return Err(ApiError(
             StatusCode::CONFLICT,
-            format!("the fault for {} was passed on twice without reaching it; retry", req.node),
+            format!(
+                "the fault for {} was passed on twice without reaching it; retry",
+                req.node
+            ),
         ));
     }
     let target = match (&api.raft, api.api_of(&req.node)) {
@@ -142,12 +145,24 @@ pub(super) async fn inject(
                 req.node
             )));
         }
-        (None, None) => api
-            .leader()
-            .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "no leader known yet; retry".into()))?,
+        (None, None) => api.leader().ok_or_else(|| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no leader known yet; retry".into(),
+            )
+        })?,
     };
     let body = serde_json::to_vec(&req).map_err(|e| ApiError::bad(e.to_string()))?;
-    pass_on(&api.outbound, &target, Method::POST, "/v1/chaos/faults", body, &headers, hops + 1).await
+    pass_on(
+        &api.outbound,
+        &target,
+        Method::POST,
+        "/v1/chaos/faults",
+        body,
+        &headers,
+        hops + 1,
+    )
+    .await
 }
 
 /// Sends a call on to another node's API, with the caller's token, and returns its answer.
@@ -173,13 +188,20 @@ pub(super) async fn pass_on(
     let unreachable = |why: String| {
         ApiError(
             StatusCode::BAD_GATEWAY,
-            format!("the node at {target} did not answer ({why}); it may be down or frozen already"),
+            format!(
+                "the node at {target} did not answer ({why}); it may be down or frozen already"
+            ),
         )
     };
     let resp = match tokio::time::timeout(PASS_ON_LIMIT, out.request(req)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return Err(unreachable(e.to_string())),
-        Err(_) => return Err(unreachable(format!("no answer in {}s", PASS_ON_LIMIT.as_secs()))),
+        Err(_) => {
+            return Err(unreachable(format!(
+                "no answer in {}s",
+                PASS_ON_LIMIT.as_secs()
+            )));
+        }
     };
     let status = resp.status();
     let bytes = axum::body::to_bytes(Body::new(resp.into_body()), 8 << 20)
@@ -190,7 +212,10 @@ pub(super) async fn pass_on(
     if status.is_success() {
         Ok((status, Json(v)))
     } else {
-        let msg = v["error"].as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+        let msg = v["error"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string());
         Err(ApiError(status, msg))
     }
 }
@@ -219,14 +244,19 @@ pub(super) async fn list(
     }
     let Some((engine, state)) = &api.raft else {
         // A worker: the leader knows the cluster (and asks this node back for its faults).
-        let target = api
-            .leader()
-            .ok_or_else(|| ApiError(StatusCode::SERVICE_UNAVAILABLE, "no leader known yet; retry".into()))?;
+        let target = api.leader().ok_or_else(|| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no leader known yet; retry".into(),
+            )
+        })?;
         return pass_on_get(&api.outbound, &target, "/v1/chaos/faults", &headers).await;
     };
     let st = engine.status();
     let nodes: Vec<(String, u64, String, bool)> = {
-        let m = state.read().map_err(|_| ApiError::bad("state lock poisoned"))?;
+        let m = state
+            .read()
+            .map_err(|_| ApiError::bad("state lock poisoned"))?;
         m.state
             .sched
             .nodes
@@ -242,7 +272,14 @@ pub(super) async fn list(
         let faults: Value = if id == api.node {
             json!(api.chaos.active())
         } else {
-            match pass_on_get(&api.outbound, &addr, "/v1/chaos/faults?local=true", &headers).await {
+            match pass_on_get(
+                &api.outbound,
+                &addr,
+                "/v1/chaos/faults?local=true",
+                &headers,
+            )
+            .await
+            {
                 Ok((_, Json(v))) => v["faults"].clone(),
                 Err(e) => json!({ "unreachable": e.1 }),
             }
@@ -259,7 +296,9 @@ pub(super) async fn list(
     }
     Ok((
         StatusCode::OK,
-        Json(json!({ "asked": api.node, "leader_id": st.leader_id, "term": st.term, "nodes": out })),
+        Json(
+            json!({ "asked": api.node, "leader_id": st.leader_id, "term": st.term, "nodes": out }),
+        ),
     ))
 }
 
@@ -268,6 +307,9 @@ async fn pass_on_get(out: &Outbound, target: &str, path: &str, headers: &HeaderM
     let f = pass_on(out, target, Method::GET, path, Vec::new(), headers, 2);
     match tokio::time::timeout(Duration::from_secs(2), f).await {
         Ok(r) => r,
-        Err(_) => Err(ApiError(StatusCode::BAD_GATEWAY, format!("{target} did not answer in 2s (frozen?)"))),
+        Err(_) => Err(ApiError(
+            StatusCode::BAD_GATEWAY,
+            format!("{target} did not answer in 2s (frozen?)"),
+        )),
     }
 }

@@ -60,17 +60,31 @@ pub(super) async fn verify(
         })
         .collect();
     let Some((engine, _)) = api.raft.clone() else {
-        let leader = api.leader_api.as_ref().and_then(|l| l.lock().ok().map(|a| a.clone()));
+        let leader = api
+            .leader_api
+            .as_ref()
+            .and_then(|l| l.lock().ok().map(|a| a.clone()));
         let Some(target) = leader.filter(|a| !a.is_empty()) else {
-            return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, "no leader known yet; retry".into()));
+            return Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no leader known yet; retry".into(),
+            ));
         };
         let list: Vec<Value> = acked
             .iter()
             .map(|a| json!({ "key": a.key, "workflow": a.workflow }))
             .collect();
         let body = serde_json::to_vec(&json!({ "acked": list })).unwrap_or_default();
-        return pass_on(&api.outbound, &target, Method::POST, "/v1/chaos/verify", body, &headers, 2)
-            .await;
+        return pass_on(
+            &api.outbound,
+            &target,
+            Method::POST,
+            "/v1/chaos/verify",
+            body,
+            &headers,
+            2,
+        )
+        .await;
     };
     let node = api.node.clone();
     let out = tokio::task::spawn_blocking(move || replay(&engine, &acked))
@@ -94,7 +108,11 @@ fn replay(
     // The bootstrap snapshot (index 1) is the empty state: a log that reaches back to index 2
     // is the whole history.
     let (mut replay, start, mut next) = if first.first_index <= 2 {
-        (Replay::new(), "the empty state (the whole history)".to_string(), 2)
+        (
+            Replay::new(),
+            "the empty state (the whole history)".to_string(),
+            2,
+        )
     } else {
         let (index, image) = engine.stored_snapshot().map_err(|e| e.to_string())?;
         let mut m = Machine::default();

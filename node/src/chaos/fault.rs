@@ -96,7 +96,11 @@ impl FaultRequest {
             },
             Kind::SkewClock => match self.skew_ms {
                 Some(s) if s != 0 && s.abs() <= SKEW_MAX_MS => {}
-                _ => return Err(format!("skew_ms: skew-clock needs a non-zero offset within ±{SKEW_MAX_MS} ms")),
+                _ => {
+                    return Err(format!(
+                        "skew_ms: skew-clock needs a non-zero offset within ±{SKEW_MAX_MS} ms"
+                    ));
+                }
             },
             Kind::Partition => {
                 if let Some(f) = &self.from {
@@ -182,15 +186,13 @@ mod tests {
 
     #[test]
     fn the_wire_names_are_kebab_case_and_unknown_fields_are_refused() {
-        let r: FaultRequest = serde_json::from_str(
-            r#"{"kind":"slow-disk","node":"n2","for_ms":500,"delay_ms":20}"#,
-        )
-        .unwrap();
+        let r: FaultRequest =
+            serde_json::from_str(r#"{"kind":"slow-disk","node":"n2","for_ms":500,"delay_ms":20}"#)
+                .unwrap();
         assert_eq!((r.kind, r.delay_ms), (Kind::SlowDisk, Some(20)));
         assert!(serde_json::from_str::<FaultRequest>(r#"{"kind":"melt","node":"n"}"#).is_err());
         assert!(
-            serde_json::from_str::<FaultRequest>(r#"{"kind":"kill","node":"n","forr":1}"#)
-                .is_err()
+            serde_json::from_str::<FaultRequest>(r#"{"kind":"kill","node":"n","forr":1}"#).is_err()
         );
     }
 }

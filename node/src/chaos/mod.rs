@@ -95,7 +95,11 @@ impl Chaos {
 
     /// Starts a fault on this node (the request is for this node and valid). Process faults act
     /// a moment later, after the answer is sent; the others heal by themselves after `for_ms`.
-    pub fn inject(self: &Arc<Self>, req: &FaultRequest, data_dir: PathBuf) -> Result<ActiveFault, String> {
+    pub fn inject(
+        self: &Arc<Self>,
+        req: &FaultRequest,
+        data_dir: PathBuf,
+    ) -> Result<ActiveFault, String> {
         req.validate()?;
         let now = system_ms();
         let fault = ActiveFault {
@@ -121,7 +125,10 @@ impl Chaos {
             Kind::Kill => {
                 process::spawn_restarter(&data_dir, req.for_ms)
                     .map_err(|e| format!("cannot start the restarter: {e}"))?;
-                tracing::warn!(for_ms = req.for_ms, "chaos: this node dies now (kill -9) and is restarted after the fault");
+                tracing::warn!(
+                    for_ms = req.for_ms,
+                    "chaos: this node dies now (kill -9) and is restarted after the fault"
+                );
                 std::thread::spawn(|| {
                     std::thread::sleep(ACT_AFTER);
                     process::kill_self()
@@ -130,7 +137,10 @@ impl Chaos {
             Kind::Pause => {
                 process::spawn_resumer(req.for_ms + ACT_AFTER.as_millis() as u64)
                     .map_err(|e| format!("cannot start the resumer: {e}"))?;
-                tracing::warn!(for_ms = req.for_ms, "chaos: this node freezes now (SIGSTOP)");
+                tracing::warn!(
+                    for_ms = req.for_ms,
+                    "chaos: this node freezes now (SIGSTOP)"
+                );
                 std::thread::spawn(|| {
                     std::thread::sleep(ACT_AFTER);
                     process::stop_self()
@@ -150,7 +160,8 @@ impl Chaos {
                 tracing::warn!("chaos: the next fsync of the raft log fails");
             }
             Kind::SkewClock => {
-                self.skew_ms.store(req.skew_ms.unwrap_or(0), Ordering::Release);
+                self.skew_ms
+                    .store(req.skew_ms.unwrap_or(0), Ordering::Release);
                 tracing::warn!(skew_ms = ?req.skew_ms, for_ms = req.for_ms, "chaos: wall clock skewed");
             }
         }

@@ -16,7 +16,10 @@ pub const PID_FILE: &str = "node.pid";
 
 /// This process's command line and environment as it started (before the node removed its
 /// secrets from its environment): a killed node comes back with exactly these.
-static ORIGINAL: OnceLock<(Vec<OsString>, Vec<(OsString, OsString)>)> = OnceLock::new();
+static ORIGINAL: OnceLock<Started> = OnceLock::new();
+
+/// A command line and an environment.
+type Started = (Vec<OsString>, Vec<(OsString, OsString)>);
 
 /// Call first thing in `main`, before the environment is changed.
 pub fn remember_command() {
@@ -25,10 +28,7 @@ pub fn remember_command() {
 
 /// Writes this process's pid to `data_dir/node.pid`.
 pub fn write_pid_file(data_dir: &Path) -> std::io::Result<()> {
-    std::fs::write(
-        data_dir.join(PID_FILE),
-        format!("{}\n", std::process::id()),
-    )
+    std::fs::write(data_dir.join(PID_FILE), format!("{}\n", std::process::id()))
 }
 
 /// The pid in `data_dir/node.pid`, if any.
@@ -79,7 +79,13 @@ pub fn spawn_restarter(data_dir: &Path, after_ms: u64) -> std::io::Result<()> {
     })?;
     let mut cmd = Command::new(exe()?);
     cmd.env_clear().envs(env.iter().cloned());
-    cmd.args(["chaos", "restarter", "--after-ms", &after_ms.to_string(), "--pid-file"]);
+    cmd.args([
+        "chaos",
+        "restarter",
+        "--after-ms",
+        &after_ms.to_string(),
+        "--pid-file",
+    ]);
     cmd.arg(data_dir.join(PID_FILE));
     cmd.arg("--");
     cmd.args(args.iter().skip(1));

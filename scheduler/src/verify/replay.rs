@@ -202,7 +202,9 @@ impl Replay {
             Command::Finished(list) => {
                 for rep in list {
                     let legal = may_accept(&self.state, &rep);
-                    let out = self.state.apply(at_ms, Command::Finished(vec![rep.clone()]));
+                    let out = self
+                        .state
+                        .apply(at_ms, Command::Finished(vec![rep.clone()]));
                     let accepted = matches!(out, Output::Counted { accepted: 1, .. });
                     let r = &mut self.report;
                     if !accepted {
@@ -231,9 +233,13 @@ impl Replay {
             }
             Command::NodeLost { node, epoch } => {
                 let held: BTreeMap<TaskRef, u32> = self.placed_on(&node);
-                let out = self
-                    .state
-                    .apply(at_ms, Command::NodeLost { node: node.clone(), epoch });
+                let out = self.state.apply(
+                    at_ms,
+                    Command::NodeLost {
+                        node: node.clone(),
+                        epoch,
+                    },
+                );
                 if out == Output::Done {
                     self.report.replacements.push(Replacement {
                         node,
@@ -345,7 +351,11 @@ impl Replay {
                     r.violate(
                         "G2",
                         0,
-                        format!("key {k:?} was answered {} but maps to {}", a.workflow, wf_name(*id)),
+                        format!(
+                            "key {k:?} was answered {} but maps to {}",
+                            a.workflow,
+                            wf_name(*id)
+                        ),
                     );
                 }
             }
