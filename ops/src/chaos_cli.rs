@@ -213,11 +213,12 @@ fn list(c: &Client, as_json: bool) -> anyhow::Result<()> {
             Value::Array(a) => a
                 .iter()
                 .map(|f| {
-                    format!(
-                        "{} (until {})",
-                        f["kind"].as_str().unwrap_or("?"),
-                        f["until_ms"]
-                    )
+                    let left = f["until_ms"]
+                        .as_u64()
+                        .unwrap_or(0)
+                        .saturating_sub(troupe_node::chaos::system_ms());
+                    let kind = f["kind"].as_str().unwrap_or("?");
+                    format!("{kind} ({} left)", troupe_scheduler::units::format_ms(left))
                 })
                 .collect::<Vec<_>>()
                 .join(", "),

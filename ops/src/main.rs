@@ -265,7 +265,9 @@ pub struct NodeOpts {
     /// Seconds between SIGTERM and SIGKILL when an attempt is stopped.
     #[arg(long, default_value_t = 5)]
     kill_grace_s: u64,
-    /// Serve POST /v1/chaos/panic/{actor} (supervision tests and chaos drills only).
+    /// Chaos drills only: serve the chaos API (`troupe chaos`: kill, pause, partition,
+    /// slow-disk, skew-clock, verify; POST /v1/chaos/panic/{actor}) and keep the compacted
+    /// Raft log for `troupe chaos verify` (the log then grows without bound). docs/chaos.md.
     #[arg(long)]
     fault_injection: bool,
     /// SIMULATION for tests and demos: advertise made-up GPUs instead of asking NVML
