@@ -67,6 +67,11 @@ impl Actor for RaftFacade {
         let open_args = args.clone();
         let engine = tokio::task::spawn_blocking(move || {
             let a = open_args;
+            let observers = (a.observers)();
+            // Ended attempts are noted from the first entry applied (replay and the node's
+            // registration included) when an observer wants them.
+            let mut machine = Machine::default();
+            machine.attempts.enabled = observers.iter().any(|o| o.wants_attempts());
             let args = HookArgs {
                 node: a.node.clone(),
                 incarnation: a.incarnation,
@@ -74,10 +79,10 @@ impl Actor for RaftFacade {
                 retain: a.retain,
                 audit_every: a.audit_every,
                 lease: a.lease.clone(),
-                observers: (a.observers)(),
+                observers,
             };
             let h = hook(args, (a.sink)());
-            Engine::open(a.config.clone(), Machine::default(), h)
+            Engine::open(a.config.clone(), machine, h)
         })
         .await??;
         let st = engine.handle().status();

@@ -12,7 +12,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableError};
 use serde::de::DeserializeOwned;
 
 use crate::error::RaftLogError;
-use crate::storage::{ARCHIVE, ENTRIES, K_HARD_STATE, K_SNAP_DATA, K_SNAP_META, META};
+use crate::storage::{ARCHIVE, ENTRIES, K_HARD_STATE, K_SNAP_META, META, SNAPSHOT};
 
 /// One committed entry: its index and term, the leader's timestamp and the commands in it
 /// (none for raft's no-op and configuration entries).
@@ -130,11 +130,12 @@ pub(crate) fn snapshot(db: &Database, path: &Path) -> Result<(u64, Vec<u8>), Raf
             .unwrap_or(0),
         None => 0,
     };
-    let data = meta
-        .get(K_SNAP_DATA)
-        .map_err(|e| dberr(e.into()))?
-        .map(|g| g.value().to_vec())
-        .unwrap_or_default();
+    let chunks = txn.open_table(SNAPSHOT).map_err(|e| dberr(e.into()))?;
+    let mut data = Vec::new();
+    for row in chunks.iter().map_err(|e| dberr(e.into()))? {
+        let (_, v) = row.map_err(|e| dberr(e.into()))?;
+        data.extend_from_slice(v.value());
+    }
     Ok((index, data))
 }
 

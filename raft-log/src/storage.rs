@@ -24,20 +24,30 @@ pub(crate) const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("ra
 /// Committed entries removed by compaction, kept when `keep_compacted` is on (same layout).
 pub(crate) const ARCHIVE: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_archive");
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+/// The snapshot image, in chunks of [`SNAP_CHUNK`] bytes keyed 0, 1, ... Apart from `META` on
+/// purpose: redb keeps a value inside its B-tree leaf, so a snapshot stored next to the hard
+/// state made every Ready's hard-state write copy a leaf as large as the whole state (the
+/// cost of each commit grew with the state: format 1).
+pub(crate) const SNAPSHOT: TableDefinition<u32, &[u8]> = TableDefinition::new("raft_snapshot");
+/// Bytes of one snapshot chunk.
+const SNAP_CHUNK: usize = 1 << 20;
 
 const K_FORMAT: &str = "format";
 pub(crate) const K_HARD_STATE: &str = "hard_state";
 const K_CONF_STATE: &str = "conf_state";
 pub(crate) const K_SNAP_META: &str = "snapshot_meta";
-pub(crate) const K_SNAP_DATA: &str = "snapshot_data";
+/// Where format 1 kept the snapshot image (in `META`); moved to `SNAPSHOT` on open.
+const K_SNAP_DATA_V1: &str = "snapshot_data";
 const K_TRUNCATED: &str = "truncated";
 
 type EntriesTable<'t> = redb::Table<'t, u64, &'static [u8]>;
 type MetaTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
 type TxnResult = Result<(), redb::Error>;
 
-/// Layout version of the tables above.
-const FORMAT_VERSION: u16 = 1;
+/// Layout version of the tables above. 2: the snapshot image in its own table (format 1 kept
+/// it in `META`; a format-1 file is migrated on open, and a build that reads only format 1
+/// refuses a format-2 file instead of restoring without its snapshot).
+const FORMAT_VERSION: u16 = 2;
 /// redb page cache; small on purpose (idle node RSS target is 30 MB).
 const CACHE_BYTES: usize = 8 << 20;
 
@@ -107,7 +117,9 @@ impl RedbStorage {
         let txn = db.begin_write().map_err(|e| dberr(e.into()))?;
         txn.open_table(ENTRIES).map_err(|e| dberr(e.into()))?;
         txn.open_table(META).map_err(|e| dberr(e.into()))?;
+        txn.open_table(SNAPSHOT).map_err(|e| dberr(e.into()))?;
         txn.commit().map_err(|e| dberr(e.into()))?;
+        migrate_v1(&db).map_err(dberr)?;
 
         let rtxn = db.begin_read().map_err(|e| dberr(e.into()))?;
         let meta = rtxn.open_table(META).map_err(|e| dberr(e.into()))?;
@@ -120,6 +132,7 @@ impl RedbStorage {
         if let Some(f) = get(K_FORMAT)?
             && f != FORMAT_VERSION.to_le_bytes()
         {
+            // (A format-1 file was migrated above and says 2 now.)
             return Err(RaftLogError::Incompatible {
                 path: path.to_path_buf(),
                 detail: format!("raft-log table format {f:?}, this build reads {FORMAT_VERSION}"),
@@ -228,11 +241,10 @@ impl RedbStorage {
             commit: 1,
             ..Default::default()
         };
-        self.write(true, |et, mt| {
+        self.write_snapshot(true, Some(data), |et, mt| {
             et.retain(|_, _| false)?;
             mt.insert(K_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
             mt.insert(K_SNAP_META, pb(&meta)?.as_slice())?;
-            mt.insert(K_SNAP_DATA, data)?;
             mt.insert(K_CONF_STATE, pb(meta.get_conf_state())?.as_slice())?;
             mt.insert(K_TRUNCATED, pair_bytes(1, 1).as_slice())?;
             mt.insert(K_HARD_STATE, pb(&hs)?.as_slice())?;
@@ -293,7 +305,7 @@ impl RedbStorage {
             }
         }
         let commit = self.hard_state.commit;
-        self.write_archiving(sync, |et, mt, archive| {
+        self.write_archiving(sync, snap.map(|s| s.get_data()), |et, mt, archive| {
             if let Some(s) = snap {
                 let m = s.get_metadata();
                 if let Some(a) = archive {
@@ -301,7 +313,6 @@ impl RedbStorage {
                 }
                 et.retain(|_, _| false)?;
                 mt.insert(K_SNAP_META, pb(m)?.as_slice())?;
-                mt.insert(K_SNAP_DATA, s.get_data())?;
                 mt.insert(K_CONF_STATE, pb(m.get_conf_state())?.as_slice())?;
                 mt.insert(K_TRUNCATED, pair_bytes(m.index, m.term).as_slice())?;
             }
@@ -390,9 +401,8 @@ impl RedbStorage {
         let mut hs = self.hard_state.clone();
         hs.commit = hs.commit.max(meta.index);
         let before = self.truncated.0;
-        self.write_archiving(true, |et, mt, archive| {
+        self.write_archiving(true, Some(data), |et, mt, archive| {
             mt.insert(K_SNAP_META, pb(&meta)?.as_slice())?;
-            mt.insert(K_SNAP_DATA, data)?;
             mt.insert(K_TRUNCATED, pair_bytes(truncated.0, truncated.1).as_slice())?;
             mt.insert(K_HARD_STATE, pb(&hs)?.as_slice())?;
             if truncated.0 > before {
@@ -421,7 +431,7 @@ impl RedbStorage {
             return Ok(());
         }
         let term = self.cached_term(idx).unwrap_or(self.snap_meta.term);
-        self.write_archiving(true, |et, mt, archive| {
+        self.write_archiving(true, None, |et, mt, archive| {
             if let Some(a) = archive {
                 archive_range(et, a, idx)?;
             }
@@ -438,7 +448,7 @@ impl RedbStorage {
     /// Makes every earlier commit durable (one fsync), whatever `fsync` says. Used at shutdown.
     pub(crate) fn flush(&mut self) -> Result<(), RaftLogError> {
         let hs = self.hard_state.clone();
-        self.write_with(Durability::Immediate, |_, mt| {
+        self.write_with(Durability::Immediate, None, |_, mt| {
             mt.insert(K_HARD_STATE, pb(&hs)?.as_slice())?;
             Ok(())
         })
@@ -450,8 +460,7 @@ impl RedbStorage {
 
     /// The stored snapshot image (empty if none).
     pub(crate) fn snapshot_data(&self) -> Result<Vec<u8>, RaftLogError> {
-        self.read_meta(K_SNAP_DATA)
-            .map(Option::unwrap_or_default)
+        self.read_snapshot()
             .map_err(|e| self.storage_error(e.to_string()))
     }
 
@@ -491,10 +500,15 @@ impl RedbStorage {
         }
     }
 
-    fn read_meta(&self, key: &str) -> Result<Option<Vec<u8>>, redb::Error> {
+    /// The stored snapshot image, its chunks joined (empty if none).
+    fn read_snapshot(&self) -> Result<Vec<u8>, redb::Error> {
         let txn = self.db.begin_read()?;
-        let t = txn.open_table(META)?;
-        Ok(t.get(key)?.map(|g| g.value().to_vec()))
+        let t = txn.open_table(SNAPSHOT)?;
+        let mut data = Vec::new();
+        for item in t.iter()? {
+            data.extend_from_slice(item?.1.value());
+        }
+        Ok(data)
     }
 
     /// Runs `f` in one write transaction; Immediate durability when `sync && self.fsync`.
@@ -503,26 +517,25 @@ impl RedbStorage {
         sync: bool,
         f: impl FnOnce(&mut EntriesTable<'_>, &mut MetaTable<'_>) -> TxnResult,
     ) -> Result<(), RaftLogError> {
-        let durability = if sync && self.fsync {
-            Durability::Immediate
-        } else {
-            Durability::None
-        };
-        self.write_with(durability, f)
+        self.write_archiving(sync, None, |et, mt, _| f(et, mt))
     }
 
-    fn write_with(
+    /// [`Self::write`], also replacing the stored snapshot image with `snap` when given.
+    fn write_snapshot(
         &self,
-        durability: Durability,
+        sync: bool,
+        snap: Option<&[u8]>,
         f: impl FnOnce(&mut EntriesTable<'_>, &mut MetaTable<'_>) -> TxnResult,
     ) -> Result<(), RaftLogError> {
-        self.write_full(durability, |et, mt, _| f(et, mt))
+        self.write_archiving(sync, snap, |et, mt, _| f(et, mt))
     }
 
-    /// [`Self::write`] that also hands out the archive table when compaction archives.
+    /// [`Self::write_snapshot`] that also hands out the archive table when compaction
+    /// archives (chaos mode).
     fn write_archiving(
         &self,
         sync: bool,
+        snap: Option<&[u8]>,
         f: impl FnOnce(
             &mut EntriesTable<'_>,
             &mut MetaTable<'_>,
@@ -534,12 +547,24 @@ impl RedbStorage {
         } else {
             Durability::None
         };
-        self.write_full(durability, f)
+        self.write_full(durability, snap, f)
     }
 
+    fn write_with(
+        &self,
+        durability: Durability,
+        snap: Option<&[u8]>,
+        f: impl FnOnce(&mut EntriesTable<'_>, &mut MetaTable<'_>) -> TxnResult,
+    ) -> Result<(), RaftLogError> {
+        self.write_full(durability, snap, |et, mt, _| f(et, mt))
+    }
+
+    /// One write transaction. A durable (fsync'ed) one first goes through the injected disk
+    /// faults (chaos mode): a delay, or a failure before anything is written.
     fn write_full(
         &self,
         durability: Durability,
+        snap: Option<&[u8]>,
         f: impl FnOnce(
             &mut EntriesTable<'_>,
             &mut MetaTable<'_>,
@@ -566,6 +591,10 @@ impl RedbStorage {
                 None
             };
             f(&mut et, &mut mt, at.as_mut()).map_err(err)?;
+            if let Some(data) = snap {
+                let mut st = txn.open_table(SNAPSHOT).map_err(|e| err(e.into()))?;
+                put_snapshot(&mut st, data).map_err(err)?;
+            }
         }
         txn.commit().map_err(|e| err(e.into()))
     }
@@ -577,6 +606,43 @@ fn archive_range(et: &EntriesTable<'_>, archive: &mut EntriesTable<'_>, upto: u6
         let (k, v) = row?;
         archive.insert(k.value(), v.value())?;
     }
+    Ok(())
+}
+
+/// Replaces the snapshot table's chunks with `data`'s.
+fn put_snapshot(st: &mut redb::Table<'_, u32, &'static [u8]>, data: &[u8]) -> TxnResult {
+    st.retain(|_, _| false)?;
+    for (i, chunk) in data.chunks(SNAP_CHUNK).enumerate() {
+        let key = u32::try_from(i)
+            .map_err(|_| redb::Error::Corrupted("snapshot over 4 PiB".to_string()))?;
+        st.insert(key, chunk)?;
+    }
+    Ok(())
+}
+
+/// Moves a format-1 file's snapshot image from `META` into `SNAPSHOT`, in one transaction,
+/// and marks the file format 2. Nothing to do on a fresh or a format-2 file.
+fn migrate_v1(db: &Database) -> TxnResult {
+    let txn = db.begin_write()?;
+    {
+        let mut mt = txn.open_table(META)?;
+        let v1 = 1u16.to_le_bytes();
+        if mt.get(K_FORMAT)?.map(|f| f.value() == v1.as_slice()) != Some(true) {
+            return Ok(());
+        }
+        let data = mt
+            .remove(K_SNAP_DATA_V1)?
+            .map(|g| g.value().to_vec())
+            .unwrap_or_default();
+        let mut st = txn.open_table(SNAPSHOT)?;
+        put_snapshot(&mut st, &data)?;
+        mt.insert(K_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
+        tracing::info!(
+            bytes = data.len(),
+            "raft log migrated from table format 1 to 2"
+        );
+    }
+    txn.commit()?;
     Ok(())
 }
 
