@@ -43,10 +43,15 @@ pub struct FacadeArgs {
     pub sink: Box<dyn Fn() -> Box<dyn EffectSink> + Send + Sync>,
     /// Made again at each open: watchers of what was applied (alerts, traces).
     pub observers: Box<dyn Fn() -> Vec<Box<dyn Observer>> + Send + Sync>,
+    /// Called with the error when the engine stopped because the disk failed (a write or an
+    /// fsync of the log failed, the disk is full): the node stops instead of reopening the log
+    /// over a disk it cannot trust (fail-stop). Without it the supervisor restarts the facade.
+    pub on_disk_failure: Option<Box<dyn Fn(String) + Send + Sync>>,
 }
 
 pub struct FacadeState {
     engine: Option<Engine<Machine>>,
+    args: Arc<FacadeArgs>,
 }
 
 impl Actor for RaftFacade {
@@ -85,6 +90,7 @@ impl Actor for RaftFacade {
         me.send_interval(WATCH_EVERY, || FacadeMsg::Watch);
         Ok(FacadeState {
             engine: Some(engine),
+            args,
         })
     }
 
@@ -117,6 +123,14 @@ impl Actor for RaftFacade {
             FacadeMsg::Watch => {
                 let status = engine.handle().status();
                 if !status.running {
+                    if let (Some(f), Some(stop)) = (
+                        engine.handle().failure().filter(|f| f.disk),
+                        st.args.on_disk_failure.as_ref(),
+                    ) {
+                        tracing::error!(error = %f.message, "the disk under the raft log failed; stopping the node (fail-stop)");
+                        stop(format!("the raft log's disk failed: {}", f.message));
+                        return Ok(());
+                    }
                     tracing::error!(
                         applied = status.applied,
                         "the raft engine thread stopped (see the error above); failing the raft facade so its supervisor acts"

@@ -8,6 +8,7 @@
 //! `cargo build -p troupe-ops`; `.ci/run` does).
 
 pub mod browser;
+pub mod chaos_run;
 
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};

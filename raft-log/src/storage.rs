@@ -20,20 +20,22 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 
 use crate::error::RaftLogError;
 
-const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_entries");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+pub(crate) const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_entries");
+/// Committed entries removed by compaction, kept when `keep_compacted` is on (same layout).
+pub(crate) const ARCHIVE: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_archive");
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 /// The snapshot image, in chunks of [`SNAP_CHUNK`] bytes keyed 0, 1, ... Apart from `META` on
 /// purpose: redb keeps a value inside its B-tree leaf, so a snapshot stored next to the hard
 /// state made every Ready's hard-state write copy a leaf as large as the whole state (the
 /// cost of each commit grew with the state: format 1).
-const SNAPSHOT: TableDefinition<u32, &[u8]> = TableDefinition::new("raft_snapshot");
+pub(crate) const SNAPSHOT: TableDefinition<u32, &[u8]> = TableDefinition::new("raft_snapshot");
 /// Bytes of one snapshot chunk.
 const SNAP_CHUNK: usize = 1 << 20;
 
 const K_FORMAT: &str = "format";
-const K_HARD_STATE: &str = "hard_state";
+pub(crate) const K_HARD_STATE: &str = "hard_state";
 const K_CONF_STATE: &str = "conf_state";
-const K_SNAP_META: &str = "snapshot_meta";
+pub(crate) const K_SNAP_META: &str = "snapshot_meta";
 /// Where format 1 kept the snapshot image (in `META`); moved to `SNAPSHOT` on open.
 const K_SNAP_DATA_V1: &str = "snapshot_data";
 const K_TRUNCATED: &str = "truncated";
@@ -51,7 +53,12 @@ const CACHE_BYTES: usize = 8 << 20;
 
 /// The redb-backed raft log. Owned by the `RawNode` on the engine thread.
 pub(crate) struct RedbStorage {
-    db: Database,
+    /// Shared (weakly) with readers of the committed history (`EngineHandle::read_log`).
+    db: std::sync::Arc<Database>,
+    /// Injected disk faults (chaos mode).
+    faults: Option<std::sync::Arc<crate::DiskFaults>>,
+    /// Compaction moves entries to [`ARCHIVE`] instead of deleting them.
+    archive: bool,
     path: PathBuf,
     fsync: bool,
     hard_state: HardState,
@@ -171,7 +178,9 @@ impl RedbStorage {
         drop(rtxn);
 
         let store = RedbStorage {
-            db,
+            db: std::sync::Arc::new(db),
+            faults: None,
+            archive: false,
             path: path.to_path_buf(),
             fsync,
             hard_state,
@@ -193,6 +202,21 @@ impl RedbStorage {
             )));
         }
         Ok(store)
+    }
+
+    /// Chaos mode: injected disk faults, and whether compaction archives entries.
+    pub(crate) fn set_chaos(
+        &mut self,
+        faults: Option<std::sync::Arc<crate::DiskFaults>>,
+        archive: bool,
+    ) {
+        self.faults = faults;
+        self.archive = archive;
+    }
+
+    /// The database, for readers of the committed history on other threads.
+    pub(crate) fn database(&self) -> std::sync::Weak<Database> {
+        std::sync::Arc::downgrade(&self.db)
     }
 
     /// True once [`Self::bootstrap`] ran or a snapshot was installed.
@@ -280,9 +304,13 @@ impl RedbStorage {
                 assert_eq!(e.index, first.index + i as u64, "non-contiguous append");
             }
         }
-        self.write_snapshot(sync, snap.map(|s| s.get_data()), |et, mt| {
+        let commit = self.hard_state.commit;
+        self.write_archiving(sync, snap.map(|s| s.get_data()), |et, mt, archive| {
             if let Some(s) = snap {
                 let m = s.get_metadata();
+                if let Some(a) = archive {
+                    archive_range(et, a, commit.min(m.index))?;
+                }
                 et.retain(|_, _| false)?;
                 mt.insert(K_SNAP_META, pb(m)?.as_slice())?;
                 mt.insert(K_CONF_STATE, pb(m.get_conf_state())?.as_slice())?;
@@ -372,11 +400,15 @@ impl RedbStorage {
         };
         let mut hs = self.hard_state.clone();
         hs.commit = hs.commit.max(meta.index);
-        self.write_snapshot(true, Some(data), |et, mt| {
+        let before = self.truncated.0;
+        self.write_archiving(true, Some(data), |et, mt, archive| {
             mt.insert(K_SNAP_META, pb(&meta)?.as_slice())?;
             mt.insert(K_TRUNCATED, pair_bytes(truncated.0, truncated.1).as_slice())?;
             mt.insert(K_HARD_STATE, pb(&hs)?.as_slice())?;
-            if truncated.0 > self.truncated.0 {
+            if truncated.0 > before {
+                if let Some(a) = archive {
+                    archive_range(et, a, truncated.0)?;
+                }
                 et.retain_in(..=truncated.0, |_, _| false)?;
             }
             Ok(())
@@ -399,7 +431,10 @@ impl RedbStorage {
             return Ok(());
         }
         let term = self.cached_term(idx).unwrap_or(self.snap_meta.term);
-        self.write(true, |et, mt| {
+        self.write_archiving(true, None, |et, mt, archive| {
+            if let Some(a) = archive {
+                archive_range(et, a, idx)?;
+            }
             et.retain_in(..=idx, |_, _| false)?;
             mt.insert(K_TRUNCATED, pair_bytes(idx, term).as_slice())?;
             Ok(())
@@ -482,7 +517,7 @@ impl RedbStorage {
         sync: bool,
         f: impl FnOnce(&mut EntriesTable<'_>, &mut MetaTable<'_>) -> TxnResult,
     ) -> Result<(), RaftLogError> {
-        self.write_snapshot(sync, None, f)
+        self.write_archiving(sync, None, |et, mt, _| f(et, mt))
     }
 
     /// [`Self::write`], also replacing the stored snapshot image with `snap` when given.
@@ -492,12 +527,27 @@ impl RedbStorage {
         snap: Option<&[u8]>,
         f: impl FnOnce(&mut EntriesTable<'_>, &mut MetaTable<'_>) -> TxnResult,
     ) -> Result<(), RaftLogError> {
+        self.write_archiving(sync, snap, |et, mt, _| f(et, mt))
+    }
+
+    /// [`Self::write_snapshot`] that also hands out the archive table when compaction
+    /// archives (chaos mode).
+    fn write_archiving(
+        &self,
+        sync: bool,
+        snap: Option<&[u8]>,
+        f: impl FnOnce(
+            &mut EntriesTable<'_>,
+            &mut MetaTable<'_>,
+            Option<&mut EntriesTable<'_>>,
+        ) -> TxnResult,
+    ) -> Result<(), RaftLogError> {
         let durability = if sync && self.fsync {
             Durability::Immediate
         } else {
             Durability::None
         };
-        self.write_with(durability, snap, f)
+        self.write_full(durability, snap, f)
     }
 
     fn write_with(
@@ -506,13 +556,41 @@ impl RedbStorage {
         snap: Option<&[u8]>,
         f: impl FnOnce(&mut EntriesTable<'_>, &mut MetaTable<'_>) -> TxnResult,
     ) -> Result<(), RaftLogError> {
+        self.write_full(durability, snap, |et, mt, _| f(et, mt))
+    }
+
+    /// One write transaction. A durable (fsync'ed) one first goes through the injected disk
+    /// faults (chaos mode): a delay, or a failure before anything is written.
+    fn write_full(
+        &self,
+        durability: Durability,
+        snap: Option<&[u8]>,
+        f: impl FnOnce(
+            &mut EntriesTable<'_>,
+            &mut MetaTable<'_>,
+            Option<&mut EntriesTable<'_>>,
+        ) -> TxnResult,
+    ) -> Result<(), RaftLogError> {
         let err = |e: redb::Error| RaftLogError::from_redb(&self.path, e);
+        if matches!(durability, Durability::Immediate)
+            && let Some(f) = &self.faults
+        {
+            f.before_fsync().map_err(|source| RaftLogError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        }
         let mut txn = self.db.begin_write().map_err(|e| err(e.into()))?;
         txn.set_durability(durability).map_err(|e| err(e.into()))?;
         {
             let mut et = txn.open_table(ENTRIES).map_err(|e| err(e.into()))?;
             let mut mt = txn.open_table(META).map_err(|e| err(e.into()))?;
-            f(&mut et, &mut mt).map_err(err)?;
+            let mut at = if self.archive {
+                Some(txn.open_table(ARCHIVE).map_err(|e| err(e.into()))?)
+            } else {
+                None
+            };
+            f(&mut et, &mut mt, at.as_mut()).map_err(err)?;
             if let Some(data) = snap {
                 let mut st = txn.open_table(SNAPSHOT).map_err(|e| err(e.into()))?;
                 put_snapshot(&mut st, data).map_err(err)?;
@@ -520,6 +598,15 @@ impl RedbStorage {
         }
         txn.commit().map_err(|e| err(e.into()))
     }
+}
+
+/// Copies the entries `<= upto` into the archive table (inside the caller's transaction).
+fn archive_range(et: &EntriesTable<'_>, archive: &mut EntriesTable<'_>, upto: u64) -> TxnResult {
+    for row in et.range(..=upto)? {
+        let (k, v) = row?;
+        archive.insert(k.value(), v.value())?;
+    }
+    Ok(())
 }
 
 /// Replaces the snapshot table's chunks with `data`'s.
