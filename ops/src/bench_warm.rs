@@ -44,10 +44,31 @@ pub(crate) fn spec(
     item_ms: f64,
 ) -> String {
     let argv = format!(
-        "\"python3\", \"{}\", \"{load_s}\", \"{item_ms}\"",
+        "{:?}, \"{}\", \"{load_s}\", \"{item_ms}\"",
+        python(),
         script.display()
     );
     spec_argv(&argv, n, batch)
+}
+
+/// The Python interpreter by its real path (`sys.executable`), found once. A `python3` on the
+/// PATH may be a version manager's shim (pyenv's is a shell script): on this machine it adds
+/// 60-150 ms to every worker start, which is not Troupe's and which Ray's figure does not pay
+/// (its worker processes are started by `ray.init()`, before the timing). Falls back to
+/// `python3`.
+fn python() -> &'static str {
+    static PY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PY.get_or_init(|| {
+        std::process::Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "python3".to_string())
+    })
 }
 
 fn spec_argv(argv: &str, n: u64, batch: u32) -> String {
