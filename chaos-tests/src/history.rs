@@ -8,7 +8,8 @@ use crate::TestNode;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 pub use troupe_scheduler::history::{Kind, Op, Outcome, Phase, Report, Ret, Violation, check};
 
@@ -76,24 +77,11 @@ impl Recorder {
         }
     }
 
-    fn call(&self, node: &TestNode, path: &str, body: Option<&Value>) -> (u16, Value) {
-        let url = format!("{}{path}", node.api);
-        let auth = node.token.as_ref().map(|t| format!("Bearer {t}"));
+    fn call(&self, api: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let url = format!("{api}{path}");
         let r = match body {
-            Some(b) => {
-                let mut r = self.agent.post(&url);
-                if let Some(a) = &auth {
-                    r = r.header("authorization", a);
-                }
-                r.send_json(b)
-            }
-            None => {
-                let mut r = self.agent.get(&url);
-                if let Some(a) = &auth {
-                    r = r.header("authorization", a);
-                }
-                r.call()
-            }
+            Some(b) => self.agent.post(&url).send_json(b),
+            None => self.agent.get(&url).call(),
         };
         match r {
             Ok(mut r) => {
@@ -105,15 +93,16 @@ impl Recorder {
         }
     }
 
-    fn now(&self) -> u64 {
+    /// Microseconds since the recorder was made (the clock of its history).
+    pub fn elapsed_us(&self) -> u64 {
         self.start.elapsed().as_micros() as u64
     }
 
     /// Records `kind` around `call`, which returns its outcome.
     pub fn record(&self, client: u32, kind: Kind, call: impl FnOnce() -> Outcome) -> Outcome {
-        let invoke = self.now();
+        let invoke = self.elapsed_us();
         let outcome = call();
-        let complete = (!matches!(outcome, Outcome::Unknown)).then(|| self.now());
+        let complete = (!matches!(outcome, Outcome::Unknown)).then(|| self.elapsed_us());
         self.ops.lock().unwrap_or_else(|e| e.into_inner()).push(Op {
             client,
             kind,
@@ -124,8 +113,8 @@ impl Recorder {
         outcome
     }
 
-    /// `POST /v1/workflows` with this key (if any). 201/200 give the id.
-    pub fn submit(&self, client: u32, node: &TestNode, spec: &str, key: Option<&str>) -> Outcome {
+    /// `POST API/v1/workflows` with this key (`api`: `http://ADDR`) (if any). 201/200 give the id.
+    pub fn submit(&self, client: u32, api: &str, spec: &str, key: Option<&str>) -> Outcome {
         let kind = Kind::Submit {
             key: key.map(str::to_string),
             digest: digest(spec),
@@ -135,7 +124,7 @@ impl Recorder {
             if let Some(k) = key {
                 body["idempotency_key"] = json!(k);
             }
-            let (code, v) = self.call(node, "/v1/workflows", Some(&body));
+            let (code, v) = self.call(api, "/v1/workflows", Some(&body));
             match (code, classify(code, &v)) {
                 (_, Ok(())) => match v["id"].as_str() {
                     Some(id) => Outcome::Ok(Ret::Submitted {
@@ -154,9 +143,9 @@ impl Recorder {
     }
 
     /// `GET /v1/workflows/ID` (404: absent).
-    pub fn status(&self, client: u32, node: &TestNode, wf: &str) -> Outcome {
+    pub fn status(&self, client: u32, api: &str, wf: &str) -> Outcome {
         self.record(client, Kind::Status { wf: wf.into() }, || {
-            let (code, v) = self.call(node, &format!("/v1/workflows/{wf}"), None);
+            let (code, v) = self.call(api, &format!("/v1/workflows/{wf}"), None);
             if code == 404 {
                 return Outcome::Ok(Ret::Status(Phase::Absent));
             }
@@ -173,13 +162,13 @@ impl Recorder {
         })
     }
 
-    fn action(&self, client: u32, node: &TestNode, wf: &str, action: &str) -> Outcome {
+    fn action(&self, client: u32, api: &str, wf: &str, action: &str) -> Outcome {
         let kind = match action {
             "cancel" => Kind::Cancel { wf: wf.into() },
             _ => Kind::Redrive { wf: wf.into() },
         };
         self.record(client, kind, || {
-            let (code, v) = self.call(node, &format!("/v1/workflows/{wf}/{action}"), Some(&json!({})));
+            let (code, v) = self.call(api, &format!("/v1/workflows/{wf}/{action}"), Some(&json!({})));
             match (code, classify(code, &v)) {
                 (_, Ok(())) => Outcome::Ok(Ret::Done),
                 (409, _) => Outcome::Ok(Ret::Refused),
@@ -189,13 +178,13 @@ impl Recorder {
         })
     }
 
-    pub fn cancel(&self, client: u32, node: &TestNode, wf: &str) -> Outcome {
-        self.action(client, node, wf, "cancel")
+    pub fn cancel(&self, client: u32, api: &str, wf: &str) -> Outcome {
+        self.action(client, api, wf, "cancel")
     }
 
     /// `POST /v1/workflows/ID/retry`.
-    pub fn redrive(&self, client: u32, node: &TestNode, wf: &str) -> Outcome {
-        self.action(client, node, wf, "retry")
+    pub fn redrive(&self, client: u32, api: &str, wf: &str) -> Outcome {
+        self.action(client, api, wf, "retry")
     }
 
     pub fn ops(&self) -> Vec<Op> {
@@ -270,4 +259,165 @@ pub fn present(node: &TestNode) -> Option<BTreeSet<String>> {
             .filter_map(|w| w["id"].as_str().map(str::to_string))
             .collect(),
     )
+}
+
+/// Client threads that submit keyed workflows, read their status and now and then send a key
+/// again (same spec), recording everything, until stopped (or `OPS_MAX` operations each).
+pub struct Workload {
+    pub rec: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Operations per client at most (every loop is bounded).
+pub const OPS_MAX: u32 = 2_000;
+
+impl Workload {
+    /// `clients` threads over `apis` (round-robin, a failed call moves to the next), each
+    /// submitting `spec(client, n)` under key `c<client>-<n>`, pausing `pace` between ops.
+    pub fn start(
+        rec: Arc<Recorder>,
+        apis: Vec<String>,
+        clients: u32,
+        pace: Duration,
+        spec: fn(u32, u32) -> String,
+    ) -> Workload {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..clients)
+            .map(|c| {
+                let (rec, stop, apis) = (rec.clone(), stop.clone(), apis.clone());
+                std::thread::spawn(move || client(c, &rec, &stop, &apis, pace, spec))
+            })
+            .collect();
+        Workload { rec, stop, threads }
+    }
+
+    /// Stops the clients and waits for them (each finishes its current call).
+    pub fn stop(mut self) -> Arc<Recorder> {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.rec.clone()
+    }
+}
+
+fn client(
+    c: u32,
+    rec: &Recorder,
+    stop: &AtomicBool,
+    apis: &[String],
+    pace: Duration,
+    spec: fn(u32, u32) -> String,
+) {
+    let mut at = c as usize;
+    let mut acked: Vec<(u32, String)> = Vec::new();
+    let mut n = 0;
+    for op in 0..OPS_MAX {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let api = &apis[at % apis.len()];
+        let out = match op % 4 {
+            // Submit a new key, or send an old one again (its id must come back).
+            // Once in a while, another spec under a key already acknowledged: must be a 409.
+            2 if op % 40 == 38 && !acked.is_empty() => {
+                let k = acked[0].0;
+                rec.submit(c, api, &spec(c, k + 100_000), Some(&format!("c{c}-{k}")))
+            }
+            0 | 2 => {
+                let again = op % 8 == 6 && !acked.is_empty();
+                let k = if again { acked[op as usize % acked.len()].0 } else { n };
+                let out = rec.submit(c, api, &spec(c, k), Some(&format!("c{c}-{k}")));
+                if let Outcome::Ok(Ret::Submitted { id, .. }) = &out
+                    && !again
+                {
+                    acked.push((k, id.clone()));
+                }
+                // A key whose answer was lost is sent again next time (same spec).
+                if !again && matches!(out, Outcome::Ok(_)) {
+                    n += 1;
+                }
+                out
+            }
+            _ => match acked.last() {
+                Some((_, id)) => rec.status(c, api, id),
+                None => continue,
+            },
+        };
+        if !matches!(out, Outcome::Ok(_)) {
+            at += 1;
+        }
+        std::thread::sleep(pace);
+    }
+}
+
+/// Waits (bounded) until no workflow runs, as the first of `apis` that answers sees it;
+/// returns every workflow id then present.
+pub fn settle(apis: &[String], limit: Duration) -> BTreeSet<String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let get = |url: String| -> Option<Value> {
+        let mut r = agent.get(&url).call().ok()?;
+        if r.status().as_u16() != 200 {
+            return None;
+        }
+        serde_json::from_str(&r.body_mut().read_to_string().ok()?).ok()
+    };
+    let deadline = Instant::now() + limit;
+    let mut last = String::new();
+    loop {
+        for api in apis {
+            let Some(running) = get(format!("{api}/v1/workflows?status=running&limit=10000")) else {
+                continue;
+            };
+            let n = running["workflows"].as_array().map(|a| a.len()).unwrap_or(usize::MAX);
+            if n == 0
+                && let Some(all) = get(format!("{api}/v1/workflows?limit=10000"))
+            {
+                return all["workflows"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|w| w["id"].as_str().map(str::to_string))
+                    .collect();
+            }
+            last = format!("{n} running at {api}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not settled in {limit:?}: {last}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits (bounded) until some node of `apis` answers `GET /v1/health` with `f` true; returns
+/// its index and answer.
+pub fn wait_health(
+    apis: &[String],
+    limit: Duration,
+    what: &str,
+    f: impl Fn(&Value) -> bool,
+) -> (usize, Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(1)))
+        .build()
+        .into();
+    let deadline = Instant::now() + limit;
+    loop {
+        for (i, api) in apis.iter().enumerate() {
+            if let Ok(mut r) = agent.get(&format!("{api}/v1/health")).call()
+                && let Ok(text) = r.body_mut().read_to_string()
+                && let Ok(v) = serde_json::from_str::<Value>(&text)
+                && f(&v)
+            {
+                return (i, v);
+            }
+        }
+        assert!(Instant::now() < deadline, "waited {limit:?} for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

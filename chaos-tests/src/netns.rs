@@ -204,10 +204,14 @@ impl Fabric {
             "--join".into(),
             join.join(","),
             "--api-listen".into(),
-            format!("{}:0", self.ip(i)),
+            format!("{}:7600", self.ip(i)),
             "--data".into(),
             dir.join(format!("n{}", i + 1)).display().to_string(),
         ]);
+        if self.net().is_some() {
+            // Reachable only from this test's namespaces and bridge.
+            args.push("--insecure-api".into());
+        }
         args
     }
 
