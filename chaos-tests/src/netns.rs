@@ -12,6 +12,9 @@
 //! they skipped. Everything made is deleted when the [`Net`] drops (namespaces take their veth
 //! ends with them), and names left by an earlier run that died are deleted before use.
 //!
+//! `TROUPE_TEST_NO_NETNS=1` makes [`Net::create`] fail, to run the fallbacks on a machine
+//! that has namespaces.
+//!
 //! Addresses: node `i` (0-based) of net `id` is `10.213.ID.(i+1)`, the bridge `10.213.ID.254`.
 
 use crate::{Cluster, TestNode};
@@ -74,6 +77,9 @@ impl Net {
     }
 
     fn build(&self) -> Result<(), String> {
+        if std::env::var_os("TROUPE_TEST_NO_NETNS").is_some() {
+            return Err("TROUPE_TEST_NO_NETNS is set".into());
+        }
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err("not root".into());
