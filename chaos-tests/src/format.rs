@@ -20,7 +20,8 @@ pub fn downgrade_snapshot(data_dir: &Path) -> Result<(usize, usize), String> {
         let r = db.begin_read().map_err(|e| e.to_string())?;
         let t = r.open_table(META).map_err(|e| e.to_string())?;
         let v = t.get(SNAP_DATA).map_err(|e| e.to_string())?;
-        v.map(|g| g.value().to_vec()).ok_or("no snapshot in the store")?
+        v.map(|g| g.value().to_vec())
+            .ok_or("no snapshot in the store")?
     };
     let (version, body) = match image.as_slice() {
         [a, b, rest @ ..] => (u16::from_le_bytes([*a, *b]), rest),
@@ -37,7 +38,8 @@ pub fn downgrade_snapshot(data_dir: &Path) -> Result<(usize, usize), String> {
     let w = db.begin_write().map_err(|e| e.to_string())?;
     {
         let mut t = w.open_table(META).map_err(|e| e.to_string())?;
-        t.insert(SNAP_DATA, v2.as_slice()).map_err(|e| e.to_string())?;
+        t.insert(SNAP_DATA, v2.as_slice())
+            .map_err(|e| e.to_string())?;
     }
     w.commit().map_err(|e| e.to_string())?;
     Ok((image.len(), v2.len()))

@@ -87,7 +87,10 @@ impl Recorder {
             Ok(mut r) => {
                 let status = r.status().as_u16();
                 let text = r.body_mut().read_to_string().unwrap_or_default();
-                (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+                (
+                    status,
+                    serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                )
             }
             Err(e) => (0, Value::String(e.to_string())),
         }
@@ -168,7 +171,11 @@ impl Recorder {
             _ => Kind::Redrive { wf: wf.into() },
         };
         self.record(client, kind, || {
-            let (code, v) = self.call(api, &format!("/v1/workflows/{wf}/{action}"), Some(&json!({})));
+            let (code, v) = self.call(
+                api,
+                &format!("/v1/workflows/{wf}/{action}"),
+                Some(&json!({})),
+            );
             match (code, classify(code, &v)) {
                 (_, Ok(())) => Outcome::Ok(Ret::Done),
                 (409, _) => Outcome::Ok(Ret::Refused),
@@ -327,7 +334,11 @@ fn client(
             }
             0 | 2 => {
                 let again = op % 8 == 6 && !acked.is_empty();
-                let k = if again { acked[op as usize % acked.len()].0 } else { n };
+                let k = if again {
+                    acked[op as usize % acked.len()].0
+                } else {
+                    n
+                };
                 let out = rec.submit(c, api, &spec(c, k), Some(&format!("c{c}-{k}")));
                 if let Outcome::Ok(Ret::Submitted { id, .. }) = &out
                     && !again
@@ -371,10 +382,14 @@ pub fn settle(apis: &[String], limit: Duration) -> BTreeSet<String> {
     let mut last = String::new();
     loop {
         for api in apis {
-            let Some(running) = get(format!("{api}/v1/workflows?status=running&limit=10000")) else {
+            let Some(running) = get(format!("{api}/v1/workflows?status=running&limit=10000"))
+            else {
                 continue;
             };
-            let n = running["workflows"].as_array().map(|a| a.len()).unwrap_or(usize::MAX);
+            let n = running["workflows"]
+                .as_array()
+                .map(|a| a.len())
+                .unwrap_or(usize::MAX);
             if n == 0
                 && let Some(all) = get(format!("{api}/v1/workflows?limit=10000"))
             {
@@ -388,7 +403,10 @@ pub fn settle(apis: &[String], limit: Duration) -> BTreeSet<String> {
             last = format!("{n} running at {api}");
             break;
         }
-        assert!(Instant::now() < deadline, "not settled in {limit:?}: {last}");
+        assert!(
+            Instant::now() < deadline,
+            "not settled in {limit:?}: {last}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }

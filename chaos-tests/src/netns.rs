@@ -86,13 +86,21 @@ impl Net {
         }
         let br = self.bridge.as_str();
         ip(&["link", "add", br, "type", "bridge"])?;
-        ip(&["addr", "add", &format!("10.213.{}.254/24", self.id), "dev", br])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("10.213.{}.254/24", self.id),
+            "dev",
+            br,
+        ])?;
         ip(&["link", "set", br, "up"])?;
         for i in 0..self.nodes {
             let ns = self.ns(i);
             let (host, peer) = (self.veth(i), format!("trp{}-{}", self.id, i + 1));
             ip(&["netns", "add", &ns])?;
-            ip(&["link", "add", &host, "type", "veth", "peer", "name", &peer, "netns", &ns])?;
+            ip(&[
+                "link", "add", &host, "type", "veth", "peer", "name", &peer, "netns", &ns,
+            ])?;
             ip(&["link", "set", &host, "master", br])?;
             ip(&["link", "set", &host, "up"])?;
             let a = format!("{}/24", self.addr(i));
@@ -120,7 +128,17 @@ impl Net {
     fn rule(&self, op: &str, at: usize, from: usize) -> Result<(), String> {
         let pref = format!("{}", 10 + from);
         let src = self.addr(from).to_string();
-        ip(&["-n", &self.ns(at), "rule", op, "pref", &pref, "from", &src, "blackhole"])
+        ip(&[
+            "-n",
+            &self.ns(at),
+            "rule",
+            op,
+            "pref",
+            &pref,
+            "from",
+            &src,
+            "blackhole",
+        ])
     }
 
     /// Cuts every path between a node of `a` and a node of `b` (both ways).
@@ -202,7 +220,9 @@ impl Fabric {
     /// The arguments of node `i` (0-based) of a cluster whose servers are the first
     /// `servers`; its data in `dir/n<i+1>`.
     pub fn args(&self, dir: &Path, i: usize, role: &str, servers: usize) -> Vec<String> {
-        let join: Vec<String> = (0..servers).map(|j| format!("{}:7500", self.ip(j))).collect();
+        let join: Vec<String> = (0..servers)
+            .map(|j| format!("{}:7500", self.ip(j)))
+            .collect();
         let mut args: Vec<String> = ["node", role].iter().map(|s| s.to_string()).collect();
         args.extend([
             "--listen".into(),
@@ -325,7 +345,10 @@ mod tests {
         assert!(connect(&net, 0, net.addr(1), 9911), "before the partition");
         net.partition(&[0], &[1]);
         assert!(!connect(&net, 0, net.addr(1), 9911), "during the partition");
-        assert!(connect(&net, 0, bridge, port), "the test still reaches node 0");
+        assert!(
+            connect(&net, 0, bridge, port),
+            "the test still reaches node 0"
+        );
         let mut direct = std::net::TcpStream::connect_timeout(
             &(net.addr(1), 9911).into(),
             Duration::from_secs(1),

@@ -45,9 +45,18 @@ fn change(apis: &[String], id: u64, action: &str, limit: Duration) {
     let mut last = String::new();
     while Instant::now() < deadline {
         for api in apis {
-            match agent.post(&format!("{api}/v1/servers")).send_json(json!({ "raft_id": id, "action": action })) {
+            match agent
+                .post(&format!("{api}/v1/servers"))
+                .send_json(json!({ "raft_id": id, "action": action }))
+            {
                 Ok(r) if r.status() == 200 => return,
-                Ok(mut r) => last = format!("{}: {}", r.status(), r.body_mut().read_to_string().unwrap_or_default()),
+                Ok(mut r) => {
+                    last = format!(
+                        "{}: {}",
+                        r.status(),
+                        r.body_mut().read_to_string().unwrap_or_default()
+                    )
+                }
                 Err(e) => last = e.to_string(),
             }
         }
@@ -91,7 +100,10 @@ fn membership_changes_during_a_leader_kill_and_a_partition_keep_one_leader_per_t
                         && let Ok(h) = r.body_mut().read_json::<Value>()
                         && h["leader"] == true
                     {
-                        let (t, id) = (h["term"].as_u64().unwrap_or(0), h["raft_id"].as_u64().unwrap_or(0));
+                        let (t, id) = (
+                            h["term"].as_u64().unwrap_or(0),
+                            h["raft_id"].as_u64().unwrap_or(0),
+                        );
                         let mut l = leaders.lock().unwrap();
                         let ids = l.entry(t).or_default();
                         if !ids.contains(&id) {
@@ -104,7 +116,13 @@ fn membership_changes_during_a_leader_kill_and_a_partition_keep_one_leader_per_t
         })
     };
     let rec = Arc::new(Recorder::with_timeout(Duration::from_secs(8)));
-    let work = Workload::start(rec.clone(), apis[..3].to_vec(), 2, Duration::from_millis(30), spec);
+    let work = Workload::start(
+        rec.clone(),
+        apis[..3].to_vec(),
+        2,
+        Duration::from_millis(30),
+        spec,
+    );
     std::thread::sleep(Duration::from_secs(1));
 
     // 1. Add server 4; SIGKILL the leader right after asking.
@@ -112,7 +130,9 @@ fn membership_changes_during_a_leader_kill_and_a_partition_keep_one_leader_per_t
     args.extend(["--join-existing".to_string(), "4".to_string()]);
     args.extend(EXTRA.iter().map(|s| s.to_string()));
     let newcomer: TestNode = fabric.spawn(tmp.path(), 3, &args, &[]);
-    let (l, _) = history::wait_health(&apis[..3], Duration::from_secs(10), "a leader", |h| h["leader"] == true);
+    let (l, _) = history::wait_health(&apis[..3], Duration::from_secs(10), "a leader", |h| {
+        h["leader"] == true
+    });
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(2)))
@@ -121,44 +141,73 @@ fn membership_changes_during_a_leader_kill_and_a_partition_keep_one_leader_per_t
     // The leader dies while the change is in flight (its answer is not waited for).
     let url = format!("{}/v1/servers", apis[l]);
     let ask = std::thread::spawn(move || {
-        agent.post(&url).send_json(json!({ "raft_id": 4, "action": "add" })).map(|r| r.status().as_u16())
+        agent
+            .post(&url)
+            .send_json(json!({ "raft_id": 4, "action": "add" }))
+            .map(|r| r.status().as_u16())
     });
     std::thread::sleep(Duration::from_millis(5));
     cluster.servers[l].kill9();
     let killed = Instant::now();
     let asked = ask.join().unwrap();
-    eprintln!("row 11: add 4 asked of leader {}, killed 5 ms later (answer: {asked:?})", l + 1);
-    let live: Vec<String> = (0..4).filter(|&i| i != l).map(|i| apis[i].clone()).collect();
-    history::wait_health(&live, Duration::from_secs(10), "a new leader", |h| h["leader"] == true);
+    eprintln!(
+        "row 11: add 4 asked of leader {}, killed 5 ms later (answer: {asked:?})",
+        l + 1
+    );
+    let live: Vec<String> = (0..4)
+        .filter(|&i| i != l)
+        .map(|i| apis[i].clone())
+        .collect();
+    history::wait_health(&live, Duration::from_secs(10), "a new leader", |h| {
+        h["leader"] == true
+    });
     eprintln!("row 11: new leader {:?} after the kill", killed.elapsed());
     if !voters(&live).contains(&4) {
         eprintln!("row 11: the add was lost with the leader: asked again");
         change(&live, 4, "add", Duration::from_secs(20));
     }
-    wait_for("voters [1, 2, 3, 4]", Duration::from_secs(15), || voters(&live) == vec![1, 2, 3, 4]);
-    cluster.servers[l] = fabric.start_node(tmp.path(), l, 3, EXTRA, &[]);
-    let (_, lead) = history::wait_health(&live, Duration::from_secs(10), "a leader", |h| h["leader"] == true);
-    let commit = lead["commit"].as_u64().unwrap_or(0);
-    history::wait_health(&apis[3..], Duration::from_secs(20), "the newcomer to catch up", |h| {
-        h["applied"].as_u64().unwrap_or(0) >= commit
+    wait_for("voters [1, 2, 3, 4]", Duration::from_secs(15), || {
+        voters(&live) == vec![1, 2, 3, 4]
     });
+    cluster.servers[l] = fabric.start_node(tmp.path(), l, 3, EXTRA, &[]);
+    let (_, lead) = history::wait_health(&live, Duration::from_secs(10), "a leader", |h| {
+        h["leader"] == true
+    });
+    let commit = lead["commit"].as_u64().unwrap_or(0);
+    history::wait_health(
+        &apis[3..],
+        Duration::from_secs(20),
+        "the newcomer to catch up",
+        |h| h["applied"].as_u64().unwrap_or(0) >= commit,
+    );
 
     // 2. Remove a follower while it is cut off.
-    let (l2, _) = history::wait_health(&apis, Duration::from_secs(10), "a leader", |h| h["leader"] == true);
+    let (l2, _) = history::wait_health(&apis, Duration::from_secs(10), "a leader", |h| {
+        h["leader"] == true
+    });
     let f = (0..3).find(|&i| i != l2).unwrap();
     match fabric.net() {
         Some(net) => net.isolate(f),
         None => cluster.servers[f].signal(libc::SIGSTOP),
     }
-    let others: Vec<String> = (0..4).filter(|&i| i != f).map(|i| apis[i].clone()).collect();
+    let others: Vec<String> = (0..4)
+        .filter(|&i| i != f)
+        .map(|i| apis[i].clone())
+        .collect();
     change(&others, f as u64 + 1, "remove", Duration::from_secs(20));
-    wait_for("the removal", Duration::from_secs(15), || !voters(&others).contains(&(f as u64 + 1)));
+    wait_for("the removal", Duration::from_secs(15), || {
+        !voters(&others).contains(&(f as u64 + 1))
+    });
     match fabric.net() {
         Some(net) => net.heal(),
         None => cluster.servers[f].signal(libc::SIGCONT),
     }
     cluster.servers[f].kill9(); // A removed server is stopped by hand.
-    eprintln!("row 11: server {} removed while cut off; voters {:?}", f + 1, voters(&others));
+    eprintln!(
+        "row 11: server {} removed while cut off; voters {:?}",
+        f + 1,
+        voters(&others)
+    );
     std::thread::sleep(Duration::from_secs(1));
 
     let rec = work.stop();
@@ -172,6 +221,9 @@ fn membership_changes_during_a_leader_kill_and_a_partition_keep_one_leader_per_t
     for (term, ids) in leaders.iter() {
         assert!(ids.len() <= 1, "two leaders in term {term}: {ids:?}");
     }
-    assert!(leaders.len() >= 2, "the leader kill made a new term: {leaders:?}");
+    assert!(
+        leaders.len() >= 2,
+        "the leader kill made a new term: {leaders:?}"
+    );
     drop(newcomer);
 }

@@ -29,7 +29,13 @@ fn an_isolated_leader_acks_nothing_and_the_majority_fails_over() {
     let cluster = fabric.cluster(tmp.path(), 3, 0, &["--snapshot-every", "200"]);
     let apis: Vec<String> = cluster.servers.iter().map(|s| s.api.clone()).collect();
     let rec = Arc::new(Recorder::with_timeout(Duration::from_secs(4)));
-    let work = Workload::start(rec.clone(), apis.clone(), 3, Duration::from_millis(20), spec);
+    let work = Workload::start(
+        rec.clone(),
+        apis.clone(),
+        3,
+        Duration::from_millis(20),
+        spec,
+    );
     std::thread::sleep(Duration::from_secs(2));
 
     let (l, h) = history::wait_health(&apis, Duration::from_secs(10), "a leader", |h| {
@@ -49,7 +55,10 @@ fn an_isolated_leader_acks_nothing_and_the_majority_fails_over() {
             }
             outs
         });
-        let others: Vec<String> = (0..3).filter(|&i| i != l).map(|i| apis[i].clone()).collect();
+        let others: Vec<String> = (0..3)
+            .filter(|&i| i != l)
+            .map(|i| apis[i].clone())
+            .collect();
         let (_, h2) = history::wait_health(&others, Duration::from_secs(10), "a new leader", |h| {
             h["leader"] == true && h["term"].as_u64().unwrap_or(0) > term
         });
@@ -58,12 +67,22 @@ fn an_isolated_leader_acks_nothing_and_the_majority_fails_over() {
             "row 4: new leader (term {} -> {}) {failover:?} after the cut",
             term, h2["term"]
         );
-        assert!(failover < Duration::from_secs(5), "failover took {failover:?}");
+        assert!(
+            failover < Duration::from_secs(5),
+            "failover took {failover:?}"
+        );
         // The old leader stops claiming to lead (check-quorum) while still cut off.
-        let (_, old) = history::wait_health(&apis[l..=l], Duration::from_secs(5), "the old leader to step down", |h| {
-            h["leader"] == false
-        });
-        eprintln!("row 4: the isolated leader stepped down {:?} after the cut (term {})", cut.elapsed(), old["term"]);
+        let (_, old) = history::wait_health(
+            &apis[l..=l],
+            Duration::from_secs(5),
+            "the old leader to step down",
+            |h| h["leader"] == false,
+        );
+        eprintln!(
+            "row 4: the isolated leader stepped down {:?} after the cut (term {})",
+            cut.elapsed(),
+            old["term"]
+        );
         probe.join().unwrap()
     });
     std::thread::sleep(Duration::from_secs(6).saturating_sub(cut.elapsed()));
@@ -83,16 +102,26 @@ fn an_isolated_leader_acks_nothing_and_the_majority_fails_over() {
     std::thread::sleep(Duration::from_secs(2));
     let rec = work.stop();
     let present = history::settle(&apis, Duration::from_secs(30));
-    history::wait_health(&apis[l..=l], Duration::from_secs(10), "the old leader to catch up", |h| {
-        h["workflows"].as_u64() == Some(present.len() as u64) && h["leader"] == false
-    });
+    history::wait_health(
+        &apis[l..=l],
+        Duration::from_secs(10),
+        "the old leader to catch up",
+        |h| h["workflows"].as_u64() == Some(present.len() as u64) && h["leader"] == false,
+    );
     let report = rec.assert_ok("row 4", &present);
     assert!(report.workflows_checked > 10, "{report:?}");
     // G3: every task's result accepted once (4 items per workflow, all noop).
-    history::wait_health(&apis, Duration::from_secs(10), "4 results per workflow", |h| {
-        h["stats"]["tasks_succeeded"].as_u64() == Some(4 * present.len() as u64)
-    });
-    eprintln!("row 4: {} workflows, {} tasks, each result accepted once", present.len(), 4 * present.len());
+    history::wait_health(
+        &apis,
+        Duration::from_secs(10),
+        "4 results per workflow",
+        |h| h["stats"]["tasks_succeeded"].as_u64() == Some(4 * present.len() as u64),
+    );
+    eprintln!(
+        "row 4: {} workflows, {} tasks, each result accepted once",
+        present.len(),
+        4 * present.len()
+    );
 }
 
 fn rec_now(rec: &Recorder) -> u64 {

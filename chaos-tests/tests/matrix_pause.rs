@@ -22,7 +22,13 @@ fn a_paused_leader_acks_nothing_after_the_new_term_and_steps_down() {
     let cluster = fabric.cluster(tmp.path(), 3, 0, &[]);
     let apis: Vec<String> = cluster.servers.iter().map(|s| s.api.clone()).collect();
     let rec = Arc::new(Recorder::with_timeout(Duration::from_secs(8)));
-    let work = Workload::start(rec.clone(), apis.clone(), 3, Duration::from_millis(20), spec);
+    let work = Workload::start(
+        rec.clone(),
+        apis.clone(),
+        3,
+        Duration::from_millis(20),
+        spec,
+    );
     std::thread::sleep(Duration::from_secs(2));
 
     let (l, h) = history::wait_health(&apis, Duration::from_secs(10), "a leader", |h| {
@@ -39,7 +45,10 @@ fn a_paused_leader_acks_nothing_after_the_new_term_and_steps_down() {
                 .map(|k| rec.submit(91, &apis[l], &spec(91, k), Some(&format!("c91-{k}"))))
                 .collect::<Vec<_>>()
         });
-        let others: Vec<String> = (0..3).filter(|&i| i != l).map(|i| apis[i].clone()).collect();
+        let others: Vec<String> = (0..3)
+            .filter(|&i| i != l)
+            .map(|i| apis[i].clone())
+            .collect();
         let (_, h2) = history::wait_health(&others, Duration::from_secs(10), "a new leader", |h| {
             h["leader"] == true && h["term"].as_u64().unwrap_or(0) > term
         });
@@ -71,14 +80,20 @@ fn a_paused_leader_acks_nothing_after_the_new_term_and_steps_down() {
     // A success for a write sent to the paused leader must name a workflow in the new log.
     for o in &to_paused {
         if let Outcome::Ok(Ret::Submitted { id, .. }) = o {
-            assert!(present.contains(id), "{id} acknowledged by the paused leader is not in the log");
+            assert!(
+                present.contains(id),
+                "{id} acknowledged by the paused leader is not in the log"
+            );
         }
     }
     let report = rec.assert_ok("row 3", &present);
     assert!(report.workflows_checked > 10, "{report:?}");
-    history::wait_health(&apis, Duration::from_secs(10), "4 results per workflow", |h| {
-        h["stats"]["tasks_succeeded"].as_u64() == Some(4 * present.len() as u64)
-    });
+    history::wait_health(
+        &apis,
+        Duration::from_secs(10),
+        "4 results per workflow",
+        |h| h["stats"]["tasks_succeeded"].as_u64() == Some(4 * present.len() as u64),
+    );
     eprintln!(
         "row 3: {} workflows, {} tasks, each result accepted once",
         present.len(),

@@ -24,7 +24,13 @@ fn kill_9_of_every_process_loses_nothing_and_serves_within_10s() {
     let mut cluster = fabric.cluster(tmp.path(), 3, 1, EXTRA);
     let apis: Vec<String> = cluster.servers.iter().map(|s| s.api.clone()).collect();
     let rec = Arc::new(Recorder::with_timeout(Duration::from_secs(8)));
-    let work = Workload::start(rec.clone(), apis.clone(), 3, Duration::from_millis(30), spec);
+    let work = Workload::start(
+        rec.clone(),
+        apis.clone(),
+        3,
+        Duration::from_millis(30),
+        spec,
+    );
     std::thread::sleep(Duration::from_secs(3));
 
     // Power loss: SIGKILL to every process before reaping any.
@@ -56,25 +62,40 @@ fn kill_9_of_every_process_loses_nothing_and_serves_within_10s() {
             let api = &apis[k % 3];
             k += 1;
             let key = format!("after-{k}");
-            if let Outcome::Ok(Ret::Submitted { id, .. }) = rec.submit(99, api, &spec(99, k as u32), Some(&key))
+            if let Outcome::Ok(Ret::Submitted { id, .. }) =
+                rec.submit(99, api, &spec(99, k as u32), Some(&key))
                 && rec.status(99, api, &id) != Outcome::Ok(Ret::Status(Phase::Absent))
                 && matches!(rec.status(99, api, &id), Outcome::Ok(Ret::Status(_)))
             {
                 break last_start.elapsed();
             }
-            assert!(Instant::now() < deadline, "not serving 30 s after the last start");
+            assert!(
+                Instant::now() < deadline,
+                "not serving 30 s after the last start"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     };
-    eprintln!("row 8: serving {serving:?} after the last start ({acked_before} workflows acknowledged before the power loss)");
-    assert!(serving < Duration::from_secs(10), "serving took {serving:?}");
+    eprintln!(
+        "row 8: serving {serving:?} after the last start ({acked_before} workflows acknowledged before the power loss)"
+    );
+    assert!(
+        serving < Duration::from_secs(10),
+        "serving took {serving:?}"
+    );
     std::thread::sleep(Duration::from_secs(1));
     let rec = work.stop();
     let present = history::settle(&apis, Duration::from_secs(60));
     let report = rec.assert_ok("row 8", &present);
     assert!(report.workflows_checked > 10, "{report:?}");
-    history::wait_health(&apis, Duration::from_secs(10), "3 results per workflow", |h| {
-        h["stats"]["tasks_succeeded"].as_u64() == Some(3 * present.len() as u64)
-    });
-    eprintln!("row 8: {} workflows present and finished, each of the 3 results per workflow accepted once", present.len());
+    history::wait_health(
+        &apis,
+        Duration::from_secs(10),
+        "3 results per workflow",
+        |h| h["stats"]["tasks_succeeded"].as_u64() == Some(3 * present.len() as u64),
+    );
+    eprintln!(
+        "row 8: {} workflows present and finished, each of the 3 results per workflow accepted once",
+        present.len()
+    );
 }

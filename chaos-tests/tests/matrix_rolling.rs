@@ -43,8 +43,17 @@ fn epoch(apis: &[String], id: &str) -> u64 {
             continue;
         };
         let v: serde_json::Value = r.body_mut().read_json().unwrap_or_default();
-        if let Some(n) = v["nodes"].as_array().into_iter().flatten().find(|n| n["id"] == id) {
-            return if n["status"] == "up" { n["epoch"].as_u64().unwrap_or(0) } else { 0 };
+        if let Some(n) = v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["id"] == id)
+        {
+            return if n["status"] == "up" {
+                n["epoch"].as_u64().unwrap_or(0)
+            } else {
+                0
+            };
         }
     }
     0
@@ -61,42 +70,72 @@ fn a_rolling_restart_of_every_process_shows_clients_only_retryable_errors() {
     );
     let id = cluster.any().submit(&job);
     let rec = Arc::new(Recorder::with_timeout(Duration::from_secs(10)));
-    let work = Workload::start(rec.clone(), apis.clone(), 2, Duration::from_millis(30), spec);
+    let work = Workload::start(
+        rec.clone(),
+        apis.clone(),
+        2,
+        Duration::from_millis(30),
+        spec,
+    );
     std::thread::sleep(Duration::from_secs(1));
 
     // Workers first, then the followers, the leader last.
-    let (leader, _) = history::wait_health(&apis, Duration::from_secs(10), "a leader", |h| h["leader"] == true);
+    let (leader, _) = history::wait_health(&apis, Duration::from_secs(10), "a leader", |h| {
+        h["leader"] == true
+    });
     let mut order: Vec<usize> = vec![3, 4];
     order.extend((0..3).filter(|&i| i != leader));
     order.push(leader);
     let upgraded = order[2];
     for &i in &order {
-        let node = if i < 3 { &mut cluster.servers[i] } else { &mut cluster.workers[i - 3] };
-        let me = node.get("/v1/health").1["node"].as_str().unwrap_or("").to_string();
+        let node = if i < 3 {
+            &mut cluster.servers[i]
+        } else {
+            &mut cluster.workers[i - 3]
+        };
+        let me = node.get("/v1/health").1["node"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         let was = epoch(&apis, &me);
         let took = stop(node);
         if i == upgraded {
             let (v3, v2) = troupe_chaos_tests::format::downgrade_snapshot(&node.dir).unwrap();
-            eprintln!("row 12: server {} snapshot rewritten as version 2 ({v3} -> {v2} bytes)", i + 1);
+            eprintln!(
+                "row 12: server {} snapshot rewritten as version 2 ({v3} -> {v2} bytes)",
+                i + 1
+            );
         }
         let t = Instant::now();
         *node = fabric.start_node(tmp.path(), i, 3, EXTRA, &[]);
         // Serving again: a server has caught up with the leader; a worker is up again.
         if i < 3 {
-            let (_, lead) = history::wait_health(&apis, Duration::from_secs(10), "a leader", |h| h["leader"] == true);
-            let commit = lead["commit"].as_u64().unwrap_or(0);
-            history::wait_health(&apis[i..=i], Duration::from_secs(20), "the server to catch up", |h| {
-                h["applied"].as_u64().unwrap_or(0) >= commit
+            let (_, lead) = history::wait_health(&apis, Duration::from_secs(10), "a leader", |h| {
+                h["leader"] == true
             });
+            let commit = lead["commit"].as_u64().unwrap_or(0);
+            history::wait_health(
+                &apis[i..=i],
+                Duration::from_secs(20),
+                "the server to catch up",
+                |h| h["applied"].as_u64().unwrap_or(0) >= commit,
+            );
         } else {
             // A worker registered again: a new epoch, up.
             let deadline = Instant::now() + Duration::from_secs(20);
             while epoch(&apis, &me) <= was {
-                assert!(Instant::now() < deadline, "worker {me} did not register again");
+                assert!(
+                    Instant::now() < deadline,
+                    "worker {me} did not register again"
+                );
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        eprintln!("row 12: node {} stopped in {took:?}, serving {:?} after its start", i + 1, t.elapsed());
+        eprintln!(
+            "row 12: node {} stopped in {took:?}, serving {:?} after its start",
+            i + 1,
+            t.elapsed()
+        );
         // Work goes on between restarts.
         std::thread::sleep(Duration::from_millis(700));
     }
@@ -116,18 +155,37 @@ fn a_rolling_restart_of_every_process_shows_clients_only_retryable_errors() {
     let errors: Vec<_> = rec
         .ops()
         .into_iter()
-        .filter(|o| matches!(o.outcome, history::Outcome::Fail { retryable: false, .. }))
+        .filter(|o| {
+            matches!(
+                o.outcome,
+                history::Outcome::Fail {
+                    retryable: false,
+                    ..
+                }
+            )
+        })
         .collect();
-    assert!(errors.is_empty(), "clients saw errors that are not retryable: {errors:?}");
+    assert!(
+        errors.is_empty(),
+        "clients saw errors that are not retryable: {errors:?}"
+    );
     let want = ITEMS + 2 * (present.len() as u64 - 1);
-    history::wait_health(&apis, Duration::from_secs(10), "one result per task on every server", |h| {
-        h["stats"]["tasks_succeeded"].as_u64() == Some(want)
-    });
+    history::wait_health(
+        &apis,
+        Duration::from_secs(10),
+        "one result per task on every server",
+        |h| h["stats"]["tasks_succeeded"].as_u64() == Some(want),
+    );
     // The server restored from the version-2 snapshot holds the same state as the others.
-    history::wait_health(&apis[upgraded..=upgraded], Duration::from_secs(10), "the upgraded server in step", |h| {
-        h["workflows"].as_u64() == Some(present.len() as u64)
-            && h["stats"]["tasks_succeeded"].as_u64() == Some(want)
-    });
+    history::wait_health(
+        &apis[upgraded..=upgraded],
+        Duration::from_secs(10),
+        "the upgraded server in step",
+        |h| {
+            h["workflows"].as_u64() == Some(present.len() as u64)
+                && h["stats"]["tasks_succeeded"].as_u64() == Some(want)
+        },
+    );
     eprintln!(
         "row 12: {} ops, {} retryable errors, 0 other; {want} results accepted once each",
         report.ops, report.retryable_errors

@@ -30,7 +30,9 @@ enum Cut {
 }
 
 fn start(fabric: &Fabric, dir: &std::path::Path) -> (Cluster, Cut) {
-    let servers: Vec<TestNode> = (0..3).map(|i| fabric.start_node(dir, i, 3, EXTRA, &[])).collect();
+    let servers: Vec<TestNode> = (0..3)
+        .map(|i| fabric.start_node(dir, i, 3, EXTRA, &[]))
+        .collect();
     let mut cut = Cut::Netns;
     let mut workers = Vec::new();
     for i in 3..5 {
@@ -67,8 +69,17 @@ fn partition(fabric: &Fabric, cut: &Cut, on: bool) {
 
 fn epoch(node: &TestNode, id: &str) -> (u64, String) {
     let (_, v) = node.get("/v1/nodes");
-    let n = v["nodes"].as_array().unwrap().iter().find(|n| n["id"] == id).cloned().unwrap_or_default();
-    (n["epoch"].as_u64().unwrap_or(0), n["status"].as_str().unwrap_or("").to_string())
+    let n = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == id)
+        .cloned()
+        .unwrap_or_default();
+    (
+        n["epoch"].as_u64().unwrap_or(0),
+        n["status"].as_str().unwrap_or("").to_string(),
+    )
 }
 
 #[test]
@@ -77,19 +88,36 @@ fn a_worker_cut_off_shorter_than_its_lease_keeps_its_work_and_longer_is_fenced()
     let tmp = tempfile::tempdir().unwrap();
     let marks = tmp.path().join("marks.log");
     let (mut cluster, cut) = start(&fabric, tmp.path());
-    eprintln!("row 7: cut by {}", match cut { Cut::Netns => "network namespaces", Cut::Proxies(_) => "TCP fault proxies" });
+    eprintln!(
+        "row 7: cut by {}",
+        match cut {
+            Cut::Netns => "network namespaces",
+            Cut::Proxies(_) => "TCP fault proxies",
+        }
+    );
     let apis: Vec<String> = cluster.servers.iter().map(|s| s.api.clone()).collect();
     let rec = Arc::new(Recorder::with_timeout(Duration::from_secs(8)));
-    let work = Workload::start(rec.clone(), apis.clone(), 1, Duration::from_millis(50), spec);
-    let w0 = cluster.workers[0].get("/v1/health").1["node"].as_str().unwrap().to_string();
+    let work = Workload::start(
+        rec.clone(),
+        apis.clone(),
+        1,
+        Duration::from_millis(50),
+        spec,
+    );
+    let w0 = cluster.workers[0].get("/v1/health").1["node"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let job = format!(
         "name = \"fenced\"\n[[step]]\nid = \"work\"\nmap = {{ range = [0, {ITEMS}] }}\nparallelism = 8\nresources = {{ cpu = 1, node_labels = {{ pool = \"w\" }} }}\nretries = {{ attempts = 3, initial = \"50ms\" }}\nrun = [\"sh\", \"-c\", \"echo start $TROUPE_NODE $TROUPE_TASK_ID $TROUPE_ATTEMPT >> {m}; sleep 0.3; echo end $TROUPE_NODE $TROUPE_TASK_ID $TROUPE_ATTEMPT >> {m}\"]\n",
         m = marks.display()
     );
     let id = cluster.any().submit(&job);
-    cluster.any().wait_until(&id, Duration::from_secs(60), "10 items done", |v| {
-        step(v, "work")["succeeded"].as_u64().unwrap_or(0) >= 10
-    });
+    cluster
+        .any()
+        .wait_until(&id, Duration::from_secs(60), "10 items done", |v| {
+            step(v, "work")["succeeded"].as_u64().unwrap_or(0) >= 10
+        });
     let (e0, _) = epoch(cluster.any(), &w0);
 
     // Shorter than the lease: nothing happens.
@@ -99,25 +127,47 @@ fn a_worker_cut_off_shorter_than_its_lease_keeps_its_work_and_longer_is_fenced()
     std::thread::sleep(Duration::from_millis(2_500));
     let (e1, status) = epoch(cluster.any(), &w0);
     let h = troupe_chaos_tests::history(&cluster.any().get(&format!("/v1/workflows/{id}")).1);
-    assert_eq!((e1, status.as_str()), (e0, "up"), "a 1 s cut re-registered {w0}: {h:?}");
-    assert!(!h.iter().any(|l| l.contains("lost")), "a 1 s cut rescheduled: {h:?}");
+    assert_eq!(
+        (e1, status.as_str()),
+        (e0, "up"),
+        "a 1 s cut re-registered {w0}: {h:?}"
+    );
+    assert!(
+        !h.iter().any(|l| l.contains("lost")),
+        "a 1 s cut rescheduled: {h:?}"
+    );
     eprintln!("row 7: 1 s cut: {w0} kept epoch {e1}, 0 reschedules");
 
     // Longer than the lease: declared lost, re-placed, fenced.
-    let refused_before = cluster.any().get("/v1/health").1["stats"]["stale_reports_refused"].as_u64().unwrap_or(0);
+    let refused_before = cluster.any().get("/v1/health").1["stats"]["stale_reports_refused"]
+        .as_u64()
+        .unwrap_or(0);
     partition(&fabric, &cut, true);
     let t = Instant::now();
-    cluster.any().wait_until(&id, Duration::from_secs(10), "the worker declared lost", |v| {
-        troupe_chaos_tests::history(v).iter().any(|l| l.contains(&format!("node {w0} lost (no lease renewal")))
-    });
-    eprintln!("row 7: 4 s cut: {w0} declared lost {:?} after the cut", t.elapsed());
+    cluster.any().wait_until(
+        &id,
+        Duration::from_secs(10),
+        "the worker declared lost",
+        |v| {
+            troupe_chaos_tests::history(v)
+                .iter()
+                .any(|l| l.contains(&format!("node {w0} lost (no lease renewal")))
+        },
+    );
+    eprintln!(
+        "row 7: 4 s cut: {w0} declared lost {:?} after the cut",
+        t.elapsed()
+    );
     std::thread::sleep(Duration::from_secs(4).saturating_sub(t.elapsed()));
     partition(&fabric, &cut, false);
     let done = cluster.any().wait(&id, Duration::from_secs(90));
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(step(&done, "work")["succeeded"], ITEMS);
     let h = troupe_chaos_tests::history(&done);
-    assert!(h.iter().any(|l| l.contains("requeued as attempt + 1")), "{h:?}");
+    assert!(
+        h.iter().any(|l| l.contains("requeued as attempt + 1")),
+        "{h:?}"
+    );
     // It came back under a new epoch (it fenced itself and registered again).
     let back = Instant::now() + Duration::from_secs(10);
     let e2 = loop {
@@ -125,7 +175,10 @@ fn a_worker_cut_off_shorter_than_its_lease_keeps_its_work_and_longer_is_fenced()
         if e > e0 && s == "up" {
             break e;
         }
-        assert!(Instant::now() < back, "{w0} not back under a new epoch: {e} {s}");
+        assert!(
+            Instant::now() < back,
+            "{w0} not back under a new epoch: {e} {s}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     eprintln!("row 7: {w0} back at epoch {e2} (was {e0})");
@@ -134,19 +187,29 @@ fn a_worker_cut_off_shorter_than_its_lease_keeps_its_work_and_longer_is_fenced()
     let mut attempts: BTreeMap<String, Vec<(String, u32)>> = BTreeMap::new();
     for l in text.lines().filter(|l| l.starts_with("start ")) {
         let f: Vec<&str> = l.split(' ').collect();
-        attempts.entry(f[2].to_string()).or_default().push((f[1].to_string(), f[3].parse().unwrap()));
+        attempts
+            .entry(f[2].to_string())
+            .or_default()
+            .push((f[1].to_string(), f[3].parse().unwrap()));
     }
-    let rerun = attempts.values().filter(|a| a.iter().any(|(n, at)| *n != w0 && *at >= 2)).count();
+    let rerun = attempts
+        .values()
+        .filter(|a| a.iter().any(|(n, at)| *n != w0 && *at >= 2))
+        .count();
     assert!(rerun > 0, "no attempt re-placed: {attempts:?}");
     let rec = work.stop();
     let present = history::settle(&apis, Duration::from_secs(30));
     rec.assert_ok("row 7", &present);
     // Each task's result accepted once: the job's items and the clients' (2 each).
     let want = ITEMS + 2 * (present.len() as u64 - 1);
-    let (_, health) = history::wait_health(&apis, Duration::from_secs(10), "one result per task", |h| {
-        h["stats"]["tasks_succeeded"].as_u64() == Some(want)
-    });
-    let refused = health["stats"]["stale_reports_refused"].as_u64().unwrap_or(0) - refused_before;
+    let (_, health) =
+        history::wait_health(&apis, Duration::from_secs(10), "one result per task", |h| {
+            h["stats"]["tasks_succeeded"].as_u64() == Some(want)
+        });
+    let refused = health["stats"]["stale_reports_refused"]
+        .as_u64()
+        .unwrap_or(0)
+        - refused_before;
     eprintln!(
         "row 7: {rerun} task(s) re-run as attempt + 1, {refused} stale report(s) refused, {want} results accepted once each"
     );

@@ -211,7 +211,11 @@ mod tests {
         enable_failpoints(true);
         let c = discover(None);
         assert_eq!(c, Capacity::default());
-        assert!(degraded().unwrap().contains("resource probe failed"), "{:?}", degraded());
+        assert!(
+            degraded().unwrap().contains("resource probe failed"),
+            "{:?}",
+            degraded()
+        );
         std::fs::remove_file(&flag).unwrap();
         assert!(discover(None).cpu_milli >= 1000);
         assert_eq!(degraded(), None);

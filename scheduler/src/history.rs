@@ -76,16 +76,26 @@ const ALL: [Phase; 7] = [
     Phase::TimedOut,
 ];
 const TERMINAL: States = 0b111_1100;
-const RETRYABLE: States = (1 << Phase::Failed as u8) | (1 << Phase::Cancelled as u8) | (1 << Phase::TimedOut as u8);
+const RETRYABLE: States =
+    (1 << Phase::Failed as u8) | (1 << Phase::Cancelled as u8) | (1 << Phase::TimedOut as u8);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// `digest`: of the spec and params sent (any stable hash).
-    Submit { key: Option<String>, digest: u64 },
-    Cancel { wf: String },
-    Status { wf: String },
+    Submit {
+        key: Option<String>,
+        digest: u64,
+    },
+    Cancel {
+        wf: String,
+    },
+    Status {
+        wf: String,
+    },
     /// `POST /v1/workflows/ID/retry`.
-    Redrive { wf: String },
+    Redrive {
+        wf: String,
+    },
 }
 
 /// A definite answer.
@@ -110,7 +120,10 @@ pub enum Outcome {
     Ok(Ret),
     /// An error answer. `retryable` (503, 429, 504, connection refused or reset): a write may or
     /// may not have taken effect. Otherwise (400, 500…) it had none.
-    Fail { retryable: bool, why: String },
+    Fail {
+        retryable: bool,
+        why: String,
+    },
     /// No answer (a timeout): it may or may not have taken effect.
     Unknown,
 }
@@ -171,7 +184,9 @@ pub fn check(ops: &[Op], present: Option<&BTreeSet<String>>) -> Report {
     };
     for op in ops {
         match &op.outcome {
-            Outcome::Fail { retryable: true, .. } => r.retryable_errors += 1,
+            Outcome::Fail {
+                retryable: true, ..
+            } => r.retryable_errors += 1,
             Outcome::Fail { .. } => r.definite_errors += 1,
             Outcome::Unknown => r.unknown += 1,
             Outcome::Ok(_) => {}
@@ -195,7 +210,9 @@ pub fn check(ops: &[Op], present: Option<&BTreeSet<String>>) -> Report {
         r.workflows_checked += 1;
         match linearizable(&lops) {
             Some(true) => {}
-            Some(false) => r.violations.push(Violation::NotLinearizable { wf, ops: idx }),
+            Some(false) => r
+                .violations
+                .push(Violation::NotLinearizable { wf, ops: idx }),
             None => r.unchecked.push(wf),
         }
     }
@@ -234,24 +251,31 @@ fn check_keys(ops: &[Op], r: &mut Report) -> BTreeMap<String, String> {
             });
         }
         if list.iter().filter(|a| a.1).count() > 1 {
-            r.violations.push(Violation::CreatedTwice { key: key.to_string() });
+            r.violations.push(Violation::CreatedTwice {
+                key: key.to_string(),
+            });
         }
         let digests: BTreeSet<u64> = list.iter().map(|a| a.2).collect();
         if digests.len() > 1 {
-            r.violations.push(Violation::OtherSpecAccepted { key: key.to_string() });
+            r.violations.push(Violation::OtherSpecAccepted {
+                key: key.to_string(),
+            });
         }
         if conflicts
             .get(key)
             .is_some_and(|c| c.iter().any(|d| digests.contains(d)))
         {
-            r.violations.push(Violation::SameSpecRefused { key: key.to_string() });
+            r.violations.push(Violation::SameSpecRefused {
+                key: key.to_string(),
+            });
         }
         owner.insert(key.to_string(), list[0].0.to_string());
     }
     for (id, n) in unkeyed {
         let keyed = acks.values().flatten().any(|a| a.0 == id);
         if n > 1 || keyed {
-            r.violations.push(Violation::IdReused { id: id.to_string() });
+            r.violations
+                .push(Violation::IdReused { id: id.to_string() });
         }
     }
     owner
@@ -264,11 +288,17 @@ fn by_workflow(ops: &[Op], owner: &BTreeMap<String, String>) -> BTreeMap<String,
     for (i, op) in ops.iter().enumerate() {
         let wf = match (&op.kind, &op.outcome) {
             (_, Outcome::Ok(Ret::Submitted { id, .. })) => Some(id.clone()),
-            (Kind::Submit { key: Some(k), .. }, Outcome::Unknown | Outcome::Fail { retryable: true, .. }) => {
-                owner.get(k).cloned()
-            }
+            (
+                Kind::Submit { key: Some(k), .. },
+                Outcome::Unknown
+                | Outcome::Fail {
+                    retryable: true, ..
+                },
+            ) => owner.get(k).cloned(),
             (Kind::Submit { .. }, _) => None,
-            (Kind::Cancel { wf } | Kind::Status { wf } | Kind::Redrive { wf }, _) => Some(wf.clone()),
+            (Kind::Cancel { wf } | Kind::Status { wf } | Kind::Redrive { wf }, _) => {
+                Some(wf.clone())
+            }
         };
         if let Some(wf) = wf {
             out.entry(wf).or_default().push(i);
@@ -304,9 +334,21 @@ enum Step {
 }
 
 fn lower(op: &Op) -> Option<LOp> {
-    let maybe = matches!(op.outcome, Outcome::Unknown | Outcome::Fail { retryable: true, .. });
+    let maybe = matches!(
+        op.outcome,
+        Outcome::Unknown
+            | Outcome::Fail {
+                retryable: true,
+                ..
+            }
+    );
     let step = match (&op.kind, &op.outcome) {
-        (_, Outcome::Fail { retryable: false, .. }) => return None,
+        (
+            _,
+            Outcome::Fail {
+                retryable: false, ..
+            },
+        ) => return None,
         (Kind::Status { .. }, Outcome::Ok(Ret::Status(p))) => Step::Read(*p),
         (Kind::Status { .. }, _) => return None,
         (Kind::Submit { .. }, Outcome::Ok(Ret::Submitted { created: true, .. })) => Step::Create,
@@ -323,7 +365,11 @@ fn lower(op: &Op) -> Option<LOp> {
     };
     Some(LOp {
         invoke: op.invoke,
-        complete: if maybe { u64::MAX } else { op.complete.unwrap_or(u64::MAX) },
+        complete: if maybe {
+            u64::MAX
+        } else {
+            op.complete.unwrap_or(u64::MAX)
+        },
         optional: maybe,
         step,
     })
@@ -332,7 +378,10 @@ fn lower(op: &Op) -> Option<LOp> {
 /// Running may end by itself: the states reachable without a client operation.
 fn closure(s: States) -> States {
     if s & Phase::Running.bit() != 0 {
-        s | Phase::Succeeded.bit() | Phase::Degraded.bit() | Phase::Failed.bit() | Phase::TimedOut.bit()
+        s | Phase::Succeeded.bit()
+            | Phase::Degraded.bit()
+            | Phase::Failed.bit()
+            | Phase::TimedOut.bit()
     } else {
         s
     }
@@ -360,10 +409,26 @@ fn apply(s: States, step: Step) -> Option<States> {
             map(&|p| (p != Phase::Absent && RETRYABLE & p.bit() == 0).then_some(p))
         }
         Step::NotFound => map(&|p| (p == Phase::Absent).then_some(p)),
-        Step::MaybeCreate => map(&|p| Some(if p == Phase::Absent { Phase::Running } else { p })),
-        Step::MaybeCancel => map(&|p| Some(if p == Phase::Running { Phase::Cancelled } else { p })),
+        Step::MaybeCreate => map(&|p| {
+            Some(if p == Phase::Absent {
+                Phase::Running
+            } else {
+                p
+            })
+        }),
+        Step::MaybeCancel => map(&|p| {
+            Some(if p == Phase::Running {
+                Phase::Cancelled
+            } else {
+                p
+            })
+        }),
         Step::MaybeRedrive => map(&|p| {
-            Some(if RETRYABLE & p.bit() != 0 { Phase::Running } else { p })
+            Some(if RETRYABLE & p.bit() != 0 {
+                Phase::Running
+            } else {
+                p
+            })
         }),
     }
 }

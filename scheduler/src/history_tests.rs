@@ -24,7 +24,12 @@ fn submit(key: Option<&str>, digest: u64, t: (u64, u64), id: &str, created: bool
     )
 }
 fn read(wf: &str, t: (u64, u64), p: Phase) -> Op {
-    op(Kind::Status { wf: wf.into() }, t.0, t.1, Outcome::Ok(Ret::Status(p)))
+    op(
+        Kind::Status { wf: wf.into() },
+        t.0,
+        t.1,
+        Outcome::Ok(Ret::Status(p)),
+    )
 }
 fn cancel(wf: &str, t: (u64, u64), r: Ret) -> Op {
     op(Kind::Cancel { wf: wf.into() }, t.0, t.1, Outcome::Ok(r))
@@ -212,7 +217,10 @@ fn one_key_two_workflows_fails() {
         key: "k".into(),
         ids: vec!["wf-1".into(), "wf-2".into()]
     }));
-    assert!(r.violations.contains(&Violation::CreatedTwice { key: "k".into() }));
+    assert!(
+        r.violations
+            .contains(&Violation::CreatedTwice { key: "k".into() })
+    );
 }
 
 #[test]
@@ -234,9 +242,11 @@ fn another_spec_under_a_key_must_be_refused() {
         submit(Some("k"), 1, (0, 10), "wf-1", true),
         submit(Some("k"), 2, (11, 12), "wf-1", false),
     ];
-    assert!(check(&accepted, None)
-        .violations
-        .contains(&Violation::OtherSpecAccepted { key: "k".into() }));
+    assert!(
+        check(&accepted, None)
+            .violations
+            .contains(&Violation::OtherSpecAccepted { key: "k".into() })
+    );
     let wrongly_refused = vec![
         submit(Some("k"), 1, (0, 10), "wf-1", true),
         op(
@@ -249,9 +259,11 @@ fn another_spec_under_a_key_must_be_refused() {
             Outcome::Ok(Ret::KeyConflict),
         ),
     ];
-    assert!(check(&wrongly_refused, None)
-        .violations
-        .contains(&Violation::SameSpecRefused { key: "k".into() }));
+    assert!(
+        check(&wrongly_refused, None)
+            .violations
+            .contains(&Violation::SameSpecRefused { key: "k".into() })
+    );
 }
 
 #[test]
@@ -261,7 +273,11 @@ fn many_concurrent_reads_stay_within_the_budget() {
     for c in 0..4u64 {
         for k in 0..40u64 {
             let t = 20 + k * 10 + c;
-            let p = if k < 20 { Phase::Running } else { Phase::Succeeded };
+            let p = if k < 20 {
+                Phase::Running
+            } else {
+                Phase::Succeeded
+            };
             h.push(read("wf-1", (t, t + 12), p));
         }
     }
