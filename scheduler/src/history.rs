@@ -400,7 +400,15 @@ fn apply(s: States, step: Step) -> Option<States> {
     };
     match step {
         Step::Create => map(&|p| (p == Phase::Absent).then_some(Phase::Running)),
-        Step::Exists => map(&|p| (p != Phase::Absent).then_some(p)),
+        // Not "it existed before": a request delivered twice (a retry on the way) answers
+        // `created: false` to the very submit that created it. After it, it exists.
+        Step::Exists => map(&|p| {
+            Some(if p == Phase::Absent {
+                Phase::Running
+            } else {
+                p
+            })
+        }),
         Step::Read(want) => map(&|p| (p == want).then_some(p)),
         Step::Cancel => map(&|p| (p == Phase::Running).then_some(Phase::Cancelled)),
         Step::CancelRefused => map(&|p| (TERMINAL & p.bit() != 0).then_some(p)),
@@ -461,6 +469,11 @@ fn linearizable(ops: &[LOp]) -> Option<bool> {
                 continue;
             }
             if let Some(next) = apply(state, ops[i].step) {
+                // A maybe-applied operation that changes nothing here is as good as never
+                // applied (which stays possible): no branch for it.
+                if ops[i].optional && next == closure(state) {
+                    continue;
+                }
                 let mut d = done.clone();
                 d[i / 64] |= 1 << (i % 64);
                 stack.push((d, next));

@@ -294,3 +294,38 @@ fn phases_parse_from_the_api_names() {
     assert_eq!(Phase::parse("running"), Some(Phase::Running));
     assert_eq!(Phase::parse("paused"), None);
 }
+
+#[test]
+fn a_duplicated_submit_may_answer_not_created_to_its_creator() {
+    // The request reached the leader twice: the second copy's answer (created: false) is the
+    // one the client saw, and no other submit of the key exists.
+    let h = vec![
+        submit(Some("k"), 1, (0, 10), "wf-1", false),
+        read("wf-1", (11, 12), Phase::Running),
+    ];
+    assert!(check(&h, Some(&present(&["wf-1"]))).ok());
+}
+
+#[test]
+fn many_maybe_applied_retries_stay_within_the_budget() {
+    // A keyed submit tried 30 times with no answer, then acknowledged, then read: the
+    // unanswered tries change nothing once it exists, so the search does not branch on them.
+    let mut h: Vec<Op> = (0..30)
+        .map(|k| Op {
+            client: 0,
+            kind: Kind::Submit {
+                key: Some("k".into()),
+                digest: 1,
+            },
+            invoke: k * 10,
+            complete: None,
+            outcome: Outcome::Unknown,
+        })
+        .collect();
+    h.push(submit(Some("k"), 1, (400, 410), "wf-1", false));
+    for k in 0..20 {
+        h.push(read("wf-1", (420 + k * 10, 425 + k * 10), Phase::Running));
+    }
+    let r = check(&h, Some(&present(&["wf-1"])));
+    assert!(r.ok(), "{r:?}");
+}

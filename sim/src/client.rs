@@ -259,11 +259,13 @@ impl Clients {
 
 impl Clients {
     /// The operations in the shape of the shared history checker (`troupe_scheduler::history`):
-    /// a submit's spec digest is its variant; `NotLeader` counts as maybe applied (weaker than
-    /// the truth), a timeout or an indeterminate answer as unknown.
+    /// a submit's spec digest is its variant; a `NotLeader` answer (refused before it was
+    /// proposed) is left out, a timeout or an indeterminate answer is unknown.
     pub fn history(&self) -> Vec<history::Op> {
         self.ops
             .values()
+            // Refused before it was proposed: it had no effect.
+            .filter(|op| op.outcome != OpOutcome::NotLeader)
             .map(|op| {
                 let kind = match &op.kind {
                     OpKind::Submit { variant, key } => history::Kind::Submit {
@@ -283,13 +285,10 @@ impl Clients {
                         (Output::Rejected(_) | Output::Conflict(_), _) => history::Ret::Refused,
                         _ => history::Ret::Done,
                     }),
-                    OpOutcome::NotLeader => history::Outcome::Fail {
-                        retryable: true,
-                        why: "not leader".into(),
-                    },
-                    OpOutcome::Pending | OpOutcome::Indeterminate | OpOutcome::Timeout => {
-                        history::Outcome::Unknown
-                    }
+                    OpOutcome::NotLeader
+                    | OpOutcome::Pending
+                    | OpOutcome::Indeterminate
+                    | OpOutcome::Timeout => history::Outcome::Unknown,
                 };
                 history::Op {
                     client: 0,
