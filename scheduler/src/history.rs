@@ -29,7 +29,7 @@
 //! Pure: times are plain numbers from the caller (any monotone unit); used by the real-process
 //! fault matrix (`chaos-tests/src/history.rs` records) and by the simulator (`sim/`).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Expansions of the search per workflow before it gives up (reported in [`Report::unchecked`]).
 pub const SEARCH_BUDGET: usize = 200_000;
@@ -446,7 +446,7 @@ fn linearizable(ops: &[LOp]) -> Option<bool> {
     let mut ops = ops.to_vec();
     ops.sort_by_key(|o| (o.invoke, o.complete));
     let words = ops.len().div_ceil(64).max(1);
-    let mut seen: HashSet<(Vec<u64>, States)> = HashSet::new();
+    let mut seen: BTreeSet<(Vec<u64>, States)> = BTreeSet::new();
     let mut budget = SEARCH_BUDGET;
     let mut stack = vec![(vec![0u64; words], Phase::Absent.bit())];
     while let Some((done, state)) = stack.pop() {
