@@ -1,4 +1,4 @@
-//! Fault matrix row 7: a worker partitioned from every server, shorter than its lease (1 s <
+//! Fault matrix row 7: a worker partitioned from every server, shorter than its lease (0.5 s <
 //! 2 s: nothing is rescheduled, its epoch stays) and longer (4 s: it is declared lost, its
 //! attempts are placed again as attempt + 1 on the other worker, and after heal it comes back
 //! under a new epoch; its stale attempts' results are fenced: each task's result is accepted
@@ -20,6 +20,8 @@ fn spec(c: u32, n: u32) -> String {
 }
 
 const ITEMS: u64 = 80;
+/// The cut shorter than the lease (2 s).
+const SHORT_CUT_MS: u64 = 500;
 const EXTRA: &[&str] = &["--kill-grace-s", "1", "--label", "pool=s"];
 const WORKER: &[&str] = &["--kill-grace-s", "1", "--label", "pool=w"];
 
@@ -120,9 +122,12 @@ fn a_worker_cut_off_shorter_than_its_lease_keeps_its_work_and_longer_is_fenced()
         });
     let (e0, _) = epoch(cluster.any(), &w0);
 
-    // Shorter than the lease: nothing happens.
+    // Shorter than the lease: nothing happens. (0.5 s: a silent cut of 1 s was declared lost
+    // in 2 of 4 runs here, since TCP's retransmission backoff, 200 ms then 400 and 800, can
+    // deliver the first renewal after the heal ~1.5 s after the cut began, and the last one
+    // before it may be 500 ms older: together the 2 s lease.)
     partition(&fabric, &cut, true);
-    std::thread::sleep(Duration::from_millis(1_000));
+    std::thread::sleep(Duration::from_millis(SHORT_CUT_MS));
     partition(&fabric, &cut, false);
     std::thread::sleep(Duration::from_millis(2_500));
     let (e1, status) = epoch(cluster.any(), &w0);
@@ -130,13 +135,13 @@ fn a_worker_cut_off_shorter_than_its_lease_keeps_its_work_and_longer_is_fenced()
     assert_eq!(
         (e1, status.as_str()),
         (e0, "up"),
-        "a 1 s cut re-registered {w0}: {h:?}"
+        "a {SHORT_CUT_MS} ms cut re-registered {w0}: {h:?}"
     );
     assert!(
         !h.iter().any(|l| l.contains("lost")),
-        "a 1 s cut rescheduled: {h:?}"
+        "a {SHORT_CUT_MS} ms cut rescheduled: {h:?}"
     );
-    eprintln!("row 7: 1 s cut: {w0} kept epoch {e1}, 0 reschedules");
+    eprintln!("row 7: {SHORT_CUT_MS} ms cut: {w0} kept epoch {e1}, 0 reschedules");
 
     // Longer than the lease: declared lost, re-placed, fenced.
     let refused_before = cluster.any().get("/v1/health").1["stats"]["stale_reports_refused"]
