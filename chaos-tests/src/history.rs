@@ -219,14 +219,21 @@ impl Recorder {
     pub fn assert_ok(&self, what: &str, present: &BTreeSet<String>) -> Report {
         let ops = self.ops();
         let r = check(&ops, Some(present));
+        let count = |f: fn(&Op) -> bool| ops.iter().filter(|o| f(o)).count();
         eprintln!(
-            "{what}: history of {} ops on {} workflows: {} retryable errors, {} definite, {} unknown; {} violation(s)",
+            "{what}: history of {} ops on {} workflows: {} retryable errors, {} definite, {} unknown; {} violation(s); {} reads, {} cancels applied and {} refused, {} redrives applied",
             r.ops,
             r.workflows_checked,
             r.retryable_errors,
             r.definite_errors,
             r.unknown,
-            r.violations.len()
+            r.violations.len(),
+            count(|o| matches!(o.kind, Kind::Status { .. }) && matches!(o.outcome, Outcome::Ok(_))),
+            count(|o| matches!(o.kind, Kind::Cancel { .. }) && o.outcome == Outcome::Ok(Ret::Done)),
+            count(
+                |o| matches!(o.kind, Kind::Cancel { .. }) && o.outcome == Outcome::Ok(Ret::Refused)
+            ),
+            count(|o| matches!(o.kind, Kind::Redrive { .. }) && o.outcome == Outcome::Ok(Ret::Done)),
         );
         if !r.ok() {
             let detail: Vec<String> = r
@@ -268,8 +275,10 @@ pub fn present(node: &TestNode) -> Option<BTreeSet<String>> {
     )
 }
 
-/// Client threads that submit keyed workflows, read their status and now and then send a key
-/// again (same spec), recording everything, until stopped (or `OPS_MAX` operations each).
+/// Client threads that submit keyed workflows, read their status, now and then send a key again
+/// (same spec, and once in a while another spec: a 409), and (client 0) cancel the workflow they
+/// just submitted and redrive (`retry`) it once cancelled, recording everything, until stopped
+/// (or `OPS_MAX` operations each).
 pub struct Workload {
     pub rec: Arc<Recorder>,
     stop: Arc<AtomicBool>,
@@ -319,6 +328,7 @@ fn client(
 ) {
     let mut at = c as usize;
     let mut acked: Vec<(u32, String)> = Vec::new();
+    let mut cancelled: Option<String> = None;
     let mut n = 0;
     for op in 0..OPS_MAX {
         if stop.load(Ordering::SeqCst) {
@@ -326,6 +336,20 @@ fn client(
         }
         let api = &apis[at % apis.len()];
         let out = match op % 4 {
+            // Client 0: cancel what it just submitted (it may have finished: a 409), and
+            // redrive it if the cancel took.
+            1 if c == 0 && op % 20 == 1 && !acked.is_empty() => {
+                let id = acked[acked.len() - 1].1.clone();
+                let out = rec.cancel(c, api, &id);
+                if out == Outcome::Ok(Ret::Done) {
+                    cancelled = Some(id);
+                }
+                out
+            }
+            3 if c == 0 && cancelled.is_some() => {
+                let id = cancelled.take().unwrap_or_default();
+                rec.redrive(c, api, &id)
+            }
             // Submit a new key, or send an old one again (its id must come back).
             // Once in a while, another spec under a key already acknowledged: must be a 409.
             2 if op % 40 == 38 && !acked.is_empty() => {
@@ -438,4 +462,31 @@ pub fn wait_health(
         assert!(Instant::now() < deadline, "waited {limit:?} for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Every accepted success the final state records, counted per workflow: the items that
+/// succeeded in each step of every workflow of `present` (through the first of `apis` that
+/// answers). With each task's result accepted once, the replicated `tasks_succeeded` equals it.
+pub fn succeeded_items(apis: &[String], present: &BTreeSet<String>) -> u64 {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let mut total = 0;
+    for id in present {
+        let detail = apis.iter().find_map(|api| {
+            let mut r = agent.get(&format!("{api}/v1/workflows/{id}")).call().ok()?;
+            (r.status().as_u16() == 200).then_some(())?;
+            serde_json::from_str::<Value>(&r.body_mut().read_to_string().ok()?).ok()
+        });
+        let detail = detail.unwrap_or_else(|| panic!("{id}: no detail from any server"));
+        total += detail["step_runs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| s["succeeded"].as_u64().unwrap_or(0))
+            .sum::<u64>();
+    }
+    total
 }

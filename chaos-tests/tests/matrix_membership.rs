@@ -75,7 +75,7 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn membership_changes_during_a_leader_kill_and_a_partition_keep_one_leader_per_term() {
-    let fabric = Fabric::best(48, 4);
+    let fabric = Fabric::best(58, 4);
     let tmp = tempfile::tempdir().unwrap();
     let mut cluster = fabric.cluster(tmp.path(), 3, 0, EXTRA);
     let mut apis: Vec<String> = cluster.servers.iter().map(|s| s.api.clone()).collect();

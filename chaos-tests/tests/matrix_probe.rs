@@ -30,7 +30,7 @@ fn capacity(node: &TestNode, id: &str) -> u64 {
 
 #[test]
 fn a_failing_resource_probe_degrades_the_node_and_it_gets_no_work_until_it_recovers() {
-    let fabric = Fabric::Loopback(46);
+    let fabric = Fabric::Loopback(56);
     let tmp = tempfile::tempdir().unwrap();
     let flag = tmp.path().join("probe-fails");
     std::fs::write(&flag, "").unwrap();
