@@ -4,7 +4,6 @@
 //! checker is `troupe_scheduler::history` (pure, shared with the simulator): at the end a test
 //! calls [`Recorder::check`] with the workflows present in the final state.
 
-use crate::TestNode;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -258,21 +257,6 @@ impl Recorder {
         }
         r
     }
-}
-
-/// Every workflow id the cluster lists (`GET /v1/workflows`, newest 10,000), or `None` if the
-/// node did not answer.
-pub fn present(node: &TestNode) -> Option<BTreeSet<String>> {
-    let (code, v) = node.get("/v1/workflows?limit=10000");
-    if code != 200 {
-        return None;
-    }
-    let list = v["workflows"].as_array().or_else(|| v.as_array())?;
-    Some(
-        list.iter()
-            .filter_map(|w| w["id"].as_str().map(str::to_string))
-            .collect(),
-    )
 }
 
 /// Client threads that submit keyed workflows, read their status, now and then send a key again
