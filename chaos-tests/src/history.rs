@@ -255,7 +255,67 @@ impl Recorder {
                 detail.join("\n")
             );
         }
+        assert_catches_tampering(what, &ops, present);
         r
+    }
+}
+
+/// The checker is not vacuous on this real history: a read of `running` added just after a read
+/// that showed a workflow finished (one never redriven) must fail it, and so must a final state
+/// missing one acknowledged workflow.
+fn assert_catches_tampering(what: &str, ops: &[Op], present: &BTreeSet<String>) {
+    let redriven: BTreeSet<&str> = ops
+        .iter()
+        .filter_map(|o| match &o.kind {
+            Kind::Redrive { wf } => Some(wf.as_str()),
+            _ => None,
+        })
+        .collect();
+    let finished = ops
+        .iter()
+        .find_map(|o| match (&o.kind, &o.outcome, o.complete) {
+            (Kind::Status { wf }, Outcome::Ok(Ret::Status(p)), Some(t))
+                if *p != Phase::Running
+                    && *p != Phase::Absent
+                    && !redriven.contains(wf.as_str()) =>
+            {
+                Some((wf.clone(), t))
+            }
+            _ => None,
+        });
+    if let Some((wf, t)) = finished {
+        let mut bad = ops.to_vec();
+        bad.push(Op {
+            client: 999,
+            kind: Kind::Status { wf: wf.clone() },
+            invoke: t + 1,
+            complete: Some(t + 2),
+            outcome: Outcome::Ok(Ret::Status(Phase::Running)),
+        });
+        let r = check(&bad, Some(present));
+        assert!(
+            r.violations
+                .iter()
+                .any(|v| matches!(v, Violation::NotLinearizable { wf: w, .. } if *w == wf)),
+            "{what}: a read going back in time on {wf} was not caught: {r:?}"
+        );
+        eprintln!(
+            "{what}: the checker catches a read of {wf} going back in time added to this history"
+        );
+    }
+    if let Some(Outcome::Ok(Ret::Submitted { id, .. })) = ops
+        .iter()
+        .map(|o| &o.outcome)
+        .find(|o| matches!(o, Outcome::Ok(Ret::Submitted { .. })))
+    {
+        let mut fewer = present.clone();
+        fewer.remove(id);
+        let r = check(ops, Some(&fewer));
+        assert!(
+            r.violations
+                .contains(&Violation::LostAck { id: id.clone() }),
+            "{what}: a lost acknowledged {id} was not caught"
+        );
     }
 }
 
