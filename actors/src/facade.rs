@@ -43,10 +43,15 @@ pub struct FacadeArgs {
     pub sink: Box<dyn Fn() -> Box<dyn EffectSink> + Send + Sync>,
     /// Made again at each open: watchers of what was applied (alerts, traces).
     pub observers: Box<dyn Fn() -> Vec<Box<dyn Observer>> + Send + Sync>,
+    /// Called with the error when the engine stopped because the disk failed (a write or an
+    /// fsync of the log failed, the disk is full): the node stops instead of reopening the log
+    /// over a disk it cannot trust (fail-stop). Without it the supervisor restarts the facade.
+    pub on_disk_failure: Option<Box<dyn Fn(String) + Send + Sync>>,
 }
 
 pub struct FacadeState {
     engine: Option<Engine<Machine>>,
+    args: Arc<FacadeArgs>,
 }
 
 impl Actor for RaftFacade {
@@ -62,6 +67,11 @@ impl Actor for RaftFacade {
         let open_args = args.clone();
         let engine = tokio::task::spawn_blocking(move || {
             let a = open_args;
+            let observers = (a.observers)();
+            // Ended attempts are noted from the first entry applied (replay and the node's
+            // registration included) when an observer wants them.
+            let mut machine = Machine::default();
+            machine.attempts.enabled = observers.iter().any(|o| o.wants_attempts());
             let args = HookArgs {
                 node: a.node.clone(),
                 incarnation: a.incarnation,
@@ -69,10 +79,10 @@ impl Actor for RaftFacade {
                 retain: a.retain,
                 audit_every: a.audit_every,
                 lease: a.lease.clone(),
-                observers: (a.observers)(),
+                observers,
             };
             let h = hook(args, (a.sink)());
-            Engine::open(a.config.clone(), Machine::default(), h)
+            Engine::open(a.config.clone(), machine, h)
         })
         .await??;
         let st = engine.handle().status();
@@ -80,6 +90,7 @@ impl Actor for RaftFacade {
         me.send_interval(WATCH_EVERY, || FacadeMsg::Watch);
         Ok(FacadeState {
             engine: Some(engine),
+            args,
         })
     }
 
@@ -112,6 +123,14 @@ impl Actor for RaftFacade {
             FacadeMsg::Watch => {
                 let status = engine.handle().status();
                 if !status.running {
+                    if let (Some(f), Some(stop)) = (
+                        engine.handle().failure().filter(|f| f.disk),
+                        st.args.on_disk_failure.as_ref(),
+                    ) {
+                        tracing::error!(error = %f.message, "the disk under the raft log failed; stopping the node (fail-stop)");
+                        stop(format!("the raft log's disk failed: {}", f.message));
+                        return Ok(());
+                    }
                     tracing::error!(
                         applied = status.applied,
                         "the raft engine thread stopped (see the error above); failing the raft facade so its supervisor acts"

@@ -13,6 +13,7 @@
 //! - [`sink`] — delivers applied effects to the actors by registered name.
 //! - [`workers`] — how the dispatcher hands attempts of worker steps to the node's worker host.
 //! - [`metrics`] — task counters kept by apply, lease counters (read by the node's exporter).
+//! - [`attempts`] — which attempts each applied command ended, and how (the node's trace spans).
 //!
 //! Invariants: no actor blocks (fsync lives on the engine thread, processes in spawned tasks);
 //! no unbounded fan-out (the planner only places against a node's credits, so the dispatcher's
@@ -22,6 +23,7 @@
 //! Read in this order: `machine.rs`, `facade.rs`, `dispatcher.rs`, `runner.rs`, `instance.rs`,
 //! `sink.rs`, `supervisor.rs`.
 
+pub mod attempts;
 pub mod dispatcher;
 pub mod executor;
 pub mod facade;

@@ -26,6 +26,8 @@ pub struct Machine {
     pub state: State,
     /// Counted as commands are applied; not replicated, not in snapshots (`crate::metrics`).
     pub metrics: crate::metrics::TaskMetrics,
+    /// The attempts each command ended, while an observer wants them (traces); process local.
+    pub attempts: crate::attempts::AttemptLog,
 }
 
 impl StateMachine for Machine {
@@ -34,9 +36,13 @@ impl StateMachine for Machine {
 
     fn apply(&mut self, at_ms: u64, cmd: Command) -> Output {
         let watch = crate::metrics::TaskMetrics::before(&self.state, &cmd);
+        let ends = self.attempts.before(&self.state, &cmd);
         let out = self.state.apply(at_ms, cmd);
         if let Some(w) = watch {
             self.metrics.after(&self.state, at_ms, w);
+        }
+        if let Some(w) = ends {
+            self.attempts.after(&self.state, at_ms, w);
         }
         out
     }
@@ -135,6 +141,22 @@ pub trait Observer: Send + 'static {
     /// `effects`: those of the entries applied since the last call; `now_ms`: the engine's
     /// clock; `is_leader`: whether this member is the Raft leader now.
     fn observe(&mut self, state: &State, effects: &[Effect], now_ms: u64, is_leader: bool);
+
+    /// Whether this observer wants [`Observer::attempts`] (the machine records them only then).
+    fn wants_attempts(&self) -> bool {
+        false
+    }
+
+    /// The attempts ended by the entries applied since the last call (`crate::attempts`), on
+    /// every member, with the engine's clock; called before `observe`.
+    fn attempts(
+        &mut self,
+        _state: &State,
+        _ended: &[crate::attempts::Ended],
+        _now_ms: u64,
+        _is_leader: bool,
+    ) {
+    }
 }
 
 /// What the engine hook needs besides the sink.
@@ -170,7 +192,10 @@ pub fn hook(mut args: HookArgs, mut sink: Box<dyn EffectSink>) -> troupe_raft_lo
         .lease
         .as_ref()
         .map(|(table, lease)| LeaseJudge::new(table.clone(), *lease));
+    let wants_attempts = observers.iter().any(|o| o.wants_attempts());
     Box::new(move |m: &mut Machine, now_ms: u64, is_leader: bool| {
+        m.attempts.enabled = wants_attempts;
+        let ended = m.attempts.take();
         let effects = m.state.take_effects();
         let epoch = m
             .state
@@ -181,6 +206,9 @@ pub fn hook(mut args: HookArgs, mut sink: Box<dyn EffectSink>) -> troupe_raft_lo
             .map(|n| n.epoch)
             .unwrap_or(0);
         for o in observers.iter_mut() {
+            if !ended.is_empty() && o.wants_attempts() {
+                o.attempts(&m.state, &ended, now_ms, is_leader);
+            }
             o.observe(&m.state, &effects, now_ms, is_leader);
         }
         if !effects.is_empty() {

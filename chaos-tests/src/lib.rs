@@ -8,6 +8,7 @@
 //! `cargo build -p troupe-ops`; `.ci/run` does).
 
 pub mod browser;
+pub mod chaos_run;
 pub mod format;
 pub mod history;
 pub mod netns;

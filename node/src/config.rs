@@ -24,8 +24,10 @@ pub struct NodeConfig {
     pub snapshot_every_entries: u64,
     /// Stable node id; read from (or written to) `data_dir/node-id` when not given.
     pub node_id: Option<String>,
-    /// Serve `POST /v1/chaos/panic/{actor}` (supervision tests and chaos drills only).
+    /// Serve the chaos API (`/v1/chaos/...`: panics, faults, verify); chaos drills only.
     pub fault_injection: bool,
+    /// This node's injected faults (used only with `fault_injection`).
+    pub chaos: std::sync::Arc<crate::chaos::Chaos>,
     /// Made-up GPUs instead of NVML (tests and demos only; see `capacity::parse_simulated`).
     pub simulate_gpus: Option<Vec<Gpu>>,
     /// Capacity kept back from scheduling.
@@ -75,6 +77,7 @@ impl NodeConfig {
             snapshot_every_entries: 1_000,
             node_id: None,
             fault_injection: false,
+            chaos: Default::default(),
             simulate_gpus: None,
             reserve: Reserve::default(),
             labels: BTreeMap::new(),

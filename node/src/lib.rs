@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod capacity;
+pub mod chaos;
 pub mod cluster;
 pub mod config;
 pub mod exec;

@@ -125,6 +125,10 @@ pub async fn start(mut cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         }
     }
     let node = node_id(&cfg).context("cannot read or write the node id")?;
+    if cfg.fault_injection {
+        crate::chaos::process::write_pid_file(&cfg.data_dir)
+            .with_context(|| format!("cannot write {}/node.pid", cfg.data_dir.display()))?;
+    }
     let reaped = crate::exec::reap_orphans(&cfg.data_dir, &node);
     if reaped > 0 {
         tracing::warn!(
@@ -226,6 +230,13 @@ fn raft_spec(ctx: &Ctx) -> ChildSpec {
     let mut engine_cfg = EngineConfig::new(&cfg.data_dir);
     engine_cfg.fsync = cfg.fsync;
     engine_cfg.snapshot_every_entries = cfg.snapshot_every_entries;
+    if cfg.fault_injection {
+        // Chaos mode: a skewable clock, injectable disk faults, and the whole history kept
+        // for `troupe chaos verify` (docs/chaos.md).
+        engine_cfg.clock = cfg.chaos.clock();
+        engine_cfg.disk_faults = Some(cfg.chaos.disk.clone());
+        engine_cfg.keep_compacted = true;
+    }
     if let Some(c) = cfg.cluster.as_ref().filter(|c| c.role == Role::Server) {
         engine_cfg.id = c.raft_id();
         engine_cfg.voters = c.voters();
@@ -247,6 +258,10 @@ fn raft_spec(ctx: &Ctx) -> ChildSpec {
         lease,
         sink: Box::new(sink_factory(ctx.clone())),
         observers: Box::new(observers(ctx.clone())),
+        on_disk_failure: Some(Box::new({
+            let fatal = cfg.fatal.clone();
+            move |why| fatal.raise(why)
+        })),
     });
     ChildSpec::new(RAFT_NAME, Restart::Permanent, move |sup: ActorCell| {
         let args = args.clone();
@@ -311,11 +326,13 @@ fn membership_spec(ctx: &Ctx) -> ChildSpec {
         ctx.node.clone(),
         ctx.cfg.fatal.clone(),
     );
+    let chaos = ctx.cfg.fault_injection.then(|| ctx.cfg.chaos.clone());
     ChildSpec::new(
         MEMBERSHIP_NAME,
         Restart::Permanent,
         move |sup: ActorCell| {
             let args = MembershipArgs {
+                chaos: chaos.clone(),
                 cluster: cluster.clone(),
                 node: node.clone(),
                 fatal: fatal.clone(),
@@ -429,6 +446,15 @@ fn api_spec(ctx: &Ctx) -> ChildSpec {
         async move {
             let cfg = &ctx.cfg;
             let outbound = crate::api::Outbound::new(cfg.api_tls.as_ref());
+            let chaos = crate::api::ChaosApi {
+                node: ctx.node.clone(),
+                data_dir: cfg.data_dir.clone(),
+                enabled: cfg.fault_injection,
+                chaos: cfg.chaos.clone(),
+                outbound: outbound.clone(),
+                raft: None,
+                leader_api: None,
+            };
             let router = if ctx.role() == Some(Role::Worker) {
                 crate::api::proxy_router(crate::api::WorkerApi {
                     node: ctx.node.clone(),
@@ -436,6 +462,10 @@ fn api_spec(ctx: &Ctx) -> ChildSpec {
                     leader_api: ctx.leader_api.clone(),
                     auth: cfg.api_auth.clone(),
                     outbound,
+                    chaos: crate::api::ChaosApi {
+                        leader_api: Some(ctx.leader_api.clone()),
+                        ..chaos
+                    },
                 })
             } else {
                 let (engine, state) = raft().await?;
@@ -457,6 +487,10 @@ fn api_spec(ctx: &Ctx) -> ChildSpec {
                 } else {
                     Arc::new(|| Route::Here)
                 };
+                let chaos = crate::api::ChaosApi {
+                    raft: Some((engine.clone(), state.clone())),
+                    ..chaos
+                };
                 let app = AppState {
                     engine,
                     state,
@@ -468,6 +502,7 @@ fn api_spec(ctx: &Ctx) -> ChildSpec {
                     route,
                     auth: cfg.api_auth.clone(),
                     outbound,
+                    chaos,
                 };
                 crate::api::router(app)
             };

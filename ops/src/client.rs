@@ -75,9 +75,14 @@ impl Client {
     }
 
     pub fn with(base: &str, access: &Access) -> anyhow::Result<Self> {
+        Client::with_timeout(base, access, Duration::from_secs(660))
+    }
+
+    /// A client whose calls give up after `timeout` (a frozen node must not hold a caller up).
+    pub fn with_timeout(base: &str, access: &Access, timeout: Duration) -> anyhow::Result<Self> {
         let mut config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(660)));
+            .timeout_global(Some(timeout));
         if base.starts_with("https://") {
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
             let tls = ureq::tls::TlsConfig::builder()
@@ -100,6 +105,11 @@ impl Client {
             agent: config.build().into(),
             bearer,
         })
+    }
+
+    /// The API address this client talks to.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     fn url(&self, path: &str) -> String {

@@ -464,7 +464,7 @@ pub(crate) fn client_command(
             }
             Ok(())
         }
-        Cmd::Dev(_) | Cmd::Node(_) | Cmd::Bench(_) | Cmd::BenchWorker => {
+        Cmd::Dev(_) | Cmd::Node(_) | Cmd::Bench(_) | Cmd::BenchWorker | Cmd::Chaos(_) => {
             unreachable!("handled in main")
         }
     }

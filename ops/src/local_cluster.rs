@@ -8,13 +8,28 @@ use anyhow::{Context, bail};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Children(Vec<Child>);
+/// The node processes, and their data dirs: a node restarted by `troupe chaos kill` is no
+/// longer a child of this process; its data dir's `node.pid` names it, and it is stopped too.
+struct Children(Vec<Child>, Vec<std::path::PathBuf>);
 
 impl Drop for Children {
     fn drop(&mut self) {
+        let ours: Vec<u32> = self.0.iter().map(Child::id).collect();
         for c in &mut self.0 {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        for dir in &self.1 {
+            if let Some(pid) = troupe_node::chaos::process::read_pid_file(dir)
+                && pid > 1
+                && !ours.contains(&(pid as u32))
+                && troupe_node::chaos::process::is_node_of(pid, dir)
+            {
+                // SAFETY: a plain syscall; the pid file names this cluster's node process.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
         }
     }
 }
@@ -49,11 +64,12 @@ pub fn run(n: u32, args: &DevArgs, token: Option<String>) -> anyhow::Result<()> 
     );
     let cluster: Vec<String> = (0..n).map(|i| format!("127.0.0.1:{}", 7101 + i)).collect();
     let base_api = args.listen.map(|a| a.port()).unwrap_or(7070);
-    let mut children = Children(Vec::new());
+    let mut children = Children(Vec::new(), Vec::new());
     let mut apis = Vec::new();
     for i in 0..n as usize {
         let data = args.opts.data.join(format!("n{}", i + 1));
         std::fs::create_dir_all(&data)?;
+        children.1.push(data.clone());
         let api = format!("127.0.0.1:{}", base_api + i as u16);
         let join: Vec<&str> = cluster
             .iter()

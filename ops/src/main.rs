@@ -6,6 +6,10 @@ mod bench_cluster;
 mod bench_placement;
 mod bench_soak;
 mod bench_warm;
+mod chaos_cli;
+mod chaos_experiment;
+mod chaos_run;
+mod chaos_table;
 mod client;
 mod commands;
 mod dlq_cli;
@@ -14,6 +18,12 @@ mod logs_cli;
 mod progress;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc instead of glibc's malloc: a node allocates and frees many small objects per
+/// item (commands, task entries, run specs); on the no-op worker bench glibc's malloc and
+/// free (with `malloc_consolidate`) took about a quarter of the node's time.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -124,6 +134,9 @@ enum Cmd {
         /// The item's index (from 0).
         index: u32,
     },
+    /// Chaos engineering: inject faults (kill, pause, partition, slow-disk, skew-clock), run
+    /// experiments, verify the invariants (a cluster started with --fault-injection).
+    Chaos(chaos_cli::ChaosArgs),
     /// Measure Troupe on this machine (starts its own nodes; prints figures).
     Bench(bench::BenchArgs),
     /// Benchmarks only: a no-op worker (the worker-step wire format, answering each task with
@@ -258,7 +271,9 @@ pub struct NodeOpts {
     /// Seconds between SIGTERM and SIGKILL when an attempt is stopped.
     #[arg(long, default_value_t = 5)]
     kill_grace_s: u64,
-    /// Serve POST /v1/chaos/panic/{actor} (supervision tests and chaos drills only).
+    /// Chaos drills only: serve the chaos API (`troupe chaos`: kill, pause, partition,
+    /// slow-disk, skew-clock, verify; POST /v1/chaos/panic/{actor}) and keep the compacted
+    /// Raft log for `troupe chaos verify` (the log then grows without bound). docs/chaos.md.
     #[arg(long)]
     fault_injection: bool,
     /// SIMULATION for tests and demos: advertise made-up GPUs instead of asking NVML
@@ -365,6 +380,9 @@ fn keep_secrets() {
 }
 
 fn main() {
+    // Before the secrets leave the environment: a node killed by `troupe chaos kill` comes
+    // back with the same command line and environment.
+    troupe_node::chaos::process::remember_command();
     let cli = Cli::parse();
     if matches!(cli.cmd, Cmd::Dev(_) | Cmd::Node(_)) {
         keep_secrets();
@@ -374,6 +392,13 @@ fn main() {
         Cmd::Node(args) => commands::node(args),
         Cmd::Bench(args) => bench::run(args),
         Cmd::BenchWorker => bench_warm::noop_worker(),
+        Cmd::Chaos(args) => {
+            let access = client::Access {
+                token: cli.token,
+                ca: cli.ca,
+            };
+            chaos_cli::run(&cli.api, &access, cli.json, args)
+        }
         other => {
             // A client printing into a closed pipe (`troupe status | head -1`) ends quietly, as
             // coreutils do, instead of panicking. Only the client: a node must get EPIPE on its

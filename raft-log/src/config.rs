@@ -60,6 +60,12 @@ pub struct EngineConfig {
     pub election_tick: usize,
     /// Leader heartbeat interval in ticks (default 2); must be below `election_tick`.
     pub heartbeat_tick: usize,
+    /// Injected disk faults (chaos mode): slow or failing fsyncs. `None` (default): none.
+    pub disk_faults: Option<Arc<crate::DiskFaults>>,
+    /// `true`: entries dropped by compaction are moved to an archive table instead of deleted,
+    /// so the whole committed history can be read back ([`crate::EngineHandle::read_log`]).
+    /// Costs disk (the log grows without bound); meant for chaos runs. Default `false`.
+    pub keep_compacted: bool,
 }
 
 impl EngineConfig {
@@ -82,6 +88,8 @@ impl EngineConfig {
             transport: None,
             election_tick: 10,
             heartbeat_tick: 2,
+            disk_faults: None,
+            keep_compacted: false,
         }
     }
 
@@ -164,6 +172,8 @@ impl fmt::Debug for EngineConfig {
             .field("transport", &self.transport.is_some())
             .field("election_tick", &self.election_tick)
             .field("heartbeat_tick", &self.heartbeat_tick)
+            .field("disk_faults", &self.disk_faults)
+            .field("keep_compacted", &self.keep_compacted)
             .finish_non_exhaustive()
     }
 }

@@ -156,6 +156,10 @@ impl<M: StateMachine> Driver<M> {
     ) -> Result<Self, RaftLogError> {
         let path = cfg.db_path();
         let mut store = RedbStorage::open(&path, cfg.fsync)?;
+        store.set_chaos(cfg.disk_faults.clone(), cfg.keep_compacted);
+        if let Ok(mut db) = shared.db.lock() {
+            *db = (store.database(), path.clone());
+        }
         let joining = !store.is_initialized() && cfg.join_existing;
         if joining {
             tracing::info!(path = %path.display(), id = cfg.id, "created an empty raft log; waiting to be added to the group and sent a snapshot");
@@ -495,8 +499,13 @@ impl<M: StateMachine> Driver<M> {
                 Some(tx) => {
                     let _ = tx.send(Err(e));
                 }
+                None if e.is_disk() => {
+                    tracing::error!(error = %e, "raft engine stopped: the disk failed; the node stops (fail-stop)");
+                    self.record_failure(true, &e);
+                }
                 None => {
-                    tracing::error!(error = %e, "raft engine stopped on a fatal error; restart the node")
+                    tracing::error!(error = %e, "raft engine stopped on a fatal error; restart the node");
+                    self.record_failure(false, &e);
                 }
             },
         }
@@ -505,6 +514,17 @@ impl<M: StateMachine> Driver<M> {
         self.shared.leader_id.store(0, Ordering::Release);
         self.shared.running.store(false, Ordering::Release);
         tracing::debug!(applied = self.applied, "raft engine stopped");
+    }
+}
+
+impl<M: StateMachine> Driver<M> {
+    fn record_failure(&self, disk: bool, e: &RaftLogError) {
+        if let Ok(mut f) = self.shared.failure.lock() {
+            *f = Some(crate::engine::EngineFailure {
+                disk,
+                message: e.to_string(),
+            });
+        }
     }
 }
 

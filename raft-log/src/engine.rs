@@ -118,6 +118,21 @@ pub(crate) struct Shared {
     pub members: Mutex<(Vec<u64>, Vec<u64>)>,
     /// Queue depth, latencies and sizes for metrics.
     pub stats: crate::stats::EngineStats,
+    /// The open database (the engine thread holds the only strong reference) and its path,
+    /// for readers of the committed history.
+    pub db: Mutex<(std::sync::Weak<redb::Database>, std::path::PathBuf)>,
+    /// Why the engine thread stopped, once it stopped on an error.
+    pub failure: Mutex<Option<EngineFailure>>,
+}
+
+/// Why a running engine stopped (see [`EngineHandle::failure`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineFailure {
+    /// The disk failed (an I/O or storage error writing the log, a full disk, a failed fsync):
+    /// the node should stop rather than reopen the log in a loop (fail-stop).
+    pub disk: bool,
+    /// The error, as [`RaftLogError`] prints it.
+    pub message: String,
 }
 
 /// A point-in-time view of the log, read from atomics (no round trip to the engine thread).
@@ -350,6 +365,35 @@ impl<M: StateMachine> EngineHandle<M> {
     /// The current status (from atomics).
     pub fn status(&self) -> EngineStatus {
         status_of(&self.shared)
+    }
+
+    /// Why the engine thread stopped, if it stopped on an error.
+    pub fn failure(&self) -> Option<EngineFailure> {
+        self.shared.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Up to `max` committed entries from index `from` (archived ones included, see
+    /// [`crate::EngineConfig::keep_compacted`]), decoded. Reads in a redb read transaction on
+    /// the caller's thread: call it from a blocking context.
+    pub fn read_log(
+        &self,
+        from: u64,
+        max: usize,
+    ) -> Result<crate::LogPage<M::Command>, RaftLogError> {
+        let (db, path) = self.database()?;
+        crate::history::read(&db, &path, from, max)
+    }
+
+    /// The stored snapshot: its index and the state machine's image (empty if none).
+    pub fn stored_snapshot(&self) -> Result<(u64, Vec<u8>), RaftLogError> {
+        let (db, path) = self.database()?;
+        crate::history::snapshot(&db, &path)
+    }
+
+    fn database(&self) -> Result<(Arc<redb::Database>, std::path::PathBuf), RaftLogError> {
+        let guard = self.shared.db.lock().map_err(|_| RaftLogError::Closed)?;
+        let db = guard.0.upgrade().ok_or(RaftLogError::Closed)?;
+        Ok((db, guard.1.clone()))
     }
 
     /// The replicated state. Readers take the read lock; apply takes the write lock per batch.

@@ -94,9 +94,17 @@ pub enum RaftLogError {
     /// The engine thread died before the log was ready (a panic in the state machine, for example).
     #[error("raft engine thread stopped during startup: {0}; see the log above for the cause")]
     Startup(String),
+    /// The engine is closed (it stopped, or is being reopened); retry once it runs again.
+    #[error("the raft log is closed (the engine stopped or is restarting); retry in a second")]
+    Closed,
 }
 
 impl RaftLogError {
+    /// The disk failed under the log (I/O, a write redb could not complete, a full disk).
+    pub fn is_disk(&self) -> bool {
+        matches!(self, RaftLogError::Io { .. } | RaftLogError::Storage { .. })
+    }
+
     /// Maps a redb error on the file `path`.
     pub(crate) fn from_redb(path: &Path, err: impl Into<redb::Error>) -> Self {
         let path_buf = path.to_path_buf();

@@ -80,8 +80,10 @@ mod driver;
 mod engine;
 mod envelope;
 mod error;
+mod faults;
 #[cfg(test)]
 mod fuzz;
+mod history;
 mod logger;
 pub mod stats;
 mod storage;
@@ -89,10 +91,12 @@ mod wire_check;
 
 pub use config::{Clock, DB_FILE_NAME, EngineConfig};
 pub use engine::{
-    Engine, EngineHandle, EngineStatus, MembershipChange, MembershipReceiver, ProposeReceiver,
-    ReadReceiver,
+    Engine, EngineFailure, EngineHandle, EngineStatus, MembershipChange, MembershipReceiver,
+    ProposeReceiver, ReadReceiver,
 };
 pub use error::{ProposeError, RaftLogError};
+pub use faults::{DiskFaults, FSYNC_DELAY_MAX_MS};
+pub use history::{LogEntry, LogPage};
 pub use stats::{EngineStats, HistogramSnapshot, LatencyHistogram};
 pub use wire_check::MESSAGE_BYTES_MAX;
 

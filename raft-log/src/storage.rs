@@ -16,32 +16,49 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use protobuf::Message as PbMessage;
 use raft::StorageError;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
-use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::error::RaftLogError;
 
-const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_entries");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+pub(crate) const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_entries");
+/// Committed entries removed by compaction, kept when `keep_compacted` is on (same layout).
+pub(crate) const ARCHIVE: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_archive");
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+/// The snapshot image, in chunks of [`SNAP_CHUNK`] bytes keyed 0, 1, ... Apart from `META` on
+/// purpose: redb keeps a value inside its B-tree leaf, so a snapshot stored next to the hard
+/// state made every Ready's hard-state write copy a leaf as large as the whole state (the
+/// cost of each commit grew with the state: format 1).
+pub(crate) const SNAPSHOT: TableDefinition<u32, &[u8]> = TableDefinition::new("raft_snapshot");
+/// Bytes of one snapshot chunk.
+const SNAP_CHUNK: usize = 1 << 20;
 
 const K_FORMAT: &str = "format";
-const K_HARD_STATE: &str = "hard_state";
+pub(crate) const K_HARD_STATE: &str = "hard_state";
 const K_CONF_STATE: &str = "conf_state";
-const K_SNAP_META: &str = "snapshot_meta";
-const K_SNAP_DATA: &str = "snapshot_data";
+pub(crate) const K_SNAP_META: &str = "snapshot_meta";
+/// Where format 1 kept the snapshot image (in `META`); moved to `SNAPSHOT` on open.
+const K_SNAP_DATA_V1: &str = "snapshot_data";
 const K_TRUNCATED: &str = "truncated";
 
 type EntriesTable<'t> = redb::Table<'t, u64, &'static [u8]>;
 type MetaTable<'t> = redb::Table<'t, &'static str, &'static [u8]>;
 type TxnResult = Result<(), redb::Error>;
 
-/// Layout version of the tables above.
-const FORMAT_VERSION: u16 = 1;
+/// Layout version of the tables above. 2: the snapshot image in its own table (format 1 kept
+/// it in `META`; a format-1 file is migrated on open, and a build that reads only format 1
+/// refuses a format-2 file instead of restoring without its snapshot).
+const FORMAT_VERSION: u16 = 2;
 /// redb page cache; small on purpose (idle node RSS target is 30 MB).
 const CACHE_BYTES: usize = 8 << 20;
 
 /// The redb-backed raft log. Owned by the `RawNode` on the engine thread.
 pub(crate) struct RedbStorage {
-    db: Database,
+    /// Shared (weakly) with readers of the committed history (`EngineHandle::read_log`).
+    db: std::sync::Arc<Database>,
+    /// Injected disk faults (chaos mode).
+    faults: Option<std::sync::Arc<crate::DiskFaults>>,
+    /// Compaction moves entries to [`ARCHIVE`] instead of deleting them.
+    archive: bool,
     path: PathBuf,
     fsync: bool,
     hard_state: HardState,
@@ -100,7 +117,9 @@ impl RedbStorage {
         let txn = db.begin_write().map_err(|e| dberr(e.into()))?;
         txn.open_table(ENTRIES).map_err(|e| dberr(e.into()))?;
         txn.open_table(META).map_err(|e| dberr(e.into()))?;
+        txn.open_table(SNAPSHOT).map_err(|e| dberr(e.into()))?;
         txn.commit().map_err(|e| dberr(e.into()))?;
+        migrate_v1(&db).map_err(dberr)?;
 
         let rtxn = db.begin_read().map_err(|e| dberr(e.into()))?;
         let meta = rtxn.open_table(META).map_err(|e| dberr(e.into()))?;
@@ -113,6 +132,7 @@ impl RedbStorage {
         if let Some(f) = get(K_FORMAT)?
             && f != FORMAT_VERSION.to_le_bytes()
         {
+            // (A format-1 file was migrated above and says 2 now.)
             return Err(RaftLogError::Incompatible {
                 path: path.to_path_buf(),
                 detail: format!("raft-log table format {f:?}, this build reads {FORMAT_VERSION}"),
@@ -158,7 +178,9 @@ impl RedbStorage {
         drop(rtxn);
 
         let store = RedbStorage {
-            db,
+            db: std::sync::Arc::new(db),
+            faults: None,
+            archive: false,
             path: path.to_path_buf(),
             fsync,
             hard_state,
@@ -180,6 +202,21 @@ impl RedbStorage {
             )));
         }
         Ok(store)
+    }
+
+    /// Chaos mode: injected disk faults, and whether compaction archives entries.
+    pub(crate) fn set_chaos(
+        &mut self,
+        faults: Option<std::sync::Arc<crate::DiskFaults>>,
+        archive: bool,
+    ) {
+        self.faults = faults;
+        self.archive = archive;
+    }
+
+    /// The database, for readers of the committed history on other threads.
+    pub(crate) fn database(&self) -> std::sync::Weak<Database> {
+        std::sync::Arc::downgrade(&self.db)
     }
 
     /// True once [`Self::bootstrap`] ran or a snapshot was installed.
@@ -204,11 +241,10 @@ impl RedbStorage {
             commit: 1,
             ..Default::default()
         };
-        self.write(true, |et, mt| {
+        self.write_snapshot(true, Some(data), |et, mt| {
             et.retain(|_, _| false)?;
             mt.insert(K_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
             mt.insert(K_SNAP_META, pb(&meta)?.as_slice())?;
-            mt.insert(K_SNAP_DATA, data)?;
             mt.insert(K_CONF_STATE, pb(meta.get_conf_state())?.as_slice())?;
             mt.insert(K_TRUNCATED, pair_bytes(1, 1).as_slice())?;
             mt.insert(K_HARD_STATE, pb(&hs)?.as_slice())?;
@@ -268,12 +304,15 @@ impl RedbStorage {
                 assert_eq!(e.index, first.index + i as u64, "non-contiguous append");
             }
         }
-        self.write(sync, |et, mt| {
+        let commit = self.hard_state.commit;
+        self.write_archiving(sync, snap.map(|s| s.get_data()), |et, mt, archive| {
             if let Some(s) = snap {
                 let m = s.get_metadata();
+                if let Some(a) = archive {
+                    archive_range(et, a, commit.min(m.index))?;
+                }
                 et.retain(|_, _| false)?;
                 mt.insert(K_SNAP_META, pb(m)?.as_slice())?;
-                mt.insert(K_SNAP_DATA, s.get_data())?;
                 mt.insert(K_CONF_STATE, pb(m.get_conf_state())?.as_slice())?;
                 mt.insert(K_TRUNCATED, pair_bytes(m.index, m.term).as_slice())?;
             }
@@ -361,12 +400,15 @@ impl RedbStorage {
         };
         let mut hs = self.hard_state.clone();
         hs.commit = hs.commit.max(meta.index);
-        self.write(true, |et, mt| {
+        let before = self.truncated.0;
+        self.write_archiving(true, Some(data), |et, mt, archive| {
             mt.insert(K_SNAP_META, pb(&meta)?.as_slice())?;
-            mt.insert(K_SNAP_DATA, data)?;
             mt.insert(K_TRUNCATED, pair_bytes(truncated.0, truncated.1).as_slice())?;
             mt.insert(K_HARD_STATE, pb(&hs)?.as_slice())?;
-            if truncated.0 > self.truncated.0 {
+            if truncated.0 > before {
+                if let Some(a) = archive {
+                    archive_range(et, a, truncated.0)?;
+                }
                 et.retain_in(..=truncated.0, |_, _| false)?;
             }
             Ok(())
@@ -389,7 +431,10 @@ impl RedbStorage {
             return Ok(());
         }
         let term = self.cached_term(idx).unwrap_or(self.snap_meta.term);
-        self.write(true, |et, mt| {
+        self.write_archiving(true, None, |et, mt, archive| {
+            if let Some(a) = archive {
+                archive_range(et, a, idx)?;
+            }
             et.retain_in(..=idx, |_, _| false)?;
             mt.insert(K_TRUNCATED, pair_bytes(idx, term).as_slice())?;
             Ok(())
@@ -403,7 +448,7 @@ impl RedbStorage {
     /// Makes every earlier commit durable (one fsync), whatever `fsync` says. Used at shutdown.
     pub(crate) fn flush(&mut self) -> Result<(), RaftLogError> {
         let hs = self.hard_state.clone();
-        self.write_with(Durability::Immediate, |_, mt| {
+        self.write_with(Durability::Immediate, None, |_, mt| {
             mt.insert(K_HARD_STATE, pb(&hs)?.as_slice())?;
             Ok(())
         })
@@ -415,8 +460,7 @@ impl RedbStorage {
 
     /// The stored snapshot image (empty if none).
     pub(crate) fn snapshot_data(&self) -> Result<Vec<u8>, RaftLogError> {
-        self.read_meta(K_SNAP_DATA)
-            .map(Option::unwrap_or_default)
+        self.read_snapshot()
             .map_err(|e| self.storage_error(e.to_string()))
     }
 
@@ -456,10 +500,15 @@ impl RedbStorage {
         }
     }
 
-    fn read_meta(&self, key: &str) -> Result<Option<Vec<u8>>, redb::Error> {
+    /// The stored snapshot image, its chunks joined (empty if none).
+    fn read_snapshot(&self) -> Result<Vec<u8>, redb::Error> {
         let txn = self.db.begin_read()?;
-        let t = txn.open_table(META)?;
-        Ok(t.get(key)?.map(|g| g.value().to_vec()))
+        let t = txn.open_table(SNAPSHOT)?;
+        let mut data = Vec::new();
+        for item in t.iter()? {
+            data.extend_from_slice(item?.1.value());
+        }
+        Ok(data)
     }
 
     /// Runs `f` in one write transaction; Immediate durability when `sync && self.fsync`.
@@ -468,29 +517,133 @@ impl RedbStorage {
         sync: bool,
         f: impl FnOnce(&mut EntriesTable<'_>, &mut MetaTable<'_>) -> TxnResult,
     ) -> Result<(), RaftLogError> {
+        self.write_archiving(sync, None, |et, mt, _| f(et, mt))
+    }
+
+    /// [`Self::write`], also replacing the stored snapshot image with `snap` when given.
+    fn write_snapshot(
+        &self,
+        sync: bool,
+        snap: Option<&[u8]>,
+        f: impl FnOnce(&mut EntriesTable<'_>, &mut MetaTable<'_>) -> TxnResult,
+    ) -> Result<(), RaftLogError> {
+        self.write_archiving(sync, snap, |et, mt, _| f(et, mt))
+    }
+
+    /// [`Self::write_snapshot`] that also hands out the archive table when compaction
+    /// archives (chaos mode).
+    fn write_archiving(
+        &self,
+        sync: bool,
+        snap: Option<&[u8]>,
+        f: impl FnOnce(
+            &mut EntriesTable<'_>,
+            &mut MetaTable<'_>,
+            Option<&mut EntriesTable<'_>>,
+        ) -> TxnResult,
+    ) -> Result<(), RaftLogError> {
         let durability = if sync && self.fsync {
             Durability::Immediate
         } else {
             Durability::None
         };
-        self.write_with(durability, f)
+        self.write_full(durability, snap, f)
     }
 
     fn write_with(
         &self,
         durability: Durability,
+        snap: Option<&[u8]>,
         f: impl FnOnce(&mut EntriesTable<'_>, &mut MetaTable<'_>) -> TxnResult,
     ) -> Result<(), RaftLogError> {
+        self.write_full(durability, snap, |et, mt, _| f(et, mt))
+    }
+
+    /// One write transaction. A durable (fsync'ed) one first goes through the injected disk
+    /// faults (chaos mode): a delay, or a failure before anything is written.
+    fn write_full(
+        &self,
+        durability: Durability,
+        snap: Option<&[u8]>,
+        f: impl FnOnce(
+            &mut EntriesTable<'_>,
+            &mut MetaTable<'_>,
+            Option<&mut EntriesTable<'_>>,
+        ) -> TxnResult,
+    ) -> Result<(), RaftLogError> {
         let err = |e: redb::Error| RaftLogError::from_redb(&self.path, e);
+        if matches!(durability, Durability::Immediate)
+            && let Some(f) = &self.faults
+        {
+            f.before_fsync().map_err(|source| RaftLogError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        }
         let mut txn = self.db.begin_write().map_err(|e| err(e.into()))?;
         txn.set_durability(durability).map_err(|e| err(e.into()))?;
         {
             let mut et = txn.open_table(ENTRIES).map_err(|e| err(e.into()))?;
             let mut mt = txn.open_table(META).map_err(|e| err(e.into()))?;
-            f(&mut et, &mut mt).map_err(err)?;
+            let mut at = if self.archive {
+                Some(txn.open_table(ARCHIVE).map_err(|e| err(e.into()))?)
+            } else {
+                None
+            };
+            f(&mut et, &mut mt, at.as_mut()).map_err(err)?;
+            if let Some(data) = snap {
+                let mut st = txn.open_table(SNAPSHOT).map_err(|e| err(e.into()))?;
+                put_snapshot(&mut st, data).map_err(err)?;
+            }
         }
         txn.commit().map_err(|e| err(e.into()))
     }
+}
+
+/// Copies the entries `<= upto` into the archive table (inside the caller's transaction).
+fn archive_range(et: &EntriesTable<'_>, archive: &mut EntriesTable<'_>, upto: u64) -> TxnResult {
+    for row in et.range(..=upto)? {
+        let (k, v) = row?;
+        archive.insert(k.value(), v.value())?;
+    }
+    Ok(())
+}
+
+/// Replaces the snapshot table's chunks with `data`'s.
+fn put_snapshot(st: &mut redb::Table<'_, u32, &'static [u8]>, data: &[u8]) -> TxnResult {
+    st.retain(|_, _| false)?;
+    for (i, chunk) in data.chunks(SNAP_CHUNK).enumerate() {
+        let key = u32::try_from(i)
+            .map_err(|_| redb::Error::Corrupted("snapshot over 4 PiB".to_string()))?;
+        st.insert(key, chunk)?;
+    }
+    Ok(())
+}
+
+/// Moves a format-1 file's snapshot image from `META` into `SNAPSHOT`, in one transaction,
+/// and marks the file format 2. Nothing to do on a fresh or a format-2 file.
+fn migrate_v1(db: &Database) -> TxnResult {
+    let txn = db.begin_write()?;
+    {
+        let mut mt = txn.open_table(META)?;
+        let v1 = 1u16.to_le_bytes();
+        if mt.get(K_FORMAT)?.map(|f| f.value() == v1.as_slice()) != Some(true) {
+            return Ok(());
+        }
+        let data = mt
+            .remove(K_SNAP_DATA_V1)?
+            .map(|g| g.value().to_vec())
+            .unwrap_or_default();
+        let mut st = txn.open_table(SNAPSHOT)?;
+        put_snapshot(&mut st, &data)?;
+        mt.insert(K_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
+        tracing::info!(
+            bytes = data.len(),
+            "raft log migrated from table format 1 to 2"
+        );
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 fn codec(e: protobuf::ProtobufError) -> redb::Error {

@@ -28,6 +28,7 @@ pub mod reconcile;
 pub mod spec;
 pub mod state;
 pub mod units;
+pub mod verify;
 pub mod views;
 
 pub use command::{

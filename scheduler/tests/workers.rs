@@ -66,6 +66,34 @@ fn finish(sim: &mut Sim, f: &dyn Fn(&RunSpec) -> Outcome) {
     sim.apply(Command::Finished(reports));
 }
 
+/// Reports the first `n` running attempts (oldest first).
+fn finish_some(sim: &mut Sim, n: usize, f: &dyn Fn(&RunSpec) -> Outcome) {
+    let n = n.min(sim.running.len());
+    let done: Vec<RunSpec> = sim.running.drain(..n).collect();
+    let reports = done
+        .iter()
+        .map(|r| Report {
+            at: AttemptRef {
+                task: r.task,
+                attempt: r.attempt,
+                epoch: sim.state.sched.nodes[&r.node].epoch,
+            },
+            outcome: f(r),
+        })
+        .collect();
+    sim.apply(Command::Finished(reports));
+}
+
+fn depth(sim: &Sim) -> Vec<u32> {
+    sim.state
+        .sched
+        .workers
+        .groups
+        .values()
+        .map(|g| g.depth)
+        .collect()
+}
+
 fn workers_launch(r: &RunSpec) -> u32 {
     match &r.launch {
         Launch::Worker { workers, .. } => *workers,
@@ -89,9 +117,10 @@ fn workers_hold_the_credits_and_resources_and_items_only_fill_them() {
     assert_eq!(sim.running.len(), 16);
     assert!(sim.running.iter().all(|r| workers_launch(r) >= 1));
     assert_eq!(workers_launch(sim.running.last().unwrap()), 2);
-    // Finishing items refills the warm workers: never a third worker, never more than 16 there.
-    for _ in 0..20 {
-        finish(&mut sim, &ok);
+    // Finishing items a batch per worker at a time (workers slower than a commit) refills
+    // the warm workers: never a third worker, never more than 16 there.
+    for _ in 0..60 {
+        finish_some(&mut sim, 4, &ok);
         sim.place();
         let g = groups(&sim);
         if g.is_empty() {
@@ -321,4 +350,36 @@ fn a_full_worker_step_does_not_block_the_queue_behind_it() {
         16,
         "the full worker step took no more"
     );
+}
+
+/// Workers that answer everything they hold before a report commits (a no-op worker) run
+/// dry between refills: apply doubles their group's depth each time, up to 64 batches, so
+/// they are kept busy; workers slower than a commit keep the first depth (tested above).
+#[test]
+fn a_group_that_runs_dry_between_refills_gets_deeper_up_to_a_bound() {
+    let mut sim = Sim::new(2);
+    let wf = sim.submit_toml(&spec(10_000, ", max_workers = 1"));
+    sim.place();
+    assert_eq!(depth(&sim), vec![8], "4 batches of 2 to start");
+    let mut seen = vec![8];
+    for _ in 0..40 {
+        finish(&mut sim, &ok); // all it holds, in one commit
+        sim.place();
+        let Some(&d) = depth(&sim).first() else {
+            break;
+        };
+        let held = groups(&sim)[0].2;
+        assert!(
+            held <= d,
+            "the group holds {held} items, over its depth {d}"
+        );
+        seen.push(d);
+    }
+    assert_eq!(
+        &seen[..6],
+        &[8, 16, 32, 64, 128, 128],
+        "doubles each time it runs dry, up to 64 batches of 2"
+    );
+    assert!(seen.iter().all(|&d| d <= 128));
+    assert_eq!(sim.wf(wf).status, WfStatus::Running);
 }

@@ -118,3 +118,38 @@ def test_tasks_carry_attempt_and_input():
 def test_exactly_one_scorer():
     with pytest.raises(TypeError):
         troupe_worker.serve(stdin=io.StringIO(""), stdout=io.StringIO())
+
+
+TP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_traceparents_reach_functions_that_ask_for_them_and_others_run_as_before():
+    req = {"tasks": [{"id": "a", "attempt": 1, "item": 1, "traceparent": TP}, {"id": "b", "attempt": 1, "item": 2}]}
+
+    def run(**kw):
+        out = io.StringIO()
+        troupe_worker.serve(stdin=io.StringIO(json.dumps(req) + "\n"), stdout=out, **kw)
+        return [r["output"] for r in json.loads(out.getvalue().splitlines()[1])["results"]]
+
+    # Declared keyword: one traceparent per item, None where the task has none.
+    assert run(score_batch=lambda m, xs, traceparents: [[x, tp] for x, tp in zip(xs, traceparents)]) == [[1, TP], [2, None]]
+    assert run(score=lambda m, x, traceparent=None: [x, traceparent]) == [[1, TP], [2, None]]
+    # Through **kwargs too.
+    assert run(score_batch=lambda m, xs, **kw: kw["traceparents"]) == [TP, None]
+    # A function written before traceparents existed gets exactly what it got before.
+    assert run(score_batch=lambda m, xs: [x * 10 for x in xs]) == [10, 20]
+    # Task objects carry it as an attribute.
+    assert run(score=lambda m, t: t.traceparent, with_tasks=True) == [TP, None]
+
+
+def test_a_worker_process_reads_its_traceparent_from_a_real_batch_line():
+    lines, _ = run_worker(
+        """
+        import troupe_worker
+        def score_batch(model, items, traceparents):
+            return [tp.split("-")[2] for tp in traceparents]
+        troupe_worker.serve(score_batch=score_batch)
+        """,
+        [{"tasks": [{"id": "t0", "attempt": 2, "item": None, "traceparent": TP}]}],
+    )
+    assert lines[1] == {"results": [{"id": "t0", "output": "b7ad6b7169203331"}]}

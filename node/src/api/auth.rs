@@ -291,6 +291,10 @@ pub fn required(method: &Method, path: &str) -> Option<Role> {
     if read && super::dashboard::is_asset(path) {
         return None;
     }
+    // Fault injection and its verdict: admin only, reads included (docs/chaos.md).
+    if path.starts_with("/v1/chaos/") {
+        return Some(Role::Admin);
+    }
     if read {
         return Some(Role::Read);
     }
@@ -461,6 +465,12 @@ mod tests {
         assert_eq!(required(&post, "/v1/nodes/n1/drain"), Some(Role::Admin));
         assert_eq!(required(&post, "/v1/servers"), Some(Role::Admin));
         assert_eq!(required(&post, "/v1/chaos/panic/raft"), Some(Role::Admin));
+        assert_eq!(required(&post, "/v1/chaos/faults"), Some(Role::Admin));
+        assert_eq!(
+            required(&Method::GET, "/v1/chaos/faults"),
+            Some(Role::Admin)
+        );
+        assert_eq!(required(&post, "/v1/chaos/verify"), Some(Role::Admin));
         assert_eq!(required(&Method::PUT, "/v1/workflows"), Some(Role::Admin));
     }
 

@@ -85,6 +85,7 @@ pub fn router(app: AppState) -> Router {
     let here = local_routes()
         .router
         .with_state(app.clone())
+        .merge(super::chaos::routes(app.chaos.clone()))
         .merge(super::dashboard::routes());
     let led = leader_routes()
         .router
@@ -142,6 +143,7 @@ pub fn proxy_router(w: super::WorkerApi) -> Router {
             ),
         )
         .route("/metrics", get(crate::metrics::serve_local))
+        .merge(super::chaos::routes(w.chaos.clone()))
         .merge(super::dashboard::routes())
         .fallback(move |req: axum::extract::Request| {
             let api = leader_api.clone();

@@ -4,6 +4,8 @@
 
 mod admin;
 pub mod auth;
+mod chaos;
+mod chaos_verify;
 mod dashboard;
 mod dlq;
 mod errors;
@@ -17,6 +19,7 @@ mod server;
 pub mod tls;
 
 pub use auth::{Auth, Role};
+pub use chaos::ChaosApi;
 pub use forward::Route;
 pub use handlers::{proxy_router, router};
 pub use outbound::Outbound;
@@ -50,6 +53,8 @@ pub struct AppState {
     pub auth: Auth,
     /// Calls to other nodes' APIs (forwarding, fetching a log from the node that ran it).
     pub outbound: Outbound,
+    /// The chaos routes (`/v1/chaos/faults`, `/v1/chaos/verify`; 403 without --fault-injection).
+    pub chaos: ChaosApi,
 }
 
 /// What a worker's API needs: it holds no state, serves its own health and task logs, and
@@ -62,6 +67,7 @@ pub struct WorkerApi {
     pub leader_api: Arc<std::sync::Mutex<String>>,
     pub auth: Auth,
     pub outbound: Outbound,
+    pub chaos: ChaosApi,
 }
 
 /// An API error: a status and a message that says what to do.

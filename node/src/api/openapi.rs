@@ -51,6 +51,9 @@ pub(super) struct DeadLetterPage {
         crate::metrics::serve,
         document,
         super::admin::inject_panic,
+        super::chaos::inject,
+        super::chaos::list,
+        super::chaos_verify::verify,
         super::handlers::submit,
         super::handlers::list,
         super::handlers::detail,
@@ -68,7 +71,7 @@ pub(super) struct DeadLetterPage {
         super::dlq::discard,
         super::dlq::redrive_one,
     ),
-    components(schemas(ErrorBody, Submitted, WorkflowList, DeadLetterPage)),
+    components(schemas(ErrorBody, Submitted, WorkflowList, DeadLetterPage, crate::chaos::fault::FaultRequest, super::chaos_verify::VerifyBody)),
     tags(
         (name = "workflows", description = "Submit, follow and control workflows"),
         (name = "dlq", description = "The dead-letter queue"),
@@ -97,7 +100,8 @@ mod tests {
         let routes = super::super::handlers::local_routes()
             .list
             .into_iter()
-            .chain(super::super::handlers::leader_routes().list);
+            .chain(super::super::handlers::leader_routes().list)
+            .chain(super::super::chaos::ROUTES);
         let mut n = 0;
         for (method, path) in routes {
             let m = method.as_str().to_ascii_lowercase();

@@ -36,6 +36,8 @@ pub struct MembershipArgs {
     pub node: String,
     /// Raised when every server refuses this node's cookie.
     pub fatal: Fatal,
+    /// Chaos mode: a partition drops the sessions with the nodes it names.
+    pub chaos: Option<std::sync::Arc<crate::chaos::Chaos>>,
 }
 
 pub struct MembershipState {
@@ -48,6 +50,7 @@ pub struct MembershipState {
     /// Every server but this node: the peers whose refusals make it give up.
     servers: Vec<String>,
     fatal: Fatal,
+    chaos: Option<std::sync::Arc<crate::chaos::Chaos>>,
 }
 
 const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -108,6 +111,7 @@ impl Actor for Membership {
                 .map(|s| s.to_string())
                 .collect(),
             fatal: args.fatal,
+            chaos: args.chaos,
         })
     }
 
@@ -119,6 +123,11 @@ impl Actor for Membership {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             MembershipMsg::Session(e) => {
+                if let SessionEvent::Authenticated(s) = &e
+                    && s.name.as_deref().is_some_and(|n| cut(st, n))
+                {
+                    drop_cut_sessions(st).await;
+                }
                 if let Some(note) = st.handshakes.event(e, Instant::now()) {
                     note.log();
                 }
@@ -126,6 +135,9 @@ impl Actor for Membership {
             MembershipMsg::Suspect(node_id) => suspect(st, node_id).await,
             MembershipMsg::Tick => {
                 judge_handshakes(st);
+                if st.chaos.as_ref().is_some_and(|c| c.partitioned()) {
+                    drop_cut_sessions(st).await;
+                }
                 dial_missing(st).await;
             }
         }
@@ -170,8 +182,31 @@ fn judge_handshakes(st: &mut MembershipState) {
     }
 }
 
+/// Whether a partition (chaos) cuts this node from `peer`.
+fn cut(st: &MembershipState, peer: &str) -> bool {
+    st.chaos.as_ref().is_some_and(|c| c.cut_from(peer))
+}
+
+/// Stops every session with a node a partition cuts this one from: no Raft messages, runs,
+/// reports or lease renewals cross until it heals (then the dial loop connects again).
+async fn drop_cut_sessions(st: &MembershipState) {
+    let sessions = call_t!(st.server, NodeServerMessage::GetSessions, 1_000).unwrap_or_default();
+    for s in sessions.values() {
+        if let Some(name) = s.peer_name.as_ref().map(|n| n.name.as_str())
+            && cut(st, name)
+        {
+            tracing::debug!(peer = %name, "chaos partition: dropping the session");
+            s.actor.stop(Some("chaos partition".into()));
+        }
+    }
+}
+
 /// Dials every target without a session (backoff per address, each dial in the background).
 async fn dial_missing(st: &mut MembershipState) {
+    // Cut from everyone: no dials (sessions others open are dropped as they authenticate).
+    if st.chaos.as_ref().is_some_and(|c| c.cut_from_all()) {
+        return;
+    }
     let sessions = call_t!(st.server, NodeServerMessage::GetSessions, 1_000).unwrap_or_default();
     let open = connected(&sessions);
     let now = Instant::now();

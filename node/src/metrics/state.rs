@@ -561,7 +561,7 @@ impl Collector for ProcessCollector {
         counter(
             &mut enc,
             "trace_exports_dropped",
-            "Workflows whose spans were dropped (export queue full or tries spent; --otlp-endpoint)",
+            "Spans dropped (export queue full or tries spent; --otlp-endpoint)",
             load(&crate::otel::export::DROPPED),
         )
     }

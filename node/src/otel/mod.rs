@@ -1,30 +1,31 @@
 //! OpenTelemetry traces (`--otlp-endpoint URL`, off by default): a span per workflow, step and
-//! item attempt, sent over OTLP/HTTP protobuf (`POST <endpoint>/v1/traces`).
+//! attempt, sent over OTLP/HTTP protobuf (`POST <endpoint>/v1/traces`).
 //!
-//! - Spans are built after the fact, when the leader applies a workflow's end, from the
-//!   applied state (`submitted_ms`/`finished_ms`, each step's and each item's
-//!   `started_ms`/`finished_ms`): nothing is held open across failovers, and no state passes
-//!   between nodes. Ids are derived, not random: the trace id hashes `--otlp-cluster` and the
-//!   workflow id, a span id also the step, item and attempt, so every node computes them alike.
+//! - Spans are built after the fact from applied log times (`spans.rs`), so nothing is held
+//!   open across failovers and no state passes between nodes. Ids are derived, not random: the
+//!   trace id hashes `--otlp-cluster` and the workflow id, a span id also the step, item and
+//!   attempt, so every node computes them alike.
+//! - Every attempt's span is sent by the leader as the command that ended it applies (success,
+//!   failure, lost with its node, stopped): `troupe_actors::attempts` records those, process
+//!   local, so the replicated state keeps no per-attempt history. The workflow's and its
+//!   steps' spans are sent when the workflow ends.
 //! - The attempt's span is the parent of a task's own spans: the runner passes its W3C
-//!   context as `TRACEPARENT` (`00-<trace id>-<span id>-01`) to processes.
-//! - Per item, the last attempt's span is sent (the item trace keeps the last attempt's times
-//!   only); its `troupe.placed` attribute counts the attempts placed.
+//!   context as `TRACEPARENT` (`00-<trace id>-<span id>-01`) to processes, and as the
+//!   `"traceparent"` key of each task of a worker batch; a worker process gets its step's
+//!   span as `TRACEPARENT`.
 //! - At most once: a leader that dies before exporting loses those spans; a retried workflow
-//!   that ends again sends its spans again (same ids).
+//!   that ends again sends its workflow and step spans again (same ids).
 
 pub(crate) mod export;
 pub mod proto;
+pub mod spans;
 
-use proto::{Span, Value};
+use proto::Value;
 use sha2::{Digest, Sha256};
 use std::sync::{Arc, OnceLock};
+use troupe_actors::attempts::Ended;
 use troupe_actors::machine::Observer;
-use troupe_scheduler::state::{StepStatus, WfStatus, Workflow};
 use troupe_scheduler::{Effect, State};
-
-/// Most attempt spans sent per workflow (the rest are counted in `troupe.spans_dropped`).
-pub const ATTEMPT_SPANS_MAX: usize = 10_000;
 
 /// `--otlp-endpoint` and `--otlp-cluster`.
 #[derive(Debug, Clone)]
@@ -58,6 +59,10 @@ impl OtelConfig {
     }
 }
 
+/// Spans of what ended longer ago than this (log time) are not sent: a log replayed at start
+/// does not send its old spans again.
+pub const REPLAYED_MS: u64 = 10 * 60 * 1000;
+
 /// The cluster name of the trace ids, set when traces are on (the runner reads it for
 /// `TRACEPARENT`).
 static CLUSTER: OnceLock<String> = OnceLock::new();
@@ -90,7 +95,7 @@ pub fn trace_id(cluster: &str, wf: &str) -> [u8; 16] {
     ]))
 }
 
-fn workflow_span(cluster: &str, wf: &str) -> [u8; 8] {
+pub(crate) fn workflow_span(cluster: &str, wf: &str) -> [u8; 8] {
     first(digest(&[
         b"troupe.workflow",
         cluster.as_bytes(),
@@ -98,7 +103,7 @@ fn workflow_span(cluster: &str, wf: &str) -> [u8; 8] {
     ]))
 }
 
-fn step_span(cluster: &str, wf: &str, step: u16) -> [u8; 8] {
+pub(crate) fn step_span(cluster: &str, wf: &str, step: u16) -> [u8; 8] {
     first(digest(&[
         b"troupe.step",
         cluster.as_bytes(),
@@ -107,7 +112,7 @@ fn step_span(cluster: &str, wf: &str, step: u16) -> [u8; 8] {
     ]))
 }
 
-fn attempt_span(cluster: &str, wf: &str, step: u16, item: u32, attempt: u32) -> [u8; 8] {
+pub(crate) fn attempt_span(cluster: &str, wf: &str, step: u16, item: u32, attempt: u32) -> [u8; 8] {
     first(digest(&[
         b"troupe.attempt",
         cluster.as_bytes(),
@@ -128,6 +133,21 @@ pub fn traceparent(cluster: &str, wf: &str, step: u16, item: u32, attempt: u32) 
     )
 }
 
+/// The W3C `traceparent` of a step's span (a worker process's `TRACEPARENT`).
+pub fn step_traceparent(cluster: &str, wf: &str, step: u16) -> String {
+    use crate::notify::sign::hex;
+    format!(
+        "00-{}-{}-01",
+        hex(&trace_id(cluster, wf)),
+        hex(&step_span(cluster, wf, step))
+    )
+}
+
+/// `TRACEPARENT` of a worker step's processes when traces are on: the step's span.
+pub fn worker_traceparent(wf: &str, step: u16) -> Option<String> {
+    Some(step_traceparent(CLUSTER.get()?, wf, step))
+}
+
 /// `TRACEPARENT` for an attempt when traces are on.
 pub fn attempt_traceparent(spec: &troupe_scheduler::RunSpec) -> Option<String> {
     let c = CLUSTER.get()?;
@@ -138,105 +158,6 @@ pub fn attempt_traceparent(spec: &troupe_scheduler::RunSpec) -> Option<String> {
         spec.task.item,
         spec.attempt,
     ))
-}
-
-/// The spans of a finished workflow.
-pub fn spans(cluster: &str, wf: &Workflow) -> Vec<Span> {
-    let name = wf.name();
-    let trace = trace_id(cluster, &name);
-    let root = workflow_span(cluster, &name);
-    let end = wf.finished_ms.unwrap_or(wf.submitted_ms);
-    let bad = |s: WfStatus| matches!(s, WfStatus::Failed | WfStatus::TimedOut);
-    let mut out = vec![Span {
-        trace_id: trace,
-        span_id: root,
-        parent: None,
-        name: format!("workflow {}", wf.spec.name),
-        start_ms: wf.submitted_ms,
-        end_ms: end,
-        attributes: vec![
-            ("troupe.workflow_id", Value::Str(name.clone())),
-            ("troupe.workflow_name", Value::Str(wf.spec.name.clone())),
-            ("troupe.status", Value::Str(wf.status.name().into())),
-        ],
-        error: bad(wf.status).then(|| wf.reason.clone().unwrap_or_default()),
-    }];
-    let mut attempts = 0usize;
-    let mut dropped = 0u64;
-    for (i, (run, spec)) in wf.steps.iter().zip(&wf.spec.steps).enumerate() {
-        let Some(started) = run.started_ms else {
-            continue;
-        };
-        let step = i as u16;
-        let sid = step_span(cluster, &name, step);
-        out.push(Span {
-            trace_id: trace,
-            span_id: sid,
-            parent: Some(root),
-            name: format!("step {}", spec.id),
-            start_ms: started,
-            end_ms: run.finished_ms.unwrap_or(end),
-            attributes: vec![
-                ("troupe.workflow_id", Value::Str(name.clone())),
-                ("troupe.step", Value::Str(spec.id.clone())),
-                ("troupe.status", Value::Str(run.status.name().into())),
-            ],
-            error: (run.status == StepStatus::Failed)
-                .then(|| run.error.clone().unwrap_or_default()),
-        });
-        for (item, t) in &run.trace {
-            let Some(t_start) = t.started_ms else {
-                continue;
-            };
-            if attempts >= ATTEMPT_SPANS_MAX {
-                dropped += 1;
-                continue;
-            }
-            attempts += 1;
-            let dead = run.dead.contains_key(item);
-            let status = if dead {
-                "dead_lettered"
-            } else if t.finished_ms.is_none() {
-                "stopped"
-            } else if run.done.contains(*item) && t.last_error.is_none() {
-                "succeeded"
-            } else if run.done.contains(*item) {
-                "succeeded_after_retry"
-            } else {
-                "failed"
-            };
-            let failed = dead || status == "failed";
-            out.push(Span {
-                trace_id: trace,
-                span_id: attempt_span(cluster, &name, step, *item, t.attempt),
-                parent: Some(sid),
-                name: format!("attempt {}/{}", spec.id, item),
-                start_ms: t_start,
-                end_ms: t.finished_ms.unwrap_or(end),
-                attributes: vec![
-                    ("troupe.workflow_id", Value::Str(name.clone())),
-                    (
-                        "troupe.task_id",
-                        Value::Str(format!("{name}/{}/{item}", spec.id)),
-                    ),
-                    (
-                        "troupe.node",
-                        Value::Str(t.node.clone().unwrap_or_default()),
-                    ),
-                    ("troupe.attempt", Value::Int(t.attempt as i64)),
-                    ("troupe.placed", Value::Int(t.placed as i64)),
-                    ("troupe.status", Value::Str(status.into())),
-                ],
-                error: failed.then(|| t.last_error.clone().unwrap_or_default()),
-            });
-        }
-    }
-    if dropped > 0 {
-        out[0]
-            .attributes
-            .push(("troupe.spans_dropped", Value::Int(dropped as i64)));
-    }
-    out
 }
 
 /// The exporter, started once per process.
@@ -267,7 +188,24 @@ impl Tracer {
 }
 
 impl Observer for Tracer {
-    fn observe(&mut self, state: &State, effects: &[Effect], _now_ms: u64, is_leader: bool) {
+    fn wants_attempts(&self) -> bool {
+        true
+    }
+
+    fn attempts(&mut self, state: &State, ended: &[Ended], now_ms: u64, is_leader: bool) {
+        if is_leader {
+            let recent = |at: u64| at.saturating_add(REPLAYED_MS) >= now_ms;
+            self.outbox.push(
+                ended
+                    .iter()
+                    .filter(|e| recent(e.ended_ms))
+                    .filter_map(|e| spans::attempt(&self.cluster, state, e))
+                    .collect(),
+            );
+        }
+    }
+
+    fn observe(&mut self, state: &State, effects: &[Effect], now_ms: u64, is_leader: bool) {
         if !is_leader {
             return;
         }
@@ -275,8 +213,9 @@ impl Observer for Tracer {
             if let Effect::Finished(id) = e
                 && let Some(wf) = state.workflows.get(id)
                 && wf.status.is_terminal()
+                && wf.finished_ms.unwrap_or(0).saturating_add(REPLAYED_MS) >= now_ms
             {
-                self.outbox.push(spans(&self.cluster, wf));
+                self.outbox.push(spans::workflow(&self.cluster, wf));
             }
         }
     }

@@ -1,6 +1,6 @@
 //! The OTLP messages Troupe sends: one `ExportTraceServiceRequest` with one resource, one scope
 //! and its spans, built with `opentelemetry-proto`'s generated (prost) types. Spans are built
-//! after the fact from the applied state (ids derived, not random: `otel/mod.rs`), so the SDK's
+//! after the fact from applied log times (ids derived, not random: `otel/mod.rs`), so the SDK's
 //! tracer and exporter are not used; the request goes over the node's own HTTP client.
 
 /// One finished span.
@@ -21,6 +21,7 @@ pub struct Span {
 pub enum Value {
     Str(String),
     Int(i64),
+    Bool(bool),
 }
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -36,6 +37,7 @@ fn key_value(key: &str, v: &Value) -> KeyValue {
             value: Some(match v {
                 Value::Str(s) => any_value::Value::StringValue(s.clone()),
                 Value::Int(i) => any_value::Value::IntValue(*i),
+                Value::Bool(b) => any_value::Value::BoolValue(*b),
             }),
         }),
         ..Default::default()

@@ -7,7 +7,7 @@ use raft::eraftpb::{Entry, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 use redb::ReadableDatabase;
 
-use super::{ENTRIES, K_SNAP_DATA, RedbStorage, other_err, store_err};
+use super::{ENTRIES, RedbStorage, other_err, store_err};
 
 impl Storage for RedbStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
@@ -109,10 +109,10 @@ impl Storage for RedbStorage {
                 StorageError::SnapshotTemporarilyUnavailable,
             ));
         }
-        let data = self.read_meta(K_SNAP_DATA).map_err(store_err)?;
+        let data = self.read_snapshot().map_err(store_err)?;
         let mut snap = Snapshot::default();
         snap.set_metadata(self.snap_meta.clone());
-        snap.set_data(data.unwrap_or_default().into());
+        snap.set_data(data.into());
         Ok(snap)
     }
 }

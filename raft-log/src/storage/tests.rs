@@ -3,6 +3,7 @@
 use super::*;
 use raft::eraftpb::EntryType;
 use raft::{GetEntriesContext, Storage};
+use redb::ReadableTableMetadata;
 
 fn entry(index: u64, term: u64) -> Entry {
     let mut e = Entry {
@@ -244,4 +245,132 @@ fn a_garbage_file_is_an_error_not_a_panic() {
         .expect("garbage opened");
     assert!(matches!(err, RaftLogError::Corrupt { .. }), "{err}");
     assert!(err.to_string().contains("raft.redb"), "{err}");
+}
+
+#[test]
+fn a_snapshot_larger_than_a_chunk_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = fresh(&dir);
+    s.persist(&entries(2..=4, 2), Some(&hs(2, 1, 4)), None, true)
+        .unwrap();
+    let image: Vec<u8> = (0..(SNAP_CHUNK * 2 + 123))
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let mut meta = SnapshotMetadata {
+        index: 4,
+        term: 2,
+        ..Default::default()
+    };
+    meta.mut_conf_state().set_voters(vec![1]);
+    s.save_snapshot(meta.clone(), &image, 4).unwrap();
+    assert_eq!(s.snapshot_data().unwrap(), image);
+    // A smaller one replaces it whole (no chunk of the old one is left behind).
+    s.persist(&entries(5..=6, 2), Some(&hs(2, 1, 6)), None, true)
+        .unwrap();
+    meta.index = 6;
+    s.save_snapshot(meta, b"small", 6).unwrap();
+    let s = reopen(&dir, s);
+    assert_eq!(s.snapshot_data().unwrap(), b"small");
+    assert_eq!(s.snapshot(6, 1).unwrap().get_data(), b"small");
+}
+
+/// The regression behind format 2: with the image in `META`, every hard-state write (one per
+/// Ready) copied a B-tree leaf as large as the snapshot, so the cost of each commit grew with
+/// the state. The table that every Ready writes must stay small whatever the snapshot's size.
+#[test]
+fn the_table_every_ready_writes_does_not_hold_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = fresh(&dir);
+    s.persist(&entries(2..=2, 2), Some(&hs(2, 1, 2)), None, true)
+        .unwrap();
+    let mut meta = SnapshotMetadata {
+        index: 2,
+        term: 2,
+        ..Default::default()
+    };
+    meta.mut_conf_state().set_voters(vec![1]);
+    s.save_snapshot(meta, &vec![7u8; 4 << 20], 2).unwrap();
+    for i in 3..=50u64 {
+        s.persist(&entries(i..=i, 2), Some(&hs(2, 1, i - 1)), None, true)
+            .unwrap();
+        s.set_commit(i).unwrap();
+    }
+    let txn = s.db.begin_read().unwrap();
+    let meta_bytes = txn
+        .open_table(META)
+        .unwrap()
+        .stats()
+        .unwrap()
+        .stored_bytes();
+    assert!(
+        meta_bytes < 4096,
+        "the meta table holds {meta_bytes} bytes: every Ready would copy them"
+    );
+    drop(txn);
+    assert_eq!(s.snapshot_data().unwrap().len(), 4 << 20);
+}
+
+/// A file written by a build with table format 1 (the image in `META`) opens: the image moves
+/// to its own table, the file says format 2, and nothing else changes.
+#[test]
+fn a_format_1_file_is_migrated_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft.redb");
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut mt = txn.open_table(META).unwrap();
+            let mut meta = SnapshotMetadata {
+                index: 1,
+                term: 1,
+                ..Default::default()
+            };
+            meta.mut_conf_state().set_voters(vec![1]);
+            mt.insert(K_FORMAT, 1u16.to_le_bytes().as_slice()).unwrap();
+            mt.insert(K_SNAP_META, pb(&meta).unwrap().as_slice())
+                .unwrap();
+            mt.insert(K_SNAP_DATA_V1, b"image-v1".as_slice()).unwrap();
+            mt.insert(K_CONF_STATE, pb(meta.get_conf_state()).unwrap().as_slice())
+                .unwrap();
+            mt.insert(K_TRUNCATED, pair_bytes(1, 1).as_slice()).unwrap();
+            mt.insert(K_HARD_STATE, pb(&hs(1, 0, 1)).unwrap().as_slice())
+                .unwrap();
+            let mut et = txn.open_table(ENTRIES).unwrap();
+            et.insert(2, encode_entry(&entry(2, 1)).unwrap().as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let s = RedbStorage::open(&path, false).unwrap();
+    assert!(s.is_initialized());
+    assert_eq!(s.snapshot_data().unwrap(), b"image-v1");
+    assert_eq!(s.last_index().unwrap(), 2);
+    drop(s);
+    let db = redb::Database::open(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let mt = txn.open_table(META).unwrap();
+    assert_eq!(
+        mt.get(K_FORMAT).unwrap().unwrap().value(),
+        FORMAT_VERSION.to_le_bytes().as_slice()
+    );
+    assert!(mt.get(K_SNAP_DATA_V1).unwrap().is_none());
+}
+
+/// A file of a newer format is refused with the versions named, not read half-way.
+#[test]
+fn a_newer_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft.redb");
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert(K_FORMAT, 9u16.to_le_bytes().as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let err = RedbStorage::open(&path, false).err().expect("refused");
+    assert!(err.to_string().contains("this build reads"), "{err}");
 }

@@ -324,7 +324,7 @@ impl Sched {
                 if let Some(tasks) = self.on_node.get_mut(node) {
                     tasks.remove(&r);
                 }
-                if worker_of(step).is_some() {
+                if let Some(w) = worker_of(step) {
                     // Its worker holds the credit and the resources, not the item.
                     let key = GroupKey {
                         node: node.clone(),
@@ -332,7 +332,7 @@ impl Sched {
                         step: r.step,
                         gpus: gpus.clone(),
                     };
-                    self.workers.task_left(&key, self.stats.last_at_ms);
+                    self.workers.task_left(&key, self.stats.last_at_ms, w.batch);
                     let drained = self.workers.groups.get(&key).is_some_and(|g| g.tasks == 0);
                     if drained && self.workers.is_broken(node, r.wf, r.step) {
                         let req = step.resources.clone();

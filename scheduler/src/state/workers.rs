@@ -24,9 +24,16 @@ use crate::spec::{Action, StepSpec, WorkerSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Most items of a step one worker holds on its node: this many batches (one in flight, one
+/// Items of a step one new worker holds on its node: this many batches (one in flight, one
 /// queued on its stdin, the rest waiting at the node while reports commit).
 pub const DEPTH_BATCHES: u32 = 4;
+
+/// The most batches one worker's depth grows to. A group whose workers answer faster than a
+/// report commits runs dry between refills; apply then doubles its depth (see
+/// [`Workers::task_left`]). Slow items never run a group dry, so they keep the small depth
+/// that shares a step's tail evenly among nodes; fast ones (a no-op worker answers 64 items
+/// in microseconds) get up to this many batches in flight per worker.
+pub const DEPTH_BATCHES_MAX: u32 = 64;
 
 /// A group: the workers of one worker step on one node, pinned to one GPU set.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -44,7 +51,8 @@ pub struct WorkerGroup {
     pub workers: u32,
     /// Live attempts (assigned or running) placed in the group.
     pub tasks: u32,
-    /// Items one worker holds at most (`DEPTH_BATCHES` × the step's batch).
+    /// Items one worker holds at most: [`DEPTH_BATCHES`] × the step's batch at first, doubled
+    /// each time the group runs dry, up to [`DEPTH_BATCHES_MAX`] batches.
     pub depth: u32,
     /// When the group last had no attempts (`None` while it has some).
     pub idle_since_ms: Option<u64>,
@@ -157,9 +165,22 @@ impl Workers {
     }
 
     /// An attempt of the group's step left its node (finished, failed, killed, requeued).
-    pub fn task_left(&mut self, key: &GroupKey, at: u64) {
+    /// When that leaves the group less than one batch per worker, its workers are about to
+    /// wait for a refill, so the group's depth doubles (up to [`DEPTH_BATCHES_MAX`] batches):
+    /// it only happens where a worker answers all it holds before a report commits. Decided
+    /// in apply from the log alone, so every replica grows the same groups at the same entry.
+    pub fn task_left(&mut self, key: &GroupKey, at: u64, batch: u32) {
         if let Some(g) = self.groups.get_mut(key) {
+            let batch = batch.max(1);
+            let dry = g.tasks >= g.workers.saturating_mul(batch)
+                && g.tasks.saturating_sub(1) < g.workers.saturating_mul(batch);
             g.tasks = g.tasks.saturating_sub(1);
+            if dry {
+                g.depth = g
+                    .depth
+                    .saturating_mul(2)
+                    .min(batch.saturating_mul(DEPTH_BATCHES_MAX));
+            }
             if g.tasks == 0 {
                 g.idle_since_ms = Some(at);
             }

@@ -280,7 +280,15 @@ impl HostState {
             label: format!("{}/{}", first.workflow, first.step_id),
             node: self.a.node.clone(),
             argv: argv.clone(),
-            env: env.clone(),
+            // Traces on: the worker processes run under the step's span.
+            env: env
+                .iter()
+                .cloned()
+                .chain(
+                    crate::otel::worker_traceparent(&first.workflow, first.task.step)
+                        .map(|tp| ("TRACEPARENT".to_string(), tp)),
+                )
+                .collect(),
             worker: worker.clone(),
             timeout_ms: first.timeout_ms,
             gpus: first.gpus.clone(),

@@ -61,6 +61,8 @@ struct Waiting {
     id: String,
     item: Option<Json>,
     input: Option<Json>,
+    /// The attempt span's W3C context, when traces are on.
+    traceparent: Option<String>,
     since: Instant,
 }
 
@@ -145,6 +147,7 @@ impl Actor for Pool {
                         st.a.cap = st.a.cap.max(*workers as usize);
                     }
                     let id = format!("{}/{}/{}@{}", s.workflow, s.step_id, s.task.item, s.attempt);
+                    let traceparent = crate::otel::attempt_traceparent(&s);
                     st.waiting.push_back(Waiting {
                         at: AttemptRef {
                             task: s.task,
@@ -154,6 +157,7 @@ impl Actor for Pool {
                         id,
                         item: s.item,
                         input: s.input,
+                        traceparent,
                         since: now,
                     });
                 }
@@ -415,6 +419,7 @@ impl PoolState {
                     attempt: t.at.attempt,
                     item: t.item.as_ref(),
                     input: t.input.as_ref(),
+                    traceparent: t.traceparent.as_deref(),
                 })
                 .collect::<Vec<_>>(),
         );

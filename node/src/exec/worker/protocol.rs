@@ -2,7 +2,8 @@
 //! (`docs/workflow-spec.md`, "Worker steps"). Pure: builds request lines, reads answer lines.
 //!
 //! - the worker prints `{"ready": true}` once it has loaded;
-//! - Troupe writes `{"tasks": [{"id": "<id>", "attempt": N, "item": <item>}, ...]}`;
+//! - Troupe writes `{"tasks": [{"id": "<id>", "attempt": N, "item": <item>}, ...]}`, with the
+//!   extra keys `"input"` (`from` steps) and `"traceparent"` (traces on) that workers may ignore;
 //! - the worker answers each request with one line
 //!   `{"results": [{"id": "<id>", "output": <json>} | {"id": "<id>", "error": "message"}, ...]}`.
 
@@ -17,6 +18,8 @@ pub struct TaskLine<'a> {
     pub item: Option<&'a Json>,
     /// `from` steps: the upstream item's output.
     pub input: Option<&'a Json>,
+    /// Traces on: the attempt span's W3C `traceparent` (`00-<trace>-<span>-01`).
+    pub traceparent: Option<&'a str>,
 }
 
 /// The request line for a batch (with its newline).
@@ -37,6 +40,10 @@ pub fn request(tasks: &[TaskLine<'_>]) -> String {
         if let Some(input) = t.input {
             out.push_str(",\"input\":");
             out.push_str(&input.0);
+        }
+        if let Some(tp) = t.traceparent {
+            out.push_str(",\"traceparent\":");
+            out.push_str(&Value::String(tp.to_string()).to_string());
         }
         out.push('}');
     }
@@ -107,12 +114,14 @@ mod tests {
                 attempt: 1,
                 item: Some(&item),
                 input: None,
+                traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
             },
             TaskLine {
                 id: "wf-1/score/1@2",
                 attempt: 2,
                 item: None,
                 input: None,
+                traceparent: None,
             },
         ]);
         assert!(
@@ -124,6 +133,12 @@ mod tests {
         assert_eq!(v["tasks"][0]["item"]["doc"], "a\nb");
         assert_eq!(v["tasks"][1]["attempt"], 2);
         assert_eq!(v["tasks"][1]["item"], Value::Null);
+        // The extra key only when traces are on.
+        assert_eq!(
+            v["tasks"][0]["traceparent"],
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+        assert!(v["tasks"][1].get("traceparent").is_none(), "{line}");
     }
 
     #[test]

@@ -133,7 +133,7 @@ proptest! {
         let lines: Vec<TaskLine<'_>> = tasks
             .iter()
             .zip(&items)
-            .map(|((id, attempt, _), item)| TaskLine { id, attempt: *attempt, item: item.as_ref(), input: None })
+            .map(|((id, attempt, _), item)| TaskLine { id, attempt: *attempt, item: item.as_ref(), input: None, traceparent: None })
             .collect();
         let line = request(&lines);
         prop_assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
