@@ -9,6 +9,10 @@
 
 pub mod browser;
 pub mod chaos_run;
+pub mod format;
+pub mod history;
+pub mod netns;
+pub mod proxy;
 
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -90,7 +94,20 @@ impl TestNode {
         env: &[(&str, &str)],
         token: Option<&str>,
     ) -> TestNode {
-        let child = launch_env(dir, args, env);
+        Self::spawn_wrapped(&[], dir, args, registered, env, token)
+    }
+
+    /// [`TestNode::spawn_token`] run under `wrap` (e.g. `ip netns exec NS`, which execs the
+    /// binary: the pid is still the node's).
+    pub fn spawn_wrapped(
+        wrap: &[String],
+        dir: &Path,
+        args: &[String],
+        registered: bool,
+        env: &[(&str, &str)],
+        token: Option<&str>,
+    ) -> TestNode {
+        let child = launch_wrapped(wrap, dir, args, env);
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
@@ -290,6 +307,10 @@ fn launch(dir: &Path, args: &[String]) -> Child {
 }
 
 fn launch_env(dir: &Path, args: &[String], env: &[(&str, &str)]) -> Child {
+    launch_wrapped(&[], dir, args, env)
+}
+
+fn launch_wrapped(wrap: &[String], dir: &Path, args: &[String], env: &[(&str, &str)]) -> Child {
     let _ = std::fs::remove_file(dir.join("api.addr"));
     std::fs::create_dir_all(dir).expect("data dir");
     let log = std::fs::OpenOptions::new()
@@ -297,8 +318,15 @@ fn launch_env(dir: &Path, args: &[String], env: &[(&str, &str)]) -> Child {
         .append(true)
         .open(dir.join("node.log"))
         .expect("log file");
-    Command::new(troupe_bin())
-        .args(args)
+    let mut cmd = match wrap.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(troupe_bin());
+            c
+        }
+        None => Command::new(troupe_bin()),
+    };
+    cmd.args(args)
         .env("RUST_LOG", "info,raft=warn")
         .env("TROUPE_COOKIE", "chaos-test-cookie")
         .envs(env.iter().copied())

@@ -5,6 +5,8 @@
 //! without GPUs; their UUIDs start with `SIM-` and the node logs that it is simulating.
 
 use nvml_wrapper::Nvml;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use troupe_scheduler::placement::{Capacity, Gpu};
 use troupe_scheduler::units::parse_size_bytes;
 
@@ -40,11 +42,41 @@ pub fn parse_simulated(text: &str) -> Result<Vec<Gpu>, String> {
 }
 
 /// Reads the node's capacity. Blocking (NVML, /proc): call it off the async threads.
+///
+/// A probe that fails (memory unreadable, or the [`failpoint`] fired) leaves the capacity
+/// unknown: the node advertises none (0 CPU, 0 memory, no GPUs), so it takes no placements
+/// (`troupe_scheduler::placement::fit` refuses a node with 0 CPU), and it is reported degraded
+/// with the reason ([`degraded`], in `/v1/health`) until a probe works again. No NVML is not a
+/// failure: a machine without a driver has 0 GPUs.
 pub fn discover(simulated: Option<&[Gpu]>) -> Capacity {
+    match probe(simulated) {
+        Ok(c) => {
+            if let Some(was) = set_degraded(None) {
+                tracing::info!(was = %was, "resource probe works again: capacity known");
+            }
+            c
+        }
+        Err(why) => {
+            let why = format!("resource probe failed: {why}; advertising no capacity");
+            if set_degraded(Some(why.clone())).as_ref() != Some(&why) {
+                tracing::warn!(reason = %why, "node degraded");
+            }
+            Capacity::default()
+        }
+    }
+}
+
+fn probe(simulated: Option<&[Gpu]>) -> Result<Capacity, String> {
+    if let Some(why) = failpoint() {
+        return Err(why);
+    }
     let cpu_milli = std::thread::available_parallelism()
         .map(|n| n.get() as u64 * 1000)
         .unwrap_or(1000);
     let memory_bytes = memory_bytes();
+    if memory_bytes == 0 {
+        return Err("sysinfo read no memory".into());
+    }
     let gpus = match simulated {
         Some(g) => g.to_vec(),
         None => nvml_gpus().unwrap_or_else(|e| {
@@ -52,10 +84,54 @@ pub fn discover(simulated: Option<&[Gpu]>) -> Capacity {
             Vec::new()
         }),
     };
-    Capacity {
+    Ok(Capacity {
         cpu_milli,
         memory_bytes,
         gpus,
+    })
+}
+
+/// Whether [`failpoint`] is honoured: set once at start from `--fault-injection`.
+static FAILPOINTS: AtomicBool = AtomicBool::new(false);
+/// Why the last probe failed (`None`: it worked).
+static DEGRADED: Mutex<Option<String>> = Mutex::new(None);
+
+/// Turns the probe failpoint on (a node started with `--fault-injection`).
+pub fn enable_failpoints(on: bool) {
+    FAILPOINTS.store(on, Ordering::SeqCst);
+}
+
+/// Why this node's capacity is unknown, if it is.
+pub fn degraded() -> Option<String> {
+    DEGRADED.lock().map(|d| d.clone()).unwrap_or(None)
+}
+
+fn set_degraded(why: Option<String>) -> Option<String> {
+    match DEGRADED.lock() {
+        Ok(mut d) => std::mem::replace(&mut *d, why),
+        Err(_) => None,
+    }
+}
+
+/// The resource-probe failpoint (fault matrix row 10), honoured only with `--fault-injection`:
+/// `TROUPE_FAILPOINT_PROBE=fail` fails every probe; `TROUPE_FAILPOINT_PROBE=file:PATH` fails
+/// it while PATH exists (so a test can make it work again). Returns the failure it injects.
+pub fn failpoint() -> Option<String> {
+    if !FAILPOINTS.load(Ordering::SeqCst) {
+        return None;
+    }
+    let value = std::env::var("TROUPE_FAILPOINT_PROBE").ok()?;
+    fires(&value, |p| std::path::Path::new(p).exists())
+}
+
+/// Whether the failpoint `value` fires (`exists` tells whether a file exists).
+fn fires(value: &str, exists: impl Fn(&str) -> bool) -> Option<String> {
+    match value.split_once(':') {
+        None if value == "fail" => Some("injected (TROUPE_FAILPOINT_PROBE=fail)".into()),
+        Some(("file", path)) if exists(path) => {
+            Some(format!("injected (TROUPE_FAILPOINT_PROBE: {path} exists)"))
+        }
+        _ => None,
     }
 }
 
@@ -98,6 +174,9 @@ pub fn nvml_gpus() -> Result<Vec<Gpu>, String> {
 mod tests {
     use super::*;
 
+    /// The failpoint is process-wide: the tests that probe run one at a time.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
     #[test]
     fn simulated_gpus_parse_and_are_labelled() {
         let g = parse_simulated("2xH100:80GiB,A10G:24GiB").unwrap();
@@ -110,7 +189,42 @@ mod tests {
     }
 
     #[test]
+    fn the_probe_failpoint_fires_only_as_asked() {
+        assert!(fires("fail", |_| false).is_some());
+        assert!(fires("file:/x", |p| p == "/x").is_some());
+        assert!(fires("file:/x", |_| false).is_none());
+        assert!(fires("off", |_| true).is_none());
+        assert!(fires("", |_| true).is_none());
+    }
+
+    #[test]
+    fn a_failed_probe_advertises_nothing_and_says_why_until_it_works() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let flag = dir.path().join("fail");
+        std::fs::write(&flag, "").unwrap();
+        // SAFETY: this test is the only one in this binary that reads or writes this variable.
+        unsafe { std::env::set_var("TROUPE_FAILPOINT_PROBE", format!("file:{}", flag.display())) };
+        // Not honoured without --fault-injection.
+        enable_failpoints(false);
+        assert!(discover(None).cpu_milli >= 1000);
+        enable_failpoints(true);
+        let c = discover(None);
+        assert_eq!(c, Capacity::default());
+        assert!(
+            degraded().unwrap().contains("resource probe failed"),
+            "{:?}",
+            degraded()
+        );
+        std::fs::remove_file(&flag).unwrap();
+        assert!(discover(None).cpu_milli >= 1000);
+        assert_eq!(degraded(), None);
+        enable_failpoints(false);
+    }
+
+    #[test]
     fn discovery_without_a_driver_reports_zero_gpus_not_an_error() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let c = discover(None);
         assert!(c.cpu_milli >= 1000);
         assert!(c.memory_bytes > 0);

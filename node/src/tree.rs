@@ -106,6 +106,7 @@ impl Ctx {
 
 /// Starts the tree; returns once every actor is up and the API listens.
 pub async fn start(mut cfg: NodeConfig) -> anyhow::Result<RunningNode> {
+    crate::capacity::enable_failpoints(cfg.fault_injection);
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
     // Private to the node's user, also when it was created before (or by hand).

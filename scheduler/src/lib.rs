@@ -20,6 +20,7 @@
 
 pub mod command;
 pub mod cond;
+pub mod history;
 pub mod json;
 pub mod placement;
 pub mod plan;

@@ -96,6 +96,13 @@ pub fn fit(node: &Node, req: &Resources, extra: &Usage) -> Result<Vec<String>, S
     if node.status != NodeStatus::Up {
         return Err(format!("node {} is {:?}", node.id, node.status));
     }
+    if node.capacity.cpu_milli == 0 {
+        // What a node advertises when its resource probe failed: unknown, so nothing fits.
+        return Err(format!(
+            "node {} has no known capacity (its resource probe failed)",
+            node.id
+        ));
+    }
     if !labels_match(node, req) {
         return Err("labels do not match".into());
     }

@@ -250,3 +250,30 @@ fn drain_stops_new_work_and_its_deadline_evicts_what_still_runs() {
             .any(|e| e.what.contains("drained past its deadline"))
     );
 }
+
+#[test]
+fn a_node_with_unknown_capacity_gets_no_placements() {
+    // A node whose resource probe failed advertises 0 CPU (node/src/capacity.rs): even work
+    // that asks for nothing is not placed on it.
+    let mut sim = Sim::new(8);
+    sim.apply(Command::RegisterNode(node_info("unknown", 8, 0, 0, vec![])));
+    sim.apply(Command::RegisterNode(node_info(
+        "known",
+        8,
+        4_000,
+        8 * GIB,
+        vec![],
+    )));
+    let id = sim.submit_toml(
+        "name = \"z\"\n[[step]]\nid = \"s\"\nhandler = \"noop\"\nmap = { range = [0, 6] }\n",
+    );
+    sim.place();
+    assert!(!sim.running.is_empty());
+    assert!(
+        sim.running.iter().all(|r| r.node == "known"),
+        "{:?}",
+        sim.running
+    );
+    sim.run(&builtin);
+    assert_eq!(sim.wf(id).status, WfStatus::Succeeded);
+}

@@ -7,6 +7,7 @@ use crate::check::Trace;
 use crate::net::{Addr, Net, Payload, Reply};
 use crate::rng::Rng;
 use std::collections::BTreeMap;
+use troupe_scheduler::history;
 use troupe_scheduler::spec;
 use troupe_scheduler::{Command, Output, Submission, WorkflowId};
 
@@ -253,5 +254,50 @@ impl Clients {
             .filter(|o| o.outcome == OpOutcome::Pending)
             .count()
             + self.retries.len()
+    }
+}
+
+impl Clients {
+    /// The operations in the shape of the shared history checker (`troupe_scheduler::history`):
+    /// a submit's spec digest is its variant; a `NotLeader` answer (refused before it was
+    /// proposed) is left out, a timeout or an indeterminate answer is unknown.
+    pub fn history(&self) -> Vec<history::Op> {
+        self.ops
+            .values()
+            // Refused before it was proposed: it had no effect.
+            .filter(|op| op.outcome != OpOutcome::NotLeader)
+            .map(|op| {
+                let kind = match &op.kind {
+                    OpKind::Submit { variant, key } => history::Kind::Submit {
+                        key: key.clone(),
+                        digest: *variant as u64,
+                    },
+                    OpKind::Cancel(wf) => history::Kind::Cancel { wf: wf.to_string() },
+                };
+                let outcome = match &op.outcome {
+                    OpOutcome::Ok(out) => history::Outcome::Ok(match (out, &op.kind) {
+                        (Output::Submitted { id, created }, _) => history::Ret::Submitted {
+                            id: id.to_string(),
+                            created: *created,
+                        },
+                        (Output::Conflict(_), OpKind::Submit { .. }) => history::Ret::KeyConflict,
+                        (Output::NotFound(_), _) => history::Ret::NotFound,
+                        (Output::Rejected(_) | Output::Conflict(_), _) => history::Ret::Refused,
+                        _ => history::Ret::Done,
+                    }),
+                    OpOutcome::NotLeader
+                    | OpOutcome::Pending
+                    | OpOutcome::Indeterminate
+                    | OpOutcome::Timeout => history::Outcome::Unknown,
+                };
+                history::Op {
+                    client: 0,
+                    kind,
+                    invoke: op.invoke_ms,
+                    complete: op.complete_ms,
+                    outcome,
+                }
+            })
+            .collect()
     }
 }

@@ -3,8 +3,9 @@
 use crate::check::Checks;
 use crate::client::{OpKind, OpOutcome};
 use crate::world::World;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use troupe_scheduler::Output;
+use troupe_scheduler::history;
 use troupe_scheduler::state::WfStatus;
 
 /// G1, G2, G5 (acked cancels) and G7 after the run settled (or did not).
@@ -109,6 +110,26 @@ pub fn check(w: &mut World, unsettled: Option<String>) {
                 );
             }
         }
+    }
+    // G1, G2, G5 once more through the history checker the real-process tests use: acked
+    // submits present, one workflow and one spec per key, and the submits and cancels on each
+    // workflow linearizable against its status model.
+    let present: BTreeSet<String> = first
+        .state
+        .workflows
+        .keys()
+        .map(|id| id.to_string())
+        .collect();
+    let report = history::check(&w.clients.history(), Some(&present));
+    checks.checked += report.workflows_checked as u64;
+    for v in &report.violations {
+        checks.fail(now, format!("history: {v:?}"));
+    }
+    for wf in &report.unchecked {
+        checks.fail(
+            now,
+            format!("history: wf {wf}: too many operations to search"),
+        );
     }
     for r in &w.replicas {
         let mut keys: BTreeMap<&str, u32> = BTreeMap::new();

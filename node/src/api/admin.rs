@@ -66,6 +66,8 @@ pub(super) async fn health(State(app): State<AppState>) -> Res {
             "assignments_refused": stats.rejected_assignments,
         },
         "uptime_ms": app.started.elapsed().as_millis() as u64,
+        // Why this node's capacity is unknown (its resource probe failed), if it is.
+        "degraded": crate::capacity::degraded(),
         "audit": audit.last_checked.map(|(seq, same)| json!({ "seq": seq, "matched": same })),
     }))
 }

@@ -128,7 +128,10 @@ pub fn proxy_router(w: super::WorkerApi) -> Router {
         .route(
             "/v1/health",
             get(move || async move {
-                Json(json!({ "status": "ok", "node": health_node, "role": "worker" }))
+                Json(
+                    json!({ "status": "ok", "node": health_node, "role": "worker",
+                    "degraded": crate::capacity::degraded() }),
+                )
             }),
         )
         .route(
