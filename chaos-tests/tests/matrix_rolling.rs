@@ -101,8 +101,9 @@ fn a_rolling_restart_of_every_process_shows_clients_only_retryable_errors() {
         let took = stop(node);
         if i == upgraded {
             let (v3, v2) = troupe_chaos_tests::format::downgrade_snapshot(&node.dir).unwrap();
+            assert_eq!(troupe_chaos_tests::format::table_format(&node.dir), Ok(1));
             eprintln!(
-                "row 12: server {} snapshot rewritten as version 2 ({v3} -> {v2} bytes)",
+                "row 12: server {} rewritten as the previous release wrote it: snapshot version 2 ({v3} -> {v2} bytes) in raft-log table format 1",
                 i + 1
             );
         }
@@ -146,6 +147,10 @@ fn a_rolling_restart_of_every_process_shows_clients_only_retryable_errors() {
     );
     let restored = cluster.servers[upgraded].log();
     assert!(!restored.contains("snapshot format version"), "{restored}");
+    assert!(
+        restored.contains("raft log migrated from table format 1 to 2"),
+        "the upgraded server did not migrate its raft.redb: {restored}"
+    );
     let done = cluster.any().wait(&id, Duration::from_secs(120));
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(step(&done, "work")["succeeded"], ITEMS);
