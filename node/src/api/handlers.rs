@@ -100,6 +100,8 @@ pub fn router(app: AppState) -> Router {
             super::auth::check,
         ))
         .layer(axum::middleware::from_fn(super::errors::json_errors))
+        // Outermost: a body over the limit is drained, then refused (413).
+        .layer(axum::middleware::from_fn(super::body::limit))
 }
 
 /// Everything but health, fault injection, this node's own logs and the dashboard is served by
@@ -170,6 +172,8 @@ pub fn proxy_router(w: super::WorkerApi) -> Router {
             super::auth::check,
         ))
         .layer(axum::middleware::from_fn(super::errors::json_errors))
+        // Outermost: a body over the limit is drained, then refused (413).
+        .layer(axum::middleware::from_fn(super::body::limit))
 }
 
 pub(super) type Res = Result<(StatusCode, Json<Value>), ApiError>;

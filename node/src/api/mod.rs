@@ -4,6 +4,7 @@
 
 mod admin;
 pub mod auth;
+mod body;
 mod chaos;
 mod chaos_verify;
 mod dashboard;
