@@ -14,6 +14,11 @@ pub struct Checks {
     pub events: BTreeMap<&'static str, u64>,
     /// G7: the first state hash seen at each applied index, and which replica had it.
     hash_at: BTreeMap<u64, (u64, u64)>,
+    /// G3: the results accepted, by the log index that accepted them (shared by the replicas:
+    /// they apply one log, so a replica that restored a snapshot is judged with the rest).
+    pub accepted: Accepted,
+    /// G4: the leader of each term (raft's election safety).
+    leaders: BTreeMap<u64, u64>,
 }
 
 impl Checks {
@@ -26,6 +31,17 @@ impl Checks {
 
     pub fn count(&mut self, what: &'static str) {
         *self.events.entry(what).or_default() += 1;
+    }
+
+    /// G4: at most one leader per term.
+    pub fn leader(&mut self, now: u64, term: u64, id: u64) {
+        self.checked += 1;
+        match self.leaders.insert(term, id) {
+            Some(other) if other != id => {
+                self.fail(now, format!("G4: r{id} and r{other} both lead term {term}"))
+            }
+            _ => {}
+        }
     }
 
     /// G7: every replica that applied `index` holds the same state there. True the first time
@@ -74,29 +90,39 @@ pub fn may_accept(state: &State, rep: &Report) -> bool {
     }
 }
 
-/// G3 records of one replica (rebuilt when it replays its log after a restart).
+/// G3 records: each accepted result with the index of the entry that accepted it. Every
+/// replica applies the same log, so the same acceptance is seen once per replica at one index;
+/// an acceptance of the same (task, attempt) at another index is a second result.
 #[derive(Debug, Default)]
 pub struct Accepted {
-    /// (task, attempt) with an accepted result.
-    results: BTreeSet<(TaskRef, u32)>,
-    /// Tasks with an accepted success (the workload never retries or redrives, so one).
-    successes: BTreeSet<TaskRef>,
+    /// (task, attempt) with an accepted result -> the index.
+    results: BTreeMap<(TaskRef, u32), u64>,
+    /// Tasks with an accepted success (the workload never retries or redrives, so one) -> the
+    /// index.
+    successes: BTreeMap<TaskRef, u64>,
 }
 
 impl Accepted {
-    /// Records an accepted report; the error says which rule it breaks.
-    pub fn record(&mut self, rep: &Report) -> Result<(), String> {
-        if !self.results.insert((rep.at.task, rep.at.attempt)) {
+    /// Records a report accepted at `index`; the error says which rule it breaks.
+    pub fn record(&mut self, index: u64, rep: &Report) -> Result<(), String> {
+        let first = *self
+            .results
+            .entry((rep.at.task, rep.at.attempt))
+            .or_insert(index);
+        if first != index {
             return Err(format!(
-                "G3: a second result accepted for {:?} attempt {}",
+                "G3: a second result accepted for {:?} attempt {} (first at index {first})",
                 rep.at.task, rep.at.attempt
             ));
         }
-        if matches!(rep.outcome, Outcome::Succeeded { .. }) && !self.successes.insert(rep.at.task) {
-            return Err(format!(
-                "G3: a second success accepted for {:?} (attempt {})",
-                rep.at.task, rep.at.attempt
-            ));
+        if matches!(rep.outcome, Outcome::Succeeded { .. }) {
+            let first = *self.successes.entry(rep.at.task).or_insert(index);
+            if first != index {
+                return Err(format!(
+                    "G3: a second success accepted for {:?} (attempt {}; first at index {first})",
+                    rep.at.task, rep.at.attempt
+                ));
+            }
         }
         Ok(())
     }

@@ -23,9 +23,11 @@
 
 pub mod check;
 pub mod client;
+pub mod disk;
 pub mod entry;
 pub mod lease;
 pub mod net;
+pub mod ready;
 pub mod replica;
 pub mod rng;
 pub mod verdict;
