@@ -27,6 +27,7 @@ pub mod disk;
 pub mod entry;
 pub mod lease;
 pub mod net;
+pub mod read;
 pub mod ready;
 pub mod replica;
 pub mod rng;

@@ -81,6 +81,7 @@ impl Replica {
             }
             let mut rd = node.ready();
             send(&mut node, cx, me, rd.take_messages());
+            self.confirmed(rd.take_read_states());
             if !rd.snapshot().is_empty() {
                 self.install(rd.snapshot().clone(), cx);
             }
@@ -102,6 +103,7 @@ impl Replica {
                 return self.fail_stop(cx);
             }
         }
+        self.answer_reads(cx);
         self.maybe_snapshot(&node, cx);
         let leader = node.raft.state == StateRole::Leader;
         let term = node.raft.term;
@@ -221,6 +223,7 @@ impl Replica {
                     cx.now,
                     format_args!("r{} steps down (term {term})", self.id),
                 );
+                self.drop_reads(cx);
                 let me = Addr::Replica(self.id);
                 for (_, (to, op)) in std::mem::take(&mut self.pending) {
                     let reply = Reply::Indeterminate;

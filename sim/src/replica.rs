@@ -44,6 +44,9 @@ pub struct Replica {
     pub incarnation: u64,
     /// Waiters of proposals this incarnation made: group id -> (who, op).
     pub(crate) pending: BTreeMap<u64, (Addr, u64)>,
+    /// Status reads waiting for their ReadIndex (keyed by op, the request context), and those
+    /// confirmed, waiting for apply to reach their index.
+    pub(crate) reads: crate::read::Reads,
     /// Readies written but not yet synced, oldest first.
     pub(crate) inflight: VecDeque<crate::ready::Inflight>,
     /// How long this server's fsync takes (seeded).
@@ -80,6 +83,7 @@ impl Replica {
             incarnation: 0,
             pending: BTreeMap::new(),
             inflight: VecDeque::new(),
+            reads: Default::default(),
             sync_ms: rng.below(4) * 5,
             snap_every: rng.range(10, 60),
             disk_fault: false,
@@ -151,6 +155,7 @@ impl Replica {
         self.node = None;
         self.pending.clear();
         self.inflight.clear();
+        self.reads = Default::default();
         self.state = State::default();
         self.applied = 0;
         self.disk.crash()
@@ -208,6 +213,7 @@ impl Replica {
                 }
             }
             Payload::Renew(r) => self.on_renew(from, *r, cx),
+            Payload::Read { op, wf } => self.on_read(from, op, wf, cx),
             _ => {}
         }
     }
