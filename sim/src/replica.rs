@@ -59,10 +59,12 @@ pub struct Replica {
     pub(crate) planner: Planner,
     pub(crate) judge: Judge,
     pub(crate) leader_since: Option<u64>,
-    /// raft-rs draws each election timeout from `[min, max)` with its own thread RNG: with
-    /// `max = min + 1` the draw is always `min`, so elections are deterministic; the seeded
-    /// per-replica `min` still staggers the replicas like the random draw would.
-    elect_min: usize,
+    /// raft-rs draws each election timeout in `[10, 20)` ticks from its own thread RNG. The
+    /// simulator replaces every draw with one from this seeded stream (`fix_timeout`): when the
+    /// term or role changes (raft has just drawn again), and at start.
+    elect_rng: Rng,
+    /// (term, role) when the timeout was last drawn.
+    elect_seen: (u64, StateRole),
     /// This server's clock runs this far ahead of simulated time (it stamps `at_ms` with it).
     pub skew_ms: u64,
     pub lease_ms: u64,
@@ -91,7 +93,8 @@ impl Replica {
             planner: Planner::new().with_audit_every(audit_ms),
             judge: Judge::new(lease_ms),
             leader_since: None,
-            elect_min: ELECTION_TICKS + rng.below(ELECTION_TICKS as u64) as usize,
+            elect_rng: rng.fork(),
+            elect_seen: (0, StateRole::Follower),
             skew_ms: rng.below(100),
             lease_ms,
         };
@@ -113,6 +116,24 @@ impl Replica {
         self.node.as_ref().map_or(0, |n| n.raft.term)
     }
 
+    /// Role, term, log and disk, for a diagnosis.
+    pub fn describe(&self) -> String {
+        match &self.node {
+            None => format!("r{} down", self.id),
+            Some(n) => format!(
+                "r{} {:?} term {} commit {} persisted {} last {} applied {} unsynced readies {}",
+                self.id,
+                n.raft.state,
+                n.raft.term,
+                n.raft.raft_log.committed,
+                n.raft.raft_log.persisted,
+                n.raft.raft_log.last_index(),
+                self.applied,
+                self.inflight.len()
+            ),
+        }
+    }
+
     pub fn commit(&self) -> u64 {
         self.node.as_ref().map_or(0, |n| n.raft.raft_log.committed)
     }
@@ -129,8 +150,8 @@ impl Replica {
             id: self.id,
             election_tick: ELECTION_TICKS,
             heartbeat_tick: HEARTBEAT_TICKS,
-            min_election_tick: self.elect_min,
-            max_election_tick: self.elect_min + 1,
+            min_election_tick: ELECTION_TICKS,
+            max_election_tick: 2 * ELECTION_TICKS,
             applied: snap,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
@@ -141,6 +162,8 @@ impl Replica {
         cfg.validate().expect("a valid raft config");
         let node = RawNode::new(&cfg, self.disk.clone(), &logger()).expect("raft starts");
         self.node = Some(node);
+        self.elect_seen = (u64::MAX, StateRole::Follower);
+        self.fix_timeout();
         self.incarnation = rng.next_u64() | 1;
         self.pending.clear();
         self.planner.reset();
@@ -187,6 +210,24 @@ impl Replica {
         if let Some(n) = self.node.as_mut() {
             n.tick();
         }
+        self.fix_timeout();
+    }
+
+    /// Replaces raft's own random election timeout with a seeded one whenever raft drew a new
+    /// one (every change of term or role resets it), so a seed replays exactly while timeouts
+    /// still differ between servers and between elections (equal ones can split every vote).
+    pub(crate) fn fix_timeout(&mut self) {
+        let Some(n) = self.node.as_mut() else {
+            return;
+        };
+        let now = (n.raft.term, n.raft.state);
+        if now != self.elect_seen {
+            self.elect_seen = now;
+            let t = self
+                .elect_rng
+                .range(ELECTION_TICKS as u64, 2 * ELECTION_TICKS as u64 - 1);
+            n.raft.set_randomized_election_timeout(t as usize);
+        }
     }
 
     pub fn on_message(&mut self, from: Addr, payload: Payload, cx: &mut Cx) {
@@ -198,6 +239,7 @@ impl Replica {
                 if let Some(n) = self.node.as_mut() {
                     let _ = n.step(*m);
                 }
+                self.fix_timeout();
             }
             Payload::Propose { op, cmds } => {
                 let waiter = op.map(|op| (from, op));

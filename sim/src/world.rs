@@ -365,7 +365,8 @@ impl World {
     /// the leader's commit, every workflow finished everywhere, no client waits).
     pub fn unsettled(&self) -> Option<String> {
         let Some(leader) = self.leader() else {
-            return Some("no leader".into());
+            let roles: Vec<String> = self.replicas.iter().map(Replica::describe).collect();
+            return Some(format!("no leader ({})", roles.join(", ")));
         };
         let commit = leader.commit();
         for r in &self.replicas {
