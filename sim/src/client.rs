@@ -9,6 +9,7 @@ use crate::rng::Rng;
 use std::collections::BTreeMap;
 use troupe_scheduler::history;
 use troupe_scheduler::spec;
+use troupe_scheduler::state::WfStatus;
 use troupe_scheduler::{Command, Output, Submission, WorkflowId};
 
 /// A client gives up waiting after this long (the outcome is then unknown).
@@ -18,14 +19,21 @@ pub const TRIES_MAX: u32 = 6;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum OpKind {
-    Submit { variant: usize, key: Option<String> },
+    Submit {
+        variant: usize,
+        key: Option<String>,
+    },
     Cancel(WorkflowId),
+    /// A status read (ReadIndex on the leader).
+    Read(WorkflowId),
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum OpOutcome {
     Pending,
     Ok(Output),
+    /// What a read saw.
+    Status(Option<WfStatus>),
     NotLeader,
     Indeterminate,
     Timeout,
@@ -142,7 +150,11 @@ impl Clients {
             let i = self.rng.below(self.acked.len() as u64) as usize;
             return OpKind::Cancel(self.acked[i]);
         }
-        if roll < 30 && !self.keys_used.is_empty() {
+        if roll < 30 && !self.acked.is_empty() {
+            let i = self.rng.below(self.acked.len() as u64) as usize;
+            return OpKind::Read(self.acked[i]);
+        }
+        if roll < 45 && !self.keys_used.is_empty() {
             let i = self.rng.below(self.keys_used.len() as u64) as usize;
             let (key, variant) = self.keys_used[i].clone();
             // Mostly the same spec again (the same workflow back); sometimes another (409).
@@ -172,13 +184,18 @@ impl Clients {
             0 => self.replicas[self.rng.below(self.replicas.len() as u64) as usize],
             hint => hint,
         };
-        let cmd = match &kind {
+        let propose = |cmd| Payload::Propose {
+            op: Some(id),
+            cmds: vec![cmd],
+        };
+        let p = match &kind {
             OpKind::Submit { variant, key } => {
                 let mut s = self.variants[*variant].clone();
                 s.idempotency_key = key.clone();
-                Command::Submit(Box::new(s))
+                propose(Command::Submit(Box::new(s)))
             }
-            OpKind::Cancel(wf) => Command::Cancel(*wf),
+            OpKind::Cancel(wf) => propose(Command::Cancel(*wf)),
+            OpKind::Read(wf) => Payload::Read { op: id, wf: *wf },
         };
         trace.line(
             now,
@@ -196,10 +213,6 @@ impl Clients {
                 outcome: OpOutcome::Pending,
             },
         );
-        let p = Payload::Propose {
-            op: Some(id),
-            cmds: vec![cmd],
-        };
         net.send(now, Addr::Client, Addr::Replica(target), p);
     }
 
@@ -211,6 +224,7 @@ impl Clients {
                 OpOutcome::NotLeader
             }
             Reply::Indeterminate => OpOutcome::Indeterminate,
+            Reply::Status(s) => OpOutcome::Status(s),
         };
         self.complete(now, op, outcome, trace);
     }
@@ -234,7 +248,11 @@ impl Clients {
         }
         // Retry what surely was not applied, and keyed submits whatever happened (the key
         // makes them safe to send again).
-        let keyed = matches!(&op.kind, OpKind::Submit { key: Some(_), .. });
+        // Reads change nothing: they are safe to send again too.
+        let keyed = matches!(
+            &op.kind,
+            OpKind::Submit { key: Some(_), .. } | OpKind::Read(_)
+        );
         let retry = match outcome {
             OpOutcome::NotLeader => true,
             OpOutcome::Timeout | OpOutcome::Indeterminate => keyed,
@@ -273,8 +291,15 @@ impl Clients {
                         digest: *variant as u64,
                     },
                     OpKind::Cancel(wf) => history::Kind::Cancel { wf: wf.to_string() },
+                    OpKind::Read(wf) => history::Kind::Status { wf: wf.to_string() },
                 };
                 let outcome = match &op.outcome {
+                    // A refused cancel may be the answer to a duplicate of this very cancel
+                    // (the network re-delivered it after the first copy applied): it may have
+                    // taken effect. (A real client that resends a cancel sees the same.)
+                    OpOutcome::Ok(Output::Rejected(_)) if matches!(op.kind, OpKind::Cancel(_)) => {
+                        history::Outcome::Unknown
+                    }
                     OpOutcome::Ok(out) => history::Outcome::Ok(match (out, &op.kind) {
                         (Output::Submitted { id, created }, _) => history::Ret::Submitted {
                             id: id.to_string(),
@@ -285,6 +310,10 @@ impl Clients {
                         (Output::Rejected(_) | Output::Conflict(_), _) => history::Ret::Refused,
                         _ => history::Ret::Done,
                     }),
+                    OpOutcome::Status(s) => history::Outcome::Ok(history::Ret::Status(
+                        s.and_then(|s| history::Phase::parse(s.name()))
+                            .unwrap_or(history::Phase::Absent),
+                    )),
                     OpOutcome::NotLeader
                     | OpOutcome::Pending
                     | OpOutcome::Indeterminate

@@ -1,11 +1,15 @@
 //! # troupe-sim — a deterministic simulator of a Troupe cluster
 //!
-//! N servers (3 or 5), each a raft-rs `RawNode` over `MemStorage` whose committed entries carry
+//! N servers (3 or 5), each a raft-rs `RawNode` over a simulated disk ([`disk`]: unsynced
+//! writes are lost on a crash, a failed fsync stops the server) whose committed entries carry
 //! bincode `troupe_scheduler::Command`s stamped with the leader's `at_ms` (the layout of
-//! raft-log's envelope) and applied to a `troupe_scheduler::State`; a leader that runs the real
-//! `Planner`, a lease judge and the real `reconcile`; fake worker nodes; clients; and a network
+//! raft-log's envelope) and applied to a `troupe_scheduler::State`; snapshots in the real state
+//! machine's encoding (`troupe_actors::machine::Machine`), log compaction and snapshot install;
+//! a leader that runs the real `Planner`, a lease judge and the real `reconcile`; fake worker
+//! nodes; clients that submit, cancel and read status linearizably (ReadIndex); and a network
 //! that delays, drops, duplicates, reorders and partitions. Time is a `u64` of simulated ms and
-//! every random choice comes from one seed, so a seed replays exactly (`sim --seed S`).
+//! every random choice (raft's election timeouts too) comes from one seed, so a seed replays
+//! exactly (`sim --seed S`).
 //!
 //! Why not the real stack: raft-log's engine owns a thread, redb files and the wall clock, and
 //! ractor's registry is process-global, so several servers cannot share one process and one
@@ -13,19 +17,25 @@
 //! says what it checks and what a full-stack simulation would take.
 //!
 //! Read in this order: [`world`] (the loop and the faults), [`replica`] (raft + apply + the
-//! leader's duties), [`worker`], [`client`], [`check`] (per-apply properties) and [`verdict`]
-//! (end-of-run properties).
+//! leader's duties), [`ready`] (the Ready loop, syncs, snapshots), [`disk`], [`read`],
+//! [`worker`], [`client`], [`check`] (per-apply properties) and [`verdict`] (end-of-run
+//! properties, over the client history).
 //!
 //! Invariants checked: G1 acked workflows exist everywhere and finish; G2 one workflow per
-//! idempotency key; G3 one accepted result per (task, attempt); G4 no accepted report that
-//! fencing refuses; G5 acked cancels hold; G6 capacity at every applied index on every replica;
-//! G7 equal state hashes at equal indexes, convergence after heal.
+//! idempotency key; G3 one accepted result per (task, attempt), across servers and restarts;
+//! G4 no accepted report that fencing refuses, one leader per term; G5 acked cancels hold and
+//! status reads are linearizable; G6 capacity at every applied index on every replica; G7 equal
+//! state hashes at equal indexes (restored snapshots included), convergence after heal.
+//! Not simulated: membership changes (docs/GUARANTEES.md, "Simulation").
 
 pub mod check;
 pub mod client;
+pub mod disk;
 pub mod entry;
 pub mod lease;
 pub mod net;
+pub mod read;
+pub mod ready;
 pub mod replica;
 pub mod rng;
 pub mod verdict;

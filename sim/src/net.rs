@@ -3,7 +3,8 @@
 
 use crate::rng::Rng;
 use std::collections::{BTreeMap, BTreeSet};
-use troupe_scheduler::{Command, Output, Report, RunSpec, TaskRef};
+use troupe_scheduler::state::WfStatus;
+use troupe_scheduler::{Command, Output, Report, RunSpec, TaskRef, WorkflowId};
 
 /// An endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -26,6 +27,8 @@ pub enum Reply {
     NotLeader { leader: u64 },
     /// Proposed, then leadership was lost before it applied: it may still be applied.
     Indeterminate,
+    /// A linearizable read (ReadIndex): the workflow's status (`None`: no such workflow).
+    Status(Option<WfStatus>),
 }
 
 /// A worker's lease renewal (what it holds and what it reported recently).
@@ -59,6 +62,11 @@ pub enum Payload {
         op: u64,
         reply: Reply,
     },
+    /// A client's status read, answered by the leader after a ReadIndex barrier.
+    Read {
+        op: u64,
+        wf: WorkflowId,
+    },
     Run(Box<RunSpec>),
     Kill {
         task: TaskRef,
@@ -74,6 +82,7 @@ impl Payload {
             Payload::Raft(_) => "raft",
             Payload::Propose { .. } => "propose",
             Payload::Reply { .. } => "reply",
+            Payload::Read { .. } => "read",
             Payload::Run(_) => "run",
             Payload::Kill { .. } => "kill",
             Payload::Renew(_) => "renew",

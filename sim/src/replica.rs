@@ -1,20 +1,20 @@
-//! One simulated server: a raft-rs `RawNode` over `MemStorage` and the scheduler state its
-//! committed entries build. Readies are handled the way raft-log's driver does (send, persist,
-//! apply, send persisted messages, advance), but in one synchronous step: what a Ready asked
-//! to persist is written to the replica's "disk" (its `MemStorage`) before anything else sees
-//! it, and a crash loses everything else (raft's unstable log, proposals not yet in a Ready,
-//! the applied state, waiters). A restart builds a new `RawNode` over that disk and replays
-//! the committed log into a fresh `State` (there is no compaction, so no snapshot to load).
+//! One simulated server: a raft-rs `RawNode` over its simulated disk (`crate::disk`) and the
+//! scheduler state its committed entries build. `crate::ready` handles Readies the way
+//! raft-log's driver does (send, persist, apply, send persisted messages), with persistence
+//! asynchronous: a write is synced a seeded latency later, and only then are the messages that
+//! depend on it sent. A crash loses what was not synced, raft's unstable log, proposals not yet
+//! in a Ready, the applied state and the waiters; a restart restores the disk's snapshot with the
+//! real state machine (`troupe_actors::machine::Machine::restore`) and replays the log after it.
 
-use crate::check::{self, Accepted, Checks, Trace};
+use crate::check::{self, Checks, Trace};
+use crate::disk::Disk;
 use crate::entry::{self, ENTRY_VERSION, Group};
 use crate::lease::Judge;
 use crate::net::{Addr, Net, Payload, RenewReply, Renewal, Reply};
 use crate::rng::Rng;
-use raft::eraftpb::{ConfState, Entry, EntryType, Message};
-use raft::storage::MemStorage;
+use raft::eraftpb::{Entry, EntryType};
 use raft::{RawNode, StateRole};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use troupe_scheduler::reconcile::{self, Held};
 use troupe_scheduler::state::TaskState;
 use troupe_scheduler::{Command, Effect, Outcome, Output, Planner, Report, State};
@@ -35,26 +35,38 @@ pub struct Cx<'a> {
 
 pub struct Replica {
     pub id: u64,
-    /// What survives a crash: written only with what a Ready asked to persist.
-    disk: MemStorage,
+    /// What survives a crash is what it synced.
+    pub(crate) disk: Disk,
     /// `None` while crashed.
-    node: Option<RawNode<MemStorage>>,
+    pub(crate) node: Option<RawNode<Disk>>,
     pub state: State,
     pub applied: u64,
     pub incarnation: u64,
     /// Waiters of proposals this incarnation made: group id -> (who, op).
-    pending: BTreeMap<u64, (Addr, u64)>,
+    pub(crate) pending: BTreeMap<u64, (Addr, u64)>,
+    /// Status reads waiting for their ReadIndex (keyed by op, the request context), and those
+    /// confirmed, waiting for apply to reach their index.
+    pub(crate) reads: crate::read::Reads,
+    /// Readies written but not yet synced, oldest first.
+    pub(crate) inflight: VecDeque<crate::ready::Inflight>,
+    /// How long this server's fsync takes (seeded).
+    pub(crate) sync_ms: u64,
+    /// A snapshot (and compaction) every this many applied entries (seeded).
+    pub(crate) snap_every: u64,
+    /// The next sync fails: the server stops (fail-stop, as raft-log does on a storage error).
+    pub disk_fault: bool,
     next_group: u64,
-    planner: Planner,
-    judge: Judge,
-    leader_since: Option<u64>,
-    /// raft-rs draws each election timeout from `[min, max)` with its own thread RNG: with
-    /// `max = min + 1` the draw is always `min`, so elections are deterministic; the seeded
-    /// per-replica `min` still staggers the replicas like the random draw would.
-    elect_min: usize,
+    pub(crate) planner: Planner,
+    pub(crate) judge: Judge,
+    pub(crate) leader_since: Option<u64>,
+    /// raft-rs draws each election timeout in `[10, 20)` ticks from its own thread RNG. The
+    /// simulator replaces every draw with one from this seeded stream (`fix_timeout`): when the
+    /// term or role changes (raft has just drawn again), and at start.
+    elect_rng: Rng,
+    /// (term, role) when the timeout was last drawn.
+    elect_seen: (u64, StateRole),
     /// This server's clock runs this far ahead of simulated time (it stamps `at_ms` with it).
     pub skew_ms: u64,
-    accepted: Accepted,
     pub lease_ms: u64,
 }
 
@@ -64,25 +76,29 @@ fn logger() -> slog::Logger {
 
 impl Replica {
     pub fn new(id: u64, voters: &[u64], rng: &mut Rng, lease_ms: u64, audit_ms: u64) -> Self {
-        let disk = MemStorage::new_with_conf_state(ConfState::from((voters.to_vec(), vec![])));
         let mut r = Replica {
             id,
-            disk,
+            disk: Disk::new(voters),
             node: None,
             state: State::default(),
             applied: 0,
             incarnation: 0,
             pending: BTreeMap::new(),
+            inflight: VecDeque::new(),
+            reads: Default::default(),
+            sync_ms: rng.below(4) * 5,
+            snap_every: rng.range(10, 60),
+            disk_fault: false,
             next_group: 0,
             planner: Planner::new().with_audit_every(audit_ms),
             judge: Judge::new(lease_ms),
             leader_since: None,
-            elect_min: ELECTION_TICKS + rng.below(ELECTION_TICKS as u64) as usize,
+            elect_rng: rng.fork(),
+            elect_seen: (0, StateRole::Follower),
             skew_ms: rng.below(100),
-            accepted: Accepted::default(),
             lease_ms,
         };
-        r.start(rng);
+        r.start(rng).expect("an empty disk starts");
         r
     }
 
@@ -100,18 +116,43 @@ impl Replica {
         self.node.as_ref().map_or(0, |n| n.raft.term)
     }
 
+    /// Role, term, log and disk, for a diagnosis.
+    pub fn describe(&self) -> String {
+        match &self.node {
+            None => format!("r{} down", self.id),
+            Some(n) => format!(
+                "r{} {:?} term {} commit {} persisted {} last {} applied {} unsynced readies {}",
+                self.id,
+                n.raft.state,
+                n.raft.term,
+                n.raft.raft_log.committed,
+                n.raft.raft_log.persisted,
+                n.raft.raft_log.last_index(),
+                self.applied,
+                self.inflight.len()
+            ),
+        }
+    }
+
     pub fn commit(&self) -> u64 {
         self.node.as_ref().map_or(0, |n| n.raft.raft_log.committed)
     }
 
-    fn start(&mut self, rng: &mut Rng) {
+    /// Starts raft over the disk, with the state of the disk's snapshot (if any).
+    fn start(&mut self, rng: &mut Rng) -> Result<(), String> {
+        let snap = self.disk.snapshot_meta().index;
+        self.state = match snap {
+            0 => State::default(),
+            _ => crate::ready::restore(&self.disk.snapshot_data())?,
+        };
+        self.applied = snap;
         let cfg = raft::Config {
             id: self.id,
             election_tick: ELECTION_TICKS,
             heartbeat_tick: HEARTBEAT_TICKS,
-            min_election_tick: self.elect_min,
-            max_election_tick: self.elect_min + 1,
-            applied: 0,
+            min_election_tick: ELECTION_TICKS,
+            max_election_tick: 2 * ELECTION_TICKS,
+            applied: snap,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
             check_quorum: true,
@@ -121,26 +162,44 @@ impl Replica {
         cfg.validate().expect("a valid raft config");
         let node = RawNode::new(&cfg, self.disk.clone(), &logger()).expect("raft starts");
         self.node = Some(node);
-        self.state = State::default();
-        self.applied = 0;
+        self.elect_seen = (u64::MAX, StateRole::Follower);
+        self.fix_timeout();
         self.incarnation = rng.next_u64() | 1;
         self.pending.clear();
         self.planner.reset();
         self.judge.follow();
         self.leader_since = None;
-        self.accepted = Accepted::default();
+        self.inflight.clear();
+        Ok(())
     }
 
-    /// Loses everything that is not on the disk.
-    pub fn crash(&mut self) {
+    /// Loses everything that is not on the disk; returns how many unsynced writes were lost.
+    pub fn crash(&mut self) -> usize {
         self.node = None;
         self.pending.clear();
+        self.inflight.clear();
+        self.reads = Default::default();
         self.state = State::default();
         self.applied = 0;
+        self.disk.crash()
     }
 
-    pub fn restart(&mut self, rng: &mut Rng) {
-        self.start(rng);
+    /// Starts again from what the disk kept; the restored snapshot must hold the state every
+    /// other server had at its index (G7).
+    pub fn restart(&mut self, rng: &mut Rng, now: u64, trace: &mut Trace, checks: &mut Checks) {
+        self.disk_fault = false;
+        if let Err(why) = self.start(rng) {
+            checks.fail(now, format!("r{}: restart: {why}", self.id));
+            return;
+        }
+        trace.line(
+            now,
+            format_args!("r{} restarts from snapshot {}", self.id, self.applied),
+        );
+        if self.applied > 0 {
+            checks.count("restored from snapshot");
+            checks.hash_at(now, self.id, self.applied, self.state.hash());
+        }
     }
 
     fn local(&self, now: u64) -> u64 {
@@ -150,6 +209,24 @@ impl Replica {
     pub fn tick(&mut self) {
         if let Some(n) = self.node.as_mut() {
             n.tick();
+        }
+        self.fix_timeout();
+    }
+
+    /// Replaces raft's own random election timeout with a seeded one whenever raft drew a new
+    /// one (every change of term or role resets it), so a seed replays exactly while timeouts
+    /// still differ between servers and between elections (equal ones can split every vote).
+    pub(crate) fn fix_timeout(&mut self) {
+        let Some(n) = self.node.as_mut() else {
+            return;
+        };
+        let now = (n.raft.term, n.raft.state);
+        if now != self.elect_seen {
+            self.elect_seen = now;
+            let t = self
+                .elect_rng
+                .range(ELECTION_TICKS as u64, 2 * ELECTION_TICKS as u64 - 1);
+            n.raft.set_randomized_election_timeout(t as usize);
         }
     }
 
@@ -162,6 +239,7 @@ impl Replica {
                 if let Some(n) = self.node.as_mut() {
                     let _ = n.step(*m);
                 }
+                self.fix_timeout();
             }
             Payload::Propose { op, cmds } => {
                 let waiter = op.map(|op| (from, op));
@@ -177,6 +255,7 @@ impl Replica {
                 }
             }
             Payload::Renew(r) => self.on_renew(from, *r, cx),
+            Payload::Read { op, wf } => self.on_read(from, op, wf, cx),
             _ => {}
         }
     }
@@ -295,69 +374,7 @@ impl Replica {
         }
     }
 
-    /// Handles Readies until raft has none.
-    pub fn drive(&mut self, cx: &mut Cx) {
-        let Some(mut node) = self.node.take() else {
-            return;
-        };
-        let me = Addr::Replica(self.id);
-        while node.has_ready() {
-            let mut rd = node.ready();
-            send_all(cx, me, rd.take_messages());
-            assert!(
-                rd.snapshot().is_empty(),
-                "the simulator never compacts, so no snapshot is sent"
-            );
-            if !rd.entries().is_empty() {
-                self.disk.wl().append(rd.entries()).expect("append");
-            }
-            if let Some(hs) = rd.hs() {
-                self.disk.wl().set_hardstate(hs.clone());
-            }
-            let leader = node.raft.state == StateRole::Leader;
-            self.apply(rd.take_committed_entries(), leader, cx);
-            send_all(cx, me, rd.take_persisted_messages());
-            let mut light = node.advance(rd);
-            if let Some(c) = light.commit_index() {
-                self.disk.wl().mut_hard_state().set_commit(c);
-            }
-            send_all(cx, me, light.take_messages());
-            self.apply(light.take_committed_entries(), leader, cx);
-            node.advance_apply();
-        }
-        let leader = node.raft.state == StateRole::Leader;
-        let term = node.raft.term;
-        self.node = Some(node);
-        self.on_role(leader, term, cx);
-    }
-
-    fn on_role(&mut self, leader: bool, term: u64, cx: &mut Cx) {
-        match (leader, self.leader_since.is_some()) {
-            (true, false) => {
-                self.leader_since = Some(self.local(cx.now));
-                cx.checks.count("leader elected");
-                cx.trace
-                    .line(cx.now, format_args!("r{} leads term {term}", self.id));
-            }
-            (false, true) => {
-                self.leader_since = None;
-                self.planner.reset();
-                self.judge.follow();
-                cx.trace.line(
-                    cx.now,
-                    format_args!("r{} steps down (term {term})", self.id),
-                );
-                let me = Addr::Replica(self.id);
-                for (_, (to, op)) in std::mem::take(&mut self.pending) {
-                    let reply = Reply::Indeterminate;
-                    cx.net.send(cx.now, me, to, Payload::Reply { op, reply });
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn apply(&mut self, entries: Vec<Entry>, leader: bool, cx: &mut Cx) {
+    pub(crate) fn apply(&mut self, entries: Vec<Entry>, leader: bool, cx: &mut Cx) {
         for e in entries {
             if e.get_entry_type() == EntryType::EntryNormal && !e.get_data().is_empty() {
                 self.apply_entry(&e, leader, cx);
@@ -392,7 +409,7 @@ impl Replica {
             let outs: Vec<Output> = g
                 .cmds
                 .into_iter()
-                .map(|c| self.apply_command(env.at_ms, c, cx))
+                .map(|c| self.apply_command(e.index, env.at_ms, c, cx))
                 .collect();
             if let Some((to, op)) = waiter {
                 let reply = Reply::Applied(outs);
@@ -408,7 +425,7 @@ impl Replica {
     }
 
     /// Applies one command and checks G3, G4 (for reports) and G6 (always) on the result.
-    fn apply_command(&mut self, at_ms: u64, cmd: Command, cx: &mut Cx) -> Output {
+    fn apply_command(&mut self, index: u64, at_ms: u64, cmd: Command, cx: &mut Cx) -> Output {
         *cx.applied += 1;
         let report = match &cmd {
             Command::Finished(reps) => {
@@ -454,8 +471,9 @@ impl Replica {
                     ),
                 );
             }
-            if accepted && let Err(why) = self.accepted.record(&rep) {
-                cx.checks.fail(cx.now, format!("r{}: {why}", self.id));
+            if accepted && let Err(why) = cx.checks.accepted.record(index, &rep) {
+                cx.checks
+                    .fail(cx.now, format!("r{} at index {index}: {why}", self.id));
             }
         }
         match check::capacity(&self.state) {
@@ -494,13 +512,6 @@ impl Replica {
                 _ => {}
             }
         }
-    }
-}
-
-fn send_all(cx: &mut Cx, me: Addr, msgs: Vec<Message>) {
-    for m in msgs {
-        let to = Addr::Replica(m.to);
-        cx.net.send(cx.now, me, to, Payload::Raft(Box::new(m)));
     }
 }
 

@@ -1,12 +1,12 @@
 //! The end-of-run checks, over the history of client operations and every replica's state.
 
 use crate::check::Checks;
-use crate::client::{OpKind, OpOutcome};
+use crate::client::{Op, OpKind, OpOutcome};
 use crate::world::World;
 use std::collections::{BTreeMap, BTreeSet};
-use troupe_scheduler::Output;
 use troupe_scheduler::history;
 use troupe_scheduler::state::WfStatus;
+use troupe_scheduler::{Output, State};
 
 /// G1, G2, G5 (acked cancels) and G7 after the run settled (or did not).
 pub fn check(w: &mut World, unsettled: Option<String>) {
@@ -79,9 +79,10 @@ pub fn check(w: &mut World, unsettled: Option<String>) {
                     }
                 }
             }
-            (OpKind::Cancel(_), _) => {}
+            (OpKind::Cancel(_) | OpKind::Read(_), _) => {}
         }
     }
+    reads(w.clients.ops.values(), &w.replicas[0].state, checks, now);
     // G2: one workflow per key, and only the spec that first used it gets it.
     for (key, acks) in &by_key {
         checks.checked += 1;
@@ -146,6 +147,58 @@ pub fn check(w: &mut World, unsettled: Option<String>) {
                     format!("G2: r{} holds {n} workflows under key {k}", r.id),
                 );
             }
+        }
+    }
+}
+
+/// G5: status reads are linearizable against the writes and reads around them. A read sees
+/// every submit and cancel acknowledged before it was invoked; a terminal status it shows is
+/// the one the workflow ends with (terminal is final, so a later read cannot show another);
+/// it shows `Cancelled` only if a cancel was invoked before the read completed.
+fn reads<'a>(
+    ops: impl Iterator<Item = &'a Op> + Clone,
+    end: &State,
+    checks: &mut Checks,
+    now: u64,
+) {
+    for r in ops.clone() {
+        let (OpKind::Read(wf), OpOutcome::Status(seen)) = (&r.kind, &r.outcome) else {
+            continue;
+        };
+        checks.checked += 1;
+        let before = |o: &Op| o.complete_ms.is_some_and(|c| c < r.invoke_ms);
+        let acked_submit = ops.clone().any(|o| {
+            before(o)
+                && matches!(&o.outcome, OpOutcome::Ok(Output::Submitted { id, .. }) if id == wf)
+        });
+        let acked_cancel = ops.clone().any(|o| {
+            before(o) && o.kind == OpKind::Cancel(*wf) && o.outcome == OpOutcome::Ok(Output::Done)
+        });
+        let final_status = end.workflows.get(wf).map(|w| w.status);
+        let cancel_invoked = ops.clone().any(|o| {
+            o.kind == OpKind::Cancel(*wf) && r.complete_ms.is_some_and(|c| o.invoke_ms < c)
+        });
+        let why = match *seen {
+            None if acked_submit => Some("misses a workflow acknowledged before it"),
+            Some(s) if acked_cancel && s != WfStatus::Cancelled => {
+                Some("misses a cancel acknowledged before it")
+            }
+            Some(s) if s.is_terminal() && final_status != Some(s) => {
+                Some("shows a terminal status the workflow does not end with")
+            }
+            Some(WfStatus::Cancelled) if !cancel_invoked => {
+                Some("shows a cancel nobody had asked for yet")
+            }
+            _ => None,
+        };
+        if let Some(why) = why {
+            checks.fail(
+                now,
+                format!(
+                    "G5: read op{} of wf {wf} (invoked {}) saw {seen:?}: {why} (ends {final_status:?})",
+                    r.id, r.invoke_ms
+                ),
+            );
         }
     }
 }

@@ -23,6 +23,8 @@ pub const AUDIT_MS: u64 = 3_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     CrashReplica(u64),
+    /// The server's next fsync fails: it stops (losing what it had not synced) until the end.
+    DiskFault(u64),
     PauseReplica(u64),
     /// Whoever leads when it starts is cut off from everyone else.
     IsolateLeader,
@@ -114,7 +116,8 @@ impl World {
         let replicas = self.replicas.len() as u64;
         let workers = self.workers.len() as u64;
         for seq in 0..n {
-            let fault = match self.rng.below(7) {
+            let fault = match self.rng.below(8) {
+                7 => Fault::DiskFault(self.rng.range(1, replicas)),
                 0 => Fault::CrashReplica(self.rng.range(1, replicas)),
                 1 => Fault::PauseReplica(self.rng.range(1, replicas)),
                 2 => Fault::IsolateLeader,
@@ -162,7 +165,14 @@ impl World {
         self.faults.push(f);
         self.trace.line(now, format_args!("fault {f:?} starts"));
         match f {
-            Fault::CrashReplica(r) => self.replicas[r as usize - 1].crash(),
+            Fault::CrashReplica(r) => {
+                let lost = self.replicas[r as usize - 1].crash();
+                self.trace.line(
+                    now,
+                    format_args!("r{r} crashes: {lost} unsynced writes lost"),
+                );
+            }
+            Fault::DiskFault(r) => self.replicas[r as usize - 1].disk_fault = true,
             Fault::PauseReplica(r) => {
                 self.paused.insert(r, u64::MAX);
             }
@@ -213,10 +223,11 @@ impl World {
         let now = self.now;
         self.trace.line(now, format_args!("fault {f:?} ends"));
         match f {
-            Fault::CrashReplica(r) => {
+            Fault::CrashReplica(r) | Fault::DiskFault(r) => {
                 let rep = &mut self.replicas[r as usize - 1];
+                rep.disk_fault = false;
                 if !rep.alive() {
-                    rep.restart(&mut self.rng);
+                    rep.restart(&mut self.rng, now, &mut self.trace, &mut self.checks);
                 }
             }
             Fault::PauseReplica(r) => {
@@ -261,12 +272,12 @@ impl World {
             delay_ms_max: self.base.delay_ms_max,
         };
         self.paused.clear();
+        let now = self.now;
         for r in &mut self.replicas {
             if !r.alive() {
-                r.restart(&mut self.rng);
+                r.restart(&mut self.rng, now, &mut self.trace, &mut self.checks);
             }
         }
-        let now = self.now;
         for w in &mut self.workers {
             if !w.alive {
                 w.restart(now, &mut self.trace);
@@ -354,7 +365,8 @@ impl World {
     /// the leader's commit, every workflow finished everywhere, no client waits).
     pub fn unsettled(&self) -> Option<String> {
         let Some(leader) = self.leader() else {
-            return Some("no leader".into());
+            let roles: Vec<String> = self.replicas.iter().map(Replica::describe).collect();
+            return Some(format!("no leader ({})", roles.join(", ")));
         };
         let commit = leader.commit();
         for r in &self.replicas {
