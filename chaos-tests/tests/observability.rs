@@ -10,8 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use troupe_chaos_tests::{TestNode, step, troupe_bin};
 
-/// Documents of the claims example run here, of its 15,000 (`TROUPE_CLAIMS_DOCS=N` overrides it,
-/// `all` runs every one). The whole example does not fit this file's ~60 s: measured 2026-12-04
+/// Documents of the claims example run here: all 15,000 (`TROUPE_CLAIMS_DOCS=N` runs the first N,
+/// for a quicker local run). The whole file takes 120 s on a quiet 2-vCPU VM in a debug build
+/// (2026-12-04, after the table below was taken); measured 2026-12-04
 /// in a debug build on the 2-vCPU VM, one node with fsync, other builds sharing the CPUs (load 5
 /// to 15), first pass to `degraded` / to `succeeded` after the redrive:
 ///
@@ -24,9 +25,9 @@ use troupe_chaos_tests::{TestNode, step, troupe_bin};
 /// | 5,000 | 35,302 | 57.0 s | 58.2 s | 61 s |
 /// | 15,000 (all) | 105,908 | 151.4 s | 154.2 s | 275 s |
 ///
-/// (`all` passes the same strict comparison; its test ran 2 minutes past the workflow's end,
-/// not profiled.) So 4,000, the largest count with room under 60 s.
-const DOCS: usize = 4_000;
+/// The whole example is what the acceptance names, so CI runs it (the 275 s above were taken
+/// under load 5 to 15; quiet, the file takes 120 s).
+const DOCS: usize = usize::MAX;
 
 fn docs_wanted() -> usize {
     match std::env::var("TROUPE_CLAIMS_DOCS").ok().as_deref() {
