@@ -273,7 +273,8 @@ pub struct NodeOpts {
     kill_grace_s: u64,
     /// Chaos drills only: serve the chaos API (`troupe chaos`: kill, pause, partition,
     /// slow-disk, skew-clock, verify; POST /v1/chaos/panic/{actor}) and keep the compacted
-    /// Raft log for `troupe chaos verify` (the log then grows without bound). docs/chaos.md.
+    /// Raft log for `troupe chaos verify` (the log then grows without bound); also honours the
+    /// resource-probe failpoint `TROUPE_FAILPOINT_PROBE=fail|file:PATH`. docs/chaos.md.
     #[arg(long)]
     fault_injection: bool,
     /// SIMULATION for tests and demos: advertise made-up GPUs instead of asking NVML
