@@ -1,7 +1,9 @@
 //! [`RedbStorage`]: a durable `raft::Storage` on one redb file.
 //!
-//! Tables: `raft_entries` (index -> 8-byte little-endian term ++ protobuf `Entry`) and `raft_meta`
-//! (hard state, conf state, snapshot metadata, snapshot data, truncation point, format version).
+//! Tables: `raft_entries` (index -> 8-byte little-endian term ++ protobuf `Entry`), `raft_meta`
+//! (hard state, conf state, snapshot metadata, truncation point, format version) and
+//! `raft_snapshot` (the snapshot image in chunks; see `SNAPSHOT`). The write transactions, the
+//! chunked image and the format-1 migration are in `storage/txn.rs`.
 //! Reads go to redb; first/last index, terms, the hard state, the conf state and the snapshot
 //! metadata are cached in memory (a term is 8 bytes per live entry), so `term()` never touches disk.
 //! Every write method is one redb write transaction; `persist` writes the entries, the hard state
@@ -499,151 +501,6 @@ impl RedbStorage {
             detail,
         }
     }
-
-    /// The stored snapshot image, its chunks joined (empty if none).
-    fn read_snapshot(&self) -> Result<Vec<u8>, redb::Error> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(SNAPSHOT)?;
-        let mut data = Vec::new();
-        for item in t.iter()? {
-            data.extend_from_slice(item?.1.value());
-        }
-        Ok(data)
-    }
-
-    /// Runs `f` in one write transaction; Immediate durability when `sync && self.fsync`.
-    fn write(
-        &self,
-        sync: bool,
-        f: impl FnOnce(&mut EntriesTable<'_>, &mut MetaTable<'_>) -> TxnResult,
-    ) -> Result<(), RaftLogError> {
-        self.write_archiving(sync, None, |et, mt, _| f(et, mt))
-    }
-
-    /// [`Self::write`], also replacing the stored snapshot image with `snap` when given.
-    fn write_snapshot(
-        &self,
-        sync: bool,
-        snap: Option<&[u8]>,
-        f: impl FnOnce(&mut EntriesTable<'_>, &mut MetaTable<'_>) -> TxnResult,
-    ) -> Result<(), RaftLogError> {
-        self.write_archiving(sync, snap, |et, mt, _| f(et, mt))
-    }
-
-    /// [`Self::write_snapshot`] that also hands out the archive table when compaction
-    /// archives (chaos mode).
-    fn write_archiving(
-        &self,
-        sync: bool,
-        snap: Option<&[u8]>,
-        f: impl FnOnce(
-            &mut EntriesTable<'_>,
-            &mut MetaTable<'_>,
-            Option<&mut EntriesTable<'_>>,
-        ) -> TxnResult,
-    ) -> Result<(), RaftLogError> {
-        let durability = if sync && self.fsync {
-            Durability::Immediate
-        } else {
-            Durability::None
-        };
-        self.write_full(durability, snap, f)
-    }
-
-    fn write_with(
-        &self,
-        durability: Durability,
-        snap: Option<&[u8]>,
-        f: impl FnOnce(&mut EntriesTable<'_>, &mut MetaTable<'_>) -> TxnResult,
-    ) -> Result<(), RaftLogError> {
-        self.write_full(durability, snap, |et, mt, _| f(et, mt))
-    }
-
-    /// One write transaction. A durable (fsync'ed) one first goes through the injected disk
-    /// faults (chaos mode): a delay, or a failure before anything is written.
-    fn write_full(
-        &self,
-        durability: Durability,
-        snap: Option<&[u8]>,
-        f: impl FnOnce(
-            &mut EntriesTable<'_>,
-            &mut MetaTable<'_>,
-            Option<&mut EntriesTable<'_>>,
-        ) -> TxnResult,
-    ) -> Result<(), RaftLogError> {
-        let err = |e: redb::Error| RaftLogError::from_redb(&self.path, e);
-        if matches!(durability, Durability::Immediate)
-            && let Some(f) = &self.faults
-        {
-            f.before_fsync().map_err(|source| RaftLogError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        }
-        let mut txn = self.db.begin_write().map_err(|e| err(e.into()))?;
-        txn.set_durability(durability).map_err(|e| err(e.into()))?;
-        {
-            let mut et = txn.open_table(ENTRIES).map_err(|e| err(e.into()))?;
-            let mut mt = txn.open_table(META).map_err(|e| err(e.into()))?;
-            let mut at = if self.archive {
-                Some(txn.open_table(ARCHIVE).map_err(|e| err(e.into()))?)
-            } else {
-                None
-            };
-            f(&mut et, &mut mt, at.as_mut()).map_err(err)?;
-            if let Some(data) = snap {
-                let mut st = txn.open_table(SNAPSHOT).map_err(|e| err(e.into()))?;
-                put_snapshot(&mut st, data).map_err(err)?;
-            }
-        }
-        txn.commit().map_err(|e| err(e.into()))
-    }
-}
-
-/// Copies the entries `<= upto` into the archive table (inside the caller's transaction).
-fn archive_range(et: &EntriesTable<'_>, archive: &mut EntriesTable<'_>, upto: u64) -> TxnResult {
-    for row in et.range(..=upto)? {
-        let (k, v) = row?;
-        archive.insert(k.value(), v.value())?;
-    }
-    Ok(())
-}
-
-/// Replaces the snapshot table's chunks with `data`'s.
-fn put_snapshot(st: &mut redb::Table<'_, u32, &'static [u8]>, data: &[u8]) -> TxnResult {
-    st.retain(|_, _| false)?;
-    for (i, chunk) in data.chunks(SNAP_CHUNK).enumerate() {
-        let key = u32::try_from(i)
-            .map_err(|_| redb::Error::Corrupted("snapshot over 4 PiB".to_string()))?;
-        st.insert(key, chunk)?;
-    }
-    Ok(())
-}
-
-/// Moves a format-1 file's snapshot image from `META` into `SNAPSHOT`, in one transaction,
-/// and marks the file format 2. Nothing to do on a fresh or a format-2 file.
-fn migrate_v1(db: &Database) -> TxnResult {
-    let txn = db.begin_write()?;
-    {
-        let mut mt = txn.open_table(META)?;
-        let v1 = 1u16.to_le_bytes();
-        if mt.get(K_FORMAT)?.map(|f| f.value() == v1.as_slice()) != Some(true) {
-            return Ok(());
-        }
-        let data = mt
-            .remove(K_SNAP_DATA_V1)?
-            .map(|g| g.value().to_vec())
-            .unwrap_or_default();
-        let mut st = txn.open_table(SNAPSHOT)?;
-        put_snapshot(&mut st, &data)?;
-        mt.insert(K_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
-        tracing::info!(
-            bytes = data.len(),
-            "raft log migrated from table format 1 to 2"
-        );
-    }
-    txn.commit()?;
-    Ok(())
 }
 
 fn codec(e: protobuf::ProtobufError) -> redb::Error {
@@ -655,6 +512,8 @@ fn pb(m: &impl PbMessage) -> Result<Vec<u8>, redb::Error> {
 }
 
 mod raft_impl;
+mod txn;
+use txn::{archive_range, migrate_v1};
 
 #[cfg(test)]
 mod tests;
