@@ -479,6 +479,14 @@ pub fn settle(apis: &[String], limit: Duration) -> BTreeSet<String> {
     }
 }
 
+/// Waits (at most 10 s) for a node of `apis` that says it is the leader; returns its index and
+/// its health answer.
+pub fn wait_leader(apis: &[String]) -> (usize, Value) {
+    wait_health(apis, Duration::from_secs(10), "a leader", |h| {
+        h["leader"] == true
+    })
+}
+
 /// Waits (bounded) until some node of `apis` answers `GET /v1/health` with `f` true; returns
 /// its index and answer.
 pub fn wait_health(

@@ -31,15 +31,11 @@ fn a_killed_follower_catches_up_by_snapshot_within_10s() {
         spec,
     );
     std::thread::sleep(Duration::from_secs(2));
-    let (l, _) = history::wait_health(&apis, Duration::from_secs(10), "a leader", |h| {
-        h["leader"] == true
-    });
+    let (l, _) = history::wait_leader(&apis);
     let f = (l + 1) % 3;
     cluster.servers[f].kill9();
     std::thread::sleep(Duration::from_secs(4));
-    let (_, lead) = history::wait_health(&apis, Duration::from_secs(10), "a leader", |h| {
-        h["leader"] == true
-    });
+    let (_, lead) = history::wait_leader(&apis);
     let commit = lead["commit"].as_u64().unwrap();
     let start = Instant::now();
     cluster.servers[f] = fabric.start_node(tmp.path(), f, 3, EXTRA, &[]);

@@ -130,9 +130,7 @@ fn membership_changes_during_a_leader_kill_and_a_partition_keep_one_leader_per_t
     args.extend(["--join-existing".to_string(), "4".to_string()]);
     args.extend(EXTRA.iter().map(|s| s.to_string()));
     let newcomer: TestNode = fabric.spawn(tmp.path(), 3, &args, &[]);
-    let (l, _) = history::wait_health(&apis[..3], Duration::from_secs(10), "a leader", |h| {
-        h["leader"] == true
-    });
+    let (l, _) = history::wait_leader(&apis[..3]);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(2)))
@@ -170,9 +168,7 @@ fn membership_changes_during_a_leader_kill_and_a_partition_keep_one_leader_per_t
         voters(&live) == vec![1, 2, 3, 4]
     });
     cluster.servers[l] = fabric.start_node(tmp.path(), l, 3, EXTRA, &[]);
-    let (_, lead) = history::wait_health(&live, Duration::from_secs(10), "a leader", |h| {
-        h["leader"] == true
-    });
+    let (_, lead) = history::wait_leader(&live);
     let commit = lead["commit"].as_u64().unwrap_or(0);
     history::wait_health(
         &apis[3..],
@@ -182,9 +178,7 @@ fn membership_changes_during_a_leader_kill_and_a_partition_keep_one_leader_per_t
     );
 
     // 2. Remove a follower while it is cut off.
-    let (l2, _) = history::wait_health(&apis, Duration::from_secs(10), "a leader", |h| {
-        h["leader"] == true
-    });
+    let (l2, _) = history::wait_leader(&apis);
     let f = (0..3).find(|&i| i != l2).unwrap();
     match fabric.net() {
         Some(net) => net.isolate(f),

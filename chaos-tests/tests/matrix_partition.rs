@@ -38,9 +38,7 @@ fn an_isolated_leader_acks_nothing_and_the_majority_fails_over() {
     );
     std::thread::sleep(Duration::from_secs(2));
 
-    let (l, h) = history::wait_health(&apis, Duration::from_secs(10), "a leader", |h| {
-        h["leader"] == true
-    });
+    let (l, h) = history::wait_leader(&apis);
     let term = h["term"].as_u64().unwrap();
     net.isolate(l);
     let cut = Instant::now();

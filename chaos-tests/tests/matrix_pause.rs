@@ -31,9 +31,7 @@ fn a_paused_leader_acks_nothing_after_the_new_term_and_steps_down() {
     );
     std::thread::sleep(Duration::from_secs(2));
 
-    let (l, h) = history::wait_health(&apis, Duration::from_secs(10), "a leader", |h| {
-        h["leader"] == true
-    });
+    let (l, h) = history::wait_leader(&apis);
     let term = h["term"].as_u64().unwrap();
     cluster.servers[l].signal(libc::SIGSTOP);
     let paused = Instant::now();

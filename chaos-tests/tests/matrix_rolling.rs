@@ -80,9 +80,7 @@ fn a_rolling_restart_of_every_process_shows_clients_only_retryable_errors() {
     std::thread::sleep(Duration::from_secs(1));
 
     // Workers first, then the followers, the leader last.
-    let (leader, _) = history::wait_health(&apis, Duration::from_secs(10), "a leader", |h| {
-        h["leader"] == true
-    });
+    let (leader, _) = history::wait_leader(&apis);
     let mut order: Vec<usize> = vec![3, 4];
     order.extend((0..3).filter(|&i| i != leader));
     order.push(leader);
@@ -111,9 +109,7 @@ fn a_rolling_restart_of_every_process_shows_clients_only_retryable_errors() {
         *node = fabric.start_node(tmp.path(), i, 3, EXTRA, &[]);
         // Serving again: a server has caught up with the leader; a worker is up again.
         if i < 3 {
-            let (_, lead) = history::wait_health(&apis, Duration::from_secs(10), "a leader", |h| {
-                h["leader"] == true
-            });
+            let (_, lead) = history::wait_leader(&apis);
             let commit = lead["commit"].as_u64().unwrap_or(0);
             history::wait_health(
                 &apis[i..=i],

@@ -243,7 +243,7 @@ impl RedbStorage {
             commit: 1,
             ..Default::default()
         };
-        self.write_snapshot(true, Some(data), |et, mt| {
+        self.write_archiving(true, Some(data), |et, mt, _| {
             et.retain(|_, _| false)?;
             mt.insert(K_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())?;
             mt.insert(K_SNAP_META, pb(&meta)?.as_slice())?;
@@ -450,7 +450,7 @@ impl RedbStorage {
     /// Makes every earlier commit durable (one fsync), whatever `fsync` says. Used at shutdown.
     pub(crate) fn flush(&mut self) -> Result<(), RaftLogError> {
         let hs = self.hard_state.clone();
-        self.write_with(Durability::Immediate, None, |_, mt| {
+        self.write_full(Durability::Immediate, None, |_, mt, _| {
             mt.insert(K_HARD_STATE, pb(&hs)?.as_slice())?;
             Ok(())
         })

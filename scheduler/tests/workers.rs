@@ -51,22 +51,10 @@ fn ok(_: &RunSpec) -> Outcome {
 
 /// Reports every running attempt with its own node's epoch.
 fn finish(sim: &mut Sim, f: &dyn Fn(&RunSpec) -> Outcome) {
-    let running = std::mem::take(&mut sim.running);
-    let reports = running
-        .iter()
-        .map(|r| Report {
-            at: AttemptRef {
-                task: r.task,
-                attempt: r.attempt,
-                epoch: sim.state.sched.nodes[&r.node].epoch,
-            },
-            outcome: f(r),
-        })
-        .collect();
-    sim.apply(Command::Finished(reports));
+    finish_some(sim, usize::MAX, f);
 }
 
-/// Reports the first `n` running attempts (oldest first).
+/// Reports the first `n` running attempts (oldest first), each with its node's epoch.
 fn finish_some(sim: &mut Sim, n: usize, f: &dyn Fn(&RunSpec) -> Outcome) {
     let n = n.min(sim.running.len());
     let done: Vec<RunSpec> = sim.running.drain(..n).collect();

@@ -25,18 +25,9 @@ impl RedbStorage {
         self.write_archiving(sync, None, |et, mt, _| f(et, mt))
     }
 
-    /// [`Self::write`], also replacing the stored snapshot image with `snap` when given.
-    pub(super) fn write_snapshot(
-        &self,
-        sync: bool,
-        snap: Option<&[u8]>,
-        f: impl FnOnce(&mut EntriesTable<'_>, &mut MetaTable<'_>) -> TxnResult,
-    ) -> Result<(), RaftLogError> {
-        self.write_archiving(sync, snap, |et, mt, _| f(et, mt))
-    }
-
-    /// [`Self::write_snapshot`] that also hands out the archive table when compaction
-    /// archives (chaos mode).
+    /// One write transaction (Immediate durability when `sync && self.fsync`), also replacing
+    /// the stored snapshot image with `snap` when given and handing `f` the archive table when
+    /// compaction archives (chaos mode).
     pub(super) fn write_archiving(
         &self,
         sync: bool,
@@ -53,15 +44,6 @@ impl RedbStorage {
             Durability::None
         };
         self.write_full(durability, snap, f)
-    }
-
-    pub(super) fn write_with(
-        &self,
-        durability: Durability,
-        snap: Option<&[u8]>,
-        f: impl FnOnce(&mut EntriesTable<'_>, &mut MetaTable<'_>) -> TxnResult,
-    ) -> Result<(), RaftLogError> {
-        self.write_full(durability, snap, |et, mt, _| f(et, mt))
     }
 
     /// One write transaction. A durable (fsync'ed) one first goes through the injected disk
