@@ -47,27 +47,9 @@ pub fn parse_signed_ms(text: &str) -> Result<i64, String> {
     Ok(if neg { -ms } else { ms })
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    Kill,
-    Pause,
-    Partition,
-    SlowDisk,
-    SkewClock,
-}
-
-impl Kind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Kill => "kill",
-            Kind::Pause => "pause",
-            Kind::Partition => "partition",
-            Kind::SlowDisk => "slow-disk",
-            Kind::SkewClock => "skew-clock",
-        }
-    }
-}
+/// The node's fault kinds (`POST /v1/chaos/faults`); an experiment may not use `fsync-error`,
+/// which takes a node down until it is restarted by hand.
+pub use troupe_node::chaos::fault::Kind;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -180,6 +162,12 @@ pub fn parse(text: &str, file: &Path) -> Result<Experiment, String> {
             return Err(at(
                 i,
                 "node: give leader, follower, worker or a node id".into(),
+            ));
+        }
+        if f.kind == Kind::FsyncError {
+            return Err(at(
+                i,
+                "kind: fsync-error takes the node down until it is restarted by hand, so experiments cannot schedule it; use `troupe chaos` against one node".into(),
             ));
         }
         let only = |field: &str, set: bool, kind: Kind| {
@@ -323,6 +311,8 @@ for = "3s"
         assert!(e.contains("delay is for slow-disk faults only"), "{e}");
         let e = p(&format!("{base}kind = \"skew-clock\"\nfor = \"1s\"\n")).unwrap_err();
         assert!(e.contains("skew:"), "{e}");
+        let e = p(&format!("{base}kind = \"fsync-error\"\nfor = \"1s\"\n")).unwrap_err();
+        assert!(e.contains("kind: fsync-error"), "{e}");
         assert!(
             p("name = \"empty\"\n")
                 .unwrap_err()

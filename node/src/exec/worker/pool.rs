@@ -432,8 +432,14 @@ impl PoolState {
         };
         w.last_busy = now;
         w.outstanding.push_back((ids.clone(), now));
-        if w.tx.try_send(line).is_err() {
-            self.worker_failed(k, "stopped reading its requests", now);
+        match w.tx.try_send(line) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.worker_failed(k, "stopped reading its requests", now);
+            }
+            // The process has ended and its `Exited` (with the exit code and the last of its
+            // stderr) is on its way: it fails this batch too, with the reason that explains it.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 
