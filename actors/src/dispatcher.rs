@@ -149,30 +149,26 @@ impl Actor for Dispatcher {
                 // Only this node's live epoch, never while fenced; a run sent again
                 // (reconciliation, a second leader) for an attempt this node holds or just
                 // finished is a no-op.
-                let mut known: HashSet<AttemptRef> = st.busy.iter().flatten().copied().collect();
-                known.extend(st.in_workers.iter().copied());
                 let mut to_workers = Vec::new();
-                known.extend(st.queue.values().map(|q| AttemptRef {
-                    task: q.task,
-                    attempt: q.attempt,
-                    epoch: q.epoch,
-                }));
                 for s in specs {
                     let at = AttemptRef {
                         task: s.task,
                         attempt: s.attempt,
                         epoch: s.epoch,
                     };
-                    if !st.fenced
-                        && s.epoch == st.epoch
-                        && !st.recent_keys.contains(&at)
-                        && known.insert(at)
+                    if st.fenced
+                        || s.epoch != st.epoch
+                        || st.recent_keys.contains(&at)
+                        || st.holds(&at)
                     {
-                        if matches!(s.launch, troupe_scheduler::Launch::Worker { .. }) {
-                            to_workers.push(s);
-                        } else {
-                            st.queue.insert((s.task, s.attempt), s);
-                        }
+                        continue;
+                    }
+                    if matches!(s.launch, troupe_scheduler::Launch::Worker { .. }) {
+                        // Held from here on, so the same run later in this message is a no-op.
+                        st.in_workers.insert(at);
+                        to_workers.push(s);
+                    } else {
+                        st.queue.insert((s.task, s.attempt), s);
                     }
                 }
                 st.hand_to_workers(to_workers);
@@ -352,7 +348,21 @@ fn cast_workers(msg: WorkerHostMsg) -> bool {
 }
 
 impl DispatchState {
-    /// Hands worker-step attempts to the worker host (they count as started).
+    /// Whether this node holds the attempt now (running, queued or in a worker pool).
+    fn holds(&self, at: &AttemptRef) -> bool {
+        self.in_workers.contains(at)
+            || self.busy.iter().any(|b| b.as_ref() == Some(at))
+            || self
+                .queue
+                .get(&(at.task, at.attempt))
+                .is_some_and(|q| q.epoch == at.epoch)
+    }
+
+    /// Hands worker-step attempts to the worker host. They are not reported `Started`: they
+    /// wait in their pool's queue for a batch, so "handed over" says nothing the assignment did
+    /// not, and it would be one more log entry per item on the warm path, whose bound is log
+    /// entries per item. Until its report such an attempt is `assigned` in the log; the node's
+    /// renewals list it as held (`in_workers`), so reconciliation does not send it again.
     fn hand_to_workers(&mut self, specs: Vec<RunSpec>) {
         if specs.is_empty() {
             return;
@@ -365,11 +375,9 @@ impl DispatchState {
                 epoch: s.epoch,
             })
             .collect();
-        if cast_workers(WorkerHostMsg::Submit(specs)) {
-            self.in_workers.extend(ats.iter().copied());
-            self.started.extend(ats);
-        } else {
+        if !cast_workers(WorkerHostMsg::Submit(specs)) {
             for at in ats {
+                self.in_workers.remove(&at);
                 self.finished.push(Report {
                     at,
                     outcome: Outcome::Failed {

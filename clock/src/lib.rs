@@ -12,8 +12,8 @@
 //!   `rand`'s `StdRng` does not promise. [`Rng::from_os`] seeds one from the OS for production.
 
 use std::fmt::Debug;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Where time comes from.

@@ -299,13 +299,21 @@ pub enum Launch {
     },
     /// A task of a worker step: the node's worker pool for (workflow, step, argv, env) runs it.
     Worker {
-        argv: Vec<String>,
-        env: Vec<(String, String)>,
-        worker: crate::spec::WorkerSpec,
+        /// What starts the step's workers: the same for every item of the step, so one copy is
+        /// shared by the items one `Assign` entry gives (`Arc`; the wire carries the value).
+        launch: std::sync::Arc<WorkerLaunch>,
         /// Worker processes the node's group for this step (and GPU set) holds now: the node
         /// runs at most this many (`scheduler/src/state/workers.rs`).
         workers: u32,
     },
+}
+
+/// How a worker step's worker processes are started (templates rendered).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerLaunch {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub worker: crate::spec::WorkerSpec,
 }
 
 impl RunSpec {

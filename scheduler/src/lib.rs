@@ -33,7 +33,7 @@ pub mod views;
 
 pub use command::{
     Assignment, AttemptRef, Command, DlqFilter, Effect, Launch, NodeInfo, Outcome, Output, Report,
-    RetryHint, RunSpec, Submission,
+    RetryHint, RunSpec, Submission, WorkerLaunch,
 };
 pub use json::Json;
 pub use plan::Planner;

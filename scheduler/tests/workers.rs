@@ -371,3 +371,30 @@ fn a_group_that_runs_dry_between_refills_gets_deeper_up_to_a_bound() {
     assert!(seen.iter().all(|&d| d <= 128));
     assert_eq!(sim.wf(wf).status, WfStatus::Running);
 }
+
+#[test]
+fn the_items_of_one_assignment_share_one_rendered_worker_launch() {
+    let mut sim = Sim::new(2);
+    let wf = sim.submit_toml(&spec(100, ""));
+    sim.place();
+    let launches: Vec<_> = sim
+        .running
+        .iter()
+        .map(|r| match &r.launch {
+            Launch::Worker { launch, .. } => launch.clone(),
+            other => panic!("not a worker launch: {other:?}"),
+        })
+        .collect();
+    assert_eq!(launches.len(), 16);
+    // One render per command: every item points at the first item's copy.
+    assert!(
+        launches
+            .iter()
+            .all(|l| std::sync::Arc::ptr_eq(l, &launches[0])),
+        "each item rendered its own launch"
+    );
+    assert_eq!(launches[0].argv, vec!["python3", "score.py"]);
+    // A worker item has no log files of its own (its worker's log is the step's).
+    assert!(sim.running.iter().all(|r| r.log_stem.is_empty()));
+    assert!(sim.running.iter().all(|r| r.workflow == format!("wf-{wf}")));
+}

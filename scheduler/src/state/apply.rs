@@ -273,8 +273,9 @@ impl State {
 
     fn assign(&mut self, list: Vec<Assignment>, at: u64) -> Output {
         let (mut accepted, mut refused) = (0, 0);
+        let mut cache = super::render::LaunchCache::default();
         for a in list {
-            if self.assign_one(&a, at) {
+            if self.assign_one(&a, at, &mut cache) {
                 accepted += 1;
             } else {
                 refused += 1;
@@ -284,7 +285,12 @@ impl State {
         Output::Counted { accepted, refused }
     }
 
-    fn assign_one(&mut self, a: &Assignment, at: u64) -> bool {
+    fn assign_one(
+        &mut self,
+        a: &Assignment,
+        at: u64,
+        cache: &mut super::render::LaunchCache,
+    ) -> bool {
         let s = &mut self.sched;
         let Some(node) = s.nodes.get(&a.node) else {
             return false;
@@ -408,7 +414,7 @@ impl State {
                 a.task
             );
         }
-        match Sched::run_spec(wf, a.task, a.attempt, &a.node, a.epoch, &a.gpus) {
+        match Sched::run_spec_cached(wf, a.task, a.attempt, &a.node, a.epoch, &a.gpus, cache) {
             Ok(mut spec) => {
                 spec.set_workers(workers);
                 s.effects.push(Effect::Run(Box::new(spec)))

@@ -4,11 +4,19 @@
 use super::dag::steps_value;
 use super::lane::{input_value, item_value};
 use super::model::*;
-use crate::command::{Launch, RunSpec};
+use crate::command::{Launch, RunSpec, WorkerLaunch};
 use crate::json::Json;
 use crate::spec::http::escape_dollars;
 use crate::spec::{Action, Builtin, TemplateVars, render, render_escaped};
 use serde_json::Value;
+use std::sync::Arc;
+
+/// A worker step's rendered launch, kept while one command is applied: every item of a step
+/// renders the same argv and env (worker templates may not name the item), so the items of one
+/// `Assign` entry share one copy. Keyed by everything else a template may name that differs
+/// between tasks (workflow, step, iteration, attempt).
+#[derive(Default)]
+pub(crate) struct LaunchCache(Option<((WorkflowId, u16, u32, u32), Arc<WorkerLaunch>, String)>);
 
 impl Sched {
     /// Builds the runner's view of an assigned attempt (templates rendered now, deterministically).
@@ -20,11 +28,63 @@ impl Sched {
         epoch: u64,
         gpus: &[String],
     ) -> Result<RunSpec, String> {
+        Self::run_spec_cached(
+            wf,
+            r,
+            attempt,
+            node,
+            epoch,
+            gpus,
+            &mut LaunchCache::default(),
+        )
+    }
+
+    /// [`Sched::run_spec`], reusing a worker launch rendered earlier in the same command.
+    pub(crate) fn run_spec_cached(
+        wf: &Workflow,
+        r: TaskRef,
+        attempt: u32,
+        node: &str,
+        epoch: u64,
+        gpus: &[String],
+        cache: &mut LaunchCache,
+    ) -> Result<RunSpec, String> {
         let i = r.step as usize;
         let spec = &wf.spec.steps[i];
         let run = &wf.steps[i];
         let item = item_value(wf, i, r.item);
         let input = input_value(wf, i, r.item);
+        let cache_key = (wf.id, r.step, run.iteration, attempt);
+        let spec_of = |launch: Launch, item, input, workflow| RunSpec {
+            task: r,
+            attempt,
+            epoch,
+            node: node.to_string(),
+            // A worker-step item has no log files of its own: what it prints goes to its
+            // worker's log (`logs/<workflow>/<step>/worker-*.log`).
+            log_stem: match launch {
+                Launch::Worker { .. } => String::new(),
+                _ => r.log_stem(&spec.id, attempt),
+            },
+            workflow,
+            step_id: spec.id.clone(),
+            item,
+            input,
+            iteration: run.iteration,
+            launch,
+            timeout_ms: spec.timeout_ms,
+            gpus: gpus.to_vec(),
+        };
+        // A worker launch rendered earlier in this command: no template to render again.
+        if let (Action::Worker(_), Some((k, l, name))) = (&spec.action, &cache.0)
+            && *k == cache_key
+        {
+            let launch = Launch::Worker {
+                launch: l.clone(),
+                workers: 1,
+            };
+            return Ok(spec_of(launch, item, input, name.clone()));
+        }
         let item_value = item.as_ref().map(Json::value);
         let input_value = input.as_ref().map(Json::value);
         let workflow = wf.name();
@@ -75,36 +135,25 @@ impl Sched {
                 handler: *handler,
                 with: Json::from_value(&render_json(&with.value(), &vars)?),
             },
-            Action::Worker(w) => Launch::Worker {
-                argv: w
-                    .argv
-                    .iter()
-                    .map(|a| render(a, &vars))
-                    .collect::<Result<_, _>>()?,
-                env: spec
-                    .env
-                    .iter()
-                    .map(|(k, v)| render(v, &vars).map(|v| (k.clone(), v)))
-                    .collect::<Result<_, _>>()?,
-                worker: w.clone(),
-                workers: 1,
-            },
+            Action::Worker(w) => {
+                let launch = Arc::new(WorkerLaunch {
+                    argv: w
+                        .argv
+                        .iter()
+                        .map(|a| render(a, &vars))
+                        .collect::<Result<_, _>>()?,
+                    env: spec
+                        .env
+                        .iter()
+                        .map(|(k, v)| render(v, &vars).map(|v| (k.clone(), v)))
+                        .collect::<Result<_, _>>()?,
+                    worker: w.clone(),
+                });
+                cache.0 = Some((cache_key, launch.clone(), workflow.clone()));
+                Launch::Worker { launch, workers: 1 }
+            }
         };
-        Ok(RunSpec {
-            task: r,
-            attempt,
-            epoch,
-            node: node.to_string(),
-            log_stem: r.log_stem(&spec.id, attempt),
-            workflow,
-            step_id: spec.id.clone(),
-            item,
-            input,
-            iteration: run.iteration,
-            launch,
-            timeout_ms: spec.timeout_ms,
-            gpus: gpus.to_vec(),
-        })
+        Ok(spec_of(launch, item, input, workflow))
     }
 }
 

@@ -201,19 +201,34 @@ impl HostState {
     async fn submit(&mut self, me: &ActorRef<WorkerHostMsg>, specs: Vec<RunSpec>) {
         let mut groups: Vec<(PoolKey, Vec<RunSpec>)> = Vec::new();
         for s in specs {
-            let Launch::Worker { argv, env, .. } = &s.launch else {
+            let Launch::Worker { launch, .. } = &s.launch else {
                 continue;
             };
-            let key = (
-                s.task.wf,
-                s.task.step,
-                argv.clone(),
-                env.clone(),
-                s.gpus.clone(),
-            );
-            match groups.iter_mut().find(|(k, _)| *k == key) {
+            // The items of one assignment share one launch (`Arc`): compare by pointer first.
+            let same = |k: &PoolKey, first: &RunSpec| {
+                k.0 == s.task.wf
+                    && k.1 == s.task.step
+                    && k.4 == s.gpus
+                    && match &first.launch {
+                        Launch::Worker { launch: l, .. } => {
+                            std::sync::Arc::ptr_eq(l, launch)
+                                || (l.argv == launch.argv && l.env == launch.env)
+                        }
+                        _ => false,
+                    }
+            };
+            match groups.iter_mut().find(|(k, v)| same(k, &v[0])) {
                 Some((_, v)) => v.push(s),
-                None => groups.push((key, vec![s])),
+                None => {
+                    let key = (
+                        s.task.wf,
+                        s.task.step,
+                        launch.argv.clone(),
+                        launch.env.clone(),
+                        s.gpus.clone(),
+                    );
+                    groups.push((key, vec![s]))
+                }
             }
         }
         for (key, specs) in groups {
@@ -251,24 +266,19 @@ impl HostState {
         key: &PoolKey,
         first: &RunSpec,
     ) -> Result<u64, String> {
-        let Launch::Worker {
-            argv,
-            env,
-            worker,
-            workers,
-        } = &first.launch
-        else {
+        let Launch::Worker { launch, workers } = &first.launch else {
             return Err("not a worker step".into());
         };
+        let (argv, env, worker) = (&launch.argv, &launch.env, &launch.worker);
         let id = self.next_id;
         self.next_id += 1;
+        // Where the step's attempt logs would be: `logs/<workflow>/<step>`.
         let log_dir = self
             .a
             .data_dir
-            .join(&first.log_stem)
-            .parent()
-            .map(|p| p.to_path_buf())
-            .unwrap_or_else(|| self.a.data_dir.join("logs"));
+            .join("logs")
+            .join(&first.workflow)
+            .join(&first.step_id);
         // The replicated state says how many workers the group holds (each with its credit
         // and resources); a spec from before groups existed says 0.
         let cap = match *workers {
