@@ -16,7 +16,10 @@ use std::sync::Arc;
 /// `Assign` entry share one copy. Keyed by everything else a template may name that differs
 /// between tasks (workflow, step, iteration, attempt).
 #[derive(Default)]
-pub(crate) struct LaunchCache(Option<((WorkflowId, u16, u32, u32), Arc<WorkerLaunch>, String)>);
+pub(crate) struct LaunchCache(Option<(LaunchKey, Arc<WorkerLaunch>, String)>);
+
+/// (workflow, step, iteration, attempt).
+type LaunchKey = (WorkflowId, u16, u32, u32);
 
 impl Sched {
     /// Builds the runner's view of an assigned attempt (templates rendered now, deterministically).
