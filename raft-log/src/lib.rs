@@ -85,11 +85,13 @@ mod faults;
 mod fuzz;
 mod history;
 mod logger;
+mod memdisk;
 pub mod stats;
 mod storage;
 mod wire_check;
 
 pub use config::{Clock, DB_FILE_NAME, EngineConfig};
+pub use driver::Stepper;
 pub use engine::{
     Engine, EngineFailure, EngineHandle, EngineStatus, MembershipChange, MembershipReceiver,
     ProposeReceiver, ReadReceiver,
@@ -97,6 +99,7 @@ pub use engine::{
 pub use error::{ProposeError, RaftLogError};
 pub use faults::{DiskFaults, FSYNC_DELAY_MAX_MS};
 pub use history::{LogEntry, LogPage};
+pub use memdisk::{MemDisk, MemDiskStats};
 pub use stats::{EngineStats, HistogramSnapshot, LatencyHistogram};
 pub use wire_check::MESSAGE_BYTES_MAX;
 
