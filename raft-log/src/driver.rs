@@ -199,12 +199,14 @@ impl<M: StateMachine> Driver<M> {
             .snapshot_bytes
             .store(image.len() as u64, Ordering::Relaxed);
         if !image.is_empty() {
-            write_lock(&state)
+            let mut machine = write_lock(&state);
+            machine
                 .restore(&image)
                 .map_err(|detail| RaftLogError::Restore {
                     index: snap_index,
                     detail,
                 })?;
+            machine.at_index(snap_index);
         }
         let raft_cfg = cfg.raft_config(snap_index);
         raft_cfg.validate().map_err(raft_err)?;

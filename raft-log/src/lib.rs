@@ -127,6 +127,10 @@ pub trait StateMachine: Send + Sync + 'static {
     }
     /// Replaces the whole state from a snapshot produced by [`StateMachine::snapshot`].
     fn restore(&mut self, data: &[u8]) -> Result<(), String>;
+    /// Where in the log the state is: called with the index of each entry before its commands
+    /// are applied, and with the snapshot's index right after a restore. The default ignores
+    /// it; the simulator's checks key what they record on it (`sim/src/engine/checked.rs`).
+    fn at_index(&mut self, _index: u64) {}
 }
 
 /// Builds a snapshot's bytes; run on the `troupe-snapshot` thread.

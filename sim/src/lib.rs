@@ -31,6 +31,7 @@
 pub mod check;
 pub mod client;
 pub mod disk;
+pub mod engine;
 pub mod entry;
 pub mod lease;
 pub mod net;

@@ -27,9 +27,13 @@ impl<M: StateMachine> Driver<M> {
     /// compacted log): replaces the whole state. Already persisted by the caller.
     pub(super) fn install_snapshot(&mut self, s: &Snapshot) -> Result<(), RaftLogError> {
         let index = s.get_metadata().index;
-        write_lock(&self.state)
-            .restore(s.get_data())
-            .map_err(|detail| RaftLogError::Restore { index, detail })?;
+        {
+            let mut machine = write_lock(&self.state);
+            machine
+                .restore(s.get_data())
+                .map_err(|detail| RaftLogError::Restore { index, detail })?;
+            machine.at_index(index);
+        }
         self.applied = index;
         self.inflight.clear();
         self.shared
@@ -98,6 +102,7 @@ impl<M: StateMachine> Driver<M> {
             })?;
         let mine = env.origin == self.incarnation;
         let mut count = 0u64;
+        machine.at_index(e.index);
         for group in env.groups {
             count += group.cmds.len() as u64;
             let waiter = if mine && group.id != 0 {
