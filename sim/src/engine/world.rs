@@ -318,13 +318,25 @@ impl EngineWorld {
             if self.paused.contains(&s.id) {
                 continue;
             }
+            let failed_syncs = s.disk.stats().failed_syncs;
             if let Err(why) = s.step(now, hook_due, &mut self.net) {
+                let injected = s.disk.stats().failed_syncs > failed_syncs;
                 let lost = s.crash();
                 let id = s.id;
-                self.count("sync failed");
                 self.line(format_args!(
                     "r{id} stops (fail-stop: {why}), {lost} unsynced writes lost"
                 ));
+                if injected {
+                    self.count("sync failed");
+                } else {
+                    // Only an injected fsync failure may stop an engine: anything else is
+                    // raft-log (or raft) finding its own log or a peer's messages broken.
+                    let mut p = self.probe.lock();
+                    p.checks.fail(
+                        now,
+                        format!("r{id}: the engine stopped with no disk fault injected: {why}"),
+                    );
+                }
             }
         }
     }
