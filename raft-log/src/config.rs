@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use troupe_clock::{Rng, SharedClock};
+
 use crate::Transport;
 use crate::error::RaftLogError;
 
@@ -41,6 +43,16 @@ pub struct EngineConfig {
     /// Wall clock in ms since the epoch. Read to stamp entries (by the leader, or by a follower
     /// forwarding a fire-and-forget proposal) and to give the hook its `now_ms`.
     pub clock: Clock,
+    /// Monotonic time of the engine: when ticks are due, read-barrier deadlines, the latency
+    /// histograms, snapshot pacing. Default `troupe_clock::system()`; the simulator hands in a
+    /// `ManualClock` (and sets [`Self::clock`] from the same clock, see [`Self::with_clock`]).
+    pub time: SharedClock,
+    /// Seed of the engine's randomness: the incarnation nonce of each open and every raft
+    /// election timeout (see `driver/timeout.rs`). `None` (default): seeded from the OS.
+    pub seed: Option<u64>,
+    /// Where the redb file lives. `None` (default): `data_dir/raft.redb` on the file system.
+    /// `Some`: a simulated disk ([`crate::MemDisk`]), for the simulator and tests.
+    pub disk: Option<crate::MemDisk>,
     /// Raft id of this node (default 1). Unique in the group, never 0.
     pub id: u64,
     /// Initial voters, written into the bootstrap snapshot of a fresh log (default `[1]`); must
@@ -82,6 +94,9 @@ impl EngineConfig {
             queue_capacity: 1024,
             max_uncommitted_bytes: 64 << 20,
             clock: Arc::new(system_clock_ms),
+            time: troupe_clock::system(),
+            seed: None,
+            disk: None,
             id: 1,
             voters: vec![1],
             join_existing: false,
@@ -90,6 +105,23 @@ impl EngineConfig {
             heartbeat_tick: 2,
             disk_faults: None,
             keep_compacted: false,
+        }
+    }
+
+    /// Takes both readings of time from `clock`: ticks and deadlines from its monotonic
+    /// `now()`, entry stamps and the hook's `now_ms` from its `wall_ms()`.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        let wall = clock.clone();
+        self.clock = Arc::new(move || wall.wall_ms());
+        self.time = clock;
+        self
+    }
+
+    /// The random stream of one open: from [`Self::seed`], else from the OS.
+    pub(crate) fn rng(&self) -> Rng {
+        match self.seed {
+            Some(seed) => Rng::new(seed),
+            None => Rng::from_os(),
         }
     }
 
@@ -143,6 +175,10 @@ impl EngineConfig {
             id: self.id,
             election_tick: self.election_tick,
             heartbeat_tick: self.heartbeat_tick,
+            // raft-rs's own defaults, written out: the driver overwrites each draw within
+            // this range from its seeded stream (driver/timeout.rs).
+            min_election_tick: self.election_tick,
+            max_election_tick: 2 * self.election_tick,
             applied,
             max_size_per_msg: 1 << 20,
             max_inflight_msgs: 256,
@@ -174,6 +210,9 @@ impl fmt::Debug for EngineConfig {
             .field("heartbeat_tick", &self.heartbeat_tick)
             .field("disk_faults", &self.disk_faults)
             .field("keep_compacted", &self.keep_compacted)
+            .field("time", &self.time)
+            .field("seed", &self.seed)
+            .field("disk", &self.disk.is_some())
             .finish_non_exhaustive()
     }
 }

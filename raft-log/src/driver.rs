@@ -1,6 +1,6 @@
 //! The engine thread: owns the `RawNode`, the redb store and the Ready loop.
 //!
-//! One cycle: block on the input queue until the next tick is due, drain what is queued
+//! One cycle: wait on the input queue until the next tick is due, drain what is queued
 //! (group commit), step the inbound raft messages, pack proposals into entries and propose,
 //! propose membership changes,
 //! start read barriers, tick when due, handle every Ready (send -> persist -> apply under one
@@ -8,15 +8,21 @@
 //! what it returns (leader only), answer read barriers, take a snapshot when due, publish the
 //! status. Storage errors are fatal: the thread fails every
 //! outstanding proposal and stops (fail-stop, as raft requires), it never panics on them.
+//!
+//! The waiting is the only part that belongs to the thread: [`Driver::receive`] (with a wait)
+//! and then [`Driver::cycle`] (no blocking, no sleeping, time from `EngineConfig::time`). The
+//! thread loop is `receive(wait until the next tick)` + `cycle` over and over; `driver/step.rs`
+//! ([`crate::Stepper`]) calls `receive(no wait)` + `cycle` once per call, on the caller's
+//! thread, which is how the simulator drives several engines on one simulated clock.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use raft::{RawNode, StateRole};
+use troupe_clock::Rng;
 
 use crate::config::EngineConfig;
 use crate::engine::{ConfReply, Inbound, Input, MembershipChange, Reply, Shared};
@@ -29,8 +35,11 @@ mod apply;
 mod membership;
 mod net;
 mod propose;
+mod step;
+mod stop;
+mod timeout;
 
-use propose::fail_all;
+pub use step::Stepper;
 
 type ReadyTx = mpsc::Sender<Result<(), RaftLogError>>;
 /// A waiter and the outputs to send it once the apply batch is done.
@@ -47,7 +56,7 @@ pub(crate) fn run<M: StateMachine>(
 ) {
     // Marks the engine stopped however the thread ends (a panic in apply or the hook included).
     let _guard = StoppedOnDrop(Arc::clone(&shared));
-    let mut driver = match Driver::start(cfg, hook, (rx, net_rx), shared, state) {
+    let mut driver = match Driver::start(cfg, hook, (rx, net_rx), shared, state, true) {
         Ok(d) => d,
         Err(e) => {
             let _ = ready_tx.send(Err(e));
@@ -87,8 +96,8 @@ struct Driver<M: StateMachine> {
     /// Random per-open nonce stamped into our envelopes; group ids are only ours if it matches.
     incarnation: u64,
     next_id: u64,
-    /// Waiters of proposed groups, by group id.
-    pending: HashMap<u64, Reply<M::Output>>,
+    /// Waiters of proposed groups, by group id (ordered: they are failed in order).
+    pending: BTreeMap<u64, Reply<M::Output>>,
     /// Fire-and-forget proposals raft dropped (uncommitted-size limit); re-proposed next cycle.
     retry: Vec<Proposal<M>>,
     /// Outstanding read barriers.
@@ -110,6 +119,16 @@ struct Driver<M: StateMachine> {
     /// Entries this leader proposed and has not applied yet: (index, when), oldest first, at
     /// most [`INFLIGHT_MAX`] (for the commit latency histogram).
     inflight: std::collections::VecDeque<(u64, Instant)>,
+    /// The engine's random stream: incarnation nonces, election timeouts (`driver/timeout.rs`).
+    rng: Rng,
+    /// When the next raft tick is due.
+    next_tick: Instant,
+    /// The hook's commands were applied in the last cycle: the next one runs it again (and the
+    /// thread does not wait for it).
+    hook_again: bool,
+    /// Snapshots are serialized on a `troupe-snapshot` thread (`Engine`), or inline, in the
+    /// cycle that takes them (`Stepper`: no threads).
+    snapshot_thread: bool,
 }
 
 /// Most proposed entries whose commit latency is being timed at once (older ones are dropped
@@ -118,17 +137,6 @@ const INFLIGHT_MAX: usize = 4096;
 
 fn raft_err(e: raft::Error) -> RaftLogError {
     RaftLogError::Raft(e.to_string())
-}
-
-fn incarnation_nonce() -> u64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    h.write_u128(nanos);
-    h.write_u32(std::process::id());
-    h.finish() | 1
 }
 
 fn read_lock<M>(state: &RwLock<M>) -> std::sync::RwLockReadGuard<'_, M> {
@@ -153,9 +161,10 @@ impl<M: StateMachine> Driver<M> {
         (rx, net_rx): (Receiver<Input<M>>, Receiver<Inbound>),
         shared: Arc<Shared>,
         state: Arc<RwLock<M>>,
+        snapshot_thread: bool,
     ) -> Result<Self, RaftLogError> {
         let path = cfg.db_path();
-        let mut store = RedbStorage::open(&path, cfg.fsync)?;
+        let mut store = RedbStorage::open(&path, cfg.fsync, cfg.disk.as_ref())?;
         store.set_chaos(cfg.disk_faults.clone(), cfg.keep_compacted);
         if let Ok(mut db) = shared.db.lock() {
             *db = (store.database(), path.clone());
@@ -190,20 +199,22 @@ impl<M: StateMachine> Driver<M> {
             .snapshot_bytes
             .store(image.len() as u64, Ordering::Relaxed);
         if !image.is_empty() {
-            write_lock(&state)
+            let mut machine = write_lock(&state);
+            machine
                 .restore(&image)
                 .map_err(|detail| RaftLogError::Restore {
                     index: snap_index,
                     detail,
                 })?;
+            machine.at_index(snap_index);
         }
         let raft_cfg = cfg.raft_config(snap_index);
         raft_cfg.validate().map_err(raft_err)?;
-        let mut node = RawNode::new(&raft_cfg, store, &raft_logger(cfg.id)).map_err(raft_err)?;
-        if single_voter {
-            node.campaign().map_err(raft_err)?;
-        }
-        Ok(Driver {
+        let node = RawNode::new(&raft_cfg, store, &raft_logger(cfg.id)).map_err(raft_err)?;
+        let mut rng = cfg.rng();
+        let incarnation = rng.next_u64() | 1;
+        let next_tick = cfg.time.now();
+        let mut driver = Driver {
             cfg,
             node,
             hook,
@@ -211,9 +222,9 @@ impl<M: StateMachine> Driver<M> {
             net_rx,
             shared,
             state,
-            incarnation: incarnation_nonce(),
+            incarnation,
             next_id: 0,
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
             retry: Vec::new(),
             reads: net::Reads::default(),
             confs: membership::ConfWaiters::default(),
@@ -225,60 +236,96 @@ impl<M: StateMachine> Driver<M> {
             last_snapshot: None,
             building: None,
             inflight: std::collections::VecDeque::new(),
-        })
+            rng,
+            next_tick,
+            hook_again: false,
+            snapshot_thread,
+        };
+        driver.fix_timeout();
+        if single_voter {
+            driver.node.campaign().map_err(raft_err)?;
+            driver.fix_timeout();
+        }
+        Ok(driver)
+    }
+
+    /// The engine's monotonic time (`EngineConfig::time`).
+    fn now(&self) -> Instant {
+        self.cfg.time.now()
     }
 
     fn run_loop(&mut self) -> Result<(), RaftLogError> {
-        let tick = Duration::from_millis(self.cfg.tick_ms);
-        let mut next_tick = Instant::now() + tick;
-        self.drive()?;
-        self.publish();
-        self.signal_ready();
-        let mut hook_again = false;
+        self.begin()?;
         loop {
-            let wait = if hook_again {
-                Duration::ZERO
-            } else {
-                next_tick.saturating_duration_since(Instant::now())
-            };
-            let inbox = self.receive(wait)?;
-            self.take_inbound()?;
-            if !inbox.batch.is_empty() {
-                self.propose_batch(inbox.batch);
-            }
-            for (change, reply) in inbox.confs {
-                self.propose_membership(change, reply);
-            }
-            let now = Instant::now();
-            let ticked = now >= next_tick;
-            if ticked {
-                self.node.tick();
-                self.hand_over_if_removed();
-                next_tick += tick;
-                if next_tick <= now {
-                    next_tick = now + tick;
-                }
-            }
-            let applied = self.drive()?;
-            hook_again = if applied || ticked || hook_again {
-                self.run_hook()?
-            } else {
-                false
-            };
-            self.resolve_reads();
-            self.maybe_snapshot()?;
-            self.publish();
-            self.signal_ready();
-            if inbox.stop {
+            let wait = self.wait();
+            let inbox = self.receive(Some(wait))?;
+            if self.cycle(inbox)? {
                 return Ok(());
             }
         }
     }
 
-    /// Waits up to `wait` for input, then takes what is queued (group commit), at most one
-    /// queue's worth. While raft refuses retried fire-and-forget commands, new proposals stay
-    /// queued behind them (order) and only the inbound queue is awaited, so the log can drain.
-    fn receive(&mut self, wait: Duration) -> Result<Inbox<M>, RaftLogError> {
+    /// Right after open: handles what raft has ready (a single voter's campaign), publishes the
+    /// status, and schedules the first tick.
+    fn begin(&mut self) -> Result<(), RaftLogError> {
+        self.next_tick = self.now() + Duration::from_millis(self.cfg.tick_ms);
+        self.drive()?;
+        self.publish();
+        self.signal_ready();
+        Ok(())
+    }
+
+    /// How long the thread may wait for input: until the next tick, or not at all when the
+    /// hook is due again.
+    fn wait(&self) -> Duration {
+        if self.hook_again {
+            Duration::ZERO
+        } else {
+            self.next_tick.saturating_duration_since(self.now())
+        }
+    }
+
+    /// One cycle of the loop over what [`Self::receive`] took: steps the inbound messages,
+    /// proposes, ticks when due, handles every Ready, runs the hook, answers reads, snapshots,
+    /// publishes. Never blocks or sleeps. Returns whether a stop was asked.
+    fn cycle(&mut self, inbox: Inbox<M>) -> Result<bool, RaftLogError> {
+        self.take_inbound()?;
+        if !inbox.batch.is_empty() {
+            self.propose_batch(inbox.batch);
+        }
+        for (change, reply) in inbox.confs {
+            self.propose_membership(change, reply);
+        }
+        let now = self.now();
+        let ticked = now >= self.next_tick;
+        if ticked {
+            self.node.tick();
+            self.fix_timeout();
+            self.hand_over_if_removed();
+            let tick = Duration::from_millis(self.cfg.tick_ms);
+            self.next_tick += tick;
+            if self.next_tick <= now {
+                self.next_tick = now + tick;
+            }
+        }
+        let applied = self.drive()?;
+        self.hook_again = if applied || ticked || self.hook_again {
+            self.run_hook()?
+        } else {
+            false
+        };
+        self.resolve_reads();
+        self.maybe_snapshot()?;
+        self.publish();
+        self.signal_ready();
+        Ok(inbox.stop)
+    }
+
+    /// Takes what is queued (group commit), at most one queue's worth, after waiting up to
+    /// `wait` for the first input (`None`: no waiting at all). While raft refuses retried
+    /// fire-and-forget commands, new proposals stay queued behind them (order) and only the
+    /// inbound queue is awaited, so the log can drain.
+    fn receive(&mut self, wait: Option<Duration>) -> Result<Inbox<M>, RaftLogError> {
         let mut inbox = Inbox {
             batch: std::mem::take(&mut self.retry),
             confs: Vec::new(),
@@ -288,12 +335,21 @@ impl<M: StateMachine> Driver<M> {
             return Ok(inbox);
         }
         if !inbox.batch.is_empty() {
-            if let Ok(item) = self.net_rx.recv_timeout(wait) {
+            if let Some(wait) = wait
+                && let Ok(item) = self.net_rx.recv_timeout(wait)
+            {
                 self.on_inbound(item)?;
             }
             return Ok(inbox);
         }
-        match self.rx.recv_timeout(wait) {
+        let first = match wait {
+            Some(wait) => self.rx.recv_timeout(wait),
+            None => self.rx.try_recv().map_err(|e| match e {
+                TryRecvError::Empty => RecvTimeoutError::Timeout,
+                TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+            }),
+        };
+        match first {
             Ok(input) => inbox.push(input, &self.shared),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => inbox.stop = true,
@@ -331,12 +387,13 @@ impl<M: StateMachine> Driver<M> {
         let timed = rd.must_sync()
             && self.cfg.fsync
             && (!rd.entries().is_empty() || rd.hs().is_some() || snap.is_some());
-        let writing = Instant::now();
+        let writing = self.now();
         self.node
             .mut_store()
             .persist(rd.entries(), rd.hs(), snap.as_ref(), rd.must_sync())?;
         if timed {
-            self.shared.stats.fsync_latency.observe(writing.elapsed());
+            let took = self.now().saturating_duration_since(writing);
+            self.shared.stats.fsync_latency.observe(took);
         }
         if let Some(s) = &snap {
             self.install_snapshot(s)?;
@@ -362,7 +419,7 @@ impl<M: StateMachine> Driver<M> {
         }
         if self.was_leader && !leader {
             tracing::warn!(?role, "lost raft leadership");
-            for (_, reply) in self.pending.drain() {
+            for (_, reply) in std::mem::take(&mut self.pending) {
                 let _ = reply.send(Err(ProposeError::Dropped(
                     "leadership was lost before the command was applied; it may still be applied, check before retrying".into(),
                 )));
@@ -449,99 +506,6 @@ impl<M: StateMachine> Driver<M> {
                 "raft log ready"
             );
             let _ = tx.send(Ok(()));
-        }
-    }
-
-    /// Answers everything still outstanding, flushes the store and closes it.
-    fn finish(mut self, result: Result<(), RaftLogError>) {
-        self.shared.stop.store(true, Ordering::Release);
-        self.shared.is_leader.store(false, Ordering::Release);
-        let mut lost = 0usize;
-        while let Ok(input) = self.rx.try_recv() {
-            match input {
-                Input::Propose { cmds, reply } => {
-                    lost += fail_all::<M>(vec![Proposal { cmds, reply }], ProposeError::Stopped);
-                }
-                Input::ConfChange { reply, .. } => {
-                    let _ = reply.send(Err(ProposeError::Stopped));
-                }
-                Input::Wake | Input::Stop => {}
-            }
-        }
-        while let Ok(item) = self.net_rx.try_recv() {
-            if let Inbound::Read(reply) = item {
-                let _ = reply.send(Err(ProposeError::Stopped));
-            }
-        }
-        lost += self.retry.drain(..).map(|p| p.cmds.len()).sum::<usize>();
-        self.fail_reads(ProposeError::Stopped);
-        self.confs.fail_all(
-            "the engine stopped before the membership change was applied; it may be applied after a restart",
-        );
-        for (_, reply) in self.pending.drain() {
-            let _ = reply.send(Err(ProposeError::Dropped(
-                "the engine stopped before the command was applied; it may be applied after a restart".into(),
-            )));
-        }
-        if lost > 0 {
-            tracing::warn!(
-                commands = lost,
-                "raft engine stopped; dropped queued fire-and-forget commands"
-            );
-        }
-        match result {
-            Ok(()) => {
-                if let Err(e) = self.node.mut_store().flush() {
-                    tracing::error!(error = %e, "flushing the raft log at shutdown failed");
-                }
-            }
-            Err(e) => match self.ready_tx.take() {
-                Some(tx) => {
-                    let _ = tx.send(Err(e));
-                }
-                None if e.is_disk() => {
-                    tracing::error!(error = %e, "raft engine stopped: the disk failed; the node stops (fail-stop)");
-                    self.record_failure(true, &e);
-                }
-                None => {
-                    tracing::error!(error = %e, "raft engine stopped on a fatal error; restart the node");
-                    self.record_failure(false, &e);
-                }
-            },
-        }
-        self.publish();
-        self.shared.is_leader.store(false, Ordering::Release);
-        self.shared.leader_id.store(0, Ordering::Release);
-        self.shared.running.store(false, Ordering::Release);
-        tracing::debug!(applied = self.applied, "raft engine stopped");
-    }
-}
-
-impl<M: StateMachine> Driver<M> {
-    fn record_failure(&self, disk: bool, e: &RaftLogError) {
-        if let Ok(mut f) = self.shared.failure.lock() {
-            *f = Some(crate::engine::EngineFailure {
-                disk,
-                message: e.to_string(),
-            });
-        }
-    }
-}
-
-impl<M: StateMachine> Inbox<M> {
-    fn push(&mut self, input: Input<M>, shared: &Shared) {
-        match input {
-            Input::Propose { cmds, reply } => {
-                shared
-                    .stats
-                    .queued_proposals
-                    .fetch_sub(1, Ordering::Relaxed);
-                self.batch.push(Proposal { cmds, reply })
-            }
-            Input::ConfChange { change, reply } => self.confs.push((change, reply)),
-            // Cleared before the inbound queue is drained, so at most one wake-up is queued.
-            Input::Wake => shared.wake_pending.store(false, Ordering::Release),
-            Input::Stop => self.stop = true,
         }
     }
 }

@@ -443,23 +443,14 @@ impl<M: StateMachine> Engine<M> {
     /// index persisted before the restart is applied; elections then run on ticks. A fresh
     /// [`EngineConfig::join_existing`] member returns at once (nothing to replay).
     pub fn open(cfg: EngineConfig, machine: M, hook: Hook<M>) -> Result<Self, RaftLogError> {
-        cfg.validate()?;
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| RaftLogError::Io {
-            path: cfg.data_dir.clone(),
-            source,
-        })?;
-        let state = Arc::new(RwLock::new(machine));
-        let shared = Arc::new(Shared::default());
-        shared.id.store(cfg.id, Ordering::Release);
-        let (tx, rx) = mpsc::sync_channel(cfg.queue_capacity);
-        let (net_tx, net_rx) = mpsc::sync_channel(NET_QUEUE_CAPACITY);
+        let (handle, queues) = prepare(&cfg, machine)?;
         let (ready_tx, ready_rx) = mpsc::channel();
         let thread = {
-            let state = Arc::clone(&state);
-            let shared = Arc::clone(&shared);
+            let state = Arc::clone(&handle.state);
+            let shared = Arc::clone(&handle.shared);
             std::thread::Builder::new()
                 .name("troupe-raft".into())
-                .spawn(move || driver::run(cfg, hook, (rx, net_rx), shared, state, ready_tx))
+                .spawn(move || driver::run(cfg, hook, queues, shared, state, ready_tx))
                 .map_err(|source| RaftLogError::Io {
                     path: "troupe-raft thread".into(),
                     source,
@@ -467,12 +458,7 @@ impl<M: StateMachine> Engine<M> {
         };
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(Engine {
-                handle: EngineHandle {
-                    tx,
-                    net_tx,
-                    shared,
-                    state,
-                },
+                handle,
                 thread: Some(thread),
             }),
             Ok(Err(e)) => {
@@ -520,6 +506,42 @@ impl<M: StateMachine> Engine<M> {
                 "raft engine thread panicked; the state machine may be incomplete"
             );
         }
+    }
+}
+
+/// The engine's queues, from the handle's side and from the driver's.
+pub(crate) type Queues<M> = (mpsc::Receiver<Input<M>>, mpsc::Receiver<Inbound>);
+
+/// Checks `cfg`, creates the data directory (when the log is a file) and builds the handle and
+/// the queues behind it, for an engine about to start (on its thread or in a `Stepper`).
+pub(crate) fn prepare<M: StateMachine>(
+    cfg: &EngineConfig,
+    machine: M,
+) -> Result<(EngineHandle<M>, Queues<M>), RaftLogError> {
+    cfg.validate()?;
+    if cfg.disk.is_none() {
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|source| RaftLogError::Io {
+            path: cfg.data_dir.clone(),
+            source,
+        })?;
+    }
+    let state = Arc::new(RwLock::new(machine));
+    let shared = Arc::new(Shared::default());
+    shared.id.store(cfg.id, Ordering::Release);
+    let (tx, rx) = mpsc::sync_channel(cfg.queue_capacity);
+    let (net_tx, net_rx) = mpsc::sync_channel(NET_QUEUE_CAPACITY);
+    let handle = EngineHandle {
+        tx,
+        net_tx,
+        shared,
+        state,
+    };
+    Ok((handle, (rx, net_rx)))
+}
+
+impl<M: StateMachine> EngineHandle<M> {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 }
 

@@ -85,11 +85,13 @@ mod faults;
 mod fuzz;
 mod history;
 mod logger;
+mod memdisk;
 pub mod stats;
 mod storage;
 mod wire_check;
 
 pub use config::{Clock, DB_FILE_NAME, EngineConfig};
+pub use driver::Stepper;
 pub use engine::{
     Engine, EngineFailure, EngineHandle, EngineStatus, MembershipChange, MembershipReceiver,
     ProposeReceiver, ReadReceiver,
@@ -97,6 +99,7 @@ pub use engine::{
 pub use error::{ProposeError, RaftLogError};
 pub use faults::{DiskFaults, FSYNC_DELAY_MAX_MS};
 pub use history::{LogEntry, LogPage};
+pub use memdisk::{MemDisk, MemDiskStats};
 pub use stats::{EngineStats, HistogramSnapshot, LatencyHistogram};
 pub use wire_check::MESSAGE_BYTES_MAX;
 
@@ -124,6 +127,10 @@ pub trait StateMachine: Send + Sync + 'static {
     }
     /// Replaces the whole state from a snapshot produced by [`StateMachine::snapshot`].
     fn restore(&mut self, data: &[u8]) -> Result<(), String>;
+    /// Where in the log the state is: called with the index of each entry before its commands
+    /// are applied, and with the snapshot's index right after a restore. The default ignores
+    /// it; the simulator's checks key what they record on it (`sim/src/engine/checked.rs`).
+    fn at_index(&mut self, _index: u64) {}
 }
 
 /// Builds a snapshot's bytes; run on the `troupe-snapshot` thread.

@@ -105,17 +105,26 @@ fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
 impl RedbStorage {
     /// Opens or creates the redb file at `path` and loads the cached state.
     /// A fresh file is empty and not initialized; see [`Self::bootstrap`].
-    pub(crate) fn open(path: &Path, fsync: bool) -> Result<Self, RaftLogError> {
+    /// `disk`: a simulated disk instead of the file (`EngineConfig::disk`).
+    pub(crate) fn open(
+        path: &Path,
+        fsync: bool,
+        disk: Option<&crate::MemDisk>,
+    ) -> Result<Self, RaftLogError> {
         let dberr = |e: redb::Error| RaftLogError::from_redb(path, e);
         let corrupt = |detail: String| RaftLogError::Corrupt {
             path: path.to_path_buf(),
             detail,
         };
-        let db = redb::Builder::new()
+        let mut builder = redb::Builder::new();
+        builder
             .set_cache_size(CACHE_BYTES)
-            .set_check_integrity_on_open(true)
-            .create(path)
-            .map_err(|e| dberr(e.into()))?;
+            .set_check_integrity_on_open(true);
+        let db = match disk {
+            Some(disk) => builder.create_with_backend(disk.backend()),
+            None => builder.create(path),
+        }
+        .map_err(|e| dberr(e.into()))?;
         let txn = db.begin_write().map_err(|e| dberr(e.into()))?;
         txn.open_table(ENTRIES).map_err(|e| dberr(e.into()))?;
         txn.open_table(META).map_err(|e| dberr(e.into()))?;

@@ -11,10 +11,11 @@
 //! every random choice (raft's election timeouts too) comes from one seed, so a seed replays
 //! exactly (`sim --seed S`).
 //!
-//! Why not the real stack: raft-log's engine owns a thread, redb files and the wall clock, and
-//! ractor's registry is process-global, so several servers cannot share one process and one
-//! clock. This harness drives the sans-IO core directly; docs/GUARANTEES.md ("Simulation")
-//! says what it checks and what a full-stack simulation would take.
+//! A second world, [`engine`] (`sim --engine`), runs real raft-log engines instead
+//! (`troupe_raft_log::Stepper` over `troupe_raft_log::MemDisk`, the real `Machine` and engine
+//! hook) with the same clients, workers, network and checks. Neither runs the node's actors:
+//! ractor's registry is process-global; docs/GUARANTEES.md ("Simulation") says what each world
+//! checks and what a full-stack simulation would still take.
 //!
 //! Read in this order: [`world`] (the loop and the faults), [`replica`] (raft + apply + the
 //! leader's duties), [`ready`] (the Ready loop, syncs, snapshots), [`disk`], [`read`],
@@ -31,6 +32,7 @@
 pub mod check;
 pub mod client;
 pub mod disk;
+pub mod engine;
 pub mod entry;
 pub mod lease;
 pub mod net;

@@ -1,11 +1,13 @@
 //! `sim --seeds N` runs seeds 0..N and prints a summary (and a replay line per failure);
-//! `sim --seed S` prints the trace of one seed.
+//! `sim --seed S` prints the trace of one seed. `--engine` runs the engine world
+//! (`troupe_sim::engine`: real raft-log engines over simulated disks) instead of the RawNode
+//! world.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
 fn usage() -> ExitCode {
-    eprintln!("usage: sim --seeds N [--from S] | sim --seed S");
+    eprintln!("usage: sim [--engine] --seeds N [--from S] | sim [--engine] --seed S");
     ExitCode::from(2)
 }
 
@@ -15,8 +17,15 @@ fn main() -> ExitCode {
         let i = args.iter().position(|a| a == flag)?;
         args.get(i + 1)?.parse().ok()
     };
+    let engine = args.iter().any(|a| a == "--engine");
+    let run = if engine {
+        troupe_sim::engine::run
+    } else {
+        troupe_sim::run
+    };
+    let flag = if engine { " --engine" } else { "" };
     if let Some(seed) = value("--seed") {
-        let r = troupe_sim::run(seed, true);
+        let r = run(seed, true);
         for l in &r.trace {
             println!("{l}");
         }
@@ -39,7 +48,7 @@ fn main() -> ExitCode {
     let mut events = std::collections::BTreeMap::new();
     let (mut faults, mut checks, mut commands, mut sim_ms, mut failed) = (0, 0, 0, 0, 0u64);
     for seed in from..from + n {
-        let r = troupe_sim::run(seed, false);
+        let r = run(seed, false);
         faults += r.faults;
         checks += r.checks;
         commands += r.commands;
@@ -50,7 +59,9 @@ fn main() -> ExitCode {
         if !r.violations.is_empty() {
             failed += 1;
             println!("seed {seed} FAILED: {}", r.violations[0]);
-            println!("  replay: cargo run --release -p troupe-sim --bin sim -- --seed {seed}");
+            println!(
+                "  replay: cargo run --release -p troupe-sim --bin sim --{flag} --seed {seed}"
+            );
         }
         if (seed - from + 1).is_multiple_of(1000) {
             eprintln!("{} seeds, {failed} failed", seed - from + 1);

@@ -53,6 +53,8 @@ pub struct RenewReply {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Payload {
     Raft(Box<raft::eraftpb::Message>),
+    /// A raft message as raft-log's transport sends it (protobuf bytes; the engine world).
+    RaftBytes(Vec<u8>),
     /// Commands to propose; `op` set: the sender waits for a [`Payload::Reply`].
     Propose {
         op: Option<u64>,
@@ -79,7 +81,7 @@ pub enum Payload {
 impl Payload {
     pub fn kind(&self) -> &'static str {
         match self {
-            Payload::Raft(_) => "raft",
+            Payload::Raft(_) | Payload::RaftBytes(_) => "raft",
             Payload::Propose { .. } => "propose",
             Payload::Reply { .. } => "reply",
             Payload::Read { .. } => "read",

@@ -1,17 +1,42 @@
 //! The end-of-run checks, over the history of client operations and every replica's state.
 
 use crate::check::Checks;
-use crate::client::{Op, OpKind, OpOutcome};
+use crate::client::{Clients, Op, OpKind, OpOutcome};
 use crate::world::World;
 use std::collections::{BTreeMap, BTreeSet};
 use troupe_scheduler::history;
 use troupe_scheduler::state::WfStatus;
 use troupe_scheduler::{Output, State};
 
+/// One server's state at the end of a run.
+pub struct View<'a> {
+    pub id: u64,
+    pub applied: u64,
+    pub state: &'a State,
+}
+
 /// G1, G2, G5 (acked cancels) and G7 after the run settled (or did not).
 pub fn check(w: &mut World, unsettled: Option<String>) {
-    let now = w.now;
-    let checks: &mut Checks = &mut w.checks;
+    let views: Vec<View> = w
+        .replicas
+        .iter()
+        .map(|r| View {
+            id: r.id,
+            applied: r.applied,
+            state: &r.state,
+        })
+        .collect();
+    check_views(w.now, &mut w.checks, &w.clients, &views, unsettled);
+}
+
+/// [`check`] over any world's servers (`views`, one per server, the first one the reference).
+pub fn check_views(
+    now: u64,
+    checks: &mut Checks,
+    clients: &Clients,
+    views: &[View],
+    unsettled: Option<String>,
+) {
     if let Some(why) = unsettled {
         checks.fail(
             now,
@@ -20,8 +45,8 @@ pub fn check(w: &mut World, unsettled: Option<String>) {
         return;
     }
     // G7: one applied index and one state everywhere.
-    let first = &w.replicas[0];
-    for r in &w.replicas[1..] {
+    let first = &views[0];
+    for r in &views[1..] {
         checks.checked += 1;
         if r.applied != first.applied || r.state.hash() != first.state.hash() {
             checks.fail(
@@ -34,7 +59,7 @@ pub fn check(w: &mut World, unsettled: Option<String>) {
         }
     }
     let mut by_key: BTreeMap<&str, Vec<(u64, usize)>> = BTreeMap::new();
-    for op in w.clients.ops.values() {
+    for op in clients.ops.values() {
         let OpOutcome::Ok(out) = &op.outcome else {
             continue;
         };
@@ -44,7 +69,7 @@ pub fn check(w: &mut World, unsettled: Option<String>) {
                     by_key.entry(k).or_default().push((*id, *variant));
                 }
                 // G1: acknowledged means present everywhere, and finished after heal.
-                for r in &w.replicas {
+                for r in views {
                     checks.checked += 1;
                     match r.state.workflows.get(id) {
                         None => checks.fail(
@@ -65,7 +90,7 @@ pub fn check(w: &mut World, unsettled: Option<String>) {
             }
             (OpKind::Cancel(id), Output::Done) => {
                 // G5: an acknowledged cancel is what every replica shows (nothing retries it).
-                for r in &w.replicas {
+                for r in views {
                     checks.checked += 1;
                     let status = r.state.workflows.get(id).map(|wf| wf.status);
                     if status != Some(WfStatus::Cancelled) {
@@ -82,7 +107,7 @@ pub fn check(w: &mut World, unsettled: Option<String>) {
             (OpKind::Cancel(_) | OpKind::Read(_), _) => {}
         }
     }
-    reads(w.clients.ops.values(), &w.replicas[0].state, checks, now);
+    reads(clients.ops.values(), views[0].state, checks, now);
     // G2: one workflow per key, and only the spec that first used it gets it.
     for (key, acks) in &by_key {
         checks.checked += 1;
@@ -92,7 +117,7 @@ pub fn check(w: &mut World, unsettled: Option<String>) {
                 format!("G2: key {key} acknowledged as (workflow, spec) {acks:?}"),
             );
         }
-        for r in &w.replicas {
+        for r in views {
             checks.checked += 1;
             let ids: Vec<u64> = r
                 .state
@@ -121,7 +146,7 @@ pub fn check(w: &mut World, unsettled: Option<String>) {
         .keys()
         .map(|id| id.to_string())
         .collect();
-    let report = history::check(&w.clients.history(), Some(&present));
+    let report = history::check(&clients.history(), Some(&present));
     checks.checked += report.workflows_checked as u64;
     for v in &report.violations {
         checks.fail(now, format!("history: {v:?}"));
@@ -132,7 +157,7 @@ pub fn check(w: &mut World, unsettled: Option<String>) {
             format!("history: wf {wf}: too many operations to search"),
         );
     }
-    for r in &w.replicas {
+    for r in views {
         let mut keys: BTreeMap<&str, u32> = BTreeMap::new();
         for wf in r.state.workflows.values() {
             if let Some(k) = wf.idempotency_key.as_deref() {

@@ -27,9 +27,13 @@ impl<M: StateMachine> Driver<M> {
     /// compacted log): replaces the whole state. Already persisted by the caller.
     pub(super) fn install_snapshot(&mut self, s: &Snapshot) -> Result<(), RaftLogError> {
         let index = s.get_metadata().index;
-        write_lock(&self.state)
-            .restore(s.get_data())
-            .map_err(|detail| RaftLogError::Restore { index, detail })?;
+        {
+            let mut machine = write_lock(&self.state);
+            machine
+                .restore(s.get_data())
+                .map_err(|detail| RaftLogError::Restore { index, detail })?;
+            machine.at_index(index);
+        }
         self.applied = index;
         self.inflight.clear();
         self.shared
@@ -98,6 +102,7 @@ impl<M: StateMachine> Driver<M> {
             })?;
         let mine = env.origin == self.incarnation;
         let mut count = 0u64;
+        machine.at_index(e.index);
         for group in env.groups {
             count += group.cmds.len() as u64;
             let waiter = if mine && group.id != 0 {
@@ -181,9 +186,10 @@ impl<M: StateMachine> Driver<M> {
         // Snapshots of a large state are paced by what they cost: at most a tenth of the time
         // goes to building them (unless the log grew 100 intervals past the last one).
         // A snapshot raft asks for (a follower behind the log) is never held back.
+        let now = self.cfg.time.now();
         let paced = self.last_snapshot.is_some_and(|(at, cost)| {
             cost >= SNAPSHOT_COST_PACED
-                && at.elapsed() < cost * SNAPSHOT_COST_SHARE
+                && now.saturating_duration_since(at) < cost * SNAPSHOT_COST_SHARE
                 && behind < self.cfg.snapshot_every_entries.saturating_mul(100)
         });
         let wanted = store.take_snapshot_request();
@@ -198,20 +204,25 @@ impl<M: StateMachine> Driver<M> {
             conf_state: Some(store.conf_state().clone()).into(),
             ..Default::default()
         };
-        let started = Instant::now();
+        let started = now;
         let image = read_lock(&self.state).snapshot_image();
-        let copied = started.elapsed();
+        let copied = self.cfg.time.now().saturating_duration_since(started);
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let index = meta.index;
-        std::thread::Builder::new()
-            .name("troupe-snapshot".into())
-            .spawn(move || {
-                let _ = tx.send(image());
-            })
-            .map_err(|e| RaftLogError::SnapshotFailed {
-                index,
-                detail: format!("cannot start the snapshot thread: {e}"),
-            })?;
+        if self.snapshot_thread {
+            std::thread::Builder::new()
+                .name("troupe-snapshot".into())
+                .spawn(move || {
+                    let _ = tx.send(image());
+                })
+                .map_err(|e| RaftLogError::SnapshotFailed {
+                    index,
+                    detail: format!("cannot start the snapshot thread: {e}"),
+                })?;
+        } else {
+            // No threads (a `Stepper`): built here, stored by a later cycle all the same.
+            let _ = tx.send(image());
+        }
         tracing::debug!(
             index,
             copy_ms = copied.as_millis() as u64,
@@ -245,19 +256,21 @@ impl<M: StateMachine> Driver<M> {
             tracing::debug!(index, "raft snapshot superseded by a newer one; dropped");
             return Ok(());
         }
-        let (bytes, built) = (image.len(), started.elapsed());
-        let saving = Instant::now();
+        let clock = self.cfg.time.clone();
+        let (bytes, built) = (image.len(), clock.now().saturating_duration_since(started));
+        let saving = clock.now();
         self.node.mut_store().save_snapshot(meta, &image, index)?;
         self.shared
             .stats
             .snapshot_bytes
             .store(bytes as u64, Ordering::Relaxed);
-        self.last_snapshot = Some((Instant::now(), started.elapsed()));
+        let done = clock.now();
+        self.last_snapshot = Some((done, done.saturating_duration_since(started)));
         tracing::debug!(
             index,
             bytes,
             built_ms = built.as_millis() as u64,
-            save_ms = saving.elapsed().as_millis() as u64,
+            save_ms = done.saturating_duration_since(saving).as_millis() as u64,
             "raft snapshot taken, log compacted"
         );
         Ok(())

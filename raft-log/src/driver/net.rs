@@ -117,7 +117,9 @@ impl<M: StateMachine> Driver<M> {
     /// only a broken peer sends) stops the engine cleanly instead of unwinding the thread.
     fn step_message(&mut self, m: Message) -> Result<(), RaftLogError> {
         let (from, kind) = (m.from, m.get_msg_type());
-        match catch_unwind(AssertUnwindSafe(|| self.node.step(m))) {
+        let stepped = catch_unwind(AssertUnwindSafe(|| self.node.step(m)));
+        self.fix_timeout();
+        match stepped {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => {
                 tracing::debug!(from, ?kind, %error, "raft refused a message");
@@ -148,7 +150,7 @@ impl<M: StateMachine> Driver<M> {
             reads.next_seq,
             ReadWaiter {
                 reply,
-                deadline: Instant::now() + timeout,
+                deadline: self.cfg.time.now() + timeout,
                 index: None,
                 leader,
             },
@@ -181,7 +183,7 @@ impl<M: StateMachine> Driver<M> {
         if self.reads.waiters.is_empty() {
             return;
         }
-        let now = Instant::now();
+        let now = self.cfg.time.now();
         let (applied, leader) = (self.applied, self.node.raft.leader_id);
         let mut done = Vec::new();
         for (&seq, w) in &self.reads.waiters {

@@ -105,16 +105,18 @@ impl<M: StateMachine> Driver<M> {
             self.inflight.pop_front();
         }
         let index = self.node.raft.raft_log.last_index();
-        self.inflight.push_back((index, std::time::Instant::now()));
+        self.inflight.push_back((index, self.cfg.time.now()));
     }
 
     /// Observes the commit latency of every timed entry up to `applied`.
     pub(super) fn commit_timed(&mut self) {
+        let now = self.cfg.time.now();
         while let Some(&(index, at)) = self.inflight.front() {
             if index > self.applied {
                 break;
             }
-            self.shared.stats.commit_latency.observe(at.elapsed());
+            let took = now.saturating_duration_since(at);
+            self.shared.stats.commit_latency.observe(took);
             self.inflight.pop_front();
         }
     }

@@ -53,7 +53,7 @@ fn append_raw(dir: &std::path::Path, data: Vec<u8>) -> (EngineConfig, u64) {
         .unwrap();
     assert_eq!(out, Ok(vec![5]));
     engine.shutdown();
-    let mut store = RedbStorage::open(&cfg.db_path(), true).unwrap();
+    let mut store = RedbStorage::open(&cfg.db_path(), true, None).unwrap();
     let (last, term) = (store.last(), store.hard_state().term);
     let hs: HardState = store.hard_state().clone();
     store
@@ -131,7 +131,7 @@ fn a_failing_restore_is_reported() {
     Engine::open(cfg.clone(), Sum::default(), Box::new(|_, _, _| Vec::new()))
         .unwrap()
         .shutdown();
-    let mut store = RedbStorage::open(&cfg.db_path(), true).unwrap();
+    let mut store = RedbStorage::open(&cfg.db_path(), true, None).unwrap();
     let mut meta = store.snapshot_metadata().clone();
     let last = store.last();
     meta.index = last;

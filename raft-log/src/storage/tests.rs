@@ -30,7 +30,7 @@ fn hs(term: u64, vote: u64, commit: u64) -> HardState {
 }
 
 fn fresh(dir: &tempfile::TempDir) -> RedbStorage {
-    let mut s = RedbStorage::open(&dir.path().join("raft.redb"), false).unwrap();
+    let mut s = RedbStorage::open(&dir.path().join("raft.redb"), false, None).unwrap();
     assert!(!s.is_initialized());
     s.bootstrap(&[1], b"image-1").unwrap();
     s
@@ -38,7 +38,7 @@ fn fresh(dir: &tempfile::TempDir) -> RedbStorage {
 
 fn reopen(dir: &tempfile::TempDir, s: RedbStorage) -> RedbStorage {
     drop(s);
-    RedbStorage::open(&dir.path().join("raft.redb"), false).unwrap()
+    RedbStorage::open(&dir.path().join("raft.redb"), false, None).unwrap()
 }
 
 fn is_store_err(r: raft::Result<impl std::fmt::Debug>, want: StorageError) -> bool {
@@ -225,7 +225,7 @@ fn incoming_snapshot_replaces_the_log() {
 fn a_second_open_reports_in_use() {
     let dir = tempfile::tempdir().unwrap();
     let _s = fresh(&dir);
-    match RedbStorage::open(&dir.path().join("raft.redb"), false) {
+    match RedbStorage::open(&dir.path().join("raft.redb"), false, None) {
         Err(RaftLogError::InUse { dir: d }) => assert_eq!(d, dir.path()),
         Err(other) => panic!("unexpected error {other}"),
         Ok(_) => panic!("second open succeeded"),
@@ -240,7 +240,7 @@ fn a_garbage_file_is_an_error_not_a_panic() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     std::fs::write(&path, garbage).unwrap();
-    let err = RedbStorage::open(&path, false)
+    let err = RedbStorage::open(&path, false, None)
         .err()
         .expect("garbage opened");
     assert!(matches!(err, RaftLogError::Corrupt { .. }), "{err}");
@@ -342,7 +342,7 @@ fn a_format_1_file_is_migrated_on_open() {
         }
         txn.commit().unwrap();
     }
-    let s = RedbStorage::open(&path, false).unwrap();
+    let s = RedbStorage::open(&path, false, None).unwrap();
     assert!(s.is_initialized());
     assert_eq!(s.snapshot_data().unwrap(), b"image-v1");
     assert_eq!(s.last_index().unwrap(), 2);
@@ -371,6 +371,8 @@ fn a_newer_format_is_refused() {
             .unwrap();
         txn.commit().unwrap();
     }
-    let err = RedbStorage::open(&path, false).err().expect("refused");
+    let err = RedbStorage::open(&path, false, None)
+        .err()
+        .expect("refused");
     assert!(err.to_string().contains("this build reads"), "{err}");
 }
