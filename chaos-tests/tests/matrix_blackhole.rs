@@ -6,12 +6,15 @@
 //! majority elects a new leader in a higher term; after the heal every acknowledged workflow is
 //! present (history checker), and every task's result is accepted exactly once. Then a
 //! follower is partitioned with `api`: its API answers nothing while cut (a client times out)
-//! and a request held through the cut is refused unprocessed when it heals.
+//! and a request held through the cut is refused unprocessed when it heals. Last, through the
+//! CLI, a follower is partitioned with `--mode reset` (sessions dropped, no frame dropped): it
+//! falls behind while cut and catches up after.
 
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use troupe_chaos_tests::Cluster;
+use troupe_chaos_tests::chaos_run::troupe_cli;
 use troupe_chaos_tests::history::{self, Outcome, Recorder, Ret, Workload};
 
 fn spec(c: u32, n: u32) -> String {
@@ -220,4 +223,68 @@ fn a_blackholed_leader_acks_nothing_and_the_majority_fails_over() {
     history::wait_health(&apis[f..=f], Duration::from_secs(5), "the API back", |h| {
         h["status"] == "ok"
     });
+
+    // `--mode reset` through the CLI: the follower's sessions are dropped (no frame dropped by
+    // it); it falls behind while cut and catches up once healed.
+    let (l2, _) = history::wait_leader(&apis);
+    let f2 = (0..3).find(|&i| i != l2).unwrap();
+    let follower = get(&apis[f2], "/v1/health")["node"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = frames_dropped(&apis[f2]);
+    let out = troupe_cli(
+        &apis[l2],
+        None,
+        &[
+            "--json",
+            "chaos",
+            "partition",
+            &follower,
+            "--mode",
+            "reset",
+            "--for",
+            "2s",
+        ],
+        Duration::from_secs(20),
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(
+        out.status.success() && v["fault"]["mode"] == "reset",
+        "{v} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cut = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    let wf = rec.submit(95, &apis[l2], &spec(95, 0), Some("c95-0"));
+    assert!(matches!(wf, Outcome::Ok(Ret::Submitted { .. })), "{wf:?}");
+    let commit = get(&apis[l2], "/v1/health")["commit"].as_u64().unwrap_or(0);
+    // A connected follower applies a commit within a heartbeat or two (50 ms ticks).
+    std::thread::sleep(Duration::from_millis(600));
+    let behind = get(&apis[f2], "/v1/health")["applied"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        cut.elapsed() < Duration::from_millis(1900),
+        "too slow to look while cut"
+    );
+    assert!(
+        behind < commit,
+        "a reset-partitioned follower kept up: applied {behind}, commit {commit}"
+    );
+    history::wait_health(
+        &apis[f2..=f2],
+        Duration::from_secs(10),
+        "the reset follower to catch up",
+        |h| h["applied"].as_u64().unwrap_or(0) >= commit,
+    );
+    assert_eq!(
+        frames_dropped(&apis[f2]),
+        before,
+        "reset mode dropped frames"
+    );
+    eprintln!(
+        "blackhole: a reset partition left the follower at {behind} < {commit} while cut; caught up {:?} after the cut",
+        cut.elapsed()
+    );
 }

@@ -49,8 +49,9 @@ enum ChaosCmd {
         #[arg(long, value_enum, default_value_t = Mode::Blackhole)]
         mode: Mode,
         /// Cut the node's HTTP API too: it stops answering (requests time out) until it heals.
+        /// (The API field is `api`; `--api` is the global option naming the API to talk to.)
         #[arg(long)]
-        api: bool,
+        cut_api: bool,
     },
     /// Make every fsync of a node's Raft log take --delay longer.
     SlowDisk {
@@ -130,14 +131,14 @@ pub fn run(api: &str, access: &Access, as_json: bool, args: ChaosArgs) -> anyhow
             target,
             from,
             mode,
-            api,
+            cut_api,
         } => {
             let from = (!from.is_empty()).then_some(from);
             let mode = match mode {
                 Mode::Blackhole => "blackhole",
                 Mode::Reset => "reset",
             };
-            let api = api.then_some(true);
+            let api = cut_api.then_some(true);
             (
                 "partition",
                 target,
