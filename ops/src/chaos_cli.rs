@@ -245,7 +245,13 @@ fn list(c: &Client, as_json: bool) -> anyhow::Result<()> {
                         .as_u64()
                         .unwrap_or(0)
                         .saturating_sub(troupe_node::chaos::system_ms());
-                    let kind = f["kind"].as_str().unwrap_or("?");
+                    let mut kind = f["kind"].as_str().unwrap_or("?").to_string();
+                    if let Some(mode) = f["mode"].as_str() {
+                        kind = format!("{kind} {mode}");
+                    }
+                    if f["api"] == json!(true) {
+                        kind.push_str(" +api");
+                    }
                     format!("{kind} ({} left)", troupe_scheduler::units::format_ms(left))
                 })
                 .collect::<Vec<_>>()
