@@ -128,6 +128,8 @@ pub async fn start(mut cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     if cfg.fault_injection {
         crate::chaos::process::write_pid_file(&cfg.data_dir)
             .with_context(|| format!("cannot write {}/node.pid", cfg.data_dir.display()))?;
+        // Blackhole partitions: this node's cluster frames carry its stamp (docs/chaos.md).
+        crate::chaos::blackhole::register(&node, cfg.chaos.clone());
     }
     let reaped = crate::exec::reap_orphans(&cfg.data_dir, &node);
     if reaped > 0 {
@@ -505,6 +507,15 @@ fn api_spec(ctx: &Ctx) -> ChildSpec {
                     chaos,
                 };
                 crate::api::router(app)
+            };
+            // A partition with `api` leaves every route unanswered (outermost layer).
+            let router = if cfg.fault_injection {
+                router.layer(axum::middleware::from_fn_with_state(
+                    cfg.chaos.clone(),
+                    crate::api::cut_api,
+                ))
+            } else {
+                router
             };
             let args = ApiArgs {
                 listen: cfg.listen,

@@ -25,19 +25,33 @@ struct Target {
     for_: String,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Mode {
+    Blackhole,
+    Reset,
+}
+
 #[derive(clap::Subcommand)]
 enum ChaosCmd {
     /// Kill a node like kill -9; it is started again after --for with the same command line.
     Kill(Target),
     /// Freeze a node like kill -STOP (its TCP connections stay up); resumed after --for.
     Pause(Target),
-    /// Cut a node's cluster sessions with --from (default: every other node).
+    /// Cut a node from --from (default: every other node): a silent blackhole (sessions stay
+    /// up, every cluster frame to and from them is dropped), or --mode reset (sessions dropped).
     Partition {
         #[command(flatten)]
         target: Target,
         /// Nodes (selectors or ids) it is cut from, comma-separated.
         #[arg(long, value_delimiter = ',')]
         from: Vec<String>,
+        /// blackhole: peers see silence (timeouts); reset: peers see refused connections.
+        #[arg(long, value_enum, default_value_t = Mode::Blackhole)]
+        mode: Mode,
+        /// Cut the node's HTTP API too: it stops answering (requests time out) until it heals.
+        /// (The API field is `api`; `--api` is the global option naming the API to talk to.)
+        #[arg(long)]
+        cut_api: bool,
     },
     /// Make every fsync of a node's Raft log take --delay longer.
     SlowDisk {
@@ -113,9 +127,23 @@ pub fn run(api: &str, access: &Access, as_json: bool, args: ChaosArgs) -> anyhow
         ChaosCmd::Verify { history } => return verify(&client()?, access, history, as_json),
         ChaosCmd::Kill(t) => ("kill", t, json!({})),
         ChaosCmd::Pause(t) => ("pause", t, json!({})),
-        ChaosCmd::Partition { target, from } => {
+        ChaosCmd::Partition {
+            target,
+            from,
+            mode,
+            cut_api,
+        } => {
             let from = (!from.is_empty()).then_some(from);
-            ("partition", target, json!({ "from": from }))
+            let mode = match mode {
+                Mode::Blackhole => "blackhole",
+                Mode::Reset => "reset",
+            };
+            let api = cut_api.then_some(true);
+            (
+                "partition",
+                target,
+                json!({ "from": from, "mode": mode, "api": api }),
+            )
         }
         ChaosCmd::SlowDisk { target, delay } => {
             let d = troupe_scheduler::units::parse_duration_ms(&delay)
@@ -217,7 +245,13 @@ fn list(c: &Client, as_json: bool) -> anyhow::Result<()> {
                         .as_u64()
                         .unwrap_or(0)
                         .saturating_sub(troupe_node::chaos::system_ms());
-                    let kind = f["kind"].as_str().unwrap_or("?");
+                    let mut kind = f["kind"].as_str().unwrap_or("?").to_string();
+                    if let Some(mode) = f["mode"].as_str() {
+                        kind = format!("{kind} {mode}");
+                    }
+                    if f["api"] == json!(true) {
+                        kind.push_str(" +api");
+                    }
                     format!("{kind} ({} left)", troupe_scheduler::units::format_ms(left))
                 })
                 .collect::<Vec<_>>()

@@ -12,6 +12,8 @@
 //! kind = "kill"         # kill, pause, partition, slow-disk, skew-clock
 //! node = "leader"       # leader, follower, worker, or a node id
 //! for = "5s"
+//! # partition only: mode = "blackhole" (default: frames dropped) or "reset" (sessions
+//! # dropped); api = true also leaves the node's HTTP API unanswered.
 //! ```
 //!
 //! Parsing is pure: errors name the file, the line and the field (toml's spans, or ours).
@@ -49,7 +51,7 @@ pub fn parse_signed_ms(text: &str) -> Result<i64, String> {
 
 /// The node's fault kinds (`POST /v1/chaos/faults`); an experiment may not use `fsync-error`,
 /// which takes a node down until it is restarted by hand.
-pub use troupe_node::chaos::fault::Kind;
+pub use troupe_node::chaos::fault::{Kind, PartitionMode};
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,6 +63,12 @@ pub struct Fault {
     /// partition only: node selectors it is cut from (default: every other node).
     #[serde(default)]
     pub from: Option<Vec<String>>,
+    /// partition only: `blackhole` (default) or `reset`.
+    #[serde(default)]
+    pub mode: Option<PartitionMode>,
+    /// partition only: cut the node's HTTP API too.
+    #[serde(default)]
+    pub api: Option<bool>,
     #[serde(rename = "for")]
     pub for_: Dur,
     /// slow-disk only.
@@ -177,6 +185,8 @@ pub fn parse(text: &str, file: &Path) -> Result<Experiment, String> {
             Ok(())
         };
         only("from", f.from.is_some(), Kind::Partition)?;
+        only("mode", f.mode.is_some(), Kind::Partition)?;
+        only("api", f.api.is_some(), Kind::Partition)?;
         only("delay", f.delay.is_some(), Kind::SlowDisk)?;
         only("skew", f.skew.is_some(), Kind::SkewClock)?;
         match f.kind {
@@ -255,6 +265,7 @@ at = "1s"
 kind = "partition"
 node = "worker"
 from = ["leader"]
+mode = "reset"
 for = "5s"
 [[fault]]
 at = "2s"
@@ -275,6 +286,8 @@ for = "3s"
             e.faults[0].from.as_deref(),
             Some(&["leader".to_string()][..])
         );
+        assert_eq!(e.faults[0].mode, Some(PartitionMode::Reset));
+        assert_eq!(e.faults[0].api, None);
         let w = e.workload.unwrap();
         assert_eq!(w.spec, PathBuf::from("/x/sleep.toml"));
         assert_eq!(w.interval_ms(), Ok(250));
@@ -309,6 +322,16 @@ for = "3s"
         ))
         .unwrap_err();
         assert!(e.contains("delay is for slow-disk faults only"), "{e}");
+        let e = p(&format!(
+            "{base}kind = \"kill\"\nfor = \"1s\"\napi = true\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("api is for partition faults only"), "{e}");
+        let e = p(&format!(
+            "{base}kind = \"partition\"\nfor = \"1s\"\nmode = \"silent\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("silent") && e.contains("blackhole"), "{e}");
         let e = p(&format!("{base}kind = \"skew-clock\"\nfor = \"1s\"\n")).unwrap_err();
         assert!(e.contains("skew:"), "{e}");
         let e = p(&format!("{base}kind = \"fsync-error\"\nfor = \"1s\"\n")).unwrap_err();

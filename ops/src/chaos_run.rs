@@ -162,6 +162,12 @@ fn inject(cluster: &Cluster, hist: &History, f: &Fault, start: Instant) -> bool 
                 .collect::<anyhow::Result<Vec<_>>>()?;
             body["from"] = json!(ids);
         }
+        if let Some(m) = f.mode {
+            body["mode"] = json!(m.name());
+        }
+        if let Some(a) = f.api {
+            body["api"] = json!(a);
+        }
         if let Some(d) = f.delay {
             body["delay_ms"] = json!(d.0);
         }

@@ -100,6 +100,40 @@ impl ChaosApi {
     }
 }
 
+/// How often a held request looks whether the API partition healed.
+const CUT_POLL: Duration = Duration::from_millis(50);
+
+/// Middleware: while a partition with `api` is in force, a request gets no answer — it is
+/// held, unprocessed, until the partition heals (every fault heals within `FOR_MAX_MS`), then
+/// refused with 503 without being processed. A real partition does not answer a client at
+/// all: a 503 would tell it at once that the node is alive and reachable, which a cut-off
+/// node cannot; the client has to time out, not knowing whether its request had an effect
+/// (it had none). Connections are still accepted (the listener is not cut).
+pub async fn cut_api(
+    State(chaos): State<Arc<Chaos>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !chaos.api_cut() {
+        return next.run(req).await;
+    }
+    let until = tokio::time::Instant::now()
+        + Duration::from_millis(crate::chaos::fault::FOR_MAX_MS)
+        + Duration::from_secs(1);
+    while chaos.api_cut() && tokio::time::Instant::now() < until {
+        tokio::time::sleep(CUT_POLL).await;
+    }
+    drop(req);
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({
+            "error": "partitioned by chaos: this request arrived while the node's API was cut off and was not processed; retry"
+        })),
+    )
+        .into_response()
+}
+
 /// Starts a fault (timed: it heals by itself).
 #[utoipa::path(post, path = "/v1/chaos/faults", tag = "operations", request_body = FaultRequest,
     responses((status = 200, description = "The fault is in force on its node", body = Object),
@@ -238,7 +272,11 @@ pub(super) async fn list(
 ) -> Res {
     refuse_unless_enabled(&api)?;
     let local = q.local;
-    let here = json!({ "node": api.node, "faults": api.chaos.active() });
+    let here = json!({
+        "node": api.node,
+        "faults": api.chaos.active(),
+        "frames_dropped": api.chaos.frames_dropped(),
+    });
     if local {
         return Ok((StatusCode::OK, Json(here)));
     }
@@ -269,7 +307,9 @@ pub(super) async fn list(
     };
     let mut out = Vec::new();
     for (id, raft_id, addr, up) in nodes {
+        let mut frames_dropped = json!(null);
         let faults: Value = if id == api.node {
+            frames_dropped = json!(api.chaos.frames_dropped());
             json!(api.chaos.active())
         } else {
             match pass_on_get(
@@ -280,7 +320,10 @@ pub(super) async fn list(
             )
             .await
             {
-                Ok((_, Json(v))) => v["faults"].clone(),
+                Ok((_, Json(v))) => {
+                    frames_dropped = v["frames_dropped"].clone();
+                    v["faults"].clone()
+                }
                 Err(e) => json!({ "unreachable": e.1 }),
             }
         };
@@ -292,6 +335,7 @@ pub(super) async fn list(
             "leader": raft_id != 0 && raft_id == st.leader_id,
             "up": up,
             "faults": faults,
+            "frames_dropped": frames_dropped,
         }));
     }
     Ok((

@@ -20,7 +20,7 @@ mod server;
 pub mod tls;
 
 pub use auth::{Auth, Role};
-pub use chaos::ChaosApi;
+pub use chaos::{ChaosApi, cut_api};
 pub use forward::Route;
 pub use handlers::{proxy_router, router};
 pub use outbound::Outbound;

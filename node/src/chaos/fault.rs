@@ -16,7 +16,9 @@ pub enum Kind {
     Kill,
     /// Frozen like `kill -STOP` for `for_ms` (TCP stays up), then resumed.
     Pause,
-    /// Drops its cluster sessions with `from` (default: every other node) for `for_ms`.
+    /// Cut from `from` (default: every other node) for `for_ms`: by default a silent blackhole
+    /// (sessions stay up, every cluster frame to and from them is dropped); `mode = reset`
+    /// drops the sessions instead; `api` also leaves its HTTP API unanswered.
     Partition,
     /// Every fsync of the Raft log takes `delay_ms` longer for `for_ms`.
     SlowDisk,
@@ -24,6 +26,27 @@ pub enum Kind {
     FsyncError,
     /// The node's wall clock runs `skew_ms` off for `for_ms`.
     SkewClock,
+}
+
+/// How a partition cuts the node from its peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PartitionMode {
+    /// Sessions stay up; every cluster frame (Raft, Exec, Propose, Renew) to and from the cut
+    /// peers is dropped, so they see silence (what a real partition usually looks like).
+    #[default]
+    Blackhole,
+    /// The sessions with the cut peers are dropped: they see a refused connection.
+    Reset,
+}
+
+impl PartitionMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            PartitionMode::Blackhole => "blackhole",
+            PartitionMode::Reset => "reset",
+        }
+    }
 }
 
 impl Kind {
@@ -51,6 +74,15 @@ pub struct FaultRequest {
     /// partition only: the nodes it is cut from (default: every other node).
     #[serde(default)]
     pub from: Option<Vec<String>>,
+    /// partition only: `blackhole` (default: frames dropped, sessions up) or `reset`
+    /// (sessions dropped).
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub mode: Option<PartitionMode>,
+    /// partition only: the node's HTTP API stops answering too (requests are held unanswered
+    /// until the partition heals, then refused with 503 unprocessed).
+    #[serde(default)]
+    pub api: Option<bool>,
     /// How long the fault lasts (at most 10 minutes); it heals by itself.
     #[serde(default)]
     pub for_ms: u64,
@@ -82,6 +114,8 @@ impl FaultRequest {
             Ok(())
         };
         only("from", self.from.is_some(), Kind::Partition)?;
+        only("mode", self.mode.is_some(), Kind::Partition)?;
+        only("api", self.api.is_some(), Kind::Partition)?;
         only("delay_ms", self.delay_ms.is_some(), Kind::SlowDisk)?;
         only("skew_ms", self.skew_ms.is_some(), Kind::SkewClock)?;
         match self.kind {
@@ -126,6 +160,11 @@ pub struct ActiveFault {
     pub node: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<Vec<String>>,
+    /// partition only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<PartitionMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<bool>,
     /// Wall-clock ms (not skewed) when it started and when it heals.
     pub since_ms: u64,
     pub until_ms: u64,
@@ -144,6 +183,8 @@ mod tests {
             kind,
             node: "n1".into(),
             from: None,
+            mode: None,
+            api: None,
             for_ms: 1000,
             delay_ms: None,
             skew_ms: None,
@@ -182,6 +223,37 @@ mod tests {
         assert!(r.validate().unwrap_err().contains("itself"));
         r.from = Some(vec![]);
         assert!(r.validate().unwrap_err().starts_with("from"));
+        let mut r = req(Kind::Pause);
+        r.mode = Some(PartitionMode::Reset);
+        assert_eq!(
+            r.validate().unwrap_err(),
+            "mode is for partition faults only"
+        );
+        r.mode = None;
+        r.api = Some(true);
+        assert_eq!(
+            r.validate().unwrap_err(),
+            "api is for partition faults only"
+        );
+    }
+
+    #[test]
+    fn a_partition_is_a_blackhole_unless_it_says_reset() {
+        let r: FaultRequest =
+            serde_json::from_str(r#"{"kind":"partition","node":"n2","for_ms":500}"#).unwrap();
+        assert_eq!(r.mode.unwrap_or_default(), PartitionMode::Blackhole);
+        let r: FaultRequest = serde_json::from_str(
+            r#"{"kind":"partition","node":"n2","for_ms":500,"mode":"reset","api":true}"#,
+        )
+        .unwrap();
+        assert_eq!((r.mode, r.api), (Some(PartitionMode::Reset), Some(true)));
+        assert!(r.validate().is_ok());
+        assert!(
+            serde_json::from_str::<FaultRequest>(
+                r#"{"kind":"partition","node":"n2","for_ms":5,"mode":"drop"}"#
+            )
+            .is_err()
+        );
     }
 
     #[test]

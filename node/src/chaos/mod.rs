@@ -2,14 +2,17 @@
 //!
 //! [`Chaos`] is this node's fault state, shared by the parts a fault acts on: the Raft log's
 //! clock (skew) and disk ([`troupe_raft_log::DiskFaults`]: slow or failing fsyncs), the cluster
-//! sessions (a partition drops the sessions with the nodes it names, see
-//! `cluster::membership`), and the process itself ([`process`]: kill and pause). Every fault is
-//! timed and heals by itself; the API is `node/src/api/chaos.rs`.
+//! layer (a partition is a silent [`blackhole`]: every cluster frame to and from the nodes it
+//! names is dropped; in `reset` mode `cluster::membership` drops the sessions instead), the
+//! HTTP API (a partition with `api` leaves it unanswered, `api::chaos::cut_api`), and the
+//! process itself ([`process`]: kill and pause). Every fault is timed and heals by itself; the
+//! API is `node/src/api/chaos.rs`.
 
+pub mod blackhole;
 pub mod fault;
 pub mod process;
 
-use fault::{ActiveFault, FaultRequest, Kind};
+use fault::{ActiveFault, FaultRequest, Kind, PartitionMode};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -26,10 +29,29 @@ pub struct Chaos {
     skew_ms: AtomicI64,
     /// The Raft log's disk faults.
     pub disk: Arc<DiskFaults>,
-    /// The nodes this one is cut from (`None` in the set: every other node), with the fault id.
-    partition: Mutex<Option<(u64, Option<BTreeSet<String>>)>>,
+    /// The partition in force, if any.
+    partition: Mutex<Option<Partition>>,
+    /// Cluster frames this node dropped for a blackhole partition (its own or a peer's).
+    frames_dropped: AtomicU64,
     active: Mutex<Vec<ActiveFault>>,
     next_id: AtomicU64,
+}
+
+/// A partition in force.
+#[derive(Debug, Clone)]
+struct Partition {
+    id: u64,
+    /// The nodes this one is cut from (`None`: every other node).
+    from: Option<BTreeSet<String>>,
+    mode: PartitionMode,
+    /// The HTTP API is cut too.
+    api: bool,
+}
+
+impl Partition {
+    fn cuts(&self, peer: &str) -> bool {
+        self.from.as_ref().is_none_or(|set| set.contains(peer))
+    }
 }
 
 impl std::fmt::Debug for Chaos {
@@ -61,29 +83,69 @@ impl Chaos {
         Arc::new(move || me.now_ms())
     }
 
-    /// Whether cluster traffic with `peer` (a node id) is cut now.
-    pub fn cut_from(&self, peer: &str) -> bool {
-        match &*self.partition.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some((_, None)) => true,
-            Some((_, Some(set))) => set.contains(peer),
-            None => false,
-        }
-    }
-
-    /// Whether a partition cuts this node from every other one.
-    pub fn cut_from_all(&self) -> bool {
-        matches!(
-            &*self.partition.lock().unwrap_or_else(|e| e.into_inner()),
-            Some((_, None))
-        )
-    }
-
-    /// Whether a partition is in force.
-    pub fn partitioned(&self) -> bool {
+    fn partition(&self) -> Option<Partition> {
         self.partition
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+            .clone()
+    }
+
+    /// Whether cluster traffic with `peer` (a node id) is cut now, in either mode.
+    pub fn cut_from(&self, peer: &str) -> bool {
+        self.partition().is_some_and(|p| p.cuts(peer))
+    }
+
+    /// Whether a `reset` partition cuts the sessions with `peer` (membership drops them).
+    pub fn resets_sessions_with(&self, peer: &str) -> bool {
+        self.partition()
+            .is_some_and(|p| p.mode == PartitionMode::Reset && p.cuts(peer))
+    }
+
+    /// Whether a `reset` partition is in force.
+    pub fn resets_sessions(&self) -> bool {
+        self.partition()
+            .is_some_and(|p| p.mode == PartitionMode::Reset)
+    }
+
+    /// Whether a `reset` partition cuts this node from every other one (it stops dialing).
+    pub fn resets_all(&self) -> bool {
+        self.partition()
+            .is_some_and(|p| p.mode == PartitionMode::Reset && p.from.is_none())
+    }
+
+    /// A `blackhole` partition in force: `Some(None)` cut from every other node,
+    /// `Some(Some(nodes))` from those.
+    pub fn blackhole(&self) -> Option<Option<Vec<String>>> {
+        self.partition()
+            .filter(|p| p.mode == PartitionMode::Blackhole)
+            .map(|p| p.from.map(|s| s.into_iter().collect()))
+    }
+
+    /// Whether a blackhole partition cuts cluster frames with `peer`; `None`: a frame whose
+    /// sender is not known (only a cut from everyone drops it).
+    pub fn blackholes(&self, peer: Option<&str>) -> bool {
+        self.partition().is_some_and(|p| {
+            p.mode == PartitionMode::Blackhole
+                && match peer {
+                    Some(peer) => p.cuts(peer),
+                    None => p.from.is_none(),
+                }
+        })
+    }
+
+    /// Whether a partition cuts this node's HTTP API.
+    pub fn api_cut(&self) -> bool {
+        self.partition().is_some_and(|p| p.api)
+    }
+
+    /// Counts a cluster frame dropped by a blackhole.
+    pub fn count_dropped_frame(&self) {
+        self.frames_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Cluster frames dropped here by blackhole partitions since the start.
+    pub fn frames_dropped(&self) -> u64 {
+        self.frames_dropped.load(Ordering::Relaxed)
     }
 
     pub fn active(&self) -> Vec<ActiveFault> {
@@ -107,6 +169,8 @@ impl Chaos {
             kind: req.kind,
             node: req.node.clone(),
             from: req.from.clone(),
+            mode: (req.kind == Kind::Partition).then(|| req.mode.unwrap_or_default()),
+            api: req.api,
             since_ms: now,
             until_ms: now + req.for_ms,
             delay_ms: req.delay_ms,
@@ -147,9 +211,15 @@ impl Chaos {
                 });
             }
             Kind::Partition => {
-                let set = req.from.clone().map(|f| f.into_iter().collect());
-                *self.partition.lock().unwrap_or_else(|e| e.into_inner()) = Some((fault.id, set));
-                tracing::warn!(from = ?req.from, for_ms = req.for_ms, "chaos: cluster sessions cut");
+                let mode = req.mode.unwrap_or_default();
+                let api = req.api.unwrap_or(false);
+                *self.partition.lock().unwrap_or_else(|e| e.into_inner()) = Some(Partition {
+                    id: fault.id,
+                    from: req.from.clone().map(|f| f.into_iter().collect()),
+                    mode,
+                    api,
+                });
+                tracing::warn!(from = ?req.from, mode = mode.name(), api, for_ms = req.for_ms, "chaos: partitioned");
             }
             Kind::SlowDisk => {
                 self.disk.set_fsync_delay_ms(req.delay_ms.unwrap_or(0));
@@ -190,7 +260,7 @@ impl Chaos {
         match f.kind {
             Kind::Partition => {
                 let mut p = self.partition.lock().unwrap_or_else(|e| e.into_inner());
-                if p.as_ref().is_some_and(|(pid, _)| *pid == id) {
+                if p.as_ref().is_some_and(|p| p.id == id) {
                     *p = None;
                 }
             }
@@ -212,6 +282,8 @@ mod tests {
             kind,
             node: "n1".into(),
             from: None,
+            mode: None,
+            api: None,
             for_ms,
             delay_ms: None,
             skew_ms: None,
@@ -226,6 +298,8 @@ mod tests {
         p.from = Some(vec!["n2".into()]);
         c.inject(&p, dir.clone()).unwrap();
         assert!(c.cut_from("n2") && !c.cut_from("n3"));
+        assert!(c.blackholes(Some("n2")) && !c.blackholes(Some("n3")) && !c.blackholes(None));
+        assert!(!c.resets_sessions() && !c.api_cut());
         let mut s = req(Kind::SkewClock, 60);
         s.skew_ms = Some(3_600_000);
         c.inject(&s, dir.clone()).unwrap();
@@ -239,8 +313,26 @@ mod tests {
         assert_eq!(c.active().len(), 3);
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(c.active().is_empty());
-        assert!(!c.partitioned() && !c.cut_from("n2"));
+        assert!(!c.cut_from("n2") && c.blackhole().is_none());
         assert!(c.now_ms() < system_ms() + 1_000);
         assert_eq!(c.disk.fsync_delay_ms(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_reset_partition_drops_sessions_and_a_blackhole_does_not() {
+        let c = Arc::new(Chaos::default());
+        let mut p = req(Kind::Partition, 5_000);
+        p.mode = Some(PartitionMode::Reset);
+        c.inject(&p, std::env::temp_dir()).unwrap();
+        assert!(c.resets_sessions() && c.resets_all() && c.resets_sessions_with("n9"));
+        assert!(c.blackhole().is_none() && !c.blackholes(None));
+        c.heal(c.active()[0].id);
+        p.mode = None;
+        p.api = Some(true);
+        p.from = Some(vec!["n2".into()]);
+        c.inject(&p, std::env::temp_dir()).unwrap();
+        assert!(!c.resets_sessions() && c.api_cut());
+        assert_eq!(c.blackhole(), Some(Some(vec!["n2".to_string()])));
+        assert_eq!(c.active()[0].mode, Some(PartitionMode::Blackhole));
     }
 }

@@ -36,7 +36,8 @@ pub struct MembershipArgs {
     pub node: String,
     /// Raised when every server refuses this node's cookie.
     pub fatal: Fatal,
-    /// Chaos mode: a partition drops the sessions with the nodes it names.
+    /// Chaos mode: a `reset` partition drops the sessions with the nodes it names (a
+    /// blackhole keeps them; its frames are dropped in `wire`).
     pub chaos: Option<std::sync::Arc<crate::chaos::Chaos>>,
 }
 
@@ -135,7 +136,7 @@ impl Actor for Membership {
             MembershipMsg::Suspect(node_id) => suspect(st, node_id).await,
             MembershipMsg::Tick => {
                 judge_handshakes(st);
-                if st.chaos.as_ref().is_some_and(|c| c.partitioned()) {
+                if st.chaos.as_ref().is_some_and(|c| c.resets_sessions()) {
                     drop_cut_sessions(st).await;
                 }
                 dial_missing(st).await;
@@ -182,13 +183,15 @@ fn judge_handshakes(st: &mut MembershipState) {
     }
 }
 
-/// Whether a partition (chaos) cuts this node from `peer`.
+/// Whether a `reset` partition (chaos) cuts this node's session with `peer`.
 fn cut(st: &MembershipState, peer: &str) -> bool {
-    st.chaos.as_ref().is_some_and(|c| c.cut_from(peer))
+    st.chaos
+        .as_ref()
+        .is_some_and(|c| c.resets_sessions_with(peer))
 }
 
-/// Stops every session with a node a partition cuts this one from: no Raft messages, runs,
-/// reports or lease renewals cross until it heals (then the dial loop connects again).
+/// Stops every session with a node a `reset` partition cuts this one from: no Raft messages,
+/// runs, reports or lease renewals cross until it heals (then the dial loop connects again).
 async fn drop_cut_sessions(st: &MembershipState) {
     let sessions = call_t!(st.server, NodeServerMessage::GetSessions, 1_000).unwrap_or_default();
     for s in sessions.values() {
@@ -204,7 +207,7 @@ async fn drop_cut_sessions(st: &MembershipState) {
 /// Dials every target without a session (backoff per address, each dial in the background).
 async fn dial_missing(st: &mut MembershipState) {
     // Cut from everyone: no dials (sessions others open are dropped as they authenticate).
-    if st.chaos.as_ref().is_some_and(|c| c.cut_from_all()) {
+    if st.chaos.as_ref().is_some_and(|c| c.resets_all()) {
         return;
     }
     let sessions = call_t!(st.server, NodeServerMessage::GetSessions, 1_000).unwrap_or_default();

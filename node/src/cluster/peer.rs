@@ -62,6 +62,8 @@ impl Actor for PeerActor {
         st: &mut PeerArgs,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            // Cut by a blackhole partition (chaos): dropped, a call's reply port with it.
+            PeerMsg::Blackholed => {}
             PeerMsg::Raft(bytes) => {
                 if let Some(e) = &st.engine {
                     e.step(bytes);
