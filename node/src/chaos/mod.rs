@@ -1,7 +1,8 @@
 //! Fault injection for chaos engineering (`--fault-injection` only; `troupe chaos`, docs/chaos.md).
 //!
-//! [`Chaos`] is this node's fault state, shared by the parts a fault acts on: the Raft log's
-//! clock (skew) and disk ([`troupe_raft_log::DiskFaults`]: slow or failing fsyncs), the cluster
+//! [`Chaos`] is this node's fault state, shared by the parts a fault acts on: the node's clock
+//! (skew: `NodeConfig::clock`, which the leases, the timers and the Raft log's entry stamps
+//! read) and the Raft log's disk ([`troupe_raft_log::DiskFaults`]: slow or failing fsyncs), the cluster
 //! sessions (a partition drops the sessions with the nodes it names, see
 //! `cluster::membership`), and the process itself ([`process`]: kill and pause). Every fault is
 //! timed and heals by itself; the API is `node/src/api/chaos.rs`.
@@ -12,24 +13,32 @@ pub mod process;
 use fault::{ActiveFault, FaultRequest, Kind};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use troupe_clock::{Clock, SkewedClock};
 use troupe_raft_log::DiskFaults;
 
 /// A process fault is carried out this long after it is accepted, so the answer gets out.
 const ACT_AFTER: Duration = Duration::from_millis(200);
 
-#[derive(Default)]
 pub struct Chaos {
-    /// Milliseconds added to this node's wall clock.
-    skew_ms: AtomicI64,
+    /// The node's clock, whose offset `skew-clock` sets (the same `Arc` as
+    /// `NodeConfig::clock`).
+    clock: Arc<SkewedClock>,
     /// The Raft log's disk faults.
     pub disk: Arc<DiskFaults>,
     /// The nodes this one is cut from (`None` in the set: every other node), with the fault id.
     partition: Mutex<Option<(u64, Option<BTreeSet<String>>)>>,
     active: Mutex<Vec<ActiveFault>>,
     next_id: AtomicU64,
+}
+
+impl Default for Chaos {
+    /// Over a clock of its own (tests); a node's is made with [`Chaos::new`].
+    fn default() -> Self {
+        Chaos::new(SkewedClock::new(troupe_clock::system()))
+    }
 }
 
 impl std::fmt::Debug for Chaos {
@@ -40,7 +49,8 @@ impl std::fmt::Debug for Chaos {
     }
 }
 
-/// Wall clock in ms since the epoch, not skewed.
+/// Wall clock in ms since the epoch, not skewed: when faults start and heal (what an operator
+/// reads in `troupe chaos list`), never a decision of the node.
 pub fn system_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -49,16 +59,20 @@ pub fn system_ms() -> u64 {
 }
 
 impl Chaos {
-    /// This node's wall clock: the system's plus the injected skew.
-    pub fn now_ms(&self) -> u64 {
-        let skew = self.skew_ms.load(Ordering::Acquire);
-        system_ms().saturating_add_signed(skew)
+    /// The faults of a node whose clock is `clock` (skewed by `skew-clock`).
+    pub fn new(clock: Arc<SkewedClock>) -> Self {
+        Chaos {
+            clock,
+            disk: Default::default(),
+            partition: Mutex::new(None),
+            active: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(0),
+        }
     }
 
-    /// The clock the Raft log stamps entries with (skewed by `skew-clock`).
-    pub fn clock(self: &Arc<Self>) -> troupe_raft_log::Clock {
-        let me = self.clone();
-        Arc::new(move || me.now_ms())
+    /// This node's wall clock: the system's plus the injected skew.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.wall_ms()
     }
 
     /// Whether cluster traffic with `peer` (a node id) is cut now.
@@ -160,9 +174,8 @@ impl Chaos {
                 tracing::warn!("chaos: the next fsync of the raft log fails");
             }
             Kind::SkewClock => {
-                self.skew_ms
-                    .store(req.skew_ms.unwrap_or(0), Ordering::Release);
-                tracing::warn!(skew_ms = ?req.skew_ms, for_ms = req.for_ms, "chaos: wall clock skewed");
+                self.clock.set_offset_ms(req.skew_ms.unwrap_or(0));
+                tracing::warn!(skew_ms = ?req.skew_ms, for_ms = req.for_ms, "chaos: the node's clock skewed (leases, timers, entry stamps)");
             }
         }
         active.push(fault.clone());
@@ -195,7 +208,7 @@ impl Chaos {
                 }
             }
             Kind::SlowDisk => self.disk.set_fsync_delay_ms(0),
-            Kind::SkewClock => self.skew_ms.store(0, Ordering::Release),
+            Kind::SkewClock => self.clock.set_offset_ms(0),
             Kind::FsyncError => self.disk.fail_next_fsyncs(0),
             Kind::Kill | Kind::Pause => {}
         }
@@ -228,8 +241,13 @@ mod tests {
         assert!(c.cut_from("n2") && !c.cut_from("n3"));
         let mut s = req(Kind::SkewClock, 60);
         s.skew_ms = Some(3_600_000);
+        let before = c.clock.now();
         c.inject(&s, dir.clone()).unwrap();
         assert!(c.now_ms() >= system_ms() + 3_590_000);
+        assert!(
+            c.clock.now() >= before + Duration::from_secs(3_600),
+            "the monotonic clock (leases, timers) is skewed too"
+        );
         let mut d = req(Kind::SlowDisk, 60);
         d.delay_ms = Some(7);
         c.inject(&d, dir.clone()).unwrap();
@@ -241,6 +259,7 @@ mod tests {
         assert!(c.active().is_empty());
         assert!(!c.partitioned() && !c.cut_from("n2"));
         assert!(c.now_ms() < system_ms() + 1_000);
+        assert!(c.clock.now() < before + Duration::from_secs(60), "healed");
         assert_eq!(c.disk.fsync_delay_ms(), 0);
     }
 }
