@@ -12,6 +12,8 @@
 //!   it does not fence itself: its attempt runs on to its end past the lease (without the skew
 //!   it would have been killed 1.5 s into the cut). After the heal the leader disowns its epoch
 //!   and it fences then. Every task's result is accepted once (`troupe chaos verify`: G3, G4).
+//! - **A leader 5 s ahead**: its lease judge reads the jump as a pause (it logs that it did not
+//!   run for a whole lease) and does not count it against the nodes: no node is declared lost.
 
 use serde_json::{Value, json};
 use std::path::Path;
@@ -283,4 +285,42 @@ fn a_worker_skewed_back_outlives_its_lease_and_its_late_result_is_not_accepted_t
         r["reports_accepted"],
         r["reports_refused"]
     );
+}
+
+#[test]
+fn a_leader_skewed_ahead_reads_the_jump_as_a_pause_and_declares_no_one_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let marks_at = tmp.path().join("marks.log");
+    let mut c = cluster(tmp.path(), 73);
+    let id = c.any().submit(&job(16, 0.3, &marks_at));
+    c.any()
+        .wait_until(&id, Duration::from_secs(60), "2 items done", |v| {
+            step(v, "work")["succeeded"].as_u64().unwrap_or(0) >= 2
+        });
+    let mut leader = None;
+    wait_for("a leader", Duration::from_secs(10), || {
+        leader = c.leader();
+        leader.is_some()
+    });
+    let l = leader.unwrap();
+    let lid = node_id(&c.servers[l]);
+    const PAUSED: &str = "this leader did not run for a whole lease";
+    assert_eq!(lines_with(&c.servers[l].log(), PAUSED), 0);
+    // 5 s ahead: every renewal in the leader's table looks 5 s old at its next judgement.
+    chaos(
+        &c.servers[l].api.clone(),
+        &["skew-clock", &lid, "--skew", "5s", "--for", "2s"],
+    );
+    wait_for("the judge to see the jump", Duration::from_secs(3), || {
+        lines_with(&c.servers[l].log(), PAUSED) == 1
+    });
+    let done = c.any().wait(&id, Duration::from_secs(120));
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let h = troupe_chaos_tests::history(&done);
+    assert!(
+        !h.iter().any(|l| l.contains(" lost (no lease renewal")),
+        "a leader's clock jump declared nodes lost: {h:?}"
+    );
+    verify(&c.any().api.clone());
+    eprintln!("skew +5s on the leader {lid}: read as a pause, no node declared lost");
 }
