@@ -28,6 +28,11 @@ const RECENT_MAX: usize = 4096;
 /// next renewal. Well under the cluster payload limit, so a renewal always decodes.
 pub const RENEW_REPORT_BYTES: usize = 1 << 20;
 
+/// Whether a report remembered `at` is too old to send again at `now`.
+fn aged_out(at: std::time::Instant, now: std::time::Instant) -> bool {
+    now.saturating_duration_since(at) > RECENT_FOR
+}
+
 /// The size a report adds to a renewal (its output or error, plus a fixed part).
 fn report_bytes(r: &Report) -> usize {
     64 + match &r.outcome {
@@ -85,12 +90,15 @@ pub struct DispatchStats {
 pub struct DispatchArgs {
     pub upstream: Arc<dyn Upstream>,
     pub node: NodeInfo,
+    /// The node's clock: how old a finished report is (`RECENT_FOR`).
+    pub clock: troupe_clock::SharedClock,
 }
 
 pub struct Dispatcher;
 
 pub struct DispatchState {
     upstream: Arc<dyn Upstream>,
+    clock: troupe_clock::SharedClock,
     info: NodeInfo,
     fenced: bool,
     recent: VecDeque<(std::time::Instant, Report)>,
@@ -125,6 +133,7 @@ impl Actor for Dispatcher {
         tracing::info!(%node, epoch, "node registered");
         Ok(DispatchState {
             upstream: args.upstream,
+            clock: args.clock,
             info: args.node,
             fenced: false,
             recent: VecDeque::new(),
@@ -252,8 +261,8 @@ impl Actor for Dispatcher {
             }
             DispatchMsg::InjectPanic => panic!("injected panic in the dispatcher"),
             DispatchMsg::Held(reply) => {
-                let horizon = std::time::Instant::now() - RECENT_FOR;
-                while st.recent.front().is_some_and(|(t, _)| *t < horizon) {
+                let now = st.clock.now();
+                while st.recent.front().is_some_and(|(t, _)| aged_out(*t, now)) {
                     if let Some((_, r)) = st.recent.pop_front() {
                         st.recent_keys.remove(&r.at);
                     }
@@ -393,8 +402,7 @@ impl DispatchState {
 
     /// Keeps a finished report for re-sending with renewals (bounded by count and age).
     fn remember(&mut self, report: &Report) {
-        self.recent
-            .push_back((std::time::Instant::now(), report.clone()));
+        self.recent.push_back((self.clock.now(), report.clone()));
         self.recent_keys.insert(report.at);
         if self.recent.len() > RECENT_MAX
             && let Some((_, old)) = self.recent.pop_front()

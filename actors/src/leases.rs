@@ -1,20 +1,38 @@
 //! The leader's lease table: the last renewal per node, kept in memory (renewals never go
 //! through the log), and the [`LeaseJudge`] the engine hook runs to declare nodes lost.
+//!
+//! Time is the node's clock ([`LeaseTable::clock`]): renewals are stamped with it and the judge
+//! is given its reading, so every decision here is a function of the `now` it is handed
+//! (tested with a `ManualClock`, and skewed by `troupe chaos skew-clock`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use troupe_clock::SharedClock;
 use troupe_scheduler::Command;
 
-#[derive(Default)]
 pub struct LeaseTable {
+    clock: SharedClock,
     seen: Mutex<BTreeMap<String, Instant>>,
 }
 
 impl LeaseTable {
+    /// A table whose renewals are stamped with `clock` (the node's).
+    pub fn new(clock: SharedClock) -> Self {
+        LeaseTable {
+            clock,
+            seen: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The clock renewals are stamped with; the judge reads it too.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
     pub fn renew(&self, node: &str) {
         crate::metrics::bump(&crate::metrics::LEASES.renewed);
-        self.renew_at(node, Instant::now());
+        self.renew_at(node, self.clock.now());
     }
 
     fn renew_at(&self, node: &str, at: Instant) {
@@ -25,7 +43,7 @@ impl LeaseTable {
 
     /// A new leader grants everyone a full lease before judging anyone.
     pub fn grant_all(&self, nodes: impl Iterator<Item = String>) {
-        let now = Instant::now();
+        let now = self.clock.now();
         for n in nodes {
             self.renew_at(&n, now);
         }
@@ -43,10 +61,11 @@ impl LeaseTable {
 
     /// No renewal for longer than `lease` (a node never seen counts from its grant).
     pub fn expired(&self, node: &str, lease: Duration) -> bool {
-        self.expired_at(node, lease, Instant::now())
+        self.expired_at(node, lease, self.clock.now())
     }
 
-    fn expired_at(&self, node: &str, lease: Duration, now: Instant) -> bool {
+    /// Whether `node`'s last renewal is more than `lease` before `now`.
+    pub fn expired_at(&self, node: &str, lease: Duration, now: Instant) -> bool {
         self.seen
             .lock()
             .map(|s| {
@@ -95,12 +114,18 @@ impl LeaseJudge {
         }
     }
 
+    /// The node's clock, as the table reads it (what the hook passes to [`LeaseJudge::judge`]).
+    pub fn now(&self) -> Instant {
+        self.table.clock().now()
+    }
+
     /// A follower judges nothing; when it leads again it starts from fresh leases.
     pub fn follow(&mut self) {
         self.leading = false;
     }
 
-    /// The leader's call: `NodeLost` for every node up whose lease expired.
+    /// The leader's call at `now` (its clock's reading): `NodeLost` for every node up whose
+    /// lease expired.
     pub fn judge(&mut self, nodes: &[NodeView], now: Instant) -> Vec<Command> {
         let gap = self.last_call.map(|t| now.saturating_duration_since(t));
         self.last_call = Some(now);
@@ -176,6 +201,7 @@ impl LeaseJudge {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use troupe_clock::ManualClock;
 
     const LEASE: Duration = Duration::from_secs(2);
     const TICK: Duration = Duration::from_millis(50);
@@ -208,12 +234,53 @@ mod tests {
     const NODES: [NodeView; 2] = [("a", 1, false), ("b", 1, false)];
 
     fn judge() -> LeaseJudge {
-        LeaseJudge::new(Arc::new(LeaseTable::default()), LEASE)
+        LeaseJudge::new(Arc::new(LeaseTable::new(ManualClock::new(0))), LEASE)
+    }
+
+    fn start() -> (LeaseJudge, Instant) {
+        let j = judge();
+        let t0 = j.table.clock().now();
+        (j, t0)
+    }
+
+    #[test]
+    fn a_lease_renewed_at_t_expires_exactly_at_t_plus_lease() {
+        let clock = ManualClock::new(0);
+        let table = LeaseTable::new(clock.clone());
+        clock.advance(Duration::from_secs(7));
+        table.renew("a");
+        clock.advance(LEASE);
+        assert!(!table.expired("a", LEASE), "still held at t + lease");
+        clock.advance(Duration::from_millis(1));
+        assert!(table.expired("a", LEASE), "expired just after t + lease");
+        table.renew("a");
+        assert!(!table.expired("a", LEASE), "a renewal restarts it");
+        assert!(
+            !table.expired("never-seen", LEASE),
+            "no renewal, no verdict"
+        );
+    }
+
+    #[test]
+    fn the_judge_reads_time_from_the_tables_clock() {
+        let clock = ManualClock::new(0);
+        let table = Arc::new(LeaseTable::new(clock.clone()));
+        let mut j = LeaseJudge::new(table.clone(), LEASE);
+        assert!(j.judge(&NODES, table.clock().now()).is_empty());
+        // Renewals stamped by the table (as the renewal handler does), judged every tick.
+        let mut lost = Vec::new();
+        for _ in 0..60 {
+            clock.advance(TICK);
+            table.renew("a");
+            lost.extend(j.judge(&NODES, table.clock().now()));
+        }
+        assert_eq!(lost.len(), 1, "b, 2 s after its grant: {lost:?}");
+        assert!(matches!(&lost[0], Command::NodeLost { node, .. } if node == "b"));
     }
 
     #[test]
     fn a_node_that_stops_renewing_is_declared_lost_once() {
-        let (mut j, t0) = (judge(), Instant::now());
+        let (mut j, t0) = start();
         assert!(j.judge(&NODES, t0).is_empty());
         let ms = |n| t0 + Duration::from_millis(n);
         assert!(run(&mut j, &NODES, &["a"], t0, ms(2_000)).is_empty());
@@ -223,7 +290,7 @@ mod tests {
 
     #[test]
     fn a_pause_just_short_of_a_lease_does_not_count_against_the_nodes() {
-        let (mut j, t0) = (judge(), Instant::now());
+        let (mut j, t0) = start();
         assert!(j.judge(&NODES, t0).is_empty());
         let ms = |n| t0 + Duration::from_millis(n);
         // Everyone renews for 400 ms; then the leader freezes for 1.9 s.
@@ -239,7 +306,7 @@ mod tests {
 
     #[test]
     fn a_long_pause_does_not_count_either() {
-        let (mut j, t0) = (judge(), Instant::now());
+        let (mut j, t0) = start();
         assert!(j.judge(&NODES, t0).is_empty());
         let ms = |n| t0 + Duration::from_millis(n);
         assert!(run(&mut j, &NODES, &["a", "b"], t0, ms(400)).is_empty());
@@ -249,7 +316,7 @@ mod tests {
 
     #[test]
     fn a_new_leader_grants_everyone_a_lease_and_logs_only_new_losses() {
-        let (mut j, t0) = (judge(), Instant::now());
+        let (mut j, t0) = start();
         // A node that never renewed to this leader, and one already down.
         let nodes = [("a", 1, false), ("c", 3, true)];
         assert!(j.judge(&nodes, t0).is_empty());

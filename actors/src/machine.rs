@@ -231,7 +231,8 @@ pub fn hook(mut args: HookArgs, mut sink: Box<dyn EffectSink>) -> troupe_raft_lo
                 .values()
                 .map(|n| (n.id.as_str(), n.epoch, n.status == NodeStatus::Down))
                 .collect();
-            cmds.extend(j.judge(&nodes, std::time::Instant::now()));
+            let now = j.now();
+            cmds.extend(j.judge(&nodes, now));
         }
         cmds
     })

@@ -48,6 +48,10 @@
 //! by [`SupervisorMsg::Children`] with `id: None`. Siblings restarted along with a
 //! failed child are not charged.
 //!
+//! The period is measured on [`SupervisorConfig::clock`] (the node's clock); the
+//! budget and the backoff are pure functions of the time read from it
+//! (`supervisor/budget.rs`, unit-tested with a `ManualClock`).
+//!
 //! # Nesting
 //!
 //! A supervisor is a normal actor, so [`ChildSpec::supervisor`] builds a spec
@@ -68,6 +72,7 @@
 //!   (then the error comes from `handle` instead of `handle_supervisor_evt`;
 //!   the parent sees the same `ActorFailed`).
 
+mod budget;
 mod runtime;
 
 use std::fmt;
@@ -175,7 +180,7 @@ impl fmt::Debug for ChildSpec {
 }
 
 /// Supervisor settings. See the module docs for the exact semantics.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SupervisorConfig {
     /// Which siblings are restarted with a child.
     pub strategy: Strategy,
@@ -187,6 +192,9 @@ pub struct SupervisorConfig {
     pub backoff_initial: Duration,
     /// Upper bound of the doubling delay.
     pub backoff_max: Duration,
+    /// What the restart budget's period is measured with: the node's clock (the system clock
+    /// by default; a `ManualClock` in tests).
+    pub clock: troupe_clock::SharedClock,
 }
 
 impl Default for SupervisorConfig {
@@ -198,6 +206,7 @@ impl Default for SupervisorConfig {
             period: Duration::from_secs(10),
             backoff_initial: Duration::from_millis(10),
             backoff_max: Duration::from_secs(1),
+            clock: troupe_clock::system(),
         }
     }
 }

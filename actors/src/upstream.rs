@@ -6,7 +6,8 @@
 use crate::machine::Machine;
 use std::future::Future;
 use std::pin::Pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use troupe_clock::SharedClock;
 use troupe_raft_log::EngineHandle;
 use troupe_scheduler::{Command, NodeInfo};
 
@@ -27,9 +28,16 @@ pub fn registration_nonce() -> u64 {
 
 /// How often a registration that has not committed is sent again.
 pub const REGISTER_RESEND: Duration = Duration::from_millis(500);
+/// How long a server's registration may take to commit before the dispatcher gives up.
+pub const REGISTER_WITHIN: Duration = Duration::from_secs(30);
 
-/// The local Raft engine.
-pub struct LocalUpstream(pub EngineHandle<Machine>);
+/// Whether a registration last sent at `sent_at` (never: `None`) is due again at `now`.
+pub fn resend_due(sent_at: Option<Instant>, now: Instant) -> bool {
+    sent_at.is_none_or(|t| now.saturating_duration_since(t) >= REGISTER_RESEND)
+}
+
+/// The local Raft engine, and the node's clock (when to send again, when to give up).
+pub struct LocalUpstream(pub EngineHandle<Machine>, pub SharedClock);
 
 impl LocalUpstream {
     fn epoch_of(&self, node: &str) -> u64 {
@@ -45,17 +53,18 @@ impl Upstream for LocalUpstream {
         let engine = self.0.clone();
         let node = info.node.clone();
         let before = self.epoch_of(&node);
-        let me = LocalUpstream(engine.clone());
+        let clock = self.1.clone();
+        let me = LocalUpstream(engine.clone(), clock.clone());
         Box::pin(async move {
             // Works on a follower too: the proposal is forwarded to the leader, and we watch our
             // own applied state until the registration shows up.
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let deadline = clock.now() + REGISTER_WITHIN;
             let mut sent_at = None;
             loop {
-                let now = tokio::time::Instant::now();
+                let now = clock.now();
                 // Sent again until it commits (a proposal forwarded as a leader changes can be
                 // lost); apply takes the same registration once.
-                if sent_at.is_none_or(|t: tokio::time::Instant| now - t >= REGISTER_RESEND) {
+                if resend_due(sent_at, now) {
                     match engine.propose_nowait(vec![Command::RegisterNode(info.clone())]) {
                         Ok(()) => sent_at = Some(now),
                         Err(e) => tracing::debug!(%e, "registration not proposed yet"),
@@ -66,9 +75,10 @@ impl Upstream for LocalUpstream {
                     return Ok(epoch);
                 }
                 if now > deadline {
-                    return Err(
-                        "registering the node did not commit within 30s (no raft leader?)".into(),
-                    );
+                    return Err(format!(
+                        "registering the node did not commit within {}s (no raft leader?)",
+                        REGISTER_WITHIN.as_secs()
+                    ));
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -77,5 +87,24 @@ impl Upstream for LocalUpstream {
 
     fn report(&self, cmds: Vec<Command>) -> Result<(), String> {
         self.0.propose_nowait(cmds).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use troupe_clock::{Clock, ManualClock};
+
+    #[test]
+    fn a_registration_is_sent_again_every_half_second_of_the_clock() {
+        let clock = ManualClock::new(0);
+        let t0 = clock.now();
+        assert!(resend_due(None, t0), "the first send is due at once");
+        clock.advance(REGISTER_RESEND - Duration::from_millis(1));
+        assert!(!resend_due(Some(t0), clock.now()));
+        clock.advance(Duration::from_millis(1));
+        assert!(resend_due(Some(t0), clock.now()));
+        // A clock that went back (a skew removed) never makes it due early.
+        assert!(!resend_due(Some(clock.now()), t0));
     }
 }

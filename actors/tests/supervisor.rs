@@ -107,6 +107,7 @@ fn config(strategy: Strategy) -> SupervisorConfig {
         period: Duration::from_secs(10),
         backoff_initial: Duration::from_millis(1),
         backoff_max: Duration::from_millis(5),
+        ..SupervisorConfig::default()
     }
 }
 
@@ -306,6 +307,43 @@ async fn exceeding_the_budget_fails_the_supervisor_and_its_parent_hears_it() {
     assert!(ractor::registry::where_is("budget-a").is_none());
     assert!(ractor::registry::where_is("budget-b").is_none());
     observer.stop(None);
+}
+
+#[tokio::test]
+async fn the_budget_window_is_measured_on_the_injected_clock() {
+    // Budget 2 in 10 s on a manual clock: three panics within a few real milliseconds are
+    // spread over 30 s of the supervisor's clock, so none of them spends the budget.
+    let clock = troupe_clock::ManualClock::new(0);
+    let cfg = SupervisorConfig {
+        max_restarts: 2,
+        clock: clock.clone(),
+        ..config(Strategy::OneForOne)
+    };
+    let sup = start(
+        "clock-sup",
+        cfg,
+        vec![worker("clock-a", Restart::Permanent)],
+    )
+    .await;
+    for _ in 0..3 {
+        let before = children(&sup).await;
+        send("clock-a", WorkerMsg::Panic);
+        wait_all_replaced(&sup, &before, &[0]).await;
+        clock.advance(Duration::from_secs(10));
+    }
+    assert_eq!(children(&sup).await[0].restarts, 3, "restarted every time");
+    // Without moving the clock, the next three exits fall in one window: the third escalates.
+    for _ in 0..2 {
+        let before = children(&sup).await;
+        send("clock-a", WorkerMsg::Panic);
+        wait_all_replaced(&sup, &before, &[0]).await;
+    }
+    send("clock-a", WorkerMsg::Panic);
+    let deadline = Instant::now() + WAIT;
+    while ractor::registry::where_is("clock-sup").is_some() {
+        assert!(Instant::now() < deadline, "the supervisor did not give up");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[tokio::test]

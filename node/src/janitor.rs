@@ -21,6 +21,7 @@ pub async fn run(logs: PathBuf, retain: Duration) {
 
 /// Deletes the log folders of workflows idle for longer than `retain`; returns how many.
 pub fn sweep(logs: &Path, retain: Duration) -> usize {
+    // The OS clock, not the node's: it is compared with file modification times.
     let Some(cutoff) = SystemTime::now().checked_sub(retain) else {
         return 0;
     };

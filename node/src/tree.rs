@@ -25,7 +25,7 @@ use crate::cluster::peer::{PeerActor, PeerArgs};
 use crate::cluster::transport::PgTransport;
 use crate::cluster::upstream::RemoteUpstream;
 use crate::cluster::{ClusterConfig, Role};
-use crate::config::{NodeConfig, node_id};
+use crate::config::{NodeConfig, incarnation, node_id};
 use crate::exec::LocalExecutor;
 use crate::exec::worker::{HostArgs, WORKERS_NAME, WorkerHost};
 use crate::monitor::{MonitorArgs, ResourceMonitor};
@@ -86,6 +86,8 @@ struct Ctx {
     node: String,
     /// Random per process start (see `NodeInfo::incarnation`).
     incarnation: u64,
+    /// The node's clock (`NodeConfig::clock`): every actor that judges time gets it.
+    clock: troupe_clock::SharedClock,
     bound: Arc<Mutex<Option<SocketAddr>>>,
     /// The engine handle and state, published by the instance supervisor's start so the engine
     /// hook can build instance arguments without calling an actor from the engine thread.
@@ -124,7 +126,16 @@ pub async fn start(mut cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             anyhow::bail!("--listen {} is not among the servers", c.listen);
         }
     }
-    let node = node_id(&cfg).context("cannot read or write the node id")?;
+    // The node's randomness: one seeded stream (`--seed`) or the OS; a fork per use, so a
+    // node id drawn on a first start does not shift the draws after it.
+    let mut rng = cfg.rng();
+    let node = node_id(&cfg, &mut rng.fork()).context("cannot read or write the node id")?;
+    let incarnation = incarnation(&cfg, &mut rng.fork()).with_context(|| {
+        format!(
+            "cannot count this start in {}/starts",
+            cfg.data_dir.display()
+        )
+    })?;
     if cfg.fault_injection {
         crate::chaos::process::write_pid_file(&cfg.data_dir)
             .with_context(|| format!("cannot write {}/node.pid", cfg.data_dir.display()))?;
@@ -142,21 +153,16 @@ pub async fn start(mut cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         tokio::spawn(crate::janitor::run(cfg.data_dir.join("logs"), retain));
     }
     let ctx = Ctx {
-        cfg: Arc::new(cfg),
         node: node.clone(),
-        incarnation: troupe_scheduler::json::mix(&[
-            std::process::id() as u64,
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0),
-        ]),
+        incarnation,
+        clock: cfg.shared_clock(),
         bound: Arc::new(Mutex::new(None)),
         slot: Arc::new(Mutex::new(None)),
-        leases: Arc::new(LeaseTable::default()),
+        leases: Arc::new(LeaseTable::new(cfg.shared_clock())),
         leader_api: Arc::new(Mutex::new(String::new())),
         notifier: None,
         tracer: None,
+        cfg: Arc::new(cfg),
     };
     let mut ctx = ctx;
     if let Some(n) = &ctx.cfg.notify {
@@ -208,6 +214,7 @@ pub async fn start(mut cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         strategy: Strategy::RestForOne,
         max_restarts: 5,
         period: Duration::from_secs(30),
+        clock: ctx.clock.clone(),
         ..Default::default()
     };
     let (root, join) = Supervisor::spawn(Some(ROOT_NAME.into()), Supervisor, (root_cfg, children))
@@ -232,10 +239,16 @@ fn raft_spec(ctx: &Ctx) -> ChildSpec {
     let mut engine_cfg = EngineConfig::new(&cfg.data_dir);
     engine_cfg.fsync = cfg.fsync;
     engine_cfg.snapshot_every_entries = cfg.snapshot_every_entries;
+    // Entries are stamped with the node's clock (skewed by `skew-clock` in chaos mode). Ticks
+    // and election timeouts keep the unskewed monotonic clock (`EngineConfig::time`, the
+    // default): a real skew moves the wall clock, not CLOCK_MONOTONIC, and a node skewed back
+    // would otherwise stop ticking for the skew's length. The simulator hands both in
+    // (`EngineConfig::with_clock`). With `--seed`, raft-log's draws are seeded too.
+    engine_cfg.clock = entry_clock(&ctx.clock);
+    engine_cfg.seed = cfg.seed.map(|s| s ^ 0x7261_6674); // its own stream: "raft"
     if cfg.fault_injection {
-        // Chaos mode: a skewable clock, injectable disk faults, and the whole history kept
-        // for `troupe chaos verify` (docs/chaos.md).
-        engine_cfg.clock = cfg.chaos.clock();
+        // Chaos mode: injectable disk faults, and the whole history kept for `troupe chaos
+        // verify` (docs/chaos.md).
         engine_cfg.disk_faults = Some(cfg.chaos.disk.clone());
         engine_cfg.keep_compacted = true;
     }
@@ -273,6 +286,12 @@ fn raft_spec(ctx: &Ctx) -> ChildSpec {
                 .map(|(a, _)| a.get_cell())
         }
     })
+}
+
+/// The Raft log's entry clock (wall ms) read from the node's clock.
+fn entry_clock(clock: &troupe_clock::SharedClock) -> troupe_raft_log::Clock {
+    let clock = clock.clone();
+    Arc::new(move || clock.wall_ms())
 }
 
 /// The engine hook's observers: alerts (`--notify`) and traces (`--otlp-endpoint`).
@@ -329,6 +348,7 @@ fn membership_spec(ctx: &Ctx) -> ChildSpec {
         ctx.cfg.fatal.clone(),
     );
     let chaos = ctx.cfg.fault_injection.then(|| ctx.cfg.chaos.clone());
+    let clock = ctx.clock.clone();
     ChildSpec::new(
         MEMBERSHIP_NAME,
         Restart::Permanent,
@@ -338,6 +358,7 @@ fn membership_spec(ctx: &Ctx) -> ChildSpec {
                 cluster: cluster.clone(),
                 node: node.clone(),
                 fatal: fatal.clone(),
+                clock: clock.clone(),
             };
             async move {
                 Membership::spawn_linked(Some(MEMBERSHIP_NAME.into()), Membership, args, sup)
@@ -355,8 +376,9 @@ fn peer_spec(ctx: &Ctx) -> ChildSpec {
         ctx.cfg.raft_id,
         ctx.role() == Some(Role::Server),
     );
+    let clock = ctx.clock.clone();
     ChildSpec::new(PEER_NAME, Restart::Permanent, move |sup: ActorCell| {
-        let (node, leases) = (node.clone(), leases.clone());
+        let (node, leases, clock) = (node.clone(), leases.clone(), clock.clone());
         async move {
             let engine = if server { Some(raft().await?.0) } else { None };
             let args = PeerArgs {
@@ -366,6 +388,7 @@ fn peer_spec(ctx: &Ctx) -> ChildSpec {
                 raft_id,
                 engine,
                 leases,
+                clock,
             };
             PeerActor::spawn_linked(Some(PEER_NAME.into()), PeerActor, args, sup)
                 .await
@@ -376,12 +399,13 @@ fn peer_spec(ctx: &Ctx) -> ChildSpec {
 
 fn lease_spec(ctx: &Ctx) -> ChildSpec {
     let c: ClusterConfig = ctx.cfg.cluster.clone().expect("cluster mode");
-    let leader_api = ctx.leader_api.clone();
+    let (leader_api, clock) = (ctx.leader_api.clone(), ctx.clock.clone());
     ChildSpec::new(LEASE_NAME, Restart::Permanent, move |sup: ActorCell| {
         let args = LeaseArgs {
             renew: c.renew,
             lease: c.lease,
             leader_api: leader_api.clone(),
+            clock: clock.clone(),
         };
         async move {
             LeaseKeeper::spawn_linked(Some(LEASE_NAME.into()), LeaseKeeper, args, sup)
@@ -392,9 +416,9 @@ fn lease_spec(ctx: &Ctx) -> ChildSpec {
 }
 
 fn instances_spec(ctx: &Ctx) -> ChildSpec {
-    let (node, slot) = (ctx.node.clone(), ctx.slot.clone());
+    let (node, slot, clock) = (ctx.node.clone(), ctx.slot.clone(), ctx.clock.clone());
     ChildSpec::new(INSTANCES_NAME, Restart::Permanent, move |sup: ActorCell| {
-        let (node, slot) = (node.clone(), slot.clone());
+        let (node, slot, clock) = (node.clone(), slot.clone(), clock.clone());
         async move {
             let (engine, state) = raft().await?;
             if let Ok(mut s) = slot.lock() {
@@ -427,6 +451,7 @@ fn instances_spec(ctx: &Ctx) -> ChildSpec {
                 strategy: Strategy::OneForOne,
                 max_restarts: 5,
                 period: Duration::from_secs(10),
+                clock,
                 ..Default::default()
             };
             Supervisor::spawn_linked(
@@ -562,11 +587,13 @@ fn workers_spec(ctx: &Ctx) -> ChildSpec {
         ctx.cfg.data_dir.clone(),
         ctx.cfg.slots as usize,
     );
+    let clock = ctx.clock.clone();
     ChildSpec::new(WORKERS_NAME, Restart::Permanent, move |sup: ActorCell| {
         let args = HostArgs {
             node: node.clone(),
             data_dir: data_dir.clone(),
             slots,
+            clock: clock.clone(),
         };
         async move {
             WorkerHost::spawn_linked(Some(WORKERS_NAME.into()), WorkerHost, args, sup)
@@ -594,6 +621,7 @@ fn runners_spec(ctx: &Ctx) -> ChildSpec {
         data_dir: cfg.data_dir.clone(),
         kill_grace: cfg.kill_grace,
         max_log_bytes: cfg.max_log_bytes,
+        clock: ctx.clock.clone(),
     });
     let ctx = ctx.clone();
     ChildSpec::new(RUNNERS_NAME, Restart::Permanent, move |sup: ActorCell| {
@@ -613,9 +641,10 @@ fn runners_spec(ctx: &Ctx) -> ChildSpec {
                 .map(|a| a.to_string())
                 .unwrap_or_default();
             let upstream: Arc<dyn Upstream> = match ctx.role() {
-                Some(Role::Worker) => Arc::new(RemoteUpstream),
-                _ => Arc::new(LocalUpstream(raft().await?.0)),
+                Some(Role::Worker) => Arc::new(RemoteUpstream(ctx.clock.clone())),
+                _ => Arc::new(LocalUpstream(raft().await?.0, ctx.clock.clone())),
             };
+            let clock = ctx.clock.clone();
             let dispatch = ChildSpec::new(
                 DISPATCHER_NAME,
                 Restart::Permanent,
@@ -623,6 +652,7 @@ fn runners_spec(ctx: &Ctx) -> ChildSpec {
                     let args = DispatchArgs {
                         upstream: upstream.clone(),
                         node: info.clone(),
+                        clock: clock.clone(),
                     };
                     async move {
                         Dispatcher::spawn_linked(
@@ -672,6 +702,7 @@ fn runners_spec(ctx: &Ctx) -> ChildSpec {
                 strategy: Strategy::OneForOne,
                 max_restarts: 10,
                 period: Duration::from_secs(10),
+                clock: ctx.clock.clone(),
                 ..Default::default()
             };
             // The worker host first: if it restarts, the dispatcher after it restarts and
@@ -685,6 +716,7 @@ fn runners_spec(ctx: &Ctx) -> ChildSpec {
                 strategy: Strategy::RestForOne,
                 max_restarts: 10,
                 period: Duration::from_secs(10),
+                clock: ctx.clock.clone(),
                 ..Default::default()
             };
             Supervisor::spawn_linked(Some(RUNNERS_NAME.into()), Supervisor, (cfg, children), sup)

@@ -42,6 +42,7 @@ fn config(opts: &NodeOpts) -> anyhow::Result<NodeConfig> {
         )),
     };
     cfg.fault_injection = opts.fault_injection;
+    cfg.seed = opts.seed;
     if let Some(file) = &opts.tokens {
         cfg.api_auth = troupe_node::api::Auth::from_file(file)
             .map_err(|e| anyhow::anyhow!("--tokens: {e}"))?;

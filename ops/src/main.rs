@@ -307,6 +307,10 @@ pub struct NodeOpts {
     /// Seconds between replica audits (the servers compare a hash of their applied state).
     #[arg(long, default_value_t = 60, hide = true)]
     audit_every_s: u64,
+    /// Seed of the node's randomness (incarnation, a new node id), for tests that replay a
+    /// run; without it the OS seeds it. Never a security secret (cookies are not drawn from it).
+    #[arg(long, hide = true)]
+    seed: Option<u64>,
     /// Most bytes kept of each attempt's stdout and stderr log (e.g. 64MiB): past it the
     /// oldest part is dropped, the tail kept, and the cut marked in the log.
     #[arg(long, default_value = "64MiB")]

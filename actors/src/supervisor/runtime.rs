@@ -2,11 +2,9 @@
 //! strategies, restart budget and backoff. See the parent module for the
 //! semantics.
 
-use std::collections::VecDeque;
-use std::time::{Duration, Instant};
-
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+use super::budget::{Exits, Verdict};
 use super::{
     ChildInfo, ChildSpec, Restart, RestartToken, SHUTDOWN_TIMEOUT, Strategy, Supervisor,
     SupervisorConfig, SupervisorMsg,
@@ -30,7 +28,7 @@ struct Child {
     pending: Option<u64>,
     restarts: u32,
     /// Restart-triggering exits within the current period.
-    exits: VecDeque<Instant>,
+    exits: Exits,
 }
 
 impl Child {
@@ -40,7 +38,7 @@ impl Child {
             cell: Some(cell),
             pending: None,
             restarts: 0,
-            exits: VecDeque::new(),
+            exits: Exits::default(),
         }
     }
 }
@@ -48,15 +46,6 @@ impl Child {
 /// Exit reasons of `ActorTerminated` that are not a normal stop.
 fn is_abnormal_reason(reason: Option<&str>) -> bool {
     matches!(reason, Some("killed") | Some("actor_task_cancelled"))
-}
-
-/// `initial * 2^(n-1)`, capped at `max` (n >= 1).
-fn backoff(config: &SupervisorConfig, n: u32) -> Duration {
-    let factor = 1u32 << n.saturating_sub(1).min(31);
-    config
-        .backoff_initial
-        .saturating_mul(factor)
-        .min(config.backoff_max)
 }
 
 /// Spawns a child via its spec and makes sure it is linked to `sup`.
@@ -124,22 +113,21 @@ impl SupervisorState {
         myself: &ActorRef<SupervisorMsg>,
         idx: usize,
     ) -> Result<(), ActorProcessingErr> {
-        let now = Instant::now();
-        let period = self.config.period;
+        let now = self.config.clock.now();
         let child = &mut self.children[idx];
         child.cell = None;
-        child.exits.retain(|t| now.duration_since(*t) < period);
-        child.exits.push_back(now);
-        let n = u32::try_from(child.exits.len()).unwrap_or(u32::MAX);
-        if n > self.config.max_restarts {
-            let msg = format!(
-                "child `{}` failed {n} times in {period:?} (budget {}): giving up",
-                child.spec.name, self.config.max_restarts
-            );
-            tracing::error!(supervisor = %self.label, "{msg}");
-            self.stop_all().await;
-            return Err(msg.into());
-        }
+        let (n, delay) = match child.exits.charge(now, &self.config) {
+            Verdict::Restart { n, delay } => (n, delay),
+            Verdict::Spent { n } => {
+                let msg = format!(
+                    "child `{}` failed {n} times in {:?} (budget {}): giving up",
+                    child.spec.name, self.config.period, self.config.max_restarts
+                );
+                tracing::error!(supervisor = %self.label, "{msg}");
+                self.stop_all().await;
+                return Err(msg.into());
+            }
+        };
 
         let affected = match self.config.strategy {
             Strategy::OneForOne => idx..idx + 1,
@@ -173,7 +161,6 @@ impl SupervisorState {
                 && c.spec.name != failed_name)
         });
 
-        let delay = backoff(&self.config, n);
         tracing::info!(
             supervisor = %self.label,
             child = %failed_name,
@@ -388,18 +375,6 @@ impl Actor for Supervisor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let config = SupervisorConfig {
-            backoff_initial: Duration::from_millis(10),
-            backoff_max: Duration::from_millis(50),
-            ..SupervisorConfig::default()
-        };
-        let delays: Vec<_> = (1..=5).map(|n| backoff(&config, n).as_millis()).collect();
-        assert_eq!(delays, [10, 20, 40, 50, 50]);
-        assert_eq!(backoff(&config, 100), Duration::from_millis(50));
-    }
 
     #[test]
     fn kill_is_abnormal_stop_is_not() {

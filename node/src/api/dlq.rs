@@ -82,13 +82,6 @@ impl FilterBody {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// `GET /v1/dlq?workflow=&step=&grep=&since=&limit=&offset=`: matching entries by id, paged.
 #[utoipa::path(get, path = "/v1/dlq", tag = "dlq", params(FilterBody),
     responses((status = 200, description = "Matching dead letters, paged", body = super::openapi::DeadLetterPage), (status = 400, description = "Bad request (the message says which field)", body = ErrorBody), (status = 503, description = "No leader, or no quorum confirmed the read; retry", body = ErrorBody)))]
@@ -97,7 +90,8 @@ pub(super) async fn list(State(app): State<AppState>, Query(q): Query<FilterBody
     let filter = q.filter()?;
     let (limit, offset) = (q.limit.unwrap_or(1000).min(PAGE_MAX), q.offset.unwrap_or(0));
     let m = read(&app)?;
-    let now = now_ms();
+    // The node's clock (the one its entries are stamped with; skewed under skew-clock).
+    let now = app.chaos.chaos.now_ms();
     let mut total = 0usize;
     let mut page = Vec::new();
     for d in m

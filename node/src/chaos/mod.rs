@@ -1,10 +1,11 @@
 //! Fault injection for chaos engineering (`--fault-injection` only; `troupe chaos`, docs/chaos.md).
 //!
-//! [`Chaos`] is this node's fault state, shared by the parts a fault acts on: the Raft log's
-//! clock (skew) and disk ([`troupe_raft_log::DiskFaults`]: slow or failing fsyncs), the cluster
-//! layer (a partition is a silent [`blackhole`]: every cluster frame to and from the nodes it
-//! names is dropped; in `reset` mode `cluster::membership` drops the sessions instead), the
-//! HTTP API (a partition with `api` leaves it unanswered, `api::chaos::cut_api`), and the
+//! [`Chaos`] is this node's fault state, shared by the parts a fault acts on: the node's clock
+//! (skew: `NodeConfig::clock`, which the leases, the timers and the Raft log's entry stamps
+//! read) and the Raft log's disk ([`troupe_raft_log::DiskFaults`]: slow or failing fsyncs), the
+//! cluster layer (a partition is a silent [`blackhole`]: every cluster frame to and from the
+//! nodes it names is dropped; in `reset` mode `cluster::membership` drops the sessions instead),
+//! the HTTP API (a partition with `api` leaves it unanswered, `api::chaos::cut_api`), and the
 //! process itself ([`process`]: kill and pause). Every fault is timed and heals by itself; the
 //! API is `node/src/api/chaos.rs`.
 
@@ -15,18 +16,19 @@ pub mod process;
 use fault::{ActiveFault, FaultRequest, Kind, PartitionMode};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use troupe_clock::{Clock, SkewedClock};
 use troupe_raft_log::DiskFaults;
 
 /// A process fault is carried out this long after it is accepted, so the answer gets out.
 const ACT_AFTER: Duration = Duration::from_millis(200);
 
-#[derive(Default)]
 pub struct Chaos {
-    /// Milliseconds added to this node's wall clock.
-    skew_ms: AtomicI64,
+    /// The node's clock, whose offset `skew-clock` sets (the same `Arc` as
+    /// `NodeConfig::clock`).
+    clock: Arc<SkewedClock>,
     /// The Raft log's disk faults.
     pub disk: Arc<DiskFaults>,
     /// The partition in force, if any.
@@ -54,6 +56,13 @@ impl Partition {
     }
 }
 
+impl Default for Chaos {
+    /// Over a clock of its own (tests); a node's is made with [`Chaos::new`].
+    fn default() -> Self {
+        Chaos::new(SkewedClock::new(troupe_clock::system()))
+    }
+}
+
 impl std::fmt::Debug for Chaos {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Chaos")
@@ -62,7 +71,8 @@ impl std::fmt::Debug for Chaos {
     }
 }
 
-/// Wall clock in ms since the epoch, not skewed.
+/// Wall clock in ms since the epoch, not skewed: when faults start and heal (what an operator
+/// reads in `troupe chaos list`), never a decision of the node.
 pub fn system_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -71,16 +81,21 @@ pub fn system_ms() -> u64 {
 }
 
 impl Chaos {
-    /// This node's wall clock: the system's plus the injected skew.
-    pub fn now_ms(&self) -> u64 {
-        let skew = self.skew_ms.load(Ordering::Acquire);
-        system_ms().saturating_add_signed(skew)
+    /// The faults of a node whose clock is `clock` (skewed by `skew-clock`).
+    pub fn new(clock: Arc<SkewedClock>) -> Self {
+        Chaos {
+            clock,
+            disk: Default::default(),
+            partition: Mutex::new(None),
+            frames_dropped: AtomicU64::new(0),
+            active: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(0),
+        }
     }
 
-    /// The clock the Raft log stamps entries with (skewed by `skew-clock`).
-    pub fn clock(self: &Arc<Self>) -> troupe_raft_log::Clock {
-        let me = self.clone();
-        Arc::new(move || me.now_ms())
+    /// This node's wall clock: the system's plus the injected skew.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.wall_ms()
     }
 
     fn partition(&self) -> Option<Partition> {
@@ -230,9 +245,8 @@ impl Chaos {
                 tracing::warn!("chaos: the next fsync of the raft log fails");
             }
             Kind::SkewClock => {
-                self.skew_ms
-                    .store(req.skew_ms.unwrap_or(0), Ordering::Release);
-                tracing::warn!(skew_ms = ?req.skew_ms, for_ms = req.for_ms, "chaos: wall clock skewed");
+                self.clock.set_offset_ms(req.skew_ms.unwrap_or(0));
+                tracing::warn!(skew_ms = ?req.skew_ms, for_ms = req.for_ms, "chaos: the node's clock skewed (leases, timers, entry stamps)");
             }
         }
         active.push(fault.clone());
@@ -265,7 +279,7 @@ impl Chaos {
                 }
             }
             Kind::SlowDisk => self.disk.set_fsync_delay_ms(0),
-            Kind::SkewClock => self.skew_ms.store(0, Ordering::Release),
+            Kind::SkewClock => self.clock.set_offset_ms(0),
             Kind::FsyncError => self.disk.fail_next_fsyncs(0),
             Kind::Kill | Kind::Pause => {}
         }
@@ -302,8 +316,13 @@ mod tests {
         assert!(!c.resets_sessions() && !c.api_cut());
         let mut s = req(Kind::SkewClock, 60);
         s.skew_ms = Some(3_600_000);
+        let before = c.clock.now();
         c.inject(&s, dir.clone()).unwrap();
         assert!(c.now_ms() >= system_ms() + 3_590_000);
+        assert!(
+            c.clock.now() >= before + Duration::from_secs(3_600),
+            "the monotonic clock (leases, timers) is skewed too"
+        );
         let mut d = req(Kind::SlowDisk, 60);
         d.delay_ms = Some(7);
         c.inject(&d, dir.clone()).unwrap();
@@ -315,6 +334,7 @@ mod tests {
         assert!(c.active().is_empty());
         assert!(!c.cut_from("n2") && c.blackhole().is_none());
         assert!(c.now_ms() < system_ms() + 1_000);
+        assert!(c.clock.now() < before + Duration::from_secs(60), "healed");
         assert_eq!(c.disk.fsync_delay_ms(), 0);
     }
 

@@ -39,9 +39,12 @@ pub struct MembershipArgs {
     /// Chaos mode: a `reset` partition drops the sessions with the nodes it names (a
     /// blackhole keeps them; its frames are dropped in `wire`).
     pub chaos: Option<std::sync::Arc<crate::chaos::Chaos>>,
+    /// The node's clock: dial backoff and handshake judging.
+    pub clock: troupe_clock::SharedClock,
 }
 
 pub struct MembershipState {
+    clock: troupe_clock::SharedClock,
     server: ActorRef<NodeServerMessage>,
     tls: Option<super::tls::Tls>,
     targets: Vec<SocketAddr>,
@@ -100,6 +103,7 @@ impl Actor for Membership {
         let _ = me.cast(MembershipMsg::Tick);
         tracing::info!(listen = %c.listen, ?targets, "cluster transport up");
         Ok(MembershipState {
+            clock: args.clock,
             server,
             tls,
             targets,
@@ -129,7 +133,7 @@ impl Actor for Membership {
                 {
                     drop_cut_sessions(st).await;
                 }
-                if let Some(note) = st.handshakes.event(e, Instant::now()) {
+                if let Some(note) = st.handshakes.event(e, st.clock.now()) {
                     note.log();
                 }
             }
@@ -172,7 +176,7 @@ async fn suspect(st: &MembershipState, node_id: u64) {
 
 /// Logs what the handshakes that failed came to; gives up when every server refuses this node.
 fn judge_handshakes(st: &mut MembershipState) {
-    for note in st.handshakes.judge(Instant::now()) {
+    for note in st.handshakes.judge(st.clock.now()) {
         note.log();
     }
     if let Some(why) = st.handshakes.refused_by_all(&st.servers)
@@ -212,7 +216,7 @@ async fn dial_missing(st: &mut MembershipState) {
     }
     let sessions = call_t!(st.server, NodeServerMessage::GetSessions, 1_000).unwrap_or_default();
     let open = connected(&sessions);
-    let now = Instant::now();
+    let now = st.clock.now();
     for target in st.targets.clone() {
         if open.contains(&target.to_string()) {
             st.backoff.remove(&target);
@@ -278,4 +282,28 @@ fn dial(server: ActorRef<NodeServerMessage>, tls: Option<super::tls::Tls>, targe
             Err(_) => tracing::debug!(%target, "dial timed out"),
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use troupe_clock::{Clock, ManualClock};
+
+    #[test]
+    fn dial_backoff_doubles_from_100ms_up_to_2s_on_the_clock() {
+        let clock = ManualClock::new(0);
+        let target: SocketAddr = "127.0.0.1:7101".parse().unwrap();
+        let mut backoff = BTreeMap::new();
+        let mut dials = Vec::new();
+        let start = clock.now();
+        for _ in 0..1_000 {
+            if due(&mut backoff, target, clock.now()) {
+                dials.push((clock.now() - start).as_millis() as u64);
+            }
+            clock.advance(Duration::from_millis(10));
+        }
+        let gaps: Vec<u64> = dials.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(gaps[..6], [100, 200, 400, 800, 1_600, 2_000]);
+        assert!(gaps[6..].iter().all(|g| *g == 2_000), "{gaps:?}");
+    }
 }

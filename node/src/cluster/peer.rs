@@ -29,6 +29,14 @@ pub struct PeerArgs {
     pub leading: Option<(u64, std::time::Instant)>,
     /// Whether this process stalled lately (set by the actor at start).
     pub stalls: Option<Arc<super::stall::Stalls>>,
+    /// The node's clock: how long this server has led, and the `now` of reconciliation.
+    pub clock: troupe_clock::SharedClock,
+}
+
+/// Whether a leader that noticed its term at `since` has settled at `now` (and ran without a
+/// stall meanwhile: `quiet`), so it may kill or fail what it does not know.
+fn settled(since: std::time::Instant, now: std::time::Instant, quiet: bool) -> bool {
+    quiet && now.saturating_duration_since(since) >= std::time::Duration::from_millis(SETTLE_MS)
 }
 
 /// A new leader may not have applied what the old one committed: for this long it only sends
@@ -46,7 +54,7 @@ impl Actor for PeerActor {
         args: PeerArgs,
     ) -> Result<PeerArgs, ActorProcessingErr> {
         let mut args = args;
-        args.stalls = Some(super::stall::Stalls::start());
+        args.stalls = Some(super::stall::Stalls::start(args.clock.clone()));
         pg::join(exec_group(&args.node), vec![me.get_cell()]);
         if args.engine.is_some() {
             pg::join(raft_group(args.raft_id), vec![me.get_cell()]);
@@ -118,14 +126,11 @@ impl Actor for PeerActor {
                 let answer = match (&st.engine, held_of(&bytes)) {
                     (Some(engine), Some(held)) => {
                         let status = engine.status();
+                        let now = st.clock.now();
                         let settled = if status.is_leader {
                             let since = match st.leading {
                                 Some((term, since)) if term == status.term => since,
-                                _ => {
-                                    st.leading
-                                        .insert((status.term, std::time::Instant::now()))
-                                        .1
-                                }
+                                _ => st.leading.insert((status.term, now)).1,
                             };
                             // A leader that just resumed from a pause may not know yet that
                             // a new one took over: its state may be behind what the nodes
@@ -134,13 +139,13 @@ impl Actor for PeerActor {
                                 s.quiet_for(std::time::Duration::from_millis(SETTLE_MS))
                             });
                             if !quiet {
-                                st.leading = Some((status.term, std::time::Instant::now()));
+                                st.leading = Some((status.term, now));
                             }
-                            quiet && since.elapsed() >= std::time::Duration::from_millis(SETTLE_MS)
+                            settled(since, now, quiet)
                         } else {
                             false
                         };
-                        renew(engine, &st.leases, held, settled)
+                        renew(engine, &st.leases, held, settled, st.clock.wall_ms())
                     }
                     _ => RenewReply::default(),
                 };
@@ -156,6 +161,7 @@ fn renew(
     leases: &LeaseTable,
     held: troupe_actors::dispatcher::Held,
     settled: bool,
+    now_ms: u64,
 ) -> RenewReply {
     let status = engine.status();
     let state = engine.state();
@@ -194,10 +200,6 @@ fn renew(
         .into_iter()
         .filter(|r| m.state.would_accept(r))
         .collect();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
     let repair = troupe_scheduler::reconcile::reconcile(
         &m.state,
         &troupe_scheduler::reconcile::Held {
@@ -206,7 +208,7 @@ fn renew(
             holds: &holds,
             reported: &reported,
         },
-        now,
+        now_ms,
         settled,
     );
     // The run was lost on the way: send it again (the node ignores duplicates).
@@ -309,5 +311,27 @@ fn command_kind(c: &Command) -> &'static str {
         Command::Collect { .. } => "Collect",
         Command::Audit { .. } => "Audit",
         Command::AuditResult { .. } => "AuditResult",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use troupe_clock::{Clock, ManualClock};
+
+    #[test]
+    fn a_new_leader_settles_3s_after_it_noticed_its_term_and_only_without_a_stall() {
+        let clock = ManualClock::new(0);
+        let since = clock.now();
+        clock.advance(Duration::from_millis(SETTLE_MS - 1));
+        assert!(!settled(since, clock.now(), true));
+        clock.advance(Duration::from_millis(1));
+        assert!(settled(since, clock.now(), true));
+        assert!(!settled(since, clock.now(), false), "a stall unsettles it");
+        assert!(
+            !settled(clock.now(), since, true),
+            "a clock that went back is not later"
+        );
     }
 }

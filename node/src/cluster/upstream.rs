@@ -11,7 +11,11 @@ use troupe_actors::dispatcher::Held;
 use troupe_actors::upstream::{BoxFut, Upstream};
 use troupe_scheduler::{Command, NodeInfo};
 
-pub struct RemoteUpstream;
+/// The servers, and the node's clock (when to send again, when to give up).
+pub struct RemoteUpstream(pub troupe_clock::SharedClock);
+
+/// How long a worker's registration may take to be confirmed before the dispatcher gives up.
+const REGISTER_WITHIN: Duration = Duration::from_secs(60);
 
 fn servers() -> Vec<ActorRef<PeerMsg>> {
     pg::get_members(&SERVERS_GROUP.to_string())
@@ -49,14 +53,18 @@ async fn probe(node: &str) -> Option<(u64, bool)> {
 impl Upstream for RemoteUpstream {
     fn register(&self, mut info: NodeInfo) -> BoxFut<Result<u64, String>> {
         info.registration = troupe_actors::upstream::registration_nonce();
+        let clock = self.0.clone();
         Box::pin(async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            let deadline = clock.now() + REGISTER_WITHIN;
             // The epoch before this registration, from the first answer (a re-sent copy of a
             // registration that already committed changes nothing, so compare with this one).
             let mut before = None;
             for round in 0usize.. {
-                if tokio::time::Instant::now() > deadline {
-                    return Err("no leader confirmed this node's registration within 60s".into());
+                if clock.now() > deadline {
+                    return Err(format!(
+                        "no leader confirmed this node's registration within {}s",
+                        REGISTER_WITHIN.as_secs()
+                    ));
                 }
                 let Some((now, _)) = probe(&info.node).await else {
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -70,8 +78,8 @@ impl Upstream for RemoteUpstream {
                     let _ = all[round % all.len()].cast(PeerMsg::Propose(cmds));
                 }
                 // Sent again if it has not committed (the same registration applies once).
-                let until = tokio::time::Instant::now() + troupe_actors::upstream::REGISTER_RESEND;
-                while tokio::time::Instant::now() < until {
+                let sent = Some(clock.now());
+                while !troupe_actors::upstream::resend_due(sent, clock.now()) {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     if let Some((epoch, true)) = probe(&info.node).await
                         && epoch > before

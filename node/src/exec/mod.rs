@@ -24,6 +24,8 @@ pub struct LocalExecutor {
     pub kill_grace: Duration,
     /// Most bytes kept of each attempt log (`.out`, `.err`); the tail is kept.
     pub max_log_bytes: u64,
+    /// The node's clock (the `http` handler's rate limits read it).
+    pub clock: troupe_clock::SharedClock,
 }
 
 impl Executor for LocalExecutor {
@@ -46,12 +48,13 @@ impl Executor for LocalExecutor {
         let data_dir = self.data_dir.clone();
         let grace = self.kill_grace;
         let max_log = self.max_log_bytes;
+        let clock = self.clock.clone();
         Box::pin(async move {
             match &spec.launch {
                 Launch::Builtin {
                     handler: Builtin::Http,
                     with,
-                } => http::run(&spec, with, kill).await,
+                } => http::run(&spec, with, kill, clock.as_ref()).await,
                 Launch::Builtin { with, .. } => builtin::sleep(with, spec.timeout_ms, kill).await,
                 Launch::Process { .. } => {
                     process::run(&data_dir, &spec, kill, grace, max_log).await

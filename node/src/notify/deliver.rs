@@ -136,6 +136,7 @@ async fn deliver(url: &str, key: &[u8], e: &Event) {
     }
 }
 
+/// The OS clock, not the node's: the signed timestamp is checked against the receiver's clock.
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

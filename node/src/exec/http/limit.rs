@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use troupe_clock::Clock;
 use troupe_scheduler::spec::http::Rate;
 
 /// (workflow, step index): the attempts that share one step's limits on this node.
@@ -33,14 +34,14 @@ impl Limits {
         }
     }
 
-    /// Waits for a free place (`concurrency`), then for a token (`rate`).
-    pub async fn acquire(&self) -> Held {
+    /// Waits for a free place (`concurrency`), then for a token (`rate`, on the node's clock).
+    pub async fn acquire(&self, clock: &dyn Clock) -> Held {
         let permit = match &self.sem {
             // The semaphore is never closed.
             Some(s) => s.clone().acquire_owned().await.ok(),
             None => None,
         };
-        let now = Instant::now();
+        let now = clock.now();
         *self.used.lock().unwrap_or_else(|p| p.into_inner()) = now;
         if let Some(b) = &self.bucket {
             let wait = b.lock().unwrap_or_else(|p| p.into_inner()).take(now);
@@ -53,13 +54,18 @@ impl Limits {
 }
 
 /// The limits of a step on this node, made by its first attempt here.
-pub fn of(key: Key, concurrency: Option<u32>, rate: Option<Rate>) -> Arc<Limits> {
+pub fn of(
+    key: Key,
+    concurrency: Option<u32>,
+    rate: Option<Rate>,
+    clock: &dyn Clock,
+) -> Arc<Limits> {
     struct Registry {
         steps: HashMap<Key, Arc<Limits>>,
         swept: Instant,
     }
     static R: OnceLock<Mutex<Registry>> = OnceLock::new();
-    let now = Instant::now();
+    let now = clock.now();
     let mut r = R
         .get_or_init(|| {
             Mutex::new(Registry {
@@ -120,6 +126,7 @@ impl Bucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use troupe_clock::SystemClock;
 
     #[test]
     fn the_bucket_lets_a_burst_through_then_spaces_takers() {
@@ -164,18 +171,21 @@ mod tests {
 
     #[tokio::test]
     async fn concurrency_is_shared_by_the_attempts_of_one_step() {
-        let l = of((991, 0), Some(2), None);
-        let a = l.acquire().await;
-        let _b = of((991, 0), Some(2), None).acquire().await;
-        let waiting = tokio::time::timeout(Duration::from_millis(50), l.acquire()).await;
+        let l = of((991, 0), Some(2), None, &SystemClock);
+        let a = l.acquire(&SystemClock).await;
+        let _b = of((991, 0), Some(2), None, &SystemClock)
+            .acquire(&SystemClock)
+            .await;
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(50), l.acquire(&SystemClock)).await;
         assert!(waiting.is_err(), "a third got in");
         drop(a);
-        let got = tokio::time::timeout(Duration::from_millis(500), l.acquire()).await;
+        let got = tokio::time::timeout(Duration::from_millis(500), l.acquire(&SystemClock)).await;
         assert!(got.is_ok());
         // Another step has its own.
         let other = tokio::time::timeout(
             Duration::from_millis(50),
-            of((991, 1), Some(2), None).acquire(),
+            of((991, 1), Some(2), None, &SystemClock).acquire(&SystemClock),
         )
         .await;
         assert!(other.is_ok());

@@ -20,18 +20,32 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Uri};
 use std::time::Duration;
 use troupe_actors::executor::KillSignal;
+use troupe_clock::Clock;
 use troupe_scheduler::spec::OUTPUT_BYTES_MAX;
 use troupe_scheduler::spec::http::{EnvError, HttpArgs, RETRY_AFTER_MAX_MS, expand_env};
 use troupe_scheduler::units::format_ms;
 use troupe_scheduler::{Json, Outcome, RetryHint, RunSpec};
 
 /// Runs one `http` attempt: waits for the step's limits on this node, sends, classifies.
-pub async fn run(spec: &RunSpec, with: &Json, kill: KillSignal) -> Outcome {
-    run_with(spec, with, kill, &mut |name| std::env::var(name).ok()).await
+pub async fn run(spec: &RunSpec, with: &Json, kill: KillSignal, clock: &dyn Clock) -> Outcome {
+    run_with(
+        spec,
+        with,
+        kill,
+        &mut |name| std::env::var(name).ok(),
+        clock,
+    )
+    .await
 }
 
 /// [`run`], reading `${env:NAME}` through `lookup`.
-async fn run_with(spec: &RunSpec, with: &Json, kill: KillSignal, lookup: Lookup<'_>) -> Outcome {
+async fn run_with(
+    spec: &RunSpec,
+    with: &Json,
+    kill: KillSignal,
+    lookup: Lookup<'_>,
+    clock: &dyn Clock,
+) -> Outcome {
     let args = match HttpArgs::parse(&with.value()) {
         Ok(a) => a,
         Err((field, m)) => {
@@ -42,9 +56,10 @@ async fn run_with(spec: &RunSpec, with: &Json, kill: KillSignal, lookup: Lookup<
         Ok(r) => r,
         Err(e) => return failed(e),
     };
-    let limits = limit::of((spec.task.wf, spec.task.step), args.concurrency, args.rate);
+    let key = (spec.task.wf, spec.task.step);
+    let limits = limit::of(key, args.concurrency, args.rate, clock);
     let work = async {
-        let _held = limits.acquire().await;
+        let _held = limits.acquire(clock).await;
         let sent = tokio::time::timeout(Duration::from_millis(args.timeout_ms), send(req, &args));
         match sent.await {
             Ok(o) => o,

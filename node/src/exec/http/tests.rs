@@ -123,7 +123,7 @@ async fn call(item: Option<Value>, with: Value) -> Outcome {
     let (s, w) = spec(item, with);
     let (_tx, kill) = tokio::sync::oneshot::channel();
     let mut env = |n: &str| (n == "TOKEN").then(|| "s3cret-value".to_string());
-    run_with(&s, &w, kill, &mut env).await
+    run_with(&s, &w, kill, &mut env, &troupe_clock::SystemClock).await
 }
 
 fn error(o: &Outcome) -> &str {
@@ -275,6 +275,6 @@ async fn the_request_timeout_and_the_attempt_timeout_stop_a_slow_server() {
     let (mut s, w) = spec(None, json!({"url": format!("http://{addr}/")}));
     s.timeout_ms = Some(150);
     let (_tx, kill) = tokio::sync::oneshot::channel();
-    let out = run_with(&s, &w, kill, &mut |_| None).await;
+    let out = run_with(&s, &w, kill, &mut |_| None, &troupe_clock::SystemClock).await;
     assert_eq!(error(&out), "timed out after 150ms");
 }

@@ -46,6 +46,8 @@ pub struct HostArgs {
     pub data_dir: PathBuf,
     /// Worker processes per step when the step sets no `max_workers`.
     pub slots: usize,
+    /// The node's clock, handed to every pool (its timers read it).
+    pub clock: troupe_clock::SharedClock,
 }
 
 pub struct WorkerHost;
@@ -306,6 +308,7 @@ impl HostState {
             cap,
             host: me.clone(),
             id,
+            clock: self.a.clock.clone(),
         };
         let (actor, _) = Pool::spawn_linked(None, Pool, args, me.get_cell())
             .await

@@ -54,6 +54,8 @@ pub struct PoolArgs {
     /// The host, which passes reports on (and fails what a crashed pool held).
     pub host: ActorRef<WorkerHostMsg>,
     pub id: u64,
+    /// The node's clock: every timing rule below reads `now` from it.
+    pub clock: troupe_clock::SharedClock,
 }
 
 struct Waiting {
@@ -105,6 +107,7 @@ impl Actor for Pool {
         a: PoolArgs,
     ) -> Result<PoolState, ActorProcessingErr> {
         Ok(PoolState {
+            last_activity: a.clock.now(),
             a,
             waiting: VecDeque::new(),
             in_flight: HashMap::new(),
@@ -113,7 +116,6 @@ impl Actor for Pool {
             failures: 0,
             restart_at: None,
             broken: None,
-            last_activity: Instant::now(),
             armed_until: None,
         })
     }
@@ -137,7 +139,7 @@ impl Actor for Pool {
         msg: PoolMsg,
         st: &mut PoolState,
     ) -> Result<(), ActorProcessingErr> {
-        let now = Instant::now();
+        let now = st.a.clock.now();
         match msg {
             PoolMsg::Submit(specs) => {
                 st.last_activity = now;
