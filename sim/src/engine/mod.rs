@@ -17,6 +17,7 @@
 //! node does with its handle), [`checked`] (the checks around each applied command).
 
 pub mod checked;
+pub mod members;
 pub mod server;
 pub mod world;
 
@@ -48,8 +49,16 @@ pub fn run(seed: u64, keep_trace: bool) -> RunReport {
 
 fn verdict(w: &mut EngineWorld, unsettled: Option<String>) -> RunReport {
     let now = w.now;
-    let states: Vec<_> = w.servers.iter().filter_map(|s| s.state_arc()).collect();
-    let applied: Vec<(u64, u64)> = w.servers.iter().map(|s| (s.id, s.applied())).collect();
+    // The members at the end: a removed server and a joiner never added keep running, apart.
+    let voters = w.voters();
+    let members: Vec<_> = w
+        .servers
+        .iter()
+        .filter(|s| voters.contains(&s.id))
+        .collect();
+    let states: Vec<_> = members.iter().filter_map(|s| s.state_arc()).collect();
+    let applied: Vec<(u64, u64)> = members.iter().map(|s| (s.id, s.applied())).collect();
+    let all_up = states.len() == members.len();
     {
         let guards: Vec<_> = states
             .iter()
@@ -65,7 +74,7 @@ fn verdict(w: &mut EngineWorld, unsettled: Option<String>) -> RunReport {
             })
             .collect();
         let mut p = w.probe.lock();
-        match (views.len() == w.servers.len(), unsettled) {
+        match (all_up && !views.is_empty(), unsettled) {
             (true, unsettled) => {
                 crate::verdict::check_views(now, &mut p.checks, &w.clients, &views, unsettled)
             }

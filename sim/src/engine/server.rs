@@ -16,8 +16,8 @@ use std::time::Duration;
 use troupe_actors::machine::{self, EffectSink, HookArgs, Observer};
 use troupe_clock::ManualClock;
 use troupe_raft_log::{
-    EngineConfig, EngineHandle, MemDisk, ProposeError, ProposeReceiver, ReadReceiver, Stepper,
-    Transport,
+    EngineConfig, EngineHandle, MemDisk, MembershipChange, MembershipReceiver, ProposeError,
+    ProposeReceiver, ReadReceiver, Stepper, Transport,
 };
 use troupe_scheduler::reconcile::{self, Held};
 use troupe_scheduler::state::{GroupKey, NodeStatus, TaskState};
@@ -89,6 +89,8 @@ impl Observer for Audits {
 /// What a server needs from the world to (re)start.
 pub struct Setup {
     pub voters: Vec<u64>,
+    /// Opens a fresh log empty, as a non-member waiting to be added (`--join-existing`).
+    pub join_existing: bool,
     pub tick_ms: u64,
     pub snapshot_every: u64,
     pub audit_ms: u64,
@@ -150,6 +152,7 @@ impl Server {
         let mut cfg = EngineConfig::new(format!("sim/r{id}")).with_clock(self.clock.clone());
         cfg.id = id;
         cfg.voters = self.setup.voters.clone();
+        cfg.join_existing = self.setup.join_existing;
         cfg.tick_ms = self.setup.tick_ms;
         cfg.snapshot_every_entries = self.setup.snapshot_every;
         cfg.seed = Some(self.seed.wrapping_mul(1_000_003).wrapping_add(self.opens));
@@ -213,6 +216,17 @@ impl Server {
 
     pub fn applied(&self) -> u64 {
         self.status().map_or(0, |s| s.applied)
+    }
+
+    /// Asks this server's engine (the leader's, or it refuses) for one membership change.
+    pub fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Result<MembershipReceiver, ProposeError> {
+        match &self.handle {
+            Some(h) => h.change_membership(change),
+            None => Err(ProposeError::Stopped),
+        }
     }
 
     /// The state machine (`None` while down).

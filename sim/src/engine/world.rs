@@ -3,6 +3,7 @@
 //! up front (the same kinds as the RawNode world, `crate::world`).
 
 use super::checked::Probe;
+use super::members::Plan;
 use super::server::{Server, Setup};
 use crate::client::Clients;
 use crate::net::{Addr, Envelope, Faults, Net, Payload};
@@ -33,6 +34,12 @@ pub struct EngineWorld {
     partition_by: Option<u64>,
     chaos_by: Option<u64>,
     pub faults: Vec<Fault>,
+    /// This seed's membership changes (`None`: the voters stay the initial ones).
+    pub plan: Option<Plan>,
+    /// The last `last_index` seen of each server (kept while it is down).
+    last_index: Vec<u64>,
+    /// The quorum check's leader (id, term, voters) and the commit it had when first seen so.
+    quorum: Option<((u64, u64, Vec<u64>), u64)>,
 }
 
 impl EngineWorld {
@@ -41,11 +48,12 @@ impl EngineWorld {
         let n = if rng.chance(300) { 5 } else { 3 };
         let ids: Vec<u64> = (1..=n).collect();
         let probe = Probe::new(keep_trace);
-        let servers = ids
+        let mut servers: Vec<Server> = ids
             .iter()
             .map(|&id| {
                 let setup = Setup {
                     voters: ids.clone(),
+                    join_existing: false,
                     tick_ms: TICK_MS,
                     snapshot_every: rng.range(10, 60),
                     audit_ms: AUDIT_MS,
@@ -54,10 +62,31 @@ impl EngineWorld {
                 Server::new(id, rng.next_u64(), rng.below(100), setup, probe.clone())
             })
             .collect();
+        // The joiner draws from the plan's own stream: seeds without one are unchanged.
+        let mut plan = Plan::draw(seed, n + 1);
+        if let Some(p) = &mut plan {
+            let setup = Setup {
+                voters: ids.clone(),
+                join_existing: true,
+                tick_ms: TICK_MS,
+                snapshot_every: p.rng.range(10, 60),
+                audit_ms: AUDIT_MS,
+                lease_ms: LEASE_MS,
+            };
+            let (s, skew) = (p.rng.next_u64(), p.rng.below(100));
+            servers.push(Server::new(p.joiner, s, skew, setup, probe.clone()));
+            let mut q = probe.lock();
+            q.checks.count("membership_add_planned");
+            if p.removes() {
+                q.checks.count("membership_remove_planned");
+            }
+        }
+        // Workers and clients know every server, the joiner too (it may come to lead).
+        let all: Vec<u64> = servers.iter().map(|s| s.id).collect();
         let workers = (0..rng.range(2, 4) as usize)
-            .map(|i| Worker::new(i, &mut rng, ids.clone(), LEASE_MS))
+            .map(|i| Worker::new(i, &mut rng, all.clone(), LEASE_MS))
             .collect::<Vec<_>>();
-        let clients = Clients::new(&mut rng, ids.clone());
+        let clients = Clients::new(&mut rng, all);
         let mut net = Net::new(rng.fork());
         let base = Faults {
             drop_per_mille: rng.range(0, 30),
@@ -79,8 +108,18 @@ impl EngineWorld {
             partition_by: None,
             chaos_by: None,
             faults: Vec::new(),
+            last_index: vec![0; servers_len(&plan, n)],
+            plan,
+            quorum: None,
         };
         w.draw_faults(fault_ms);
+        if let Some(p) = &w.plan {
+            let what = p.describe();
+            w.line(format_args!(
+                "membership: r{} starts empty, not a member; {what}",
+                p.joiner
+            ));
+        }
         let (workers, faults) = (w.workers.len(), w.schedule.len() / 2);
         w.probe.lock().trace.line(
             0,
@@ -128,10 +167,60 @@ impl EngineWorld {
     }
 
     pub fn leader(&self) -> Option<&Server> {
-        self.servers
+        leader_of(&self.servers, &self.paused)
+    }
+
+    /// The voters of the leader's applied configuration (every server's id when none leads).
+    pub fn voters(&self) -> Vec<u64> {
+        match self.leader().and_then(|l| l.status()) {
+            Some(st) => st.voters,
+            None => self.servers.iter().map(|s| s.id).collect(),
+        }
+    }
+
+    /// A removed server never counts in a quorum again, and neither does anything outside the
+    /// leader's applied configuration: whenever the leader's commit advances (same leader,
+    /// term and voters), a majority of those voters holds the new commit index.
+    fn check_quorum(&mut self) {
+        for (i, s) in self.servers.iter().enumerate() {
+            if let Some(st) = s.status() {
+                self.last_index[i] = st.last_index;
+            }
+        }
+        let Some((id, st)) = self.leader().and_then(|l| Some((l.id, l.status()?))) else {
+            return;
+        };
+        let key = (id, st.term, st.voters.clone());
+        match &mut self.quorum {
+            Some((k, base)) if *k == key => {
+                if st.commit <= *base {
+                    return;
+                }
+                *base = st.commit;
+            }
+            _ => {
+                self.quorum = Some((key, st.commit));
+                return;
+            }
+        }
+        let holders: Vec<u64> = st
+            .voters
             .iter()
-            .filter(|s| s.is_leader() && !self.paused.contains(&s.id))
-            .max_by_key(|s| s.term())
+            .copied()
+            .filter(|v| self.last_index.get(*v as usize - 1).copied().unwrap_or(0) >= st.commit)
+            .collect();
+        let mut p = self.probe.lock();
+        p.checks.checked += 1;
+        if holders.len() * 2 <= st.voters.len() {
+            let now = self.now;
+            p.checks.fail(
+                now,
+                format!(
+                    "G4: r{id} committed index {} in term {}, held by only {holders:?} of the voters {:?}",
+                    st.commit, st.term, st.voters
+                ),
+            );
+        }
     }
 
     fn faults_due(&mut self) {
@@ -339,6 +428,10 @@ impl EngineWorld {
                 }
             }
         }
+        if let Some(plan) = &mut self.plan {
+            plan.step(now, leader_of(&self.servers, &self.paused), &self.probe);
+        }
+        self.check_quorum();
     }
 
     fn deliver(&mut self, env: Envelope) {
@@ -379,8 +472,11 @@ impl EngineWorld {
             let roles: Vec<String> = self.servers.iter().map(describe).collect();
             return Some(format!("no leader ({})", roles.join(", ")));
         };
-        let commit = leader.status().map_or(0, |s| s.commit);
-        for s in &self.servers {
+        let (commit, voters) = leader
+            .status()
+            .map_or((0, Vec::new()), |s| (s.commit, s.voters));
+        // A removed server, and a joiner not added, are no members: nothing is sent to them.
+        for s in self.servers.iter().filter(|s| voters.contains(&s.id)) {
             if s.applied() != commit {
                 return Some(format!(
                     "r{} applied {} of the leader's commit {commit} ({})",
@@ -402,6 +498,18 @@ impl EngineWorld {
         let pending = self.clients.pending();
         (pending > 0).then(|| format!("{pending} client operations pending"))
     }
+}
+
+fn servers_len(plan: &Option<Plan>, n: u64) -> usize {
+    n as usize + usize::from(plan.is_some())
+}
+
+/// The leader of the highest term among the servers not paused.
+fn leader_of<'a>(servers: &'a [Server], paused: &BTreeSet<u64>) -> Option<&'a Server> {
+    servers
+        .iter()
+        .filter(|s| s.is_leader() && !paused.contains(&s.id))
+        .max_by_key(|s| s.term())
 }
 
 /// Role, term and log of a server, for a diagnosis.
