@@ -8,8 +8,9 @@ const CI_SEEDS: u64 = 500;
 
 #[test]
 fn the_same_seed_gives_the_same_trace_in_the_engine_world() {
-    // Seed 35 adds a server and removes a voter.
-    for seed in [3, 35, 77, 1_001] {
+    // Seed 35 adds a server and removes a voter; seed 29 removes the leader itself, which
+    // made raft-rs 0.7 panic (and the engine fail stop) before raft-log stepped it down.
+    for seed in [3, 29, 35, 77, 1_001] {
         let a = troupe_sim::engine::run(seed, true);
         let b = troupe_sim::engine::run(seed, true);
         assert_eq!(a.trace, b.trace, "seed {seed} did not replay line for line");

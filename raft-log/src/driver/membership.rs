@@ -13,7 +13,7 @@ use std::sync::PoisonError;
 use raft::StateRole;
 use raft::eraftpb::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
-    EntryType,
+    EntryType, Message, MessageType,
 };
 
 use super::Driver;
@@ -168,16 +168,22 @@ impl<M: StateMachine> Driver<M> {
         self.hand_over_if_removed();
     }
 
-    /// A leader that is no longer a voter (raft keeps it leading) transfers leadership to the
-    /// voter with the longest matched log. Called after conf changes and on every tick, so a
-    /// transfer that raft aborted (election timeout) is retried.
+    /// A leader that is no longer a voter steps down at once, after asking the voter with the
+    /// longest matched log to campaign (`MsgTimeoutNow`), so the group is not left waiting for
+    /// an election timeout. Called when the conf change is applied (inside the Ready cycle,
+    /// before raft's own persist step) and, as a fallback, on every tick.
+    ///
+    /// Why not `transfer_leader` and stay leader until it completes (as raft-rs leaves it):
+    /// raft-rs 0.7 keeps a removed leader leading but drops its own progress, then unwraps that
+    /// progress when an append answer or its own persisted entries advance the commit
+    /// (`raft.rs` 943 and 1055): the leader panicked and the engine failed stop. The engine
+    /// simulator found it (`sim --engine`, leader removals, seed 29 and others). The message
+    /// goes straight to the transport: raft-rs refuses (fatal) a follower whose message queue
+    /// fills between `ready` and `advance`.
     pub(super) fn hand_over_if_removed(&mut self) {
-        let raft = &self.node.raft;
-        let voters = self.node.store().conf_state().get_voters();
-        if raft.state != StateRole::Leader
-            || voters.contains(&self.cfg.id)
-            || raft.lead_transferee.is_some()
-        {
+        let voters = self.node.store().conf_state().get_voters().to_vec();
+        let raft = &mut self.node.raft;
+        if raft.state != StateRole::Leader || voters.contains(&self.cfg.id) {
             return;
         }
         let target = raft
@@ -186,12 +192,18 @@ impl<M: StateMachine> Driver<M> {
             .filter(|(pid, _)| voters.contains(pid))
             .max_by_key(|(pid, pr)| (pr.matched, Reverse(**pid)))
             .map(|(pid, _)| *pid);
+        let term = raft.term;
+        raft.become_follower(term, raft::INVALID_ID);
+        tracing::info!(
+            to = target,
+            term,
+            "this leader is no longer a voter; it stepped down and asked the most caught-up voter to campaign"
+        );
         if let Some(to) = target {
-            tracing::info!(
-                to,
-                "this leader is no longer a voter; transferring leadership"
-            );
-            self.node.transfer_leader(to);
+            let mut m = Message::default();
+            m.set_msg_type(MessageType::MsgTimeoutNow);
+            (m.from, m.to, m.term) = (self.cfg.id, to, term);
+            self.send_messages(vec![m]);
         }
     }
 }
