@@ -38,8 +38,8 @@ pub struct EngineWorld {
     pub plan: Option<Plan>,
     /// The last `last_index` seen of each server (kept while it is down).
     last_index: Vec<u64>,
-    /// The quorum check's leader (id, term, voters) and the commit it had when first seen so.
-    quorum: Option<((u64, u64, Vec<u64>), u64)>,
+    /// The quorum check's leader and the commit it had when first seen so.
+    quorum: Option<(LeaderKey, u64)>,
 }
 
 impl EngineWorld {
@@ -499,6 +499,9 @@ impl EngineWorld {
         (pending > 0).then(|| format!("{pending} client operations pending"))
     }
 }
+
+/// A leader as the quorum check tracks it: (id, term, its applied voters).
+type LeaderKey = (u64, u64, Vec<u64>);
 
 fn servers_len(plan: &Option<Plan>, n: u64) -> usize {
     n as usize + usize::from(plan.is_some())
