@@ -30,6 +30,7 @@
 //! Not simulated: membership changes (docs/GUARANTEES.md, "Simulation").
 
 pub mod check;
+pub mod cli;
 pub mod client;
 pub mod disk;
 pub mod engine;
