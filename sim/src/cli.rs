@@ -21,9 +21,9 @@ pub fn main() -> ExitCode {
     };
     let engine = args.iter().any(|a| a == "--engine");
     let run = if engine {
-        troupe_sim::engine::run
+        crate::engine::run
     } else {
-        troupe_sim::run
+        crate::run
     };
     let flag = if engine { " --engine" } else { "" };
     if let Some(seed) = value("--seed") {
