@@ -56,6 +56,19 @@ pub enum RaftLogError {
     /// raft-rs refused the configuration or the stored state.
     #[error("raft error: {0}; the stored raft state does not fit this version, restore a backup")]
     Raft(String),
+    /// raft-rs panicked while stepping a peer's message: the message broke one of raft's
+    /// invariants (a broken or incompatible peer), or raft-rs hit a bug of its own. The engine
+    /// stops (fail-stop) rather than go on from a state raft left half-updated; the log on disk
+    /// is untouched, so a restart replays it.
+    #[error(
+        "raft panicked on a {kind} message from node {from}; the engine stopped so nothing is applied from a half-updated state. The log on disk is intact: restart the node. If it happens again, check that node {from} runs the same version"
+    )]
+    StepPanicked {
+        /// The sender's Raft id.
+        from: u64,
+        /// The message type, as raft names it (`MsgAppendResponse`, ...).
+        kind: String,
+    },
     /// `StateMachine::restore` rejected the stored snapshot.
     #[error(
         "restoring the state machine from the snapshot at index {index} failed: {detail}; the snapshot was written by an incompatible version"

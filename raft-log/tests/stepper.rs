@@ -226,3 +226,62 @@ fn a_failed_fsync_stops_the_engine_as_a_disk_failure() {
         "the waiter was answered"
     );
 }
+
+#[test]
+fn a_message_that_makes_raft_panic_stops_the_engine_with_a_clear_error() {
+    use protobuf::Message as _;
+    use raft::eraftpb::{Message, MessageType};
+    let (mut w, leader, term, _) = elect_and_commit(6);
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    // A heartbeat "from the leader" whose commit is far past the follower's log: raft-rs
+    // panics (`to_commit ... is out of range`), as it would on a broken or foreign peer.
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgHeartbeat);
+    (m.from, m.to, m.term, m.commit) = (leader, follower, term, 1_000_000);
+    w.engine(follower)
+        .handle()
+        .step(m.write_to_bytes().unwrap());
+    let mut failures = Vec::new();
+    for _ in 0..10 {
+        failures.extend(w.step());
+        if !failures.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    let want = format!("raft panicked on a MsgHeartbeat message from node {leader}");
+    assert!(failures[0].contains(&want), "{failures:?}");
+    assert!(failures[0].contains("restart the node"), "{failures:?}");
+    assert!(!w.engine(follower).is_running());
+    let f = w.engine(follower).handle().failure().expect("recorded");
+    assert!(!f.disk, "not a disk failure: {f:?}");
+    // The other two go on: a leader and a majority remain.
+    let mut rx = w
+        .engine(leader)
+        .handle()
+        .propose(vec![add("k", 1)])
+        .unwrap();
+    let other = (1..=3).find(|&id| id != leader && id != follower).unwrap();
+    for _ in 0..200 {
+        w.clock.advance(Duration::from_millis(10));
+        let sent = std::mem::take(&mut *w.outbox.lock().unwrap());
+        for (to, msg) in sent {
+            if to != follower {
+                w.engine(to).handle().step(msg);
+            }
+        }
+        for id in [leader, other] {
+            w.nodes[id as usize - 1]
+                .engine
+                .as_mut()
+                .unwrap()
+                .step()
+                .unwrap();
+        }
+        if w.value(other, "k") == Some(31) {
+            break;
+        }
+    }
+    assert_eq!(w.value(other, "k"), Some(31));
+    assert!(matches!(rx.try_recv(), Ok(Ok(_))));
+}

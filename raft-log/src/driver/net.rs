@@ -125,9 +125,10 @@ impl<M: StateMachine> Driver<M> {
                 tracing::debug!(from, ?kind, %error, "raft refused a message");
                 Ok(())
             }
-            Err(_) => Err(RaftLogError::Raft(format!(
-                "raft panicked on a {kind:?} message from node {from}"
-            ))),
+            Err(_) => Err(RaftLogError::StepPanicked {
+                from,
+                kind: format!("{kind:?}"),
+            }),
         }
     }
 
