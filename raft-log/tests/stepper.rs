@@ -109,6 +109,17 @@ impl World {
         panic!("{what}: not within 30 simulated s");
     }
 
+    /// Steps until an engine fails (at most `steps` times); returns the failures.
+    fn until_failure(&mut self, steps: usize) -> Vec<String> {
+        for _ in 0..steps {
+            let failed = self.step();
+            if !failed.is_empty() {
+                return failed;
+            }
+        }
+        Vec::new()
+    }
+
     fn engine(&self, id: u64) -> &Stepper<Kv> {
         self.nodes[id as usize - 1].engine.as_ref().unwrap()
     }
@@ -206,13 +217,7 @@ fn a_failed_fsync_stops_the_engine_as_a_disk_failure() {
         .handle()
         .propose(vec![add("k", 1)])
         .unwrap();
-    let mut failures = Vec::new();
-    for _ in 0..100 {
-        failures.extend(w.step());
-        if !failures.is_empty() {
-            break;
-        }
-    }
+    let failures = w.until_failure(100);
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(
         failures[0].contains("injected fsync failure"),
@@ -241,13 +246,7 @@ fn a_message_that_makes_raft_panic_stops_the_engine_with_a_clear_error() {
     w.engine(follower)
         .handle()
         .step(m.write_to_bytes().unwrap());
-    let mut failures = Vec::new();
-    for _ in 0..10 {
-        failures.extend(w.step());
-        if !failures.is_empty() {
-            break;
-        }
-    }
+    let failures = w.until_failure(10);
     assert_eq!(failures.len(), 1, "{failures:?}");
     let want = format!("raft panicked on a MsgHeartbeat message from node {leader}");
     assert!(failures[0].contains(&want), "{failures:?}");
@@ -255,33 +254,14 @@ fn a_message_that_makes_raft_panic_stops_the_engine_with_a_clear_error() {
     assert!(!w.engine(follower).is_running());
     let f = w.engine(follower).handle().failure().expect("recorded");
     assert!(!f.disk, "not a disk failure: {f:?}");
-    // The other two go on: a leader and a majority remain.
+    // The other two go on: a leader and a majority remain (the stopped one is taken away).
+    w.nodes[follower as usize - 1].engine = None;
     let mut rx = w
         .engine(leader)
         .handle()
         .propose(vec![add("k", 1)])
         .unwrap();
     let other = (1..=3).find(|&id| id != leader && id != follower).unwrap();
-    for _ in 0..200 {
-        w.clock.advance(Duration::from_millis(10));
-        let sent = std::mem::take(&mut *w.outbox.lock().unwrap());
-        for (to, msg) in sent {
-            if to != follower {
-                w.engine(to).handle().step(msg);
-            }
-        }
-        for id in [leader, other] {
-            w.nodes[id as usize - 1]
-                .engine
-                .as_mut()
-                .unwrap()
-                .step()
-                .unwrap();
-        }
-        if w.value(other, "k") == Some(31) {
-            break;
-        }
-    }
-    assert_eq!(w.value(other, "k"), Some(31));
+    w.until("commit on two", |w| w.value(other, "k") == Some(31));
     assert!(matches!(rx.try_recv(), Ok(Ok(_))));
 }

@@ -181,11 +181,15 @@ impl<M: StateMachine> Driver<M> {
     /// goes straight to the transport: raft-rs refuses (fatal) a follower whose message queue
     /// fills between `ready` and `advance`.
     pub(super) fn hand_over_if_removed(&mut self) {
-        let voters = self.node.store().conf_state().get_voters().to_vec();
-        let raft = &mut self.node.raft;
-        if raft.state != StateRole::Leader || voters.contains(&self.cfg.id) {
+        // Every tick: only a leader reads (and copies) the voters.
+        if self.node.raft.state != StateRole::Leader {
             return;
         }
+        let voters = self.node.store().conf_state().get_voters().to_vec();
+        if voters.contains(&self.cfg.id) {
+            return;
+        }
+        let raft = &mut self.node.raft;
         let target = raft
             .prs()
             .iter()
