@@ -6,24 +6,27 @@ use crate::DevArgs;
 use crate::client::Client;
 use anyhow::{Context, bail};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// The node processes, and their data dirs: a node restarted by `troupe chaos kill` is no
 /// longer a child of this process; its data dir's `node.pid` names it, and it is stopped too.
 struct Children(Vec<Child>, Vec<std::path::PathBuf>);
 
-impl Drop for Children {
-    fn drop(&mut self) {
+impl Children {
+    /// Stops every node of the cluster (once: a second call finds nothing to stop).
+    fn stop(&mut self) {
         let ours: Vec<u32> = self.0.iter().map(Child::id).collect();
         for c in &mut self.0 {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for dir in &self.1 {
-            if let Some(pid) = troupe_node::chaos::process::read_pid_file(dir)
+        self.0.clear();
+        for dir in std::mem::take(&mut self.1) {
+            if let Some(pid) = troupe_node::chaos::process::read_pid_file(&dir)
                 && pid > 1
                 && !ours.contains(&(pid as u32))
-                && troupe_node::chaos::process::is_node_of(pid, dir)
+                && troupe_node::chaos::process::is_node_of(pid, &dir)
             {
                 // SAFETY: a plain syscall; the pid file names this cluster's node process.
                 unsafe {
@@ -31,6 +34,12 @@ impl Drop for Children {
                 }
             }
         }
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -46,6 +55,16 @@ pub fn run(n: u32, args: &DevArgs, token: Option<String>) -> anyhow::Result<()> 
             "--nodes with --tokens: give a token of the file (--token or TROUPE_TOKEN) to check the cluster formed"
         );
     }
+    // SIGTERM is caught from before the first server starts: its default action would end this
+    // process without `Children`'s drop and leave the servers running (also when it comes
+    // while the cluster forms; then the cluster stops as soon as it is up).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut term = {
+        let _in = rt.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?
+    };
     let exe = std::env::current_exe()?;
     // A random cookie: nothing outside these processes can guess it.
     let mut bytes = [0u8; 16];
@@ -187,15 +206,37 @@ pub fn run(n: u32, args: &DevArgs, token: Option<String>) -> anyhow::Result<()> 
         "troupe dev: logs in {}/n*/node.log; kill one (kill -9) and watch the others carry on",
         args.opts.data.display()
     );
-    if let Some(file) = &args.run {
-        return crate::commands::submit(&client, false, file, &[], None, true);
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let _ = tokio::signal::ctrl_c().await;
+    // Ctrl-C or SIGTERM stops the cluster and this process, also in the middle of `--run`.
+    let children = Arc::new(Mutex::new(children));
+    let run = args.run.is_some();
+    std::thread::spawn({
+        let children = children.clone();
+        move || {
+            rt.block_on(async {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            });
+            eprintln!("troupe dev: stopping the cluster");
+            children
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .stop();
+            std::process::exit(if run { 130 } else { 0 });
+        }
     });
-    eprintln!("troupe dev: stopping the cluster");
-    Ok(())
+    match &args.run {
+        Some(file) => {
+            let r = crate::commands::submit(&client, false, file, &[], None, true);
+            children
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .stop();
+            r
+        }
+        None => loop {
+            std::thread::park();
+        },
+    }
 }
